@@ -1,0 +1,512 @@
+//! The streaming pipeline between plaintext and stored objects:
+//! plaintext → sha256 → zstd → age (when recipients are configured) → object envelope,
+//! and its inverse with every checksum verified. Nothing else in walvault knows
+//! about compression or keys.
+
+pub mod envelope;
+pub mod keys;
+
+use crate::store::{Body, Store};
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use envelope::{HashingWriter, Trailer, TrailerSplitReader, FLAG_ENCRYPTED, FLAG_ZSTD, HEADER_LEN};
+use sha2::{Digest, Sha256};
+use std::io::{self, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use tokio::sync::mpsc;
+
+/// Why a download could not produce verified plaintext. Callers branch on it:
+/// a key problem does not get better by retrying, a transport or integrity
+/// problem may.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("the object is encrypted but no identity file is configured (set encryption.identity_file / WALVAULT_ENCRYPTION_IDENTITY_FILE)")]
+    MissingKey,
+    #[error("{0}")]
+    Key(String),
+    #[error("integrity check failed: {0}")]
+    Integrity(String),
+    #[error("transfer failed: {0:#}")]
+    Transport(anyhow::Error),
+}
+
+impl DecodeError {
+    pub fn is_key_problem(&self) -> bool {
+        matches!(self, DecodeError::MissingKey | DecodeError::Key(_))
+    }
+}
+
+#[derive(Clone)]
+pub struct Codec {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    level: i32,
+    recipients: Vec<age::x25519::Recipient>,
+    identity_file: Option<PathBuf>,
+    identities: OnceLock<Result<Vec<age::x25519::Identity>, String>>,
+}
+
+impl Codec {
+    pub fn new(
+        level: i32,
+        recipients: Vec<age::x25519::Recipient>,
+        identity_file: Option<PathBuf>,
+    ) -> Codec {
+        Codec {
+            inner: Arc::new(Inner {
+                level,
+                recipients,
+                identity_file,
+                identities: OnceLock::new(),
+            }),
+        }
+    }
+
+    pub fn from_config(cfg: &crate::config::Config) -> Result<Codec> {
+        let recipients = cfg
+            .encryption
+            .recipients
+            .iter()
+            .map(|r| {
+                r.parse::<age::x25519::Recipient>()
+                    .map_err(|e| anyhow::anyhow!("encryption.recipients: {e}"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Codec::new(
+            cfg.compression.level as i32,
+            recipients,
+            cfg.encryption.identity_file.clone(),
+        ))
+    }
+
+    pub fn encrypts(&self) -> bool {
+        !self.inner.recipients.is_empty()
+    }
+
+    /// The identities, read once from the identity file.
+    fn identities(&self) -> Result<&[age::x25519::Identity], DecodeError> {
+        let path = self
+            .inner
+            .identity_file
+            .as_ref()
+            .ok_or(DecodeError::MissingKey)?;
+        self.inner
+            .identities
+            .get_or_init(|| keys::read_identity_file(path).map_err(|e| format!("{e:#}")))
+            .as_deref()
+            .map_err(|e| DecodeError::Key(e.clone()))
+    }
+
+    /// Encodes `src` into `sink` as one object; returns its trailer.
+    pub fn encode(&self, src: &mut dyn Read, sink: &mut dyn Write) -> io::Result<Trailer> {
+        let flags = FLAG_ZSTD | if self.encrypts() { FLAG_ENCRYPTED } else { 0 };
+        let mut stored = HashingWriter::new(sink);
+        stored.write_all(&envelope::header(flags))?;
+        let mut plain = Sha256::new();
+        let mut plain_len = 0u64;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut pump = |w: &mut dyn Write| -> io::Result<()> {
+            loop {
+                let n = match src.read(&mut buf) {
+                    Ok(0) => return Ok(()),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                };
+                plain.update(&buf[..n]);
+                plain_len += n as u64;
+                w.write_all(&buf[..n])?;
+            }
+        };
+        if self.encrypts() {
+            let enc = age::Encryptor::with_recipients(
+                self.inner
+                    .recipients
+                    .iter()
+                    .map(|r| r as &dyn age::Recipient),
+            )
+            .map_err(io::Error::other)?;
+            let aged = enc.wrap_output(&mut stored)?;
+            let mut z = zstd::Encoder::new(aged, self.inner.level)?;
+            pump(&mut z)?;
+            z.finish()?.finish()?;
+        } else {
+            let mut z = zstd::Encoder::new(&mut stored, self.inner.level)?;
+            pump(&mut z)?;
+            z.finish()?;
+        }
+        let (sink, stored_sha256, _) = stored.finish();
+        let trailer = Trailer {
+            plain_len,
+            plain_sha256: plain.finalize().into(),
+            stored_sha256,
+        };
+        sink.write_all(&trailer.to_bytes())?;
+        sink.flush()?;
+        Ok(trailer)
+    }
+
+    /// Decodes one object from `src` into `dest`, verifying the stored checksum,
+    /// the age authentication (when encrypted) and the plaintext checksum and length.
+    /// `dest` may have received data even on error: write it somewhere temporary.
+    pub fn decode(&self, src: &mut dyn Read, dest: &mut dyn Write) -> Result<Trailer, DecodeError> {
+        let transport_failed = Arc::new(AtomicBool::new(false));
+        let tapped = Tap {
+            inner: src,
+            failed: transport_failed.clone(),
+        };
+        let classify = |e: io::Error| -> DecodeError {
+            if transport_failed.load(Ordering::Relaxed) {
+                DecodeError::Transport(anyhow::Error::new(e))
+            } else {
+                DecodeError::Integrity(e.to_string())
+            }
+        };
+        let mut split = TrailerSplitReader::new(tapped);
+        let mut h = [0u8; HEADER_LEN];
+        split.read_exact(&mut h).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => DecodeError::Integrity("object is too short".into()),
+            _ => classify(e),
+        })?;
+        let flags = envelope::parse_header(&h).map_err(DecodeError::Integrity)?;
+        let mut out = HashingWriter::new(dest);
+        if flags & FLAG_ENCRYPTED != 0 {
+            let ids = self.identities()?;
+            let dec = age::Decryptor::new_buffered(BufReader::new(&mut split))
+                .map_err(|e| age_error(e, &classify))?;
+            let mut plain = dec
+                .decrypt(ids.iter().map(|i| i as &dyn age::Identity))
+                .map_err(|e| age_error(e, &classify))?;
+            unzstd(&mut BufReader::new(&mut plain), &mut out).map_err(classify)?;
+        } else {
+            unzstd(&mut BufReader::new(&mut split), &mut out).map_err(classify)?;
+        }
+        let (_, plain_sha, plain_len) = out.finish();
+        let (stored_sha, _, trailer_bytes) = split.finish().map_err(classify)?;
+        let trailer = Trailer::parse(&trailer_bytes).map_err(DecodeError::Integrity)?;
+        if trailer.stored_sha256 != stored_sha {
+            return Err(DecodeError::Integrity(
+                "stored bytes do not match their recorded sha256".into(),
+            ));
+        }
+        if trailer.plain_len != plain_len || trailer.plain_sha256 != plain_sha {
+            return Err(DecodeError::Integrity(
+                "restored content does not match its recorded sha256".into(),
+            ));
+        }
+        Ok(trailer)
+    }
+
+    /// Encodes `src` and stores it under `key`. The store sees an error, never a
+    /// clean end, when encoding fails, so a partial object is never stored.
+    pub async fn upload<R: Read + Send + 'static>(
+        &self,
+        store: &dyn Store,
+        key: &str,
+        src: R,
+    ) -> Result<Trailer> {
+        let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
+        let codec = self.clone();
+        let encoder = tokio::task::spawn_blocking(move || {
+            let mut src = src;
+            let mut w = ChannelWriter {
+                tx,
+                buf: Vec::with_capacity(CHUNK),
+            };
+            let r = codec.encode(&mut src, &mut w);
+            if let Err(e) = &r {
+                let _ =
+                    w.tx.blocking_send(Err(io::Error::new(e.kind(), e.to_string())));
+            }
+            r
+        });
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        let body: Body = Box::new(tokio_util::io::StreamReader::new(Box::pin(stream)));
+        let stored = store.put(key, body).await;
+        let encoded = encoder.await.context("encoder task failed")?;
+        match (encoded, stored) {
+            (Err(e), _) => Err(e).with_context(|| format!("encoding {}", store.locate(key))),
+            (Ok(_), Err(e)) => Err(e),
+            (Ok(t), Ok(())) => Ok(t),
+        }
+    }
+
+    /// Fetches `key` and decodes it into `dest`; `Ok(None)` when the store says the
+    /// object does not exist. Returns `dest` back so the caller can make it durable.
+    pub async fn download<W: Write + Send + 'static>(
+        &self,
+        store: &dyn Store,
+        key: &str,
+        dest: W,
+    ) -> Result<Option<(Trailer, W)>, DecodeError> {
+        let body = match store.get(key).await {
+            Ok(Some(b)) => b,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(DecodeError::Transport(e)),
+        };
+        let codec = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut src = tokio_util::io::SyncIoBridge::new(body);
+            let mut dest = dest;
+            let t = codec.decode(&mut src, &mut dest)?;
+            Ok(Some((t, dest)))
+        })
+        .await
+        .map_err(|e| DecodeError::Transport(anyhow::Error::new(e)))?
+    }
+}
+
+/// Reads the trailer of a stored object without downloading it.
+pub async fn read_trailer(store: &dyn Store, key: &str) -> Result<Option<Trailer>> {
+    match store.get_tail(key, envelope::TRAILER_LEN as u64).await? {
+        None => Ok(None),
+        Some(t) => Trailer::parse(&t)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", store.locate(key))),
+    }
+}
+
+/// sha256 and length of a plaintext file, for comparing with a stored trailer.
+pub fn sha256_of(src: &mut dyn Read) -> io::Result<([u8; 32], u64)> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut len = 0u64;
+    loop {
+        let n = src.read(&mut buf)?;
+        if n == 0 {
+            return Ok((h.finalize().into(), len));
+        }
+        h.update(&buf[..n]);
+        len += n as u64;
+    }
+}
+
+fn unzstd(src: &mut dyn io::BufRead, out: &mut dyn Write) -> io::Result<()> {
+    let mut z = zstd::Decoder::with_buffer(src)?.single_frame();
+    io::copy(&mut z, out)?;
+    // Whatever follows the frame (within the body) is damage, and reading to the
+    // end makes age authenticate its final chunk.
+    let mut rest = Vec::new();
+    z.finish().read_to_end(&mut rest)?;
+    if !rest.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} unexpected bytes after the compressed data", rest.len()),
+        ));
+    }
+    Ok(())
+}
+
+fn age_error(e: age::DecryptError, classify: &dyn Fn(io::Error) -> DecodeError) -> DecodeError {
+    match e {
+        age::DecryptError::NoMatchingKeys => DecodeError::Key(
+            "no identity in the identity file matches this object's recipients (wrong key?)".into(),
+        ),
+        age::DecryptError::Io(io) => classify(io),
+        other => DecodeError::Integrity(format!("encrypted stream is damaged: {other}")),
+    }
+}
+
+/// Notes whether the transport below failed, to tell damage from a broken download.
+struct Tap<'a> {
+    inner: &'a mut dyn Read,
+    failed: Arc<AtomicBool>,
+}
+
+impl Read for Tap<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let r = self.inner.read(buf);
+        if r.is_err() {
+            self.failed.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+const CHUNK: usize = 256 * 1024;
+
+/// A blocking writer feeding the async store through a bounded channel.
+struct ChannelWriter {
+    tx: mpsc::Sender<io::Result<Bytes>>,
+    buf: Vec<u8>,
+}
+
+impl ChannelWriter {
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the store stopped reading"))
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.send()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(len: usize) -> Vec<u8> {
+        // Compressible with some noise, like WAL.
+        (0..len)
+            .map(|i| {
+                if i % 7 == 0 {
+                    (i * 2654435761usize >> 13) as u8
+                } else {
+                    (i / 512) as u8
+                }
+            })
+            .collect()
+    }
+
+    fn roundtrip(codec: &Codec, dec: &Codec, data: &[u8]) -> Result<Vec<u8>, DecodeError> {
+        let mut stored = Vec::new();
+        codec.encode(&mut &data[..], &mut stored).unwrap();
+        let mut out = Vec::new();
+        dec.decode(&mut &stored[..], &mut out)?;
+        Ok(out)
+    }
+
+    fn keyed() -> (Codec, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("id.txt");
+        let recipient = keys::generate_identity_file(&path).unwrap();
+        (
+            Codec::new(1, vec![recipient.parse().unwrap()], Some(path)),
+            dir,
+        )
+    }
+
+    #[test]
+    fn plain_and_encrypted_round_trip() {
+        let data = sample(3 << 20);
+        let plain = Codec::new(3, vec![], None);
+        assert_eq!(roundtrip(&plain, &plain, &data).unwrap(), data);
+        let (enc, _d) = keyed();
+        assert_eq!(roundtrip(&enc, &enc, &data).unwrap(), data);
+        assert_eq!(roundtrip(&enc, &enc, b"").unwrap(), b"");
+    }
+
+    #[test]
+    fn encrypted_object_is_opaque() {
+        let data = sample(1 << 20);
+        let (enc, _d) = keyed();
+        let mut stored = Vec::new();
+        enc.encode(&mut &data[..], &mut stored).unwrap();
+        let body = &stored[HEADER_LEN..stored.len() - envelope::TRAILER_LEN];
+        assert!(body.starts_with(b"age-encryption.org/v1"));
+        assert!(zstd::decode_all(body).is_err());
+        // The zstd magic appears nowhere in the body.
+        assert!(!body.windows(4).any(|w| w == [0x28, 0xb5, 0x2f, 0xfd]));
+    }
+
+    #[test]
+    fn every_flipped_byte_is_detected() {
+        let data = sample(200_000);
+        let (enc, _d) = keyed();
+        let plain = Codec::new(1, vec![], None);
+        for codec in [&enc, &plain] {
+            let mut stored = Vec::new();
+            codec.encode(&mut &data[..], &mut stored).unwrap();
+            let step = (stored.len() / 97).max(1);
+            for pos in (0..stored.len()).step_by(step) {
+                let mut bad = stored.clone();
+                bad[pos] ^= 0x20;
+                let mut out = Vec::new();
+                let r = codec.decode(&mut &bad[..], &mut out);
+                assert!(
+                    matches!(r, Err(DecodeError::Integrity(_))),
+                    "flip at {pos}/{}: {r:?}",
+                    stored.len()
+                );
+            }
+            for cut in [0, 10, stored.len() / 2, stored.len() - 1] {
+                let mut out = Vec::new();
+                let r = codec.decode(&mut &stored[..cut], &mut out);
+                assert!(
+                    matches!(r, Err(DecodeError::Integrity(_))),
+                    "cut at {cut}: {r:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn key_problems_are_named() {
+        let data = sample(10_000);
+        let (enc, _d) = keyed();
+        let no_key = Codec::new(1, vec![], None);
+        assert!(matches!(
+            roundtrip(&enc, &no_key, &data),
+            Err(DecodeError::MissingKey)
+        ));
+        let (other, _d2) = keyed();
+        let e = roundtrip(&enc, &other, &data).unwrap_err();
+        assert!(
+            matches!(e, DecodeError::Key(_)) && e.to_string().contains("wrong key"),
+            "{e}"
+        );
+        let gone = Codec::new(1, vec![], Some("/nonexistent/identity.txt".into()));
+        let e = roundtrip(&enc, &gone, &data).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/identity.txt"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn upload_of_a_failing_source_stores_nothing() {
+        struct Broken(usize);
+        impl Read for Broken {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                if self.0 == 0 {
+                    return Err(io::Error::other("disk read error"));
+                }
+                let n = buf.len().min(self.0);
+                buf[..n].fill(1);
+                self.0 -= n;
+                Ok(n)
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::fs::FsStore::new(dir.path().to_path_buf());
+        let codec = Codec::new(1, vec![], None);
+        let e = codec
+            .upload(&store, "wal/x", Broken(3 << 20))
+            .await
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("disk read error"), "{e:#}");
+        assert!(store.head("wal/x").await.unwrap().is_none());
+        let t = codec.upload(&store, "wal/y", &b"abc"[..]).await.unwrap();
+        assert_eq!(t.plain_len, 3);
+        let (t2, out) = codec
+            .download(&store, "wal/y", Vec::new())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((t2, out.as_slice()), (t, &b"abc"[..]));
+        assert!(codec
+            .download(&store, "wal/none", Vec::new())
+            .await
+            .unwrap()
+            .is_none());
+        assert_eq!(read_trailer(&store, "wal/y").await.unwrap(), Some(t));
+    }
+}

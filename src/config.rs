@@ -1,0 +1,585 @@
+//! Configuration: a TOML file plus `WALVAULT_<KEY>` environment overrides.
+//!
+//! `KEYS` is the single list of settings: it drives the environment names, the
+//! type checks (so an error names the key) and the unknown-key check. The
+//! documentation test in `tests/config_docs.rs` holds docs/configuration.md to it.
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use toml::{Table, Value};
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/walvault/walvault.toml";
+pub const DEFAULT_REPO: &str = "file:///var/lib/walvault/repo";
+/// Environment variables that are not settings.
+const ENV_NOT_KEYS: &[&str] = &["WALVAULT_CONFIG"];
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Kind {
+    Str,
+    Int,
+    Bool,
+    /// A list; in the environment, comma-separated.
+    List,
+}
+
+/// Every setting: its TOML path, type and one-line description.
+pub const KEYS: &[(&str, Kind, &str)] = &[
+    (
+        "repo",
+        Kind::Str,
+        "repository URL: file:///path or s3://bucket/prefix",
+    ),
+    ("log_level", Kind::Str, "error, warn, info, debug or trace"),
+    (
+        "compression.level",
+        Kind::Int,
+        "zstd level, 1 (fastest) to 19",
+    ),
+    (
+        "encryption.recipients",
+        Kind::List,
+        "age X25519 recipients (age1...); encryption is on when any is set",
+    ),
+    (
+        "encryption.identity_file",
+        Kind::Str,
+        "age identity file used to decrypt (wal-fetch, restore)",
+    ),
+    (
+        "s3.endpoint",
+        Kind::Str,
+        "S3 endpoint URL for S3-compatible stores (else AWS_ENDPOINT_URL or AWS)",
+    ),
+    (
+        "s3.region",
+        Kind::Str,
+        "S3 region (else AWS_REGION or the AWS profile)",
+    ),
+    (
+        "s3.force_path_style",
+        Kind::Bool,
+        "path-style addressing (SeaweedFS, MinIO, many S3-compatible stores)",
+    ),
+    (
+        "s3.sse",
+        Kind::Str,
+        "server-side encryption: AES256 or aws:kms",
+    ),
+    (
+        "s3.sse_kms_key_id",
+        Kind::Str,
+        "KMS key id when s3.sse = aws:kms",
+    ),
+    (
+        "s3.storage_class",
+        Kind::Str,
+        "storage class for new objects, e.g. STANDARD_IA",
+    ),
+    (
+        "s3.part_size_mb",
+        Kind::Int,
+        "multipart part size in MiB (5 to 5120); larger objects are uploaded in parts",
+    ),
+    (
+        "s3.max_attempts",
+        Kind::Int,
+        "attempts per S3 request, with exponential backoff",
+    ),
+    (
+        "s3.timeout_seconds",
+        Kind::Int,
+        "time limit of one S3 request attempt",
+    ),
+    (
+        "s3.connect_timeout_seconds",
+        Kind::Int,
+        "time limit to open a connection to S3",
+    ),
+    (
+        "fetch.retries",
+        Kind::Int,
+        "wal-fetch: whole-download retries after a failure, before giving up with exit 128",
+    ),
+];
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_repo")]
+    pub repo: String,
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+    #[serde(default)]
+    pub compression: Compression,
+    #[serde(default)]
+    pub encryption: Encryption,
+    #[serde(default)]
+    pub s3: S3,
+    #[serde(default)]
+    pub fetch: Fetch,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Compression {
+    #[serde(default = "default_level")]
+    pub level: i64,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Encryption {
+    #[serde(default)]
+    pub recipients: Vec<String>,
+    pub identity_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3 {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    #[serde(default)]
+    pub force_path_style: bool,
+    pub sse: Option<String>,
+    pub sse_kms_key_id: Option<String>,
+    pub storage_class: Option<String>,
+    #[serde(default = "default_part_size_mb")]
+    pub part_size_mb: i64,
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: i64,
+    #[serde(default = "default_timeout")]
+    pub timeout_seconds: i64,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_seconds: i64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fetch {
+    #[serde(default = "default_fetch_retries")]
+    pub retries: i64,
+}
+
+fn default_repo() -> String {
+    DEFAULT_REPO.to_string()
+}
+fn default_log_level() -> String {
+    "info".to_string()
+}
+// zstd-1: WAL compresses about as well at 1 as at 3, at twice the speed; the
+// archive path is latency-bound (one segment per call).
+fn default_level() -> i64 {
+    1
+}
+fn default_part_size_mb() -> i64 {
+    16
+}
+fn default_max_attempts() -> i64 {
+    4
+}
+fn default_timeout() -> i64 {
+    120
+}
+fn default_connect_timeout() -> i64 {
+    5
+}
+fn default_fetch_retries() -> i64 {
+    3
+}
+
+impl Default for Compression {
+    fn default() -> Self {
+        Compression {
+            level: default_level(),
+        }
+    }
+}
+impl Default for S3 {
+    fn default() -> Self {
+        S3 {
+            endpoint: None,
+            region: None,
+            force_path_style: false,
+            sse: None,
+            sse_kms_key_id: None,
+            storage_class: None,
+            part_size_mb: default_part_size_mb(),
+            max_attempts: default_max_attempts(),
+            timeout_seconds: default_timeout(),
+            connect_timeout_seconds: default_connect_timeout(),
+        }
+    }
+}
+impl Default for Fetch {
+    fn default() -> Self {
+        Fetch {
+            retries: default_fetch_retries(),
+        }
+    }
+}
+
+/// The environment variable that overrides a key: `s3.force_path_style` → `WALVAULT_S3_FORCE_PATH_STYLE`.
+pub fn env_name(key: &str) -> String {
+    format!("WALVAULT_{}", key.replace('.', "_").to_ascii_uppercase())
+}
+
+/// Where the file comes from: an explicit path must exist; the default may be absent.
+pub enum Source<'a> {
+    Explicit(&'a Path),
+    Default,
+}
+
+impl Config {
+    /// Loads the file (if any), applies the environment, checks every value.
+    pub fn load(source: Source<'_>, env: &BTreeMap<String, String>) -> Result<Config> {
+        let (path, text) = match source {
+            Source::Explicit(p) => (
+                p.to_path_buf(),
+                Some(
+                    std::fs::read_to_string(p)
+                        .with_context(|| format!("cannot read config file {}", p.display()))?,
+                ),
+            ),
+            Source::Default => {
+                let p = PathBuf::from(DEFAULT_CONFIG_PATH);
+                match std::fs::read_to_string(&p) {
+                    Ok(t) => (p, Some(t)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => (p, None),
+                    Err(e) => {
+                        return Err(e)
+                            .with_context(|| format!("cannot read config file {}", p.display()))
+                    }
+                }
+            }
+        };
+        let mut table = match &text {
+            Some(t) => t
+                .parse::<Table>()
+                .with_context(|| format!("config file {} is not valid TOML", path.display()))?,
+            None => Table::new(),
+        };
+        let origin = path.display().to_string();
+        check_known(&table, "", &origin)?;
+        for (key, kind, _) in KEYS {
+            if let Some(v) = lookup(&table, key) {
+                check_kind(key, *kind, v).with_context(|| format!("in {origin}"))?;
+            }
+        }
+        apply_env(&mut table, env)?;
+        let cfg: Config = Value::Table(table)
+            .try_into()
+            .context("configuration does not fit the expected shape")?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Loads with the process environment.
+    pub fn load_from_process(explicit: Option<&Path>) -> Result<Config> {
+        let env: BTreeMap<String, String> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("WALVAULT_"))
+            .collect();
+        let source = match explicit {
+            Some(p) => Source::Explicit(p),
+            None => Source::Default,
+        };
+        Config::load(source, &env)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if !(1..=19).contains(&self.compression.level) {
+            bail!(
+                "config key compression.level: {} is out of range, use 1 (fastest) to 19",
+                self.compression.level
+            );
+        }
+        if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str()) {
+            bail!(
+                "config key log_level: '{}' is not one of error, warn, info, debug, trace",
+                self.log_level
+            );
+        }
+        for r in &self.encryption.recipients {
+            r.parse::<age::x25519::Recipient>().map_err(|e| {
+                anyhow::anyhow!(
+                    "config key encryption.recipients: '{r}' is not an age X25519 recipient ({e}); it starts with age1, as printed by walvault keygen"
+                )
+            })?;
+        }
+        match self.s3.sse.as_deref() {
+            None | Some("AES256") | Some("aws:kms") => {}
+            Some(other) => bail!("config key s3.sse: '{other}' is not AES256 or aws:kms"),
+        }
+        if self.s3.sse_kms_key_id.is_some() && self.s3.sse.as_deref() != Some("aws:kms") {
+            bail!("config key s3.sse_kms_key_id is set but s3.sse is not aws:kms");
+        }
+        if !(5..=5120).contains(&self.s3.part_size_mb) {
+            bail!(
+                "config key s3.part_size_mb: {} is out of range, use 5 to 5120",
+                self.s3.part_size_mb
+            );
+        }
+        for (key, v, lo) in [
+            ("s3.max_attempts", self.s3.max_attempts, 1),
+            ("s3.timeout_seconds", self.s3.timeout_seconds, 1),
+            (
+                "s3.connect_timeout_seconds",
+                self.s3.connect_timeout_seconds,
+                1,
+            ),
+            ("fetch.retries", self.fetch.retries, 0),
+        ] {
+            if v < lo || v > 1000 {
+                bail!("config key {key}: {v} is out of range, use {lo} to 1000");
+            }
+        }
+        crate::store::RepoUrl::parse(&self.repo).context("config key repo")?;
+        Ok(())
+    }
+}
+
+fn lookup<'a>(table: &'a Table, key: &str) -> Option<&'a Value> {
+    let mut parts = key.split('.').peekable();
+    let mut t = table;
+    while let Some(p) = parts.next() {
+        let v = t.get(p)?;
+        if parts.peek().is_none() {
+            return Some(v);
+        }
+        t = v.as_table()?;
+    }
+    None
+}
+
+fn insert(table: &mut Table, key: &str, value: Value) {
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut t = table;
+    for p in &parts[..parts.len() - 1] {
+        let entry = t
+            .entry(p.to_string())
+            .or_insert_with(|| Value::Table(Table::new()));
+        if !entry.is_table() {
+            *entry = Value::Table(Table::new());
+        }
+        t = entry.as_table_mut().expect("just made a table");
+    }
+    t.insert(parts[parts.len() - 1].to_string(), value);
+}
+
+fn check_known(table: &Table, prefix: &str, origin: &str) -> Result<()> {
+    for (k, v) in table {
+        let path = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        let is_key = KEYS.iter().any(|(name, _, _)| *name == path);
+        let is_section = KEYS
+            .iter()
+            .any(|(name, _, _)| name.starts_with(&format!("{path}.")));
+        match v {
+            Value::Table(t) if is_section => check_known(t, &path, origin)?,
+            _ if is_key => {}
+            _ => bail!("unknown config key '{path}' in {origin}"),
+        }
+    }
+    Ok(())
+}
+
+fn check_kind(key: &str, kind: Kind, v: &Value) -> Result<()> {
+    let ok = match kind {
+        Kind::Str => v.is_str(),
+        Kind::Int => v.is_integer(),
+        Kind::Bool => v.is_bool(),
+        Kind::List => v.as_array().is_some_and(|a| a.iter().all(Value::is_str)),
+    };
+    if !ok {
+        let want = match kind {
+            Kind::Str => "a string",
+            Kind::Int => "an integer",
+            Kind::Bool => "true or false",
+            Kind::List => "a list of strings",
+        };
+        bail!("config key {key}: expected {want}, found {v}");
+    }
+    Ok(())
+}
+
+fn apply_env(table: &mut Table, env: &BTreeMap<String, String>) -> Result<()> {
+    for name in env.keys() {
+        if ENV_NOT_KEYS.contains(&name.as_str()) {
+            continue;
+        }
+        if !KEYS.iter().any(|(k, _, _)| env_name(k) == *name) {
+            bail!("unknown setting {name} in the environment (see docs/configuration.md)");
+        }
+    }
+    for (key, kind, _) in KEYS {
+        let name = env_name(key);
+        let Some(raw) = env.get(&name) else { continue };
+        let value = match kind {
+            Kind::Str => Value::String(raw.clone()),
+            Kind::Int => Value::Integer(raw.trim().parse().map_err(|_| {
+                anyhow::anyhow!("{name} (config key {key}): expected an integer, found '{raw}'")
+            })?),
+            Kind::Bool => Value::Boolean(match raw.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" => false,
+                _ => bail!("{name} (config key {key}): expected true or false, found '{raw}'"),
+            }),
+            Kind::List => Value::Array(
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| Value::String(s.to_string()))
+                    .collect(),
+            ),
+        };
+        insert(table, key, value);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn with_file(text: &str, e: &[(&str, &str)]) -> Result<Config> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("w.toml");
+        std::fs::write(&p, text).unwrap();
+        Config::load(Source::Explicit(&p), &env(e))
+    }
+
+    #[test]
+    fn defaults_without_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("empty.toml");
+        std::fs::write(&p, "").unwrap();
+        let c = Config::load(Source::Explicit(&p), &env(&[])).unwrap();
+        assert_eq!(c.repo, DEFAULT_REPO);
+        assert_eq!(c.compression.level, 1);
+        assert!(c.encryption.recipients.is_empty());
+        assert!(!c.s3.force_path_style);
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let c = with_file(
+            "repo = \"file:///a\"\n[compression]\nlevel = 5\n[s3]\nforce_path_style = false\n",
+            &[
+                ("WALVAULT_COMPRESSION_LEVEL", "7"),
+                ("WALVAULT_S3_FORCE_PATH_STYLE", "true"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.repo, "file:///a");
+        assert_eq!(c.compression.level, 7);
+        assert!(c.s3.force_path_style);
+    }
+
+    #[test]
+    fn environment_sets_keys_absent_from_file() {
+        let c = with_file(
+            "",
+            &[
+                ("WALVAULT_REPO", "s3://bucket/x"),
+                ("WALVAULT_S3_SSE", "AES256"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.repo, "s3://bucket/x");
+        assert_eq!(c.s3.sse.as_deref(), Some("AES256"));
+    }
+
+    #[test]
+    fn recipients_list_from_environment() {
+        let a = age::x25519::Identity::generate().to_public().to_string();
+        let b = age::x25519::Identity::generate().to_public().to_string();
+        let c = with_file(
+            "",
+            &[("WALVAULT_ENCRYPTION_RECIPIENTS", &format!("{a}, {b}"))],
+        )
+        .unwrap();
+        assert_eq!(c.encryption.recipients, vec![a, b]);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = format!(
+            "{:#}",
+            with_file("[compression]\nlevel = \"fast\"\n", &[]).unwrap_err()
+        );
+        assert!(
+            e.contains("compression.level") && e.contains("integer"),
+            "{e}"
+        );
+        let e = format!(
+            "{:#}",
+            with_file("", &[("WALVAULT_COMPRESSION_LEVEL", "x")]).unwrap_err()
+        );
+        assert!(e.contains("WALVAULT_COMPRESSION_LEVEL"), "{e}");
+        let e = format!(
+            "{:#}",
+            with_file("[compresion]\nlevel = 3\n", &[]).unwrap_err()
+        );
+        assert!(e.contains("unknown config key 'compresion'"), "{e}");
+        let e = format!(
+            "{:#}",
+            with_file("", &[("WALVAULT_COMPRESION_LEVEL", "3")]).unwrap_err()
+        );
+        assert!(e.contains("WALVAULT_COMPRESION_LEVEL"), "{e}");
+        let e = format!(
+            "{:#}",
+            with_file("[compression]\nlevel = 40\n", &[]).unwrap_err()
+        );
+        assert!(
+            e.contains("compression.level") && e.contains("out of range"),
+            "{e}"
+        );
+        let e = format!(
+            "{:#}",
+            with_file("[encryption]\nrecipients = [\"nope\"]\n", &[]).unwrap_err()
+        );
+        assert!(e.contains("encryption.recipients"), "{e}");
+        let e = format!(
+            "{:#}",
+            with_file("[s3]\nsse = \"rot13\"\n", &[]).unwrap_err()
+        );
+        assert!(e.contains("s3.sse"), "{e}");
+        let e = format!("{:#}", with_file("repo = \"ftp://x\"\n", &[]).unwrap_err());
+        assert!(e.contains("repo"), "{e}");
+    }
+
+    #[test]
+    fn explicit_missing_file_is_an_error() {
+        let e = Config::load(
+            Source::Explicit(Path::new("/nonexistent/w.toml")),
+            &env(&[]),
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("/nonexistent/w.toml"));
+    }
+
+    #[test]
+    fn env_names() {
+        assert_eq!(
+            env_name("s3.force_path_style"),
+            "WALVAULT_S3_FORCE_PATH_STYLE"
+        );
+        assert_eq!(
+            env_name("encryption.identity_file"),
+            "WALVAULT_ENCRYPTION_IDENTITY_FILE"
+        );
+        assert_eq!(env_name("repo"), "WALVAULT_REPO");
+    }
+}

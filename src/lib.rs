@@ -1,0 +1,15 @@
+//! walvault: keeps a PostgreSQL cluster recoverable to any point in time.
+//!
+//! Data flows one way: `cli` → command modules (`wal::push`, `wal::fetch`, ...)
+//! → `codec` (compression, encryption, checksums) → `store` (local directory or S3).
+
+pub mod cli;
+pub mod codec;
+pub mod config;
+pub mod exit;
+pub mod keygen;
+pub mod logging;
+pub mod pg;
+pub mod repo;
+pub mod store;
+pub mod wal;

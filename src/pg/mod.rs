@@ -1,0 +1,3 @@
+//! Facts read from a PostgreSQL data directory.
+
+pub mod control;

@@ -1,0 +1,107 @@
+//! The repository identity, `walvault.json`: which cluster a repository belongs
+//! to. Stored in clear (it holds no secret) so every push can check it cheaply.
+
+use crate::store::Store;
+use anyhow::{bail, Context, Result};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
+
+pub const KEY: &str = "walvault.json";
+pub const FORMAT: u32 = 1;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RepoIdentity {
+    pub format: u32,
+    /// A string: JSON numbers lose precision past 2^53.
+    pub system_identifier: String,
+    pub pg_version: Option<u32>,
+    pub created: DateTime<Utc>,
+    pub created_by: String,
+}
+
+impl RepoIdentity {
+    pub fn sysid(&self) -> Result<u64> {
+        self.system_identifier
+            .parse()
+            .with_context(|| format!("{KEY}: bad system_identifier '{}'", self.system_identifier))
+    }
+}
+
+pub async fn load(store: &dyn Store) -> Result<Option<RepoIdentity>> {
+    let Some(mut body) = store.get(KEY).await? else {
+        return Ok(None);
+    };
+    let mut text = Vec::new();
+    body.read_to_end(&mut text)
+        .await
+        .with_context(|| format!("reading {}", store.locate(KEY)))?;
+    let id: RepoIdentity = serde_json::from_slice(&text).with_context(|| {
+        format!(
+            "{} is not a walvault repository identity",
+            store.locate(KEY)
+        )
+    })?;
+    if id.format > FORMAT {
+        bail!(
+            "repository format {} at {} is newer than this walvault understands ({FORMAT}); upgrade walvault",
+            id.format,
+            store.locate(KEY)
+        );
+    }
+    Ok(Some(id))
+}
+
+/// The refusal when a file belongs to another cluster than the repository.
+pub fn mismatch(store: &dyn Store, repo: u64, file: u64) -> anyhow::Error {
+    anyhow::anyhow!(
+        "this file belongs to the cluster with system identifier {file}, but the repository {} belongs to cluster {repo}; give each cluster its own repository (another prefix or directory)",
+        store.locate("")
+    )
+}
+
+/// Writes the identity when the repository has none; checks it when it has one.
+pub async fn ensure(
+    store: &dyn Store,
+    sysid: u64,
+    pg_version: Option<u32>,
+) -> Result<RepoIdentity> {
+    if let Some(id) = load(store).await? {
+        if id.sysid()? != sysid {
+            return Err(mismatch(store, id.sysid()?, sysid));
+        }
+        return Ok(id);
+    }
+    let id = RepoIdentity {
+        format: FORMAT,
+        system_identifier: sysid.to_string(),
+        pg_version,
+        created: Utc::now(),
+        created_by: format!("walvault {}", env!("CARGO_PKG_VERSION")),
+    };
+    let json = serde_json::to_vec_pretty(&id)?;
+    store.put(KEY, Box::new(std::io::Cursor::new(json))).await?;
+    tracing::info!(
+        "initialised repository {} for cluster {sysid}",
+        store.locate("")
+    );
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn init_then_check() {
+        let d = tempfile::tempdir().unwrap();
+        let s = crate::store::fs::FsStore::new(d.path().to_path_buf());
+        assert!(load(&s).await.unwrap().is_none());
+        let id = ensure(&s, u64::MAX - 1, Some(15)).await.unwrap();
+        assert_eq!(id.sysid().unwrap(), u64::MAX - 1);
+        assert_eq!(load(&s).await.unwrap().unwrap(), id);
+        ensure(&s, u64::MAX - 1, Some(15)).await.unwrap();
+        let e = ensure(&s, 5, Some(15)).await.unwrap_err();
+        assert!(e.to_string().contains("system identifier 5"), "{e}");
+    }
+}

@@ -1,0 +1,329 @@
+//! A repository in an S3 bucket (AWS or any S3-compatible store).
+//!
+//! Endpoint, region and credentials come from the standard AWS chain
+//! (AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID/..., profiles, instance
+//! roles); `s3.endpoint`/`s3.region` override. The chain is lazy: when the
+//! environment gives region and keys, the instance metadata service is never asked.
+
+use super::{Body, ObjectMeta, Store};
+use crate::config;
+use anyhow::{anyhow, Context, Result};
+use async_trait::async_trait;
+use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{
+    CompletedMultipartUpload, CompletedPart, ServerSideEncryption, StorageClass,
+};
+use aws_sdk_s3::Client;
+use aws_smithy_http_client::tls;
+use aws_smithy_types::retry::RetryConfig;
+use aws_smithy_types::timeout::TimeoutConfig;
+use bytes::BytesMut;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+    /// Key prefix with a trailing '/', or empty.
+    prefix: String,
+    sse: Option<ServerSideEncryption>,
+    sse_kms_key_id: Option<String>,
+    storage_class: Option<StorageClass>,
+    part_size: usize,
+}
+
+/// Builds an S3 client from the configuration and the AWS chain.
+pub async fn client(cfg: &config::S3) -> Client {
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https();
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(http)
+        .retry_config(RetryConfig::standard().with_max_attempts(cfg.max_attempts as u32))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(cfg.connect_timeout_seconds as u64))
+                .operation_attempt_timeout(Duration::from_secs(cfg.timeout_seconds as u64))
+                .build(),
+        );
+    if let Some(region) = &cfg.region {
+        loader = loader.region(aws_config::Region::new(region.clone()));
+    }
+    if let Some(endpoint) = &cfg.endpoint {
+        loader = loader.endpoint_url(endpoint);
+    }
+    let shared = loader.load().await;
+    let conf = aws_sdk_s3::config::Builder::from(&shared)
+        .force_path_style(cfg.force_path_style)
+        // Objects carry their own sha256 (codec); per-request CRC trailers add cost
+        // and are not understood by every S3-compatible store.
+        .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired)
+        .build();
+    Client::from_conf(conf)
+}
+
+fn sdk_err<E: std::error::Error + 'static, R: std::fmt::Debug>(e: SdkError<E, R>) -> anyhow::Error {
+    anyhow!("{}", DisplayErrorContext(&e))
+}
+
+impl S3Store {
+    pub async fn connect(cfg: &config::S3, bucket: String, prefix: String) -> Result<S3Store> {
+        Ok(S3Store {
+            client: client(cfg).await,
+            bucket,
+            prefix: if prefix.is_empty() {
+                prefix
+            } else {
+                format!("{prefix}/")
+            },
+            sse: cfg.sse.as_deref().map(ServerSideEncryption::from),
+            sse_kms_key_id: cfg.sse_kms_key_id.clone(),
+            storage_class: cfg.storage_class.as_deref().map(StorageClass::from),
+            part_size: cfg.part_size_mb as usize * 1024 * 1024,
+        })
+    }
+
+    fn full(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    async fn put_single(&self, key: &str, data: bytes::Bytes) -> Result<()> {
+        let len = data.len() as i64;
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.full(key))
+            .body(ByteStream::from(data))
+            .content_length(len)
+            .set_server_side_encryption(self.sse.clone())
+            .set_ssekms_key_id(self.sse_kms_key_id.clone())
+            .set_storage_class(self.storage_class.clone())
+            .send()
+            .await
+            .map_err(sdk_err)?;
+        Ok(())
+    }
+
+    async fn put_multipart(&self, key: &str, first: bytes::Bytes, body: &mut Body) -> Result<()> {
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(self.full(key))
+            .set_server_side_encryption(self.sse.clone())
+            .set_ssekms_key_id(self.sse_kms_key_id.clone())
+            .set_storage_class(self.storage_class.clone())
+            .send()
+            .await
+            .map_err(sdk_err)?;
+        let upload_id = created
+            .upload_id()
+            .context("S3 returned no upload id")?
+            .to_string();
+        let result = async {
+            let mut parts = Vec::new();
+            let mut chunk = first;
+            loop {
+                let number = parts.len() as i32 + 1;
+                let len = chunk.len() as i64;
+                let out = self
+                    .client
+                    .upload_part()
+                    .bucket(&self.bucket)
+                    .key(self.full(key))
+                    .upload_id(&upload_id)
+                    .part_number(number)
+                    .content_length(len)
+                    .body(ByteStream::from(chunk))
+                    .send()
+                    .await
+                    .map_err(sdk_err)
+                    .with_context(|| format!("uploading part {number}"))?;
+                parts.push(
+                    CompletedPart::builder()
+                        .set_e_tag(out.e_tag().map(str::to_string))
+                        .part_number(number)
+                        .build(),
+                );
+                let (next, _) = fill(body, self.part_size).await?;
+                if next.is_empty() {
+                    break;
+                }
+                chunk = next;
+            }
+            self.client
+                .complete_multipart_upload()
+                .bucket(&self.bucket)
+                .key(self.full(key))
+                .upload_id(&upload_id)
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(sdk_err)?;
+            Ok(())
+        }
+        .await;
+        if result.is_err() {
+            // Best effort: an incomplete upload is invisible, the bucket lifecycle rule
+            // removes any that this could not abort.
+            let _ = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(self.full(key))
+                .upload_id(&upload_id)
+                .send()
+                .await;
+        }
+        result
+    }
+}
+
+/// Reads up to `limit` bytes; the flag says whether the body ended.
+async fn fill(body: &mut Body, limit: usize) -> Result<(bytes::Bytes, bool)> {
+    let mut buf = BytesMut::with_capacity(limit.min(8 << 20));
+    while buf.len() < limit {
+        let want = (limit - buf.len()).min(1 << 20);
+        let mut take = body.take(want as u64);
+        let n = take.read_buf(&mut buf).await?;
+        if n == 0 {
+            return Ok((buf.freeze(), true));
+        }
+    }
+    Ok((buf.freeze(), false))
+}
+
+#[async_trait]
+impl Store for S3Store {
+    async fn put(&self, key: &str, mut body: Body) -> Result<()> {
+        let (first, ended) = fill(&mut body, self.part_size)
+            .await
+            .with_context(|| format!("reading the data for {}", self.locate(key)))?;
+        let r = if ended {
+            self.put_single(key, first).await
+        } else {
+            self.put_multipart(key, first, &mut body).await
+        };
+        r.with_context(|| format!("S3 upload of {} failed", self.locate(key)))
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Body>> {
+        match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.full(key))
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(Box::new(out.body.into_async_read()))),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
+            Err(e) => {
+                Err(sdk_err(e)).with_context(|| format!("S3 GET of {} failed", self.locate(key)))
+            }
+        }
+    }
+
+    async fn get_tail(&self, key: &str, n: u64) -> Result<Option<Vec<u8>>> {
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.full(key))
+            .range(format!("bytes=-{n}"))
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
+            Err(e) => {
+                return Err(sdk_err(e))
+                    .with_context(|| format!("S3 GET of {} failed", self.locate(key)))
+            }
+        };
+        let data = out
+            .body
+            .collect()
+            .await
+            .with_context(|| format!("reading {}", self.locate(key)))?;
+        Ok(Some(data.to_vec()))
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(self.full(key))
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(ObjectMeta {
+                key: key.to_string(),
+                size: out.content_length().unwrap_or(0) as u64,
+                modified: out
+                    .last_modified()
+                    .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())),
+            })),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+            Err(e) => {
+                Err(sdk_err(e)).with_context(|| format!("S3 HEAD of {} failed", self.locate(key)))
+            }
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        let mut out = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(self.full(prefix))
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page
+                .map_err(sdk_err)
+                .with_context(|| format!("S3 LIST of {} failed", self.locate(prefix)))?;
+            for o in page.contents() {
+                let Some(k) = o.key() else { continue };
+                let Some(rel) = k.strip_prefix(&self.prefix) else {
+                    continue;
+                };
+                out.push(ObjectMeta {
+                    key: rel.to_string(),
+                    size: o.size().unwrap_or(0) as u64,
+                    modified: o
+                        .last_modified()
+                        .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())),
+                });
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(self.full(key))
+            .send()
+            .await
+            .map_err(sdk_err)
+            .with_context(|| format!("S3 DELETE of {} failed", self.locate(key)))?;
+        Ok(())
+    }
+
+    fn locate(&self, key: &str) -> String {
+        format!("s3://{}/{}", self.bucket, self.full(key))
+    }
+}

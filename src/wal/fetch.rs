@@ -1,0 +1,124 @@
+//! `wal-fetch %f %p`: restore one WAL file for PostgreSQL.
+//!
+//! "Absent" (exit 1) is an answer PostgreSQL acts on: at the end of the archive
+//! it ends recovery and promotes. So walvault says absent only when the store
+//! says so for an object of a repository that exists; every other failure is
+//! retried and then reported as fatal (exit 128), which stops recovery.
+
+use super::names::WalFile;
+use crate::codec::{Codec, DecodeError};
+use crate::repo;
+use crate::store::{fs::sync_dir, Store};
+use anyhow::{anyhow, Context, Result};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub enum Fetched {
+    Restored,
+    Absent,
+}
+
+/// Why no file was produced, when it is not "absent".
+#[derive(Debug)]
+pub struct Fatal(pub anyhow::Error);
+
+pub async fn run(
+    store: &dyn Store,
+    codec: &Codec,
+    name: &str,
+    dest: &Path,
+    retries: u32,
+) -> Result<Fetched, Fatal> {
+    let started = Instant::now();
+    WalFile::parse(name).map_err(Fatal)?;
+    let key = super::key(name);
+    let dir = match dest.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let tmp = dir.join(format!(".walvault-fetch-{name}.{}", std::process::id()));
+    let attempts = retries + 1;
+    let mut last = None;
+    for attempt in 1..=attempts {
+        match fetch_once(store, codec, &key, &tmp, dest, &dir).await {
+            Ok(true) => {
+                tracing::info!(
+                    "restored {name} from {} in {} ms",
+                    store.locate(&key),
+                    started.elapsed().as_millis()
+                );
+                return Ok(Fetched::Restored);
+            }
+            Ok(false) => return absent(store, name).await,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                let key_problem = e
+                    .downcast_ref::<DecodeError>()
+                    .is_some_and(|d| d.is_key_problem());
+                let msg = anyhow!("cannot restore {name} from {}: {e:#}", store.locate(&key));
+                if key_problem {
+                    return Err(Fatal(msg));
+                }
+                if attempt < attempts {
+                    let wait = Duration::from_millis(500 << (attempt - 1).min(4));
+                    tracing::warn!(
+                        "{msg:#} (attempt {attempt} of {attempts}; retrying in {wait:?})"
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+                last = Some(msg);
+            }
+        }
+    }
+    let e = last.expect("at least one attempt");
+    Err(Fatal(e.context(format!(
+        "giving up after {attempts} attempts; recovery stops here rather than treating {name} as the end of the archive"
+    ))))
+}
+
+/// Answers "absent" only for a repository that exists: a wrong bucket, prefix or
+/// path must stop recovery, not make every file look absent.
+async fn absent(store: &dyn Store, name: &str) -> Result<Fetched, Fatal> {
+    match repo::load(store).await {
+        Ok(Some(_)) => {
+            tracing::info!("{name} is not in the archive");
+            Ok(Fetched::Absent)
+        }
+        Ok(None) => Err(Fatal(anyhow!(
+            "{} holds no walvault repository (no {}); check the repo setting",
+            store.locate(""),
+            repo::KEY
+        ))),
+        Err(e) => Err(Fatal(
+            e.context(format!("cannot tell whether {name} exists")),
+        )),
+    }
+}
+
+/// Downloads into `tmp` and renames it over `dest` once verified and durable.
+/// `Ok(false)`: the store has no such object.
+async fn fetch_once(
+    store: &dyn Store,
+    codec: &Codec,
+    key: &str,
+    tmp: &Path,
+    dest: &Path,
+    dir: &Path,
+) -> Result<bool> {
+    let file =
+        std::fs::File::create(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let Some((_, file)) = codec.download(store, key, file).await? else {
+        let _ = std::fs::remove_file(tmp);
+        return Ok(false);
+    };
+    let (tmp2, dest2, dir2) = (tmp.to_path_buf(), dest.to_path_buf(), dir.to_path_buf());
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        file.sync_all().context("fsync")?;
+        drop(file);
+        std::fs::rename(&tmp2, &dest2).with_context(|| format!("rename to {}", dest2.display()))?;
+        sync_dir(&dir2).context("fsync directory")?;
+        Ok(())
+    })
+    .await??;
+    Ok(true)
+}

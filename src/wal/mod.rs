@@ -1,0 +1,13 @@
+//! WAL: file names and LSNs, page headers, timeline history, and the two
+//! commands PostgreSQL calls, `push` (archive_command) and `fetch` (restore_command).
+
+pub mod fetch;
+pub mod header;
+pub mod history;
+pub mod names;
+pub mod push;
+
+/// The object key of a WAL file in the repository.
+pub fn key(name: &str) -> String {
+    format!("wal/{name}")
+}
