@@ -371,7 +371,7 @@ mod tests {
         (0..len)
             .map(|i| {
                 if i % 7 == 0 {
-                    (i * 2654435761usize >> 13) as u8
+                    ((i * 2654435761usize) >> 13) as u8
                 } else {
                     (i / 512) as u8
                 }

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The benchmark (not part of the test run). Options: --runs N (default 3), --segments N (default 64).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+weed_dir=$(scripts/install-test-deps.sh | tail -n 1)
+export PATH="$weed_dir:$PATH"
+cargo test --release --test bench -- "$@"

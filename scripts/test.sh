@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need, checks formatting and lints,
+# then runs every test (unit and integration, against real PostgreSQL 15 and SeaweedFS).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+weed_dir=$(scripts/install-test-deps.sh | tail -n 1)
+export PATH="$weed_dir:$PATH"
+
+cargo fmt --all -- --check
+cargo clippy --release --all-targets --quiet -- -D warnings
+cargo test --release

