@@ -3,5 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 weed_dir=$(scripts/install-test-deps.sh | tail -n 1)
+# GNU time measures each call's peak memory.
+[ -x /usr/bin/time ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time; } >&2
 export PATH="$weed_dir:$PATH"
 cargo test --release --test bench -- "$@"

@@ -32,6 +32,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Archive one WAL file: archive_command = 'walvault wal-push %p'
@@ -78,6 +80,95 @@ makes PostgreSQL stop recovery with an error instead of ending it early.")]
         /// Where to write the identity; an existing file is never overwritten
         #[arg(long, short)]
         output: PathBuf,
+    },
+    /// Take an online base backup (nightly cron)
+    #[command(after_help = "\
+Connects like psql (PGHOST, PGPORT, PGUSER, PGPASSWORD, or postgres.conninfo), runs
+pg_backup_start, reads the data directory itself (same exclusions as pg_basebackup,
+tablespaces included), stores it as compressed, encrypted tar parts uploaded in parallel,
+then pg_backup_stop, waiting until the WAL the backup needs is archived. The manifest
+is written last: a backup that did not finish is never listed.")]
+    BackupPush {
+        /// The data directory (default: PGDATA, else asked from the server)
+        #[arg(long, env = "PGDATA")]
+        pgdata: Option<PathBuf>,
+        /// Immediate checkpoint instead of a spread one (faster start, more I/O at once)
+        #[arg(long)]
+        fast: bool,
+        /// Backup label (default: walvault <id>)
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// List complete backups and the recoverable window
+    BackupList {
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a backup into an empty directory and set up recovery to a target
+    #[command(after_help = "\
+Examples:
+  walvault recover --pgdata /srv/restore --target-time '2026-11-22 14:32:00+01' --start --port 5433
+  walvault recover --pgdata /srv/restore --target latest --dry-run
+
+Chooses the newest complete backup that ended before the target (or --backup), checks
+that every WAL segment needed is in the repository, restores and verifies every file,
+writes recovery.signal and the recovery settings (restore_command calling this binary),
+and with --start runs PostgreSQL until the target and prints where it ended.
+The restored cluster does not archive (archive_mode = off) unless --archive: a copy
+must not push a new timeline into the production repository.")]
+    Recover {
+        /// Directory to restore into (must be empty or absent)
+        #[arg(long, short = 'D')]
+        pgdata: PathBuf,
+        /// Recover to this time: RFC 3339 or PostgreSQL's form, with a zone
+        #[arg(long, value_name = "TIME", conflicts_with_all = ["target_lsn", "target_xid", "target_name", "target"])]
+        target_time: Option<String>,
+        /// Recover to this WAL location (e.g. 0/3000A28)
+        #[arg(long, value_name = "LSN", conflicts_with_all = ["target_xid", "target_name", "target"])]
+        target_lsn: Option<String>,
+        /// Recover to this transaction id
+        #[arg(long, value_name = "XID", conflicts_with_all = ["target_name", "target"])]
+        target_xid: Option<String>,
+        /// Recover to this restore point (pg_create_restore_point)
+        #[arg(long, value_name = "NAME", conflicts_with = "target")]
+        target_name: Option<String>,
+        /// immediate (end of the backup) or latest (end of the archive, the default)
+        #[arg(long, value_name = "immediate|latest")]
+        target: Option<String>,
+        /// Timeline to follow: a number, or latest (default)
+        #[arg(long, value_name = "TLI")]
+        target_timeline: Option<String>,
+        /// What the server does at the target: promote (default), pause or shutdown
+        #[arg(long, default_value = "promote")]
+        target_action: String,
+        /// Stop just before the target instead of just after it
+        #[arg(long)]
+        exclusive: bool,
+        /// Use this backup instead of choosing one
+        #[arg(long)]
+        backup: Option<String>,
+        /// Empty a non-empty target directory first
+        #[arg(long)]
+        overwrite: bool,
+        /// Print the plan and check the repository; write nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Start PostgreSQL and wait until recovery reaches the target
+        #[arg(long)]
+        start: bool,
+        /// Port for the restored server (restore beside a running cluster)
+        #[arg(long)]
+        port: Option<u16>,
+        /// Unix socket directory for the restored server
+        #[arg(long)]
+        socket_dir: Option<PathBuf>,
+        /// Restore tablespace OID into DIR instead of its original place (repeatable)
+        #[arg(long, value_name = "OID=DIR")]
+        tablespace_map: Vec<String>,
+        /// Keep archiving on in the restored cluster (it becomes the primary)
+        #[arg(long)]
+        archive: bool,
     },
     /// Bind the repository to a cluster (done by the first wal-push otherwise)
     RepoInit {

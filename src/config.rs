@@ -102,6 +102,26 @@ pub const KEYS: &[(&str, Kind, &str)] = &[
         Kind::Int,
         "wal-fetch: whole-download retries after a failure, before giving up with exit 128",
     ),
+    (
+        "postgres.conninfo",
+        Kind::Str,
+        "libpq connection string for backup-push (else PGHOST, PGPORT, PGUSER, ...)",
+    ),
+    (
+        "backup.part_size_mb",
+        Kind::Int,
+        "raw size of one backup part (a tar stream) in MiB",
+    ),
+    (
+        "backup.concurrency",
+        Kind::Int,
+        "backup parts read, compressed and uploaded at once",
+    ),
+    (
+        "restore.concurrency",
+        Kind::Int,
+        "backup parts downloaded and extracted at once",
+    ),
 ];
 
 #[derive(Clone, Debug, Deserialize)]
@@ -119,6 +139,59 @@ pub struct Config {
     pub s3: S3,
     #[serde(default)]
     pub fetch: Fetch,
+    #[serde(default)]
+    pub postgres: Postgres,
+    #[serde(default)]
+    pub backup: Backup,
+    #[serde(default)]
+    pub restore: Restore,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Postgres {
+    pub conninfo: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backup {
+    #[serde(default = "default_backup_part")]
+    pub part_size_mb: i64,
+    #[serde(default = "default_concurrency")]
+    pub concurrency: i64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Restore {
+    #[serde(default = "default_concurrency")]
+    pub concurrency: i64,
+}
+
+impl Default for Backup {
+    fn default() -> Self {
+        Backup {
+            part_size_mb: default_backup_part(),
+            concurrency: default_concurrency(),
+        }
+    }
+}
+impl Default for Restore {
+    fn default() -> Self {
+        Restore {
+            concurrency: default_concurrency(),
+        }
+    }
+}
+// Parts of 256 MiB keep both cores busy on databases of a few GiB while a part
+// still streams (memory stays at a few MiB per part whatever its size).
+fn default_backup_part() -> i64 {
+    256
+}
+// One part per core: compression and encryption are CPU-bound.
+fn default_concurrency() -> i64 {
+    2
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -330,9 +403,12 @@ impl Config {
                 1,
             ),
             ("fetch.retries", self.fetch.retries, 0),
+            ("backup.part_size_mb", self.backup.part_size_mb, 1),
+            ("backup.concurrency", self.backup.concurrency, 1),
+            ("restore.concurrency", self.restore.concurrency, 1),
         ] {
-            if v < lo || v > 1000 {
-                bail!("config key {key}: {v} is out of range, use {lo} to 1000");
+            if v < lo || v > 100_000 {
+                bail!("config key {key}: {v} is out of range, use {lo} to 100000");
             }
         }
         crate::store::RepoUrl::parse(&self.repo).context("config key repo")?;

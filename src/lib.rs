@@ -3,6 +3,7 @@
 //! Data flows one way: `cli` → command modules (`wal::push`, `wal::fetch`, ...)
 //! → `codec` (compression, encryption, checksums) → `store` (local directory or S3).
 
+pub mod backup;
 pub mod cli;
 pub mod codec;
 pub mod config;
@@ -10,6 +11,8 @@ pub mod exit;
 pub mod keygen;
 pub mod logging;
 pub mod pg;
+pub mod progress;
+pub mod recover;
 pub mod repo;
 pub mod store;
 pub mod wal;

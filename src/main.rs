@@ -1,4 +1,5 @@
 use clap::Parser;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use walvault::cli::{Cli, Command};
 use walvault::config::Config;
@@ -44,7 +45,12 @@ fn main() -> ExitCode {
             return ExitCode::from(failure);
         }
     };
-    match rt.block_on(dispatch(cli.command, cfg)) {
+    // restore_command written by recover names the config file in use.
+    let config_file = cli.config.clone().or_else(|| {
+        let p = PathBuf::from(walvault::config::DEFAULT_CONFIG_PATH);
+        p.exists().then_some(p)
+    });
+    match rt.block_on(dispatch(cli.command, cfg, config_file)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             report(e);
@@ -59,10 +65,17 @@ fn command_name(c: &Command) -> &'static str {
         Command::WalFetch { .. } => "wal-fetch",
         Command::Keygen { .. } => "keygen",
         Command::RepoInit { .. } => "repo-init",
+        Command::BackupPush { .. } => "backup-push",
+        Command::BackupList { .. } => "backup-list",
+        Command::Recover { .. } => "recover",
     }
 }
 
-async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<u8> {
+async fn dispatch(
+    command: Command,
+    cfg: Config,
+    config_file: Option<PathBuf>,
+) -> anyhow::Result<u8> {
     let codec = Codec::from_config(&cfg)?;
     let store = store::open(&cfg).await?;
     match command {
@@ -96,6 +109,94 @@ async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<u8> {
                 store.locate(""),
                 id.system_identifier
             );
+            Ok(exit::OK)
+        }
+        Command::BackupPush {
+            pgdata,
+            fast,
+            label,
+        } => {
+            let opts = walvault::backup::push::Options {
+                pgdata,
+                fast,
+                label,
+            };
+            let m = walvault::backup::push::run(&cfg, store, &codec, opts).await?;
+            println!("{}", m.id);
+            Ok(exit::OK)
+        }
+        Command::BackupList { json } => {
+            walvault::backup::catalog::run(store.as_ref(), &codec, json).await?;
+            Ok(exit::OK)
+        }
+        Command::Recover {
+            pgdata,
+            target_time,
+            target_lsn,
+            target_xid,
+            target_name,
+            target,
+            target_timeline,
+            target_action,
+            exclusive,
+            backup,
+            overwrite,
+            dry_run,
+            start,
+            port,
+            socket_dir,
+            tablespace_map,
+            archive,
+        } => {
+            use walvault::recover::target::{parse_time, Action, Target};
+            let target =
+                if let Some(t) = target_time {
+                    Target::Time(parse_time(&t)?)
+                } else if let Some(l) = target_lsn {
+                    Target::Lsn(walvault::wal::names::Lsn::parse(&l)?)
+                } else if let Some(x) = target_xid {
+                    Target::Xid(x.trim().parse().map_err(|_| {
+                        anyhow::anyhow!("--target-xid '{x}' is not a transaction id")
+                    })?)
+                } else if let Some(n) = target_name {
+                    Target::Name(n)
+                } else {
+                    match target.as_deref() {
+                        None | Some("latest") => Target::Latest,
+                        Some("immediate") => Target::Immediate,
+                        Some(o) => anyhow::bail!("--target '{o}': use immediate or latest"),
+                    }
+                };
+            let timeline = match target_timeline.as_deref() {
+                None | Some("latest") => None,
+                Some(t) => Some(t.parse().map_err(|_| {
+                    anyhow::anyhow!("--target-timeline '{t}': use a number or latest")
+                })?),
+            };
+            let mut ts = std::collections::BTreeMap::new();
+            for m in tablespace_map {
+                let (oid, dir) = m
+                    .split_once('=')
+                    .ok_or_else(|| anyhow::anyhow!("--tablespace-map '{m}': use OID=DIR"))?;
+                ts.insert(oid.to_string(), PathBuf::from(dir));
+            }
+            let opts = walvault::recover::Options {
+                pgdata,
+                target,
+                timeline,
+                action: Action::parse(&target_action)?,
+                exclusive,
+                backup,
+                overwrite,
+                dry_run,
+                start,
+                port,
+                socket_dir,
+                tablespace_map: ts,
+                archive,
+                config_file,
+            };
+            walvault::recover::run(&cfg, store, &codec, opts).await?;
             Ok(exit::OK)
         }
         Command::Keygen { .. } => unreachable!("handled before the configuration is read"),

@@ -90,31 +90,63 @@ fn make_segments(root: &Path, n: usize) -> (Vec<PathBuf>, Cluster) {
 struct Pass {
     per_call_ms: Vec<f64>,
     wall: Duration,
+    /// Largest resident set of any one call, KiB.
+    peak_rss_kb: i64,
+}
+
+/// Runs a command to its end; returns whether it succeeded, its stderr and its
+/// peak RSS in KiB. Measured by GNU time: a child forked from this (large)
+/// process would report this process's high-water mark instead of its own.
+fn run_measured(c: &mut Command) -> (bool, String, i64) {
+    let rss_file = std::env::temp_dir().join(format!("walvault-bench-rss.{}", std::process::id()));
+    let mut w = Command::new("/usr/bin/time");
+    w.args(["-q", "-f", "%M", "-o"])
+        .arg(&rss_file)
+        .arg(c.get_program())
+        .args(c.get_args())
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin");
+    for (k, v) in c.get_envs() {
+        if let Some(v) = v {
+            w.env(k, v);
+        }
+    }
+    let out = w
+        .output()
+        .expect("spawn /usr/bin/time (Debian package time)");
+    let rss = std::fs::read_to_string(&rss_file)
+        .ok()
+        .and_then(|s| s.trim().lines().last().and_then(|l| l.trim().parse().ok()))
+        .unwrap_or(0);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+        rss,
+    )
 }
 
 fn timed(mut cmds: impl FnMut(usize) -> Command, n: usize) -> Pass {
     let mut per_call_ms = Vec::with_capacity(n);
+    let mut peak_rss_kb = 0;
     let t0 = Instant::now();
     for i in 0..n {
         let mut c = cmds(i);
         let t = Instant::now();
-        let out = c.output().expect("spawn");
+        let (ok, err, rss) = run_measured(&mut c);
         per_call_ms.push(t.elapsed().as_secs_f64() * 1000.0);
-        assert!(
-            out.status.success(),
-            "call {i} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        peak_rss_kb = peak_rss_kb.max(rss);
+        assert!(ok, "call {i} failed: {err}");
     }
     Pass {
         per_call_ms,
         wall: t0.elapsed(),
+        peak_rss_kb,
     }
 }
 
 fn walvault_cmd(args: &[&str], env: &BTreeMap<String, String>) -> Command {
     let mut c = Command::new(walvault_bin());
-    c.env_clear().envs(env).args(args);
+    c.envs(env).args(args);
     c
 }
 
@@ -123,6 +155,7 @@ struct Row {
     ms: Vec<f64>,
     mbps: Vec<f64>,
     p90: Vec<f64>,
+    rss_kb: i64,
 }
 
 fn main() {
@@ -160,6 +193,7 @@ fn main() {
                     ms: vec![],
                     mbps: vec![],
                     p90: vec![],
+                    rss_kb: 0,
                 });
                 rows.last_mut().unwrap()
             }
@@ -167,6 +201,7 @@ fn main() {
         row.ms.push(median(&mut pass.per_call_ms));
         row.p90.push(p90(&mut pass.per_call_ms));
         row.mbps.push(raw_mb / pass.wall.as_secs_f64());
+        row.rss_kb = row.rss_kb.max(pass.peak_rss_kb);
     };
 
     for run in 0..a.runs {
@@ -244,8 +279,8 @@ fn main() {
     );
     println!("stored size: {:.1}% of raw WAL\n", stored_ratio * 100.0);
     println!(
-        "{:<28} {:>14} {:>10} {:>10} {:>12}",
-        "", "median ms/seg", "p90 ms", "raw MB/s", "x cp time"
+        "{:<28} {:>14} {:>10} {:>10} {:>12} {:>14}",
+        "", "median ms/seg", "p90 ms", "raw MB/s", "x cp time", "peak RSS MiB"
     );
     let base = |op: &str, rows: &mut Vec<Row>| -> f64 {
         let r = rows
@@ -263,12 +298,13 @@ fn main() {
             fetch_base
         };
         println!(
-            "{:<28} {:>14.1} {:>10.1} {:>10.0} {:>12.2}",
+            "{:<28} {:>14.1} {:>10.1} {:>10.0} {:>12.2} {:>14.1}",
             r.label,
             ms,
             median(&mut r.p90),
             median(&mut r.mbps),
-            ms / b
+            ms / b,
+            r.rss_kb as f64 / 1024.0
         );
     }
 }

@@ -87,6 +87,11 @@ impl Codec {
         !self.inner.recipients.is_empty()
     }
 
+    /// Fails, with the reason, when encrypted objects could not be decrypted.
+    pub fn check_key(&self) -> Result<(), DecodeError> {
+        self.identities().map(|_| ())
+    }
+
     /// The identities, read once from the identity file.
     fn identities(&self) -> Result<&[age::x25519::Identity], DecodeError> {
         let path = self
@@ -101,28 +106,13 @@ impl Codec {
             .map_err(|e| DecodeError::Key(e.clone()))
     }
 
-    /// Encodes `src` into `sink` as one object; returns its trailer.
-    pub fn encode(&self, src: &mut dyn Read, sink: &mut dyn Write) -> io::Result<Trailer> {
+    /// A writer that encodes what is written into `sink` (header written now,
+    /// trailer at `finish`).
+    pub fn encoder<W: Write>(&self, sink: W) -> io::Result<EncodingWriter<W>> {
         let flags = FLAG_ZSTD | if self.encrypts() { FLAG_ENCRYPTED } else { 0 };
         let mut stored = HashingWriter::new(sink);
         stored.write_all(&envelope::header(flags))?;
-        let mut plain = Sha256::new();
-        let mut plain_len = 0u64;
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut pump = |w: &mut dyn Write| -> io::Result<()> {
-            loop {
-                let n = match src.read(&mut buf) {
-                    Ok(0) => return Ok(()),
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
-                };
-                plain.update(&buf[..n]);
-                plain_len += n as u64;
-                w.write_all(&buf[..n])?;
-            }
-        };
-        if self.encrypts() {
+        let z = if self.encrypts() {
             let enc = age::Encryptor::with_recipients(
                 self.inner
                     .recipients
@@ -130,24 +120,25 @@ impl Codec {
                     .map(|r| r as &dyn age::Recipient),
             )
             .map_err(io::Error::other)?;
-            let aged = enc.wrap_output(&mut stored)?;
-            let mut z = zstd::Encoder::new(aged, self.inner.level)?;
-            pump(&mut z)?;
-            z.finish()?.finish()?;
+            Compressed::Aged(zstd::Encoder::new(
+                enc.wrap_output(stored)?,
+                self.inner.level,
+            )?)
         } else {
-            let mut z = zstd::Encoder::new(&mut stored, self.inner.level)?;
-            pump(&mut z)?;
-            z.finish()?;
-        }
-        let (sink, stored_sha256, _) = stored.finish();
-        let trailer = Trailer {
-            plain_len,
-            plain_sha256: plain.finalize().into(),
-            stored_sha256,
+            Compressed::Plain(zstd::Encoder::new(stored, self.inner.level)?)
         };
-        sink.write_all(&trailer.to_bytes())?;
-        sink.flush()?;
-        Ok(trailer)
+        Ok(EncodingWriter {
+            z,
+            plain: Sha256::new(),
+            plain_len: 0,
+        })
+    }
+
+    /// Encodes `src` into `sink` as one object; returns its trailer.
+    pub fn encode(&self, src: &mut dyn Read, sink: &mut dyn Write) -> io::Result<Trailer> {
+        let mut e = self.encoder(sink)?;
+        copy_large(src, &mut e)?;
+        Ok(e.finish()?.0)
     }
 
     /// Decodes one object from `src` into `dest`, verifying the stored checksum,
@@ -201,28 +192,61 @@ impl Codec {
         Ok(trailer)
     }
 
-    /// Encodes `src` and stores it under `key`. The store sees an error, never a
-    /// clean end, when encoding fails, so a partial object is never stored.
+    /// Encodes `src` and stores it under `key`.
     pub async fn upload<R: Read + Send + 'static>(
         &self,
         store: &dyn Store,
         key: &str,
         src: R,
-    ) -> Result<Trailer> {
+    ) -> Result<Uploaded> {
+        let mut src = src;
+        Ok(self
+            .upload_from(store, key, move |w| copy_large(&mut src, w).map(|_| ()))
+            .await?
+            .0)
+    }
+
+    /// Stores under `key` what `produce` writes (plaintext), encoded. `produce`
+    /// runs on a blocking thread. The store sees an error, never a clean end,
+    /// when producing or encoding fails, so a partial object is never stored.
+    pub async fn upload_from<T, F>(
+        &self,
+        store: &dyn Store,
+        key: &str,
+        produce: F,
+    ) -> Result<(Uploaded, T)>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn Write) -> io::Result<T> + Send + 'static,
+    {
         let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
         let codec = self.clone();
         let encoder = tokio::task::spawn_blocking(move || {
-            let mut src = src;
             let mut w = ChannelWriter {
                 tx,
                 buf: Vec::with_capacity(CHUNK),
+                sent: 0,
             };
-            let r = codec.encode(&mut src, &mut w);
-            if let Err(e) = &r {
-                let _ =
-                    w.tx.blocking_send(Err(io::Error::new(e.kind(), e.to_string())));
+            let r = (|| -> io::Result<(Trailer, T)> {
+                let mut e = codec.encoder(&mut w)?;
+                let t = produce(&mut e)?;
+                let (trailer, _) = e.finish()?;
+                Ok((trailer, t))
+            })();
+            match r {
+                Ok((trailer, t)) => Ok((
+                    Uploaded {
+                        trailer,
+                        stored_len: w.sent,
+                    },
+                    t,
+                )),
+                Err(e) => {
+                    let _ =
+                        w.tx.blocking_send(Err(io::Error::new(e.kind(), e.to_string())));
+                    Err(e)
+                }
             }
-            r
         });
         let stream = futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))
@@ -233,7 +257,7 @@ impl Codec {
         match (encoded, stored) {
             (Err(e), _) => Err(e).with_context(|| format!("encoding {}", store.locate(key))),
             (Ok(_), Err(e)) => Err(e),
-            (Ok(t), Ok(())) => Ok(t),
+            (Ok(r), Ok(())) => Ok(r),
         }
     }
 
@@ -259,6 +283,75 @@ impl Codec {
         })
         .await
         .map_err(|e| DecodeError::Transport(anyhow::Error::new(e)))?
+    }
+}
+
+/// What an upload stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Uploaded {
+    pub trailer: Trailer,
+    /// Bytes stored (header, body and trailer).
+    pub stored_len: u64,
+}
+
+enum Compressed<W: Write> {
+    Plain(zstd::Encoder<'static, HashingWriter<W>>),
+    Aged(zstd::Encoder<'static, age::stream::StreamWriter<HashingWriter<W>>>),
+}
+
+/// Plaintext in, encoded object out (see `Codec::encoder`).
+pub struct EncodingWriter<W: Write> {
+    z: Compressed<W>,
+    plain: Sha256,
+    plain_len: u64,
+}
+
+impl<W: Write> Write for EncodingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = match &mut self.z {
+            Compressed::Plain(z) => z.write(buf)?,
+            Compressed::Aged(z) => z.write(buf)?,
+        };
+        self.plain.update(&buf[..n]);
+        self.plain_len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<W: Write> EncodingWriter<W> {
+    /// Ends the object: closes zstd and age, writes the trailer, returns the sink.
+    pub fn finish(self) -> io::Result<(Trailer, W)> {
+        let stored = match self.z {
+            Compressed::Plain(z) => z.finish()?,
+            Compressed::Aged(z) => z.finish()?.finish()?,
+        };
+        let (mut sink, stored_sha256, _) = stored.finish();
+        let trailer = Trailer {
+            plain_len: self.plain_len,
+            plain_sha256: self.plain.finalize().into(),
+            stored_sha256,
+        };
+        sink.write_all(&trailer.to_bytes())?;
+        sink.flush()?;
+        Ok((trailer, sink))
+    }
+}
+
+fn copy_large(src: &mut dyn Read, dst: &mut dyn Write) -> io::Result<u64> {
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0;
+    loop {
+        let n = match src.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        dst.write_all(&buf[..n])?;
+        total += n as u64;
     }
 }
 
@@ -289,7 +382,17 @@ pub fn sha256_of(src: &mut dyn Read) -> io::Result<([u8; 32], u64)> {
 
 fn unzstd(src: &mut dyn io::BufRead, out: &mut dyn Write) -> io::Result<()> {
     let mut z = zstd::Decoder::with_buffer(src)?.single_frame();
-    io::copy(&mut z, out)?;
+    // Large writes: io::copy's 8 KiB would cost 2048 write calls per 16 MiB segment.
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match z.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        out.write_all(&buf[..n])?;
+    }
     // Whatever follows the frame (within the body) is damage, and reading to the
     // end makes age authenticate its final chunk.
     let mut rest = Vec::new();
@@ -335,6 +438,7 @@ const CHUNK: usize = 256 * 1024;
 struct ChannelWriter {
     tx: mpsc::Sender<io::Result<Bytes>>,
     buf: Vec<u8>,
+    sent: u64,
 }
 
 impl ChannelWriter {
@@ -342,6 +446,7 @@ impl ChannelWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
+        self.sent += self.buf.len() as u64;
         let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
         self.tx
             .blocking_send(Ok(chunk))
@@ -494,8 +599,13 @@ mod tests {
             .unwrap_err();
         assert!(format!("{e:#}").contains("disk read error"), "{e:#}");
         assert!(store.head("wal/x").await.unwrap().is_none());
-        let t = codec.upload(&store, "wal/y", &b"abc"[..]).await.unwrap();
+        let up = codec.upload(&store, "wal/y", &b"abc"[..]).await.unwrap();
+        let t = up.trailer;
         assert_eq!(t.plain_len, 3);
+        assert_eq!(
+            up.stored_len,
+            store.head("wal/y").await.unwrap().unwrap().size
+        );
         let (t2, out) = codec
             .download(&store, "wal/y", Vec::new())
             .await

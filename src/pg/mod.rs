@@ -1,3 +1,5 @@
-//! Facts read from a PostgreSQL data directory.
+//! PostgreSQL: facts read from a data directory, connections, and pg_ctl.
 
+pub mod conn;
 pub mod control;
+pub mod ctl;

@@ -4,6 +4,7 @@
 pub mod fetch;
 pub mod header;
 pub mod history;
+pub mod inventory;
 pub mod names;
 pub mod push;
 

@@ -76,10 +76,11 @@ pub async fn run(store: &dyn Store, codec: &Codec, path: &Path) -> Result<()> {
 
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let trailer = codec.upload(store, &key, file).await?;
+    let up = codec.upload(store, &key, file).await?;
     tracing::info!(
-        "archived {name} ({} bytes) to {} in {} ms",
-        trailer.plain_len,
+        "archived {name} ({} bytes, stored {}) to {} in {} ms",
+        up.trailer.plain_len,
+        up.stored_len,
         store.locate(&key),
         started.elapsed().as_millis()
     );

@@ -235,6 +235,11 @@ impl Seaweed {
             .arg(format!("-s3.config={}", d.join("s3.json").display()))
             .args(["-s3.port.iceberg=0", "-s3.port.lance=0", "-metricsPort=0"])
             .args(["-master.volumeSizeLimitMB=256", "-volume.max=100"])
+            // SSE-S3 needs a key-encryption key on the server (a test value).
+            .env(
+                "WEED_S3_SSE_KEK",
+                "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+            )
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
@@ -589,6 +594,28 @@ impl Cluster {
 
     pub fn pid(&self) -> Option<i32> {
         self.pid
+    }
+
+    /// Takes charge of a server started by someone else (walvault recover --start),
+    /// so that this test stops it by its pid.
+    pub fn adopt(&mut self) {
+        let text = std::fs::read_to_string(self.pgdata.join("postmaster.pid")).unwrap_or_default();
+        self.pid = text.lines().next().and_then(|l| l.trim().parse().ok());
+        assert!(
+            self.pid.is_some_and(process_alive),
+            "no running server in {}",
+            self.pgdata.display()
+        );
+    }
+
+    /// Environment for walvault commands that connect to this server.
+    pub fn pg_env(&self, base: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        let mut e = base.clone();
+        e.insert("PGHOST".into(), self.sockdir.display().to_string());
+        e.insert("PGPORT".into(), self.port.to_string());
+        e.insert("PGUSER".into(), "postgres".into());
+        e.insert("PGDATA".into(), self.pgdata.display().to_string());
+        e
     }
 
     pub fn running(&self) -> bool {

@@ -1,0 +1,436 @@
+//! `backup-push`: an online base backup through the non-exclusive backup API.
+//!
+//! The session that calls pg_backup_start stays open until pg_backup_stop; if
+//! walvault dies in between, the server ends the backup with the session and the
+//! repository holds parts without a manifest: an incomplete backup, never listed.
+
+use super::walk::{self, Entry, Kind, PG_CONTROL};
+use super::{FileRecord, Manifest, Part, Tablespace, MANIFEST_FORMAT};
+use crate::codec::Codec;
+use crate::config::Config;
+use crate::progress::Progress;
+use crate::store::Store;
+use crate::wal::names::{Lsn, SegmentName};
+use crate::{pg, repo};
+use anyhow::{bail, Context, Result};
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub struct Options {
+    pub pgdata: Option<PathBuf>,
+    /// Request an immediate checkpoint instead of a spread one.
+    pub fast: bool,
+    pub label: Option<String>,
+}
+
+pub async fn run(
+    cfg: &Config,
+    store: Arc<dyn Store>,
+    codec: &Codec,
+    opts: Options,
+) -> Result<Manifest> {
+    let t0 = Instant::now();
+    let client = pg::conn::connect(cfg.postgres.conninfo.as_deref()).await?;
+    let row = client
+        .query_one(
+            "select current_setting('data_directory'), current_setting('server_version_num')::int, \
+             (select system_identifier from pg_control_system())::text, \
+             (select setting::bigint from pg_settings where name = 'wal_segment_size'), \
+             pg_is_in_recovery(), current_setting('archive_mode')",
+            &[],
+        )
+        .await
+        .context("reading the server's settings")?;
+    let (data_directory, version, sysid, seg_size, in_recovery, archive_mode): (
+        String,
+        i32,
+        String,
+        i64,
+        bool,
+        String,
+    ) = (
+        row.get(0),
+        row.get(1),
+        row.get(2),
+        row.get(3),
+        row.get(4),
+        row.get(5),
+    );
+    if in_recovery {
+        bail!("the server is a standby; run backup-push against the primary");
+    }
+    if archive_mode == "off" {
+        bail!("archive_mode is off: a base backup without archived WAL cannot be restored; set archive_mode = on and archive_command = 'walvault wal-push %p'");
+    }
+    let sysid: u64 = sysid.parse().context("system identifier")?;
+    let pgdata = opts
+        .pgdata
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(&data_directory));
+    let local = pg::control::system_identifier(&pgdata)?;
+    if local != sysid {
+        bail!(
+            "{} belongs to cluster {local}, but the server walvault connected to is cluster {sysid}; point --pgdata/PGDATA and PGHOST/PGPORT at the same cluster",
+            pgdata.display()
+        );
+    }
+    repo::ensure(store.as_ref(), sysid, Some(version as u32 / 10000)).await?;
+
+    // The id is the start second; it must be fresh (a killed push may have left
+    // parts under the id of its second).
+    let (started, id) = loop {
+        let t: DateTime<Utc> = client
+            .query_one("select clock_timestamp()", &[])
+            .await?
+            .get(0);
+        let id = t.format("%Y%m%dT%H%M%SZ").to_string();
+        if store.list(&super::prefix(&id)).await?.is_empty() {
+            break (t, id);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let label = opts
+        .label
+        .clone()
+        .unwrap_or_else(|| format!("walvault {id}"));
+    let start_sql = if version >= 150000 {
+        "select pg_backup_start($1, $2)::text"
+    } else {
+        "select pg_start_backup($1, $2, false)::text"
+    };
+    tracing::info!(
+        "backup {id}: starting ({} checkpoint)",
+        if opts.fast { "fast" } else { "spread" }
+    );
+    let start_lsn: String = client
+        .query_one(start_sql, &[&label, &opts.fast])
+        .await
+        .context("pg_backup_start failed")?
+        .get(0);
+    let start = Lsn::parse(&start_lsn)?;
+    tracing::info!(
+        "backup {id}: started at {start}, reading {}",
+        pgdata.display()
+    );
+
+    let pgdata2 = pgdata.clone();
+    let walked = tokio::task::spawn_blocking(move || walk::walk(&pgdata2)).await??;
+    let (control, entries): (Vec<Entry>, Vec<Entry>) = walked
+        .entries
+        .into_iter()
+        .partition(|e| e.path == PG_CONTROL);
+    let mut groups = split(entries, cfg.backup.part_size_mb as u64 * 1024 * 1024);
+    let total: u64 = groups
+        .iter()
+        .flatten()
+        .chain(control.iter())
+        .map(|e| e.size)
+        .sum();
+    let progress = Arc::new(Progress::new(&format!("backup {id}"), total));
+
+    // Data parts in parallel; pg_control alone in the final part, read after all others.
+    let mut parts: Vec<Option<(Part, Vec<FileRecord>)>> = vec![None; groups.len() + 1];
+    let sem = Arc::new(tokio::sync::Semaphore::new(cfg.backup.concurrency as usize));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, group) in groups.drain(..).enumerate() {
+        let (store, codec, progress, sem, id) = (
+            store.clone(),
+            codec.clone(),
+            progress.clone(),
+            sem.clone(),
+            id.clone(),
+        );
+        tasks.spawn(async move {
+            let _permit = sem.acquire_owned().await.expect("semaphore");
+            upload_part(store.as_ref(), &codec, &id, i as u32, group, progress)
+                .await
+                .map(|r| (i, r))
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        let (i, r) = r.context("part task failed")??;
+        parts[i] = Some(r);
+    }
+    let last = parts.len() - 1;
+    parts[last] = Some(
+        upload_part(
+            store.as_ref(),
+            codec,
+            &id,
+            last as u32,
+            control,
+            progress.clone(),
+        )
+        .await?,
+    );
+    progress.finish();
+
+    let stop_sql = if version >= 150000 {
+        "select lsn::text, labelfile, spcmapfile from pg_backup_stop(true)"
+    } else {
+        "select lsn::text, labelfile, spcmapfile from pg_stop_backup(false, true)"
+    };
+    tracing::info!(
+        "backup {id}: files stored; stopping the backup and waiting for its WAL to be archived"
+    );
+    let row = client
+        .query_one(stop_sql, &[])
+        .await
+        .context("pg_backup_stop failed (is the archive_command working?)")?;
+    let (stop_lsn, labelfile, spcmap): (String, String, Option<String>) =
+        (row.get(0), row.get(1), row.get(2));
+    let stopped: DateTime<Utc> = client
+        .query_one("select clock_timestamp()", &[])
+        .await?
+        .get(0);
+    let stop = Lsn::parse(&stop_lsn)?;
+    let timeline = label_timeline(&labelfile).context("backup_label has no START TIMELINE")?;
+
+    let put_text = |key: String, text: String| {
+        let (store, codec) = (store.clone(), codec.clone());
+        async move {
+            codec
+                .upload(store.as_ref(), &key, io::Cursor::new(text.into_bytes()))
+                .await
+        }
+    };
+    put_text(format!("{}backup_label", super::prefix(&id)), labelfile).await?;
+    if let Some(map) = spcmap.filter(|s| !s.is_empty()) {
+        put_text(format!("{}tablespace_map", super::prefix(&id)), map).await?;
+    }
+    wait_for_wal(store.as_ref(), timeline, start, stop, seg_size as u64).await?;
+
+    let (parts, records): (Vec<Part>, Vec<Vec<FileRecord>>) = parts
+        .into_iter()
+        .map(|p| p.expect("every part uploaded"))
+        .unzip();
+    let records: Vec<FileRecord> = records.into_iter().flatten().collect();
+    let files_json = serde_json::to_vec(&records)?;
+    codec
+        .upload(
+            store.as_ref(),
+            &format!("{}files.json", super::prefix(&id)),
+            io::Cursor::new(files_json),
+        )
+        .await?;
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT,
+        id: id.clone(),
+        label,
+        system_identifier: sysid.to_string(),
+        pg_version_num: version as u32,
+        timeline,
+        start_lsn: start.to_string(),
+        stop_lsn: stop.to_string(),
+        start_time: started,
+        stop_time: stopped,
+        wal_segment_size: seg_size as u64,
+        raw_bytes: parts.iter().map(|p| p.raw_bytes).sum(),
+        stored_bytes: parts.iter().map(|p| p.stored_bytes).sum(),
+        files: records.len() as u64,
+        duration_seconds: t0.elapsed().as_secs_f64(),
+        parts,
+        tablespaces: walked
+            .tablespaces
+            .into_iter()
+            .map(|(oid, path)| Tablespace {
+                oid,
+                path: path.display().to_string(),
+            })
+            .collect(),
+        encrypted: codec.encrypts(),
+        created_by: format!("walvault {}", env!("CARGO_PKG_VERSION")),
+    };
+    // Last: from this moment the backup exists.
+    let json = serde_json::to_vec_pretty(&manifest)?;
+    store
+        .put(&super::manifest_key(&id), Box::new(io::Cursor::new(json)))
+        .await?;
+    tracing::info!(
+        "backup {id} complete: {} files, {} MiB read, {} MiB stored, WAL {start}..{stop} on timeline {timeline}, {:.1} s",
+        manifest.files,
+        manifest.raw_bytes >> 20,
+        manifest.stored_bytes >> 20,
+        manifest.duration_seconds
+    );
+    Ok(manifest)
+}
+
+/// Groups entries into parts of about `target` bytes, in path order.
+fn split(entries: Vec<Entry>, target: u64) -> Vec<Vec<Entry>> {
+    let mut groups: Vec<Vec<Entry>> = vec![Vec::new()];
+    let mut size = 0u64;
+    for e in entries {
+        if size >= target {
+            groups.push(Vec::new());
+            size = 0;
+        }
+        size += e.size + 512;
+        groups.last_mut().expect("one group").push(e);
+    }
+    groups
+}
+
+async fn upload_part(
+    store: &dyn Store,
+    codec: &Codec,
+    id: &str,
+    index: u32,
+    entries: Vec<Entry>,
+    progress: Arc<Progress>,
+) -> Result<(Part, Vec<FileRecord>)> {
+    let key = format!("{}part-{index:04}.tar", super::prefix(id));
+    let (up, records) = codec
+        .upload_from(store, &key, move |w| {
+            write_tar(&entries, index, w, &progress)
+        })
+        .await?;
+    Ok((
+        Part {
+            key,
+            files: records.len() as u64,
+            raw_bytes: up.trailer.plain_len,
+            stored_bytes: up.stored_len,
+        },
+        records,
+    ))
+}
+
+/// Writes `entries` as one tar stream. A file is read up to the size it has when
+/// opened (padded with zeros if it shrinks meanwhile): WAL replay from the
+/// backup's start repairs whatever changed while it was read.
+fn write_tar(
+    entries: &[Entry],
+    part: u32,
+    w: &mut dyn Write,
+    progress: &Progress,
+) -> io::Result<Vec<FileRecord>> {
+    let mut b = tar::Builder::new(w);
+    let mut records = Vec::new();
+    for e in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(e.mode);
+        h.set_mtime(0);
+        match &e.kind {
+            Kind::Dir => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_size(0);
+                b.append_data(&mut h, &e.path, io::empty())?;
+            }
+            Kind::Symlink(target) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_size(0);
+                b.append_link(&mut h, &e.path, target)?;
+            }
+            Kind::File => {
+                let f = match std::fs::File::open(&e.source) {
+                    Ok(f) => f,
+                    // Dropped since the walk: its absence is in the WAL.
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                    Err(err) => {
+                        return Err(io::Error::new(
+                            err.kind(),
+                            format!("cannot read {}: {err}", e.source.display()),
+                        ))
+                    }
+                };
+                let size = f.metadata()?.len();
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(size);
+                let mut reader = Counted {
+                    inner: f.take(size).chain(io::repeat(0).take(size)).take(size),
+                    hash: Sha256::new(),
+                    progress,
+                };
+                b.append_data(&mut h, &e.path, &mut reader)?;
+                records.push(FileRecord {
+                    path: e.path.clone(),
+                    size,
+                    sha256: hex::encode(reader.hash.finalize()),
+                    part,
+                });
+            }
+        }
+    }
+    b.finish()?;
+    Ok(records)
+}
+
+struct Counted<'a, R> {
+    inner: R,
+    hash: Sha256,
+    progress: &'a Progress,
+}
+
+impl<R: Read> Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        self.progress.add(n as u64);
+        Ok(n)
+    }
+}
+
+fn label_timeline(label: &str) -> Option<u32> {
+    label
+        .lines()
+        .find_map(|l| l.strip_prefix("START TIMELINE:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Every segment from start to stop must be in the repository before the backup
+/// is declared complete (pg_backup_stop waited for the archiver; a short grace
+/// period covers stores that list new objects late).
+async fn wait_for_wal(
+    store: &dyn Store,
+    tli: u32,
+    start: Lsn,
+    stop: Lsn,
+    seg_size: u64,
+) -> Result<()> {
+    let last = Lsn(stop.0.saturating_sub(1)).segno(seg_size);
+    for segno in start.segno(seg_size)..=last {
+        let name = SegmentName::from_segno(tli, segno, seg_size);
+        let key = crate::wal::key(&name.to_string());
+        let t = Instant::now();
+        while store.head(&key).await?.is_none() {
+            if t.elapsed() > Duration::from_secs(60) {
+                bail!(
+                    "WAL segment {name}, needed to restore this backup, is not in the repository; check the archive_command (pg_stat_archiver)"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeline_from_label() {
+        let label = "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\nCHECKPOINT LOCATION: 0/2000060\nBACKUP METHOD: streamed\nBACKUP FROM: primary\nSTART TIME: 2026-11-22 05:00:00 UTC\nLABEL: x\nSTART TIMELINE: 3\n";
+        assert_eq!(label_timeline(label), Some(3));
+        assert_eq!(label_timeline("nothing"), None);
+    }
+
+    #[test]
+    fn parts_are_split_by_size() {
+        let e = |size| Entry {
+            path: "f".into(),
+            source: "/f".into(),
+            kind: Kind::File,
+            size,
+            mode: 0o600,
+        };
+        let groups = split(vec![e(10), e(10), e(10), e(10)], 15);
+        assert_eq!(groups.iter().map(Vec::len).collect::<Vec<_>>(), vec![2, 2]);
+        assert_eq!(split(vec![], 15).len(), 1);
+    }
+}

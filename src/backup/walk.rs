@@ -1,0 +1,228 @@
+//! What of PGDATA goes into a base backup, with the exclusions pg_basebackup makes.
+
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+
+/// Directories whose contents are not backed up (the directory itself is, empty).
+pub const EMPTY_DIRS: &[&str] = &[
+    "pg_wal",
+    "pg_dynshmem",
+    "pg_notify",
+    "pg_replslot",
+    "pg_serial",
+    "pg_snapshots",
+    "pg_stat_tmp",
+    "pg_subtrans",
+];
+
+/// Top-level files never backed up: run-time state, and leftovers that would
+/// confuse a restored server (its own recovery settings are written by recover).
+const SKIP_TOP_FILES: &[&str] = &[
+    "postmaster.pid",
+    "postmaster.opts",
+    "backup_label",
+    "backup_label.old",
+    "tablespace_map",
+    "tablespace_map.old",
+    "recovery.signal",
+    "standby.signal",
+    "current_logfiles",
+    "backup_manifest",
+];
+
+/// `global/pg_control` is read last, after every other file (as pg_basebackup does).
+pub const PG_CONTROL: &str = "global/pg_control";
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Kind {
+    Dir,
+    File,
+    Symlink(PathBuf),
+}
+
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// Path in the backup: relative to PGDATA; tablespaces under pg_tblspc/<oid>/.
+    pub path: String,
+    pub source: PathBuf,
+    pub kind: Kind,
+    pub size: u64,
+    pub mode: u32,
+}
+
+pub struct Walked {
+    pub entries: Vec<Entry>,
+    /// (oid, target directory) of each tablespace link in pg_tblspc.
+    pub tablespaces: Vec<(String, PathBuf)>,
+}
+
+fn skip_name(name: &str) -> bool {
+    name == "pg_internal.init" || name.starts_with("pgsql_tmp")
+}
+
+pub fn walk(pgdata: &Path) -> Result<Walked> {
+    let mut out = Walked {
+        entries: Vec::new(),
+        tablespaces: Vec::new(),
+    };
+    walk_dir(pgdata, "", &mut out)?;
+    Ok(out)
+}
+
+fn walk_dir(dir: &Path, rel: &str, out: &mut Walked) -> Result<()> {
+    let mut names: Vec<_> = match std::fs::read_dir(dir) {
+        Ok(d) => d.filter_map(|e| e.ok()).collect(),
+        // A directory dropped while we walk (DROP DATABASE): WAL replay recreates the truth.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
+    };
+    names.sort_by_key(|e| e.file_name());
+    for entry in names {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let path = if rel.is_empty() {
+            name.clone()
+        } else {
+            format!("{rel}/{name}")
+        };
+        if skip_name(&name) || (rel.is_empty() && SKIP_TOP_FILES.contains(&name.as_str())) {
+            continue;
+        }
+        let source = entry.path();
+        let meta = match std::fs::symlink_metadata(&source) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot stat {}", source.display())),
+        };
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o7777;
+        let ft = meta.file_type();
+        if ft.is_symlink() {
+            let target = std::fs::read_link(&source)?;
+            if rel == "pg_tblspc" {
+                // A tablespace: back up what the link points to, under pg_tblspc/<oid>/.
+                out.tablespaces.push((name.clone(), target.clone()));
+                out.entries.push(Entry {
+                    path: path.clone(),
+                    source: target.clone(),
+                    kind: Kind::Dir,
+                    size: 0,
+                    mode: 0o700,
+                });
+                walk_dir(&target, &path, out)?;
+            } else if rel.is_empty() && EMPTY_DIRS.contains(&name.as_str()) {
+                // pg_wal linked elsewhere: restored as an empty directory.
+                out.entries.push(Entry {
+                    path,
+                    source,
+                    kind: Kind::Dir,
+                    size: 0,
+                    mode: 0o700,
+                });
+            } else {
+                out.entries.push(Entry {
+                    path,
+                    source,
+                    kind: Kind::Symlink(target),
+                    size: 0,
+                    mode,
+                });
+            }
+        } else if ft.is_dir() {
+            out.entries.push(Entry {
+                path: path.clone(),
+                source: source.clone(),
+                kind: Kind::Dir,
+                size: 0,
+                mode,
+            });
+            if rel.is_empty() && EMPTY_DIRS.contains(&name.as_str()) {
+                if name == "pg_wal" {
+                    out.entries.push(Entry {
+                        path: "pg_wal/archive_status".into(),
+                        source: source.join("archive_status"),
+                        kind: Kind::Dir,
+                        size: 0,
+                        mode,
+                    });
+                }
+                continue;
+            }
+            walk_dir(&source, &path, out)?;
+        } else if ft.is_file() {
+            out.entries.push(Entry {
+                path,
+                source,
+                kind: Kind::File,
+                size: meta.len(),
+                mode,
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exclusions_follow_pg_basebackup() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        for dir in [
+            "base/1",
+            "global",
+            "pg_wal/archive_status",
+            "pg_stat_tmp",
+            "pg_tblspc",
+            "base/1/pgsql_tmp",
+        ] {
+            std::fs::create_dir_all(p.join(dir)).unwrap();
+        }
+        for f in [
+            "base/1/1259",
+            "global/pg_control",
+            "pg_wal/000000010000000000000001",
+            "pg_stat_tmp/x",
+            "postmaster.pid",
+            "base/1/pg_internal.init",
+            "base/1/pgsql_tmp/t1",
+            "PG_VERSION",
+            "standby.signal",
+        ] {
+            std::fs::write(p.join(f), "x").unwrap();
+        }
+        let ts = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(ts.path().join("PG_15_1/5")).unwrap();
+        std::fs::write(ts.path().join("PG_15_1/5/16390"), "data").unwrap();
+        std::os::unix::fs::symlink(ts.path(), p.join("pg_tblspc/16389")).unwrap();
+
+        let w = walk(p).unwrap();
+        let paths: Vec<&str> = w.entries.iter().map(|e| e.path.as_str()).collect();
+        for want in [
+            "base/1/1259",
+            "global/pg_control",
+            "PG_VERSION",
+            "pg_wal",
+            "pg_wal/archive_status",
+            "pg_stat_tmp",
+            "pg_tblspc/16389/PG_15_1/5/16390",
+        ] {
+            assert!(paths.contains(&want), "{want} missing from {paths:?}");
+        }
+        for not in [
+            "pg_wal/000000010000000000000001",
+            "pg_stat_tmp/x",
+            "postmaster.pid",
+            "base/1/pg_internal.init",
+            "base/1/pgsql_tmp",
+            "standby.signal",
+        ] {
+            assert!(!paths.contains(&not), "{not} should be excluded");
+        }
+        assert_eq!(
+            w.tablespaces,
+            vec![("16389".to_string(), ts.path().to_path_buf())]
+        );
+    }
+}

@@ -1,0 +1,88 @@
+//! Connecting to the local PostgreSQL server the way libpq does: `postgres.conninfo`
+//! (key=value or URL) first, then PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE,
+//! then libpq's defaults (Unix socket, OS user name). backup-push reads the data
+//! directory itself, so the server is on this host and TLS is not used.
+
+use anyhow::{Context, Result};
+use std::path::Path;
+use tokio_postgres::{Client, NoTls};
+
+pub async fn connect(conninfo: Option<&str>) -> Result<Client> {
+    let mut cfg: tokio_postgres::Config = match conninfo {
+        Some(s) => s
+            .parse()
+            .context("config key postgres.conninfo is not a valid connection string")?,
+        None => tokio_postgres::Config::new(),
+    };
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    if cfg.get_hosts().is_empty() {
+        match env("PGHOST") {
+            Some(h) => {
+                for host in h.split(',') {
+                    cfg.host(host);
+                }
+            }
+            None => {
+                let sock = ["/var/run/postgresql", "/tmp"]
+                    .into_iter()
+                    .find(|d| Path::new(d).is_dir())
+                    .unwrap_or("/tmp");
+                cfg.host(sock);
+            }
+        }
+    }
+    if cfg.get_ports().is_empty() {
+        if let Some(p) = env("PGPORT") {
+            cfg.port(p.parse().context("PGPORT is not a port number")?);
+        }
+    }
+    if cfg.get_user().is_none() {
+        cfg.user(env("PGUSER").unwrap_or_else(os_user));
+    }
+    if cfg.get_password().is_none() {
+        if let Some(p) = env("PGPASSWORD") {
+            cfg.password(p);
+        }
+    }
+    if cfg.get_dbname().is_none() {
+        let db =
+            env("PGDATABASE").unwrap_or_else(|| cfg.get_user().unwrap_or("postgres").to_string());
+        cfg.dbname(db);
+    }
+    cfg.application_name("walvault");
+    let where_ = describe(&cfg);
+    let (client, connection) = cfg
+        .connect(NoTls)
+        .await
+        .with_context(|| format!("cannot connect to PostgreSQL at {where_} (set PGHOST/PGPORT/PGUSER or postgres.conninfo)"))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!("connection closed: {e}");
+        }
+    });
+    Ok(client)
+}
+
+/// Host, port and user for messages (never the password).
+fn describe(cfg: &tokio_postgres::Config) -> String {
+    let host = match cfg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "?".into(),
+    };
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    format!("{host} port {port} as {}", cfg.get_user().unwrap_or("?"))
+}
+
+/// The name of the effective OS user, libpq's default user name.
+pub fn os_user() -> String {
+    unsafe {
+        let pw = libc::getpwuid(libc::geteuid());
+        if !pw.is_null() && !(*pw).pw_name.is_null() {
+            return std::ffi::CStr::from_ptr((*pw).pw_name)
+                .to_string_lossy()
+                .into_owned();
+        }
+    }
+    std::env::var("USER").unwrap_or_else(|_| "postgres".into())
+}

@@ -1,0 +1,446 @@
+//! `recover`: choose a backup, restore it, write the recovery settings and,
+//! with `--start`, run PostgreSQL until the target and report where it ended.
+//!
+//! Everything that can be refused is refused before anything is written.
+
+pub mod target;
+
+use crate::backup::{self, restore, Manifest};
+use crate::codec::Codec;
+use crate::config::Config;
+use crate::pg;
+use crate::store::Store;
+use crate::wal::inventory::{Inventory, Run};
+use anyhow::{bail, Context, Result};
+use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use target::{Action, Target};
+
+pub struct Options {
+    pub pgdata: PathBuf,
+    pub target: Target,
+    /// None: the latest timeline.
+    pub timeline: Option<u32>,
+    pub action: Action,
+    pub exclusive: bool,
+    pub backup: Option<String>,
+    pub overwrite: bool,
+    pub dry_run: bool,
+    pub start: bool,
+    pub port: Option<u16>,
+    pub socket_dir: Option<PathBuf>,
+    pub tablespace_map: BTreeMap<String, PathBuf>,
+    /// Keep archive_mode as in the backup (for a cluster that becomes the primary).
+    pub archive: bool,
+    /// The config file restore_command should name, when one is in use.
+    pub config_file: Option<PathBuf>,
+}
+
+pub struct Plan {
+    pub backup: Manifest,
+    pub timeline: u32,
+    pub wal: Run,
+}
+
+pub async fn run(cfg: &Config, store: Arc<dyn Store>, codec: &Codec, opts: Options) -> Result<()> {
+    let t0 = Instant::now();
+    let plan = plan(store.as_ref(), codec, &opts).await?;
+    let b = &plan.backup;
+    println!(
+        "backup:   {} (ended {}, timeline {}, {} MiB)",
+        b.id,
+        b.stop_time.to_rfc3339(),
+        b.timeline,
+        b.raw_bytes >> 20
+    );
+    println!(
+        "WAL:      {}..{} needed for consistency, present",
+        b.start_lsn, b.stop_lsn
+    );
+    match (&plan.wal.last, plan.wal.last_archived) {
+        (Some(last), Some(at)) => println!(
+            "archive:  WAL continues to {} (segment {last}, stored {}) on timeline {}",
+            plan.wal.end_lsn,
+            at.to_rfc3339(),
+            plan.timeline
+        ),
+        (Some(last), None) => println!(
+            "archive:  WAL continues to {} (segment {last}) on timeline {}",
+            plan.wal.end_lsn, plan.timeline
+        ),
+        _ => {}
+    }
+    if let Some(gap) = &plan.wal.gap {
+        println!("warning:  WAL gap at {gap}: recovery cannot go past it");
+    }
+    println!("target:   {}", opts.target.describe());
+    println!("into:     {}", opts.pgdata.display());
+    if opts.dry_run {
+        println!("dry run: nothing written");
+        return Ok(());
+    }
+
+    let files = backup::read_files(store.as_ref(), codec, &b.id).await?;
+    let label = backup::read_text(
+        store.as_ref(),
+        codec,
+        &format!("{}backup_label", backup::prefix(&b.id)),
+    )
+    .await?
+    .context("the backup has no backup_label")?;
+    let spcmap = backup::read_text(
+        store.as_ref(),
+        codec,
+        &format!("{}tablespace_map", backup::prefix(&b.id)),
+    )
+    .await?;
+    let mut ts_dirs = BTreeMap::new();
+    for ts in &b.tablespaces {
+        let dir = opts
+            .tablespace_map
+            .get(&ts.oid)
+            .cloned()
+            .unwrap_or_else(|| PathBuf::from(&ts.path));
+        ensure_empty(
+            &dir,
+            opts.overwrite,
+            &format!("tablespace {} directory", ts.oid),
+        )?;
+        ts_dirs.insert(ts.oid.clone(), dir);
+    }
+    let target = Arc::new(restore::Target {
+        dir: opts.pgdata.clone(),
+        tablespaces: ts_dirs.clone(),
+    });
+    std::fs::create_dir_all(&opts.pgdata)
+        .with_context(|| format!("cannot create {}", opts.pgdata.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&opts.pgdata, std::fs::Permissions::from_mode(0o700))?;
+    let restored = restore::restore(
+        store.clone(),
+        codec,
+        b,
+        files,
+        target,
+        cfg.restore.concurrency as usize,
+    )
+    .await?;
+    std::fs::write(opts.pgdata.join("backup_label"), label)?;
+    if spcmap.is_some() || !ts_dirs.is_empty() {
+        // Recovery makes pg_tblspc/<oid> links from this file: point them at the restored directories.
+        let map: String = ts_dirs
+            .iter()
+            .map(|(oid, dir)| format!("{oid} {}\n", dir.display()))
+            .collect();
+        std::fs::write(opts.pgdata.join("tablespace_map"), map)?;
+    }
+    write_settings(&opts, &plan)?;
+    let restore_secs = t0.elapsed().as_secs_f64();
+    println!(
+        "restored: {} files, {} MiB in {:.1} s; recovery settings in postgresql.auto.conf",
+        restored.files,
+        restored.bytes >> 20,
+        restore_secs
+    );
+    if !opts.start {
+        println!("next:     pg_ctl -D {} start   (as the cluster's OS user, with walvault's settings in its environment)", opts.pgdata.display());
+        return Ok(());
+    }
+
+    let t1 = Instant::now();
+    let major = b.pg_version_num / 10000;
+    let pg_ctl = pg::ctl::find_bin("pg_ctl", major)?;
+    let mut server_opts = String::new();
+    if let Some(p) = opts.port {
+        server_opts.push_str(&format!("-p {p} "));
+    }
+    if let Some(d) = &opts.socket_dir {
+        server_opts.push_str(&format!("-k {} ", d.display()));
+    }
+    let log = opts.pgdata.join("walvault-recover.log");
+    pg::ctl::start(&pg_ctl, &opts.pgdata, &log, server_opts.trim())?;
+    let end = wait(&opts, &log).await?;
+    println!(
+        "recovered: ended at LSN {} on timeline {}, last replayed commit {}; restore {:.1} s, recovery {:.1} s, total {:.1} s",
+        end.lsn,
+        end.timeline,
+        end.last_commit.map(|t| t.to_rfc3339()).unwrap_or_else(|| "none".into()),
+        restore_secs,
+        t1.elapsed().as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Chooses the backup and checks that the target can be reached; writes nothing.
+pub async fn plan(store: &dyn Store, codec: &Codec, opts: &Options) -> Result<Plan> {
+    if let Some(pid) = pg::ctl::running_pid(&opts.pgdata) {
+        bail!(
+            "a PostgreSQL server (pid {pid}) is running in {}; stop it first",
+            opts.pgdata.display()
+        );
+    }
+    ensure_empty(&opts.pgdata, opts.overwrite, "target directory")?;
+    if opts.start && unsafe { libc::geteuid() } == 0 {
+        bail!("--start: PostgreSQL refuses to run as root; run walvault recover as the cluster's OS user (e.g. postgres)");
+    }
+    let listing = backup::list(store).await?;
+    if listing.complete.is_empty() {
+        bail!(
+            "{} holds no complete backup; take one with walvault backup-push",
+            store.locate("")
+        );
+    }
+    let seg_size = listing.complete[0].wal_segment_size;
+    let inv = Inventory::load(store, codec, seg_size).await?;
+    let tli = opts.timeline.unwrap_or_else(|| inv.latest_timeline());
+    let reachable: Vec<&Manifest> = listing
+        .complete
+        .iter()
+        .filter(|m| m.stop().is_ok_and(|s| inv.reaches(tli, m.timeline, s)))
+        .filter(|m| match (m.start(), m.stop()) {
+            (Ok(a), Ok(z)) => inv.missing_between(m.timeline, a, z).is_none(),
+            _ => false,
+        })
+        .collect();
+    let chosen: Manifest = match &opts.backup {
+        Some(id) => {
+            let m = backup::read_manifest(store, id).await?;
+            if !reachable.iter().any(|r| r.id == m.id) {
+                bail!("backup {id} cannot reach timeline {tli}, or WAL it needs is missing from the repository");
+            }
+            m
+        }
+        None => {
+            let earliest = reachable.first().with_context(|| {
+                format!("no complete backup with its WAL can reach timeline {tli}")
+            })?;
+            let pick = match &opts.target {
+                Target::Time(t) => {
+                    if *t > Utc::now() {
+                        bail!("target time {} is in the future", target::pg_time(t));
+                    }
+                    reachable.iter().rev().find(|m| m.stop_time <= *t).with_context(|| {
+                        format!(
+                            "target time {} is before the earliest backup, {}, which can recover to {} at the earliest",
+                            target::pg_time(t),
+                            earliest.id,
+                            earliest.stop_time.to_rfc3339()
+                        )
+                    })?
+                }
+                Target::Lsn(l) => reachable
+                    .iter()
+                    .rev()
+                    .find(|m| m.stop().is_ok_and(|s| s <= *l))
+                    .with_context(|| {
+                        format!(
+                            "target LSN {l} is before the end of the earliest backup, {} ({})",
+                            earliest.id, earliest.stop_lsn
+                        )
+                    })?,
+                _ => reachable.last().expect("non-empty"),
+            };
+            (*pick).clone()
+        }
+    };
+    if chosen.encrypted {
+        codec.check_key().context("the backup is encrypted")?;
+    }
+    let wal = inv.run_from(tli, chosen.start()?.segno(seg_size));
+    match &opts.target {
+        Target::Time(t) => {
+            if *t < chosen.stop_time {
+                bail!("target time {} is before backup {} ended ({}); choose another backup or a later time", target::pg_time(t), chosen.id, chosen.stop_time.to_rfc3339());
+            }
+            if let Some(at) = wal.last_archived {
+                if *t > at {
+                    bail!(
+                        "target time {} is after the end of the archived WAL (last segment {} stored {}); later WAL is still only on the server: run select pg_switch_wal() there, wait for the archiver, and retry, or use --target latest",
+                        target::pg_time(t),
+                        wal.last.map(|s| s.to_string()).unwrap_or_default(),
+                        at.to_rfc3339()
+                    );
+                }
+            }
+        }
+        Target::Lsn(l) if *l > wal.end_lsn => {
+            bail!(
+                "target LSN {l} is after the end of the archived WAL ({}) on timeline {tli}",
+                wal.end_lsn
+            );
+        }
+        _ => {}
+    }
+    Ok(Plan {
+        backup: chosen,
+        timeline: tli,
+        wal,
+    })
+}
+
+fn ensure_empty(dir: &Path, overwrite: bool, what: &str) -> Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e.count(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
+    };
+    if entries > 0 {
+        if !overwrite {
+            bail!("{what} {} is not empty; recovery never overwrites data unless told to (--overwrite)", dir.display());
+        }
+        for e in std::fs::read_dir(dir)? {
+            let p = e?.path();
+            if p.is_dir() && !p.is_symlink() {
+                std::fs::remove_dir_all(&p)?;
+            } else {
+                std::fs::remove_file(&p)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// recovery.signal and the settings, appended to postgresql.auto.conf (it is read last).
+fn write_settings(opts: &Options, plan: &Plan) -> Result<()> {
+    let exe = std::env::current_exe().context("cannot locate the walvault binary")?;
+    let mut cmd = format!("\"{}\"", exe.display());
+    if let Some(c) = &opts.config_file {
+        let abs = std::fs::canonicalize(c).unwrap_or_else(|_| c.clone());
+        cmd.push_str(&format!(" --config \"{}\"", abs.display()));
+    }
+    cmd.push_str(" wal-fetch %f %p");
+    let mut lines = vec![
+        format!(
+            "\n# walvault recover {}: backup {}, target {}",
+            Utc::now().to_rfc3339(),
+            plan.backup.id,
+            opts.target.describe()
+        ),
+        format!("restore_command = {}", target::quote(&cmd)),
+        format!(
+            "recovery_target_timeline = {}",
+            target::quote(
+                &opts
+                    .timeline
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|| "latest".into())
+            )
+        ),
+    ];
+    for (k, v) in opts.target.settings() {
+        lines.push(format!("{k} = {v}"));
+    }
+    if !matches!(opts.target, Target::Latest | Target::Immediate) {
+        lines.push(format!(
+            "recovery_target_inclusive = {}",
+            if opts.exclusive { "off" } else { "on" }
+        ));
+    }
+    if opts.target != Target::Latest {
+        lines.push(format!(
+            "recovery_target_action = {}",
+            target::quote(opts.action.as_str())
+        ));
+    }
+    if !opts.archive {
+        // A restored copy must not push a new timeline into the production
+        // repository; --archive when this cluster becomes the primary.
+        lines.push("archive_mode = off".into());
+    }
+    let auto = opts.pgdata.join("postgresql.auto.conf");
+    let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
+    text.push_str(&lines.join("\n"));
+    text.push('\n');
+    std::fs::write(&auto, text)?;
+    std::fs::write(opts.pgdata.join("recovery.signal"), "")?;
+    Ok(())
+}
+
+pub struct End {
+    pub lsn: String,
+    pub timeline: i32,
+    pub last_commit: Option<DateTime<Utc>>,
+}
+
+/// Waits until recovery has reached its target (per the action), or fails with
+/// the server's own words when it stopped.
+async fn wait(opts: &Options, log: &Path) -> Result<End> {
+    let sock = opts
+        .socket_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/var/run/postgresql"));
+    let port = opts.port.unwrap_or(5432);
+    let conninfo = format!("host={} port={port} dbname=postgres", sock.display());
+    let mut last_note = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let log_text = std::fs::read_to_string(log).unwrap_or_default();
+        if pg::ctl::running_pid(&opts.pgdata).is_none() {
+            if opts.action == Action::Shutdown && log_text.contains("recovery stopping") {
+                return Ok(End {
+                    lsn: log_line(&log_text, "redo done at ").unwrap_or_default(),
+                    timeline: 0,
+                    last_commit: None,
+                });
+            }
+            let tail: Vec<&str> = log_text.lines().rev().take(6).collect();
+            bail!(
+                "PostgreSQL stopped during recovery: {}",
+                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            );
+        }
+        let Ok(client) = pg::conn::connect(Some(&conninfo)).await else {
+            if last_note.elapsed() > Duration::from_secs(10) {
+                tracing::info!("recovery in progress (server not yet consistent)");
+                last_note = Instant::now();
+            }
+            continue;
+        };
+        let row = client
+            .query_one(
+                "select pg_is_in_recovery(), \
+                 case when pg_is_in_recovery() then pg_get_wal_replay_pause_state() else 'promoted' end, \
+                 coalesce(pg_last_wal_replay_lsn(), pg_current_wal_lsn())::text, \
+                 pg_last_xact_replay_timestamp(), \
+                 case when pg_is_in_recovery() then (select timeline_id from pg_control_checkpoint()) \
+                      else ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int end",
+                &[],
+            )
+            .await?;
+        let (in_recovery, state): (bool, String) = (row.get(0), row.get(1));
+        let done = match opts.action {
+            Action::Pause if opts.target != Target::Latest => state == "paused",
+            _ => !in_recovery,
+        };
+        if done {
+            return Ok(End {
+                lsn: row.get(2),
+                timeline: row.get(4),
+                last_commit: row.get(3),
+            });
+        }
+        if last_note.elapsed() > Duration::from_secs(10) {
+            tracing::info!(
+                "recovery in progress: replayed to {}",
+                row.get::<_, String>(2)
+            );
+            last_note = Instant::now();
+        }
+    }
+}
+
+fn log_line(log: &str, prefix: &str) -> Option<String> {
+    log.lines().rev().find_map(|l| {
+        l.find(prefix).map(|i| {
+            l[i + prefix.len()..]
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+    })
+}

@@ -1,0 +1,149 @@
+//! Recovery targets: parsing what a DBA types, and the settings PostgreSQL reads.
+
+use crate::wal::names::Lsn;
+use anyhow::{bail, Result};
+use chrono::{DateTime, FixedOffset, NaiveDateTime, Utc};
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Target {
+    Time(DateTime<Utc>),
+    Lsn(Lsn),
+    Xid(u64),
+    Name(String),
+    /// The end of the backup: the earliest consistent point.
+    Immediate,
+    /// The end of the archived WAL.
+    Latest,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Action {
+    Promote,
+    Pause,
+    Shutdown,
+}
+
+impl Action {
+    pub fn parse(s: &str) -> Result<Action> {
+        Ok(match s {
+            "promote" => Action::Promote,
+            "pause" => Action::Pause,
+            "shutdown" => Action::Shutdown,
+            _ => bail!("--target-action '{s}': use promote, pause or shutdown"),
+        })
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Promote => "promote",
+            Action::Pause => "pause",
+            Action::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Parses a time with its zone: RFC 3339 (2026-11-22T14:32:00Z) or PostgreSQL's
+/// form (2026-11-22 14:32:00.123+01, +0100, +01:00, or UTC).
+pub fn parse_time(s: &str) -> Result<DateTime<Utc>> {
+    let t = s.trim();
+    if let Ok(d) = DateTime::parse_from_rfc3339(t) {
+        return Ok(d.with_timezone(&Utc));
+    }
+    let t2 = t
+        .strip_suffix(" UTC")
+        .or_else(|| t.strip_suffix("Z"))
+        .map(|b| format!("{b}+00"))
+        .unwrap_or_else(|| t.to_string())
+        .replacen('T', " ", 1);
+    for f in ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%d %H:%M%#z"] {
+        if let Ok(d) = DateTime::<FixedOffset>::parse_from_str(&t2, f) {
+            return Ok(d.with_timezone(&Utc));
+        }
+    }
+    for f in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%d %H:%M"] {
+        if NaiveDateTime::parse_from_str(&t2, f).is_ok() {
+            bail!("target time '{s}' has no time zone; add one so it is unambiguous, e.g. '{t2}+00' or '{t2}+01:00'");
+        }
+    }
+    bail!("cannot read target time '{s}'; use RFC 3339 (2026-11-22T14:32:00Z) or PostgreSQL's form (2026-11-22 14:32:00+01)");
+}
+
+/// PostgreSQL's timestamptz literal, in UTC, with microseconds.
+pub fn pg_time(t: &DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string()
+}
+
+/// A postgresql.conf string literal.
+pub fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+impl Target {
+    /// The recovery_target* settings for this target.
+    pub fn settings(&self) -> Vec<(String, String)> {
+        let one = |k: &str, v: String| vec![(k.to_string(), quote(&v))];
+        match self {
+            Target::Time(t) => one("recovery_target_time", pg_time(t)),
+            Target::Lsn(l) => one("recovery_target_lsn", l.to_string()),
+            Target::Xid(x) => one("recovery_target_xid", x.to_string()),
+            Target::Name(n) => one("recovery_target_name", n.clone()),
+            Target::Immediate => one("recovery_target", "immediate".into()),
+            Target::Latest => vec![],
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Target::Time(t) => format!("time {}", pg_time(t)),
+            Target::Lsn(l) => format!("LSN {l}"),
+            Target::Xid(x) => format!("transaction {x}"),
+            Target::Name(n) => format!("restore point '{n}'"),
+            Target::Immediate => "the end of the backup (immediate)".into(),
+            Target::Latest => "the end of the archived WAL (latest)".into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn times_with_zones() {
+        let want = Utc.with_ymd_and_hms(2026, 11, 22, 13, 32, 0).unwrap();
+        for s in [
+            "2026-11-22T13:32:00Z",
+            "2026-11-22T14:32:00+01:00",
+            "2026-11-22 14:32:00+01",
+            "2026-11-22 14:32:00+0100",
+            "2026-11-22 13:32:00 UTC",
+            "2026-11-22 13:32:00Z",
+            "2026-11-22 14:32+01",
+        ] {
+            assert_eq!(parse_time(s).unwrap(), want, "{s}");
+        }
+        let frac = parse_time("2026-11-22 13:32:00.123456+00").unwrap();
+        assert_eq!(frac.timestamp_subsec_micros(), 123456);
+        assert_eq!(pg_time(&frac), "2026-11-22 13:32:00.123456+00");
+    }
+
+    #[test]
+    fn refuses_ambiguous_or_garbage_times() {
+        let e = parse_time("2026-11-22 14:32:00").unwrap_err().to_string();
+        assert!(e.contains("no time zone"), "{e}");
+        for s in ["yesterday", "2026-13-40 10:00:00+00", "", "14:32"] {
+            assert!(parse_time(s).is_err(), "{s}");
+        }
+    }
+
+    #[test]
+    fn settings_are_quoted() {
+        let t = Target::Name("it's".into());
+        assert_eq!(
+            t.settings(),
+            vec![("recovery_target_name".into(), "'it''s'".into())]
+        );
+        assert_eq!(Target::Immediate.settings()[0].1, "'immediate'");
+        assert!(Target::Latest.settings().is_empty());
+    }
+}
