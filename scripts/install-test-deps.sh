@@ -22,6 +22,8 @@ if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
   exit 1
 fi
 
+[ "${1:-}" = "--postgres-only" ] && exit 0
+
 weed_dir() {
   local w
   w=$(command -v weed 2>/dev/null || true)

@@ -28,19 +28,6 @@ fn wal_names_in_bucket(weed: &Seaweed, prefix: &str) -> BTreeSet<String> {
         .collect()
 }
 
-fn basebackup(src: &Cluster, dest: &Path) {
-    let out = pg_command(&format!("{PG_BIN}/pg_basebackup"), &BTreeMap::new())
-        .args(["-U", "postgres", "-X", "none", "--checkpoint=fast", "-h"])
-        .arg(&src.sockdir)
-        .arg("-p")
-        .arg(src.port.to_string())
-        .arg("-D")
-        .arg(dest)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "pg_basebackup: {}", stderr(&out));
-}
-
 /// Test 1 and 2 of the issue: archive under pgbench load, every segment lands in
 /// the repository with no archiver failure; a cluster made with
 /// `pg_basebackup -X none` recovers from the repository alone to identical data.
@@ -56,7 +43,7 @@ fn archive_and_recover(
     a.pgbench(&["-i", "-s", "2", "-q"]);
 
     let b = Cluster::at(root, "b");
-    basebackup(&a, &b.pgdata);
+    a.basebackup(&b.pgdata);
     a.pgbench(&["-n", "-c", "2", "-j", "2", "-t", "1500"]);
     a.psql("create table marker(x int); insert into marker values (42)");
     let expected = a.pgbench_checksum();

@@ -16,12 +16,14 @@ use std::time::{Duration, Instant};
 struct Args {
     runs: usize,
     segments: usize,
+    scale: usize,
 }
 
 fn args() -> Args {
     let mut a = Args {
         runs: 3,
         segments: 64,
+        scale: 50,
     };
     let v: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -29,6 +31,10 @@ fn args() -> Args {
         match v[i].as_str() {
             "--runs" => {
                 a.runs = v[i + 1].parse().expect("--runs N");
+                i += 1;
+            }
+            "--scale" => {
+                a.scale = v[i + 1].parse().expect("--scale N");
                 i += 1;
             }
             "--segments" => {
@@ -176,6 +182,8 @@ fn main() {
         .unwrap();
     assert!(out.status.success());
     let recipient = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    // Restores run as the postgres user.
+    chown_pg(&idfile);
 
     let weed = Seaweed::start();
     let names: Vec<String> = segs
@@ -270,7 +278,6 @@ fn main() {
             }
         }
     }
-    drop(weed);
 
     println!(
         "\nwalvault benchmark: {} real 16 MiB WAL segments from pgbench, one process per call; zstd-1, age encryption on; {} runs",
@@ -307,4 +314,145 @@ fn main() {
             r.rss_kb as f64 / 1024.0
         );
     }
+    let backups = bench_backups(&a, root.path(), &weed, &recipient, &idfile);
+    drop(weed);
+    println!("{backups}");
+}
+
+/// Runs a walvault command as the postgres user under GNU time; returns
+/// (seconds, peak RSS KiB, stdout).
+fn timed_pg(args: &[&str], env: &BTreeMap<String, String>) -> (f64, i64, String) {
+    let rss_file =
+        std::env::temp_dir().join(format!("walvault-bench-pg-rss.{}", std::process::id()));
+    let _ = std::fs::remove_file(&rss_file);
+    let mut c = pg_command("/usr/bin/time", env);
+    c.args(["-q", "-f", "%M", "-o"])
+        .arg(&rss_file)
+        .arg(walvault_bin())
+        .args(args);
+    let t = Instant::now();
+    let out = c.output().expect("run walvault");
+    let secs = t.elapsed().as_secs_f64();
+    assert!(
+        out.status.success(),
+        "walvault {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rss = std::fs::read_to_string(&rss_file)
+        .ok()
+        .and_then(|s| s.trim().lines().last().and_then(|l| l.trim().parse().ok()))
+        .unwrap_or(0);
+    (secs, rss, String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+/// backup-push and a full recover of a pgbench database on both backends, beside
+/// pg_basebackup to a local directory.
+fn bench_backups(a: &Args, root: &Path, weed: &Seaweed, recipient: &str, idfile: &Path) -> String {
+    let repo = root.join("backup-repo");
+    std::fs::create_dir(&repo).unwrap();
+    chown_pg(&repo);
+    let mut fs = fs_env(&repo);
+    let mut s3 = weed.walvault_env("backup-bench");
+    for e in [&mut fs, &mut s3] {
+        e.insert(
+            "WALVAULT_ENCRYPTION_RECIPIENTS".into(),
+            recipient.to_string(),
+        );
+        e.insert(
+            "WALVAULT_ENCRYPTION_IDENTITY_FILE".into(),
+            idfile.display().to_string(),
+        );
+        e.insert("WALVAULT_LOG_LEVEL".into(), "warn".into());
+    }
+    // The source archives into both repositories (the S3 one named inline).
+    let mut src = Cluster::init(root, "backup-src");
+    let bin = walvault_bin().display().to_string();
+    src.conf(&format!(
+        "archive_mode = on\narchive_command = '\"{bin}\" wal-push %p && WALVAULT_REPO={} \"{bin}\" wal-push %p'\nmax_wal_size = 4GB",
+        s3["WALVAULT_REPO"]
+    ));
+    let mut both = fs.clone();
+    for k in [
+        "AWS_ENDPOINT_URL",
+        "AWS_REGION",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "WALVAULT_S3_FORCE_PATH_STYLE",
+    ] {
+        both.insert(k.into(), s3[k].clone());
+    }
+    src.start(&both);
+    eprintln!("making a pgbench database of scale {} ...", a.scale);
+    src.pgbench(&["-i", "-s", &a.scale.to_string(), "-q"]);
+    src.psql("checkpoint");
+    let db_mb: f64 = src
+        .psql("select sum(pg_database_size(oid)) / 1e6 from pg_database")
+        .parse()
+        .unwrap();
+
+    let mut rows: Vec<(String, Vec<f64>, i64)> = Vec::new();
+    let mut add = |label: &str, secs: f64, rss: i64| match rows.iter_mut().find(|r| r.0 == label) {
+        Some(r) => {
+            r.1.push(secs);
+            r.2 = r.2.max(rss);
+        }
+        None => rows.push((label.to_string(), vec![secs], rss)),
+    };
+    for run in 0..a.runs {
+        eprintln!("backup run {} of {} ...", run + 1, a.runs);
+        let dest = root.join(format!("basebackup-{run}"));
+        let t = Instant::now();
+        src.basebackup(&dest);
+        add(
+            "pg_basebackup (baseline), local dir",
+            t.elapsed().as_secs_f64(),
+            0,
+        );
+        std::fs::remove_dir_all(&dest).unwrap();
+
+        for (name, env) in [("local dir", &fs), ("S3", &s3)] {
+            let (secs, rss, _) = timed_pg(&["backup-push", "--fast"], &src.pg_env(env));
+            add(&format!("walvault backup-push, {name}"), secs, rss);
+            let mut b = Cluster::at(root, &format!("restored-{run}-{}", name.replace(' ', "")));
+            let owned = b.recover_args();
+            let args: Vec<&str> = owned.iter().map(String::as_str).collect();
+            let (secs, rss, text) = timed_pg(&args, env);
+            b.adopt();
+            b.stop();
+            add(&format!("walvault recover (latest), {name}"), secs, rss);
+            if let Some(line) = text.lines().find(|l| l.starts_with("recovered:")) {
+                eprintln!("  {name}: {line}");
+            }
+            std::fs::remove_dir_all(&b.pgdata).unwrap();
+        }
+    }
+    src.stop();
+    let base = {
+        let r = rows
+            .iter_mut()
+            .find(|r| r.0.starts_with("pg_basebackup"))
+            .unwrap();
+        median(&mut r.1)
+    };
+    let mut out = format!(
+        "\nbase backups: pgbench scale {} ({db_mb:.0} MB of databases), zstd-1, age encryption on, {} runs\n\n{:<40} {:>10} {:>10} {:>14} {:>14}\n",
+        a.scale, a.runs, "", "median s", "MB/s", "x basebackup", "peak RSS MiB"
+    );
+    for r in rows.iter_mut() {
+        let m = median(&mut r.1);
+        let rss = if r.2 > 0 {
+            format!("{:.1}", r.2 as f64 / 1024.0)
+        } else {
+            "-".into()
+        };
+        out.push_str(&format!(
+            "{:<40} {:>10.1} {:>10.0} {:>14.2} {:>14}\n",
+            r.0,
+            m,
+            db_mb / m,
+            m / base,
+            rss
+        ));
+    }
+    out
 }

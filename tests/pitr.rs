@@ -47,19 +47,8 @@ impl Source {
     /// `walvault recover --start` into a new directory; returns the running cluster.
     fn recover(&self, name: &str, args: &[&str]) -> Cluster {
         let mut b = Cluster::at(self.root.path(), name);
-        std::fs::create_dir_all(&b.sockdir).unwrap();
-        chown_pg(&b.sockdir);
-        let port = b.port.to_string();
-        let mut all = vec![
-            "recover",
-            "--pgdata",
-            b.pgdata.to_str().unwrap(),
-            "--start",
-            "--port",
-            &port,
-            "--socket-dir",
-            b.sockdir.to_str().unwrap(),
-        ];
+        let base = b.recover_args();
+        let mut all: Vec<&str> = base.iter().map(String::as_str).collect();
         all.extend_from_slice(args);
         let out = walvault(&all, &self.env, None);
         let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -464,6 +453,23 @@ fn refusals_are_clear_and_write_nothing() {
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("not empty"), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(busy.join("precious")).unwrap(),
+        "keep me"
+    );
+    // Even told to overwrite, a dry run touches nothing.
+    let out = walvault(
+        &[
+            "recover",
+            "--pgdata",
+            busy.to_str().unwrap(),
+            "--overwrite",
+            "--dry-run",
+        ],
+        &s.env,
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         std::fs::read_to_string(busy.join("precious")).unwrap(),
         "keep me"

@@ -143,20 +143,18 @@ pub async fn read_manifest(store: &dyn Store, id: &str) -> Result<Manifest> {
 
 pub async fn read_files(store: &dyn Store, codec: &Codec, id: &str) -> Result<Vec<FileRecord>> {
     let key = format!("{}files.json", prefix(id));
-    let (_, bytes) = codec
-        .download(store, &key, Vec::new())
-        .await
-        .map_err(anyhow::Error::new)
-        .with_context(|| format!("reading {}", store.locate(&key)))?
+    let bytes = codec
+        .download_small(store, &key)
+        .await?
         .with_context(|| format!("{} is missing", store.locate(&key)))?;
     serde_json::from_slice(&bytes).with_context(|| format!("{} is damaged", store.locate(&key)))
 }
 
-/// Reads a small encoded object to a string.
+/// Reads a small encoded text object.
 pub async fn read_text(store: &dyn Store, codec: &Codec, key: &str) -> Result<Option<String>> {
-    match codec.download(store, key, Vec::new()).await {
-        Ok(Some((_, b))) => Ok(Some(String::from_utf8(b).context("not text")?)),
-        Ok(None) => Ok(None),
-        Err(e) => Err(anyhow::Error::new(e).context(format!("reading {}", store.locate(key)))),
-    }
+    codec
+        .download_small(store, key)
+        .await?
+        .map(|b| String::from_utf8(b).with_context(|| format!("{} is not text", store.locate(key))))
+        .transpose()
 }

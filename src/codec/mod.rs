@@ -355,6 +355,17 @@ fn copy_large(src: &mut dyn Read, dst: &mut dyn Write) -> io::Result<u64> {
     }
 }
 
+impl Codec {
+    /// A small object (a history file, a file list), decoded in memory;
+    /// `None` when absent. Errors name the object.
+    pub async fn download_small(&self, store: &dyn Store, key: &str) -> Result<Option<Vec<u8>>> {
+        match self.download(store, key, Vec::new()).await {
+            Ok(found) => Ok(found.map(|(_, bytes)| bytes)),
+            Err(e) => Err(anyhow::Error::new(e).context(format!("reading {}", store.locate(key)))),
+        }
+    }
+}
+
 /// Reads the trailer of a stored object without downloading it.
 pub async fn read_trailer(store: &dyn Store, key: &str) -> Result<Option<Trailer>> {
     match store.get_tail(key, envelope::TRAILER_LEN as u64).await? {

@@ -107,9 +107,15 @@ pub async fn run(cfg: &Config, store: Arc<dyn Store>, codec: &Codec, opts: Optio
         ensure_empty(
             &dir,
             opts.overwrite,
+            false,
             &format!("tablespace {} directory", ts.oid),
         )?;
         ts_dirs.insert(ts.oid.clone(), dir);
+    }
+    // Nothing is refused past this point: now --overwrite may clear.
+    ensure_empty(&opts.pgdata, opts.overwrite, true, "target directory")?;
+    for dir in ts_dirs.values() {
+        ensure_empty(dir, opts.overwrite, true, "tablespace directory")?;
     }
     let target = Arc::new(restore::Target {
         dir: opts.pgdata.clone(),
@@ -183,7 +189,7 @@ pub async fn plan(store: &dyn Store, codec: &Codec, opts: &Options) -> Result<Pl
             opts.pgdata.display()
         );
     }
-    ensure_empty(&opts.pgdata, opts.overwrite, "target directory")?;
+    ensure_empty(&opts.pgdata, opts.overwrite, false, "target directory")?;
     if opts.start && unsafe { libc::geteuid() } == 0 {
         bail!("--start: PostgreSQL refuses to run as root; run walvault recover as the cluster's OS user (e.g. postgres)");
     }
@@ -282,16 +288,24 @@ pub async fn plan(store: &dyn Store, codec: &Codec, opts: &Options) -> Result<Pl
     })
 }
 
-fn ensure_empty(dir: &Path, overwrite: bool, what: &str) -> Result<()> {
+/// Refuses a non-empty `dir` unless `overwrite`; with `clear`, also empties it
+/// (only once nothing can be refused any more).
+fn ensure_empty(dir: &Path, overwrite: bool, clear: bool, what: &str) -> Result<()> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e.count(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
     };
-    if entries > 0 {
-        if !overwrite {
-            bail!("{what} {} is not empty; recovery never overwrites data unless told to (--overwrite)", dir.display());
-        }
+    if entries == 0 {
+        return Ok(());
+    }
+    if !overwrite {
+        bail!(
+            "{what} {} is not empty; recovery never overwrites data unless told to (--overwrite)",
+            dir.display()
+        );
+    }
+    if clear {
         for e in std::fs::read_dir(dir)? {
             let p = e?.path();
             if p.is_dir() && !p.is_symlink() {
@@ -369,11 +383,16 @@ pub struct End {
 /// Waits until recovery has reached its target (per the action), or fails with
 /// the server's own words when it stopped.
 async fn wait(opts: &Options, log: &Path) -> Result<End> {
-    let sock = opts
-        .socket_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("/var/run/postgresql"));
-    let port = opts.port.unwrap_or(5432);
+    // Where the server listens: our overrides, else what its configuration says.
+    let sock = opts.socket_dir.clone().unwrap_or_else(|| {
+        conf_value(&opts.pgdata, "unix_socket_directories")
+            .and_then(|v| v.split(',').next().map(|d| PathBuf::from(d.trim())))
+            .unwrap_or_else(|| PathBuf::from("/var/run/postgresql"))
+    });
+    let port = opts
+        .port
+        .or_else(|| conf_value(&opts.pgdata, "port").and_then(|p| p.parse().ok()))
+        .unwrap_or(5432);
     let conninfo = format!("host={} port={port} dbname=postgres", sock.display());
     let mut last_note = Instant::now();
     loop {
@@ -433,6 +452,25 @@ async fn wait(opts: &Options, log: &Path) -> Result<End> {
     }
 }
 
+/// A setting from postgresql.conf and postgresql.auto.conf (the last one wins,
+/// as in the server), unquoted.
+fn conf_value(pgdata: &Path, key: &str) -> Option<String> {
+    let mut value = None;
+    for file in ["postgresql.conf", "postgresql.auto.conf"] {
+        let text = std::fs::read_to_string(pgdata.join(file)).unwrap_or_default();
+        for line in text.lines() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            let Some((k, v)) = line.split_once('=') else {
+                continue;
+            };
+            if k.trim() == key {
+                value = Some(v.trim().trim_matches('\'').to_string());
+            }
+        }
+    }
+    value
+}
+
 fn log_line(log: &str, prefix: &str) -> Option<String> {
     log.lines().rev().find_map(|l| {
         l.find(prefix).map(|i| {
@@ -443,4 +481,27 @@ fn log_line(log: &str, prefix: &str) -> Option<String> {
                 .to_string()
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_settings_like_the_server() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("postgresql.conf"),
+            "#port = 1\nport = 5433 # main\nunix_socket_directories = '/run/pg, /tmp'\n",
+        )
+        .unwrap();
+        assert_eq!(conf_value(d.path(), "port").as_deref(), Some("5433"));
+        std::fs::write(d.path().join("postgresql.auto.conf"), "port = '6543'\n").unwrap();
+        assert_eq!(conf_value(d.path(), "port").as_deref(), Some("6543"));
+        assert_eq!(
+            conf_value(d.path(), "unix_socket_directories").as_deref(),
+            Some("/run/pg, /tmp")
+        );
+        assert_eq!(conf_value(d.path(), "nope"), None);
+    }
 }

@@ -46,13 +46,9 @@ impl Inventory {
         let mut histories = BTreeMap::new();
         for tli in history_tlis {
             let key = super::key(&format!("{tli:08X}.history"));
-            let (_, text) = codec
-                .download(store, &key, Vec::new())
-                .await
-                .map_err(anyhow::Error::new)
-                .with_context(|| format!("reading {}", store.locate(&key)))?
+            let text = crate::backup::read_text(store, codec, &key)
+                .await?
                 .with_context(|| format!("{} vanished", store.locate(&key)))?;
-            let text = String::from_utf8(text).context("history file is not text")?;
             histories.insert(
                 tli,
                 history::parse(&text).with_context(|| store.locate(&key))?,

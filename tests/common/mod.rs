@@ -705,6 +705,39 @@ impl Cluster {
         )
     }
 
+    /// pg_basebackup of this cluster into `dest`, without WAL (it comes from the archive).
+    pub fn basebackup(&self, dest: &Path) {
+        let out = pg_command(&format!("{PG_BIN}/pg_basebackup"), &BTreeMap::new())
+            .args(["-U", "postgres", "-X", "none", "--checkpoint=fast", "-h"])
+            .arg(&self.sockdir)
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-D")
+            .arg(dest)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pg_basebackup: {}", stderr(&out));
+    }
+
+    /// The `walvault recover` arguments that restore into this (not yet existing)
+    /// cluster's directory and start it on its port and socket directory.
+    pub fn recover_args(&self) -> Vec<String> {
+        std::fs::create_dir_all(&self.sockdir).unwrap();
+        chown_pg(&self.sockdir);
+        [
+            "recover",
+            "--pgdata",
+            self.pgdata.to_str().unwrap(),
+            "--start",
+            "--port",
+            &self.port.to_string(),
+            "--socket-dir",
+            self.sockdir.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
     pub fn wait_promoted(&self, timeout: Duration) {
         wait_for("end of recovery", timeout, || {
             self.psql_try("select pg_is_in_recovery()")
