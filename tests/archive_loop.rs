@@ -453,3 +453,40 @@ fn help_tells_what_to_put_in_postgresql_conf() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("128"), "{text}");
 }
+
+/// archive-command/walvault-env loads its environment file, and refuses a line
+/// that is not KEY=VALUE.
+#[test]
+fn wrapper_loads_the_environment_file() {
+    let root = pg_tempdir();
+    let repo = root.path().join("repo-from-env-file");
+    let env_file = root.path().join("env");
+    std::fs::write(
+        &env_file,
+        format!(
+            "# settings\nWALVAULT_REPO=file://{}\n\nWALVAULT_LOG_LEVEL=warn\n",
+            repo.display()
+        ),
+    )
+    .unwrap();
+    chown_pg(root.path());
+    let mut env = base_env();
+    env.insert("WV_ENV_FILE".into(), env_file.display().to_string());
+    let run = |env: &BTreeMap<String, String>| {
+        pg_command(wrapper_bin().to_str().unwrap(), env)
+            .arg("backup-list")
+            .output()
+            .unwrap()
+    };
+    let out = run(&env);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("no complete backups in {}", repo.display())),
+        "{text}"
+    );
+    std::fs::write(&env_file, "export WALVAULT_REPO\n").unwrap();
+    let out = run(&env);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not KEY=VALUE"), "{}", stderr(&out));
+}

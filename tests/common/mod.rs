@@ -430,10 +430,29 @@ impl Drop for Seaweed {
     }
 }
 
+/// archive-command/walvault-env, copied beside the test binary.
+pub fn wrapper_bin() -> PathBuf {
+    let dest = walvault_bin().parent().unwrap().join("walvault-env");
+    if !dest.exists() {
+        let tmp = dest.with_extension(format!("{}", std::process::id()));
+        std::fs::copy(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/archive-command/walvault-env"),
+            &tmp,
+        )
+        .unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&tmp, &dest).unwrap();
+    }
+    dest
+}
+
 /// Environment shared by every walvault run in tests: no host config, no
-/// AWS profile or metadata service.
+/// AWS profile or metadata service; the wrapper runs the test binary and reads
+/// no host env file.
 pub fn base_env() -> BTreeMap<String, String> {
     let mut e = BTreeMap::new();
+    e.insert("WV_BIN".into(), walvault_bin().display().to_string());
+    e.insert("WV_ENV_FILE".into(), "/nonexistent/walvault-env".into());
     e.insert(
         "WALVAULT_CONFIG".into(),
         empty_config().display().to_string(),
@@ -537,12 +556,17 @@ impl Cluster {
         writeln!(f, "{lines}").unwrap();
     }
 
-    /// archive_command and restore_command calling the test's walvault.
+    /// The settings of archive-command/postgresql.conf.snippet, as shipped, with
+    /// only the wrapper's install path replaced by the test copy.
     pub fn archive_to_walvault(&self) {
-        let bin = walvault_bin().display();
-        self.conf(&format!(
-            "archive_mode = on\narchive_command = '\"{bin}\" wal-push %p'\nrestore_command = '\"{bin}\" wal-fetch %f %p'\n"
-        ));
+        let snippet = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/archive-command/postgresql.conf.snippet"
+        ))
+        .expect("archive-command/postgresql.conf.snippet");
+        assert!(snippet.contains("/usr/local/bin/walvault-env"));
+        let wrapper = format!("\"{}\"", wrapper_bin().display());
+        self.conf(&snippet.replace("/usr/local/bin/walvault-env", &wrapper));
     }
 
     pub fn log_path(&self) -> PathBuf {
