@@ -263,7 +263,7 @@ pub async fn plan(store: &dyn Store, codec: &Codec, opts: &Options) -> Result<Pl
                 bail!("target time {} is before backup {} ended ({}); choose another backup or a later time", target::pg_time(t), chosen.id, chosen.stop_time.to_rfc3339());
             }
             if let Some(at) = wal.last_archived {
-                if *t > at {
+                if beyond_archive(t, &at) {
                     bail!(
                         "target time {} is after the end of the archived WAL (last segment {} stored {}); later WAL is still only on the server: run select pg_switch_wal() there, wait for the archiver, and retry, or use --target latest",
                         target::pg_time(t),
@@ -452,6 +452,13 @@ async fn wait(opts: &Options, log: &Path) -> Result<End> {
     }
 }
 
+/// Whether a target time lies beyond WAL whose last segment was stored at `at`.
+/// S3 reports LastModified to the whole second: the segment was stored up to a
+/// second after the time shown, with commits up to then.
+fn beyond_archive(t: &DateTime<Utc>, at: &DateTime<Utc>) -> bool {
+    *t >= *at + chrono::Duration::seconds(1)
+}
+
 /// A setting from postgresql.conf and postgresql.auto.conf (the last one wins,
 /// as in the server), unquoted.
 fn conf_value(pgdata: &Path, key: &str) -> Option<String> {
@@ -486,6 +493,18 @@ fn log_line(log: &str, prefix: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn archive_times_are_whole_seconds_on_s3() {
+        let at = target::parse_time("2026-11-22 06:44:52+00").unwrap();
+        let commit = target::parse_time("2026-11-22 06:44:52.057747+00").unwrap();
+        assert!(
+            !beyond_archive(&commit, &at),
+            "a commit within the stored second is reachable"
+        );
+        let later = target::parse_time("2026-11-22 06:44:53.5+00").unwrap();
+        assert!(beyond_archive(&later, &at));
+    }
 
     #[test]
     fn reads_settings_like_the_server() {
