@@ -7,7 +7,7 @@ use crate::codec::Codec;
 use crate::store::{ObjectMeta, Store};
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 pub struct Inventory {
     pub seg_size: u64,
@@ -66,17 +66,6 @@ impl Inventory {
         let from_segs = self.segments.keys().map(|s| s.tli).max().unwrap_or(1);
         let from_hist = self.histories.keys().copied().max().unwrap_or(1);
         from_segs.max(from_hist)
-    }
-
-    /// Timelines `tli` descends from, itself included.
-    pub fn ancestry(&self, tli: u32) -> BTreeSet<u32> {
-        let mut set: BTreeSet<u32> = self
-            .histories
-            .get(&tli)
-            .map(|h| h.iter().map(|e| e.parent_tli).collect())
-            .unwrap_or_default();
-        set.insert(tli);
-        set
     }
 
     /// Whether WAL written on timeline `from` up to `lsn` is part of `tli`'s history.
@@ -224,6 +213,5 @@ mod tests {
         assert!(r.gap.is_none());
         assert!(i.reaches(2, 1, Lsn(0x3000000)));
         assert!(!i.reaches(2, 1, Lsn(0x5000000)));
-        assert_eq!(i.ancestry(2).into_iter().collect::<Vec<_>>(), vec![1, 2]);
     }
 }
