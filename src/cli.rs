@@ -170,6 +170,113 @@ must not push a new timeline into the production repository.")]
         #[arg(long)]
         archive: bool,
     },
+    /// Keep a backup whatever the retention policy (audit keeps), or unmark it
+    #[command(after_help = "\
+Examples:
+  walvault backup-mark 20261122T020000Z --permanent --note 'year-end audit 2026'
+  walvault backup-mark 20261122T020000Z --keep-until 2033-12-31
+  walvault backup-mark 20261122T020000Z --unmark
+
+A marked backup keeps its WAL from start to stop, so it stays restorable on its own.
+For 7-year keeps on S3, pair it with the bucket's lifecycle rules (terraform/).")]
+    BackupMark {
+        /// Backup id, as backup-list shows it
+        id: String,
+        /// Never removed by any retention policy
+        #[arg(long, conflicts_with_all = ["keep_until", "unmark"])]
+        permanent: bool,
+        /// Not removed before this date (YYYY-MM-DD, UTC)
+        #[arg(long, value_name = "DATE", conflicts_with = "unmark")]
+        keep_until: Option<String>,
+        /// Remove the mark: retention policies apply again
+        #[arg(long)]
+        unmark: bool,
+        /// Why it is kept (shown by delete and backup-list)
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Apply retention: remove backups the policy does not keep and WAL no kept backup needs
+    #[command(after_help = "\
+A dry run unless --confirm: it prints every backup with keep or REMOVE and why, and what
+WAL would go. Policies (config [retention] or the flags; a backup is kept when either
+keeps it):
+  --keep-last N   the newest N restorable backups
+  --keep-days D   every backup needed to recover to any time in the last D days
+Permanent and keep-until backups (backup-mark) are never removed, and keep the WAL from
+their start to their stop. All WAL from the start of the oldest kept backup onwards is
+kept, and every timeline history file. Objects still under S3 Object Lock are skipped
+and reported; the run carries on.
+
+Exit status: 0 done (or dry run), 1 a removal failed or the policy is missing.")]
+    Delete {
+        /// Keep the newest N restorable backups (overrides retention.keep_last)
+        #[arg(long, value_name = "N")]
+        keep_last: Option<u32>,
+        /// Keep what recovery within the last D days needs (overrides retention.keep_days)
+        #[arg(long, value_name = "D")]
+        keep_days: Option<u32>,
+        /// Remove for real (without it, only show what would be removed)
+        #[arg(long)]
+        confirm: bool,
+    },
+    /// Find WAL gaps and timeline breaks since each backup
+    #[command(after_help = "\
+For each backup: whether its own WAL (start to stop) is present, and how far replay
+from it gets along the latest timeline. Then every gap since the oldest restorable
+backup, each either \"missing, probably still being pushed\" (its successors were stored
+less than verify.pending_seconds ago) or LOST, and timelines without a history file.
+
+Exit status: 0 the recoverable window is unbroken (pending gaps are warned about);
+1 a segment is lost after the oldest backup, or no backup is restorable.")]
+    WalVerify {
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check that every object backups need is present and intact
+    #[command(after_help = "\
+For each backup (or --backup ID): every tar part, the file list, backup_label,
+tablespace_map and every WAL segment from its start to its stop. Without the private
+key the stored bytes are checked against their recorded sha256 (works on the database
+host); with encryption.identity_file, or in an unencrypted repository, everything is
+also decoded and the sha256 of every file inside the parts is checked. --wal adds
+every WAL object in the repository.
+
+Exit status: 0 all intact; 1 a problem, each object named.")]
+    Verify {
+        /// Only this backup
+        #[arg(long)]
+        backup: Option<String>,
+        /// Also check every WAL object in the repository
+        #[arg(long)]
+        wal: bool,
+    },
+    /// Archive health: last archived WAL, backlog (the live RPO), last backup, window
+    #[command(after_help = "\
+Reads the repository and, when it can, PostgreSQL: the .ready files in the data
+directory (--pgdata or PGDATA) or pg_ls_archive_statusdir() (needs pg_monitor), and
+pg_stat_archiver. A source that cannot be read is reported as down; the rest is
+still shown and written.
+
+  walvault status
+  walvault status --json
+  walvault status --prometheus /var/lib/prometheus/node-exporter/walvault.prom
+
+--prometheus writes a node_exporter textfile atomically (cron every minute); the
+alert rules in examples/prometheus/ use its metrics.
+
+Exit status: 0 both sources read; 1 the repository or PostgreSQL could not be read.")]
+    Status {
+        /// The data directory, for the archive backlog (.ready files)
+        #[arg(long, env = "PGDATA")]
+        pgdata: Option<PathBuf>,
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+        /// Write a node_exporter textfile (atomically) instead of the report
+        #[arg(long, value_name = "FILE")]
+        prometheus: Option<PathBuf>,
+    },
     /// Bind the repository to a cluster (done by the first wal-push otherwise)
     RepoInit {
         /// The cluster's data directory

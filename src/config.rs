@@ -78,6 +78,16 @@ pub const KEYS: &[(&str, Kind, &str)] = &[
         "storage class for new objects, e.g. STANDARD_IA",
     ),
     (
+        "s3.object_lock_mode",
+        Kind::Str,
+        "Object Lock retention on every object pushed: GOVERNANCE or COMPLIANCE (the bucket must have Object Lock)",
+    ),
+    (
+        "s3.object_lock_days",
+        Kind::Int,
+        "Object Lock retention period in days, with s3.object_lock_mode",
+    ),
+    (
         "s3.part_size_mb",
         Kind::Int,
         "multipart part size in MiB (5 to 5120); larger objects are uploaded in parts",
@@ -122,6 +132,26 @@ pub const KEYS: &[(&str, Kind, &str)] = &[
         Kind::Int,
         "backup parts downloaded and extracted at once",
     ),
+    (
+        "retention.keep_last",
+        Kind::Int,
+        "delete: keep the newest N restorable backups (0 = no count policy)",
+    ),
+    (
+        "retention.keep_days",
+        Kind::Int,
+        "delete: keep every backup needed to recover to any time in the last N days (0 = no age policy)",
+    ),
+    (
+        "verify.concurrency",
+        Kind::Int,
+        "verify: objects downloaded and checked at once",
+    ),
+    (
+        "verify.pending_seconds",
+        Kind::Int,
+        "wal-verify: a missing segment whose successors were stored more recently than this is reported as probably still being pushed, older as lost",
+    ),
 ];
 
 #[derive(Clone, Debug, Deserialize)]
@@ -145,6 +175,45 @@ pub struct Config {
     pub backup: Backup,
     #[serde(default)]
     pub restore: Restore,
+    #[serde(default)]
+    pub retention: Retention,
+    #[serde(default)]
+    pub verify: Verify,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    #[serde(default)]
+    pub keep_last: i64,
+    #[serde(default)]
+    pub keep_days: i64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Verify {
+    #[serde(default = "default_verify_concurrency")]
+    pub concurrency: i64,
+    #[serde(default = "default_pending_seconds")]
+    pub pending_seconds: i64,
+}
+
+impl Default for Verify {
+    fn default() -> Self {
+        Verify {
+            concurrency: default_verify_concurrency(),
+            pending_seconds: default_pending_seconds(),
+        }
+    }
+}
+// Checking is download-bound with light CPU (sha256, zstd): a few at once hide latency.
+fn default_verify_concurrency() -> i64 {
+    4
+}
+// Ten minutes: far longer than one push takes, even through S3 retries.
+fn default_pending_seconds() -> i64 {
+    600
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -219,6 +288,9 @@ pub struct S3 {
     pub sse: Option<String>,
     pub sse_kms_key_id: Option<String>,
     pub storage_class: Option<String>,
+    pub object_lock_mode: Option<String>,
+    #[serde(default = "default_lock_days")]
+    pub object_lock_days: i64,
     #[serde(default = "default_part_size_mb")]
     pub part_size_mb: i64,
     #[serde(default = "default_max_attempts")]
@@ -246,6 +318,11 @@ fn default_log_level() -> String {
 // archive path is latency-bound (one segment per call).
 fn default_level() -> i64 {
     1
+}
+// Longer than the usual keep of daily backups (a few weeks): retention removes an
+// object once its backups expire, so a shorter lock would not protect them all.
+fn default_lock_days() -> i64 {
+    35
 }
 fn default_part_size_mb() -> i64 {
     16
@@ -279,6 +356,8 @@ impl Default for S3 {
             sse: None,
             sse_kms_key_id: None,
             storage_class: None,
+            object_lock_mode: None,
+            object_lock_days: default_lock_days(),
             part_size_mb: default_part_size_mb(),
             max_attempts: default_max_attempts(),
             timeout_seconds: default_timeout(),
@@ -388,6 +467,18 @@ impl Config {
         if self.s3.sse_kms_key_id.is_some() && self.s3.sse.as_deref() != Some("aws:kms") {
             bail!("config key s3.sse_kms_key_id is set but s3.sse is not aws:kms");
         }
+        match self.s3.object_lock_mode.as_deref() {
+            None | Some("GOVERNANCE") | Some("COMPLIANCE") => {}
+            Some(other) => {
+                bail!("config key s3.object_lock_mode: '{other}' is not GOVERNANCE or COMPLIANCE")
+            }
+        }
+        if !(1..=36_500).contains(&self.s3.object_lock_days) {
+            bail!(
+                "config key s3.object_lock_days: {} is out of range, use 1 to 36500",
+                self.s3.object_lock_days
+            );
+        }
         if !(5..=5120).contains(&self.s3.part_size_mb) {
             bail!(
                 "config key s3.part_size_mb: {} is out of range, use 5 to 5120",
@@ -406,6 +497,10 @@ impl Config {
             ("backup.part_size_mb", self.backup.part_size_mb, 1),
             ("backup.concurrency", self.backup.concurrency, 1),
             ("restore.concurrency", self.restore.concurrency, 1),
+            ("retention.keep_last", self.retention.keep_last, 0),
+            ("retention.keep_days", self.retention.keep_days, 0),
+            ("verify.concurrency", self.verify.concurrency, 1),
+            ("verify.pending_seconds", self.verify.pending_seconds, 0),
         ] {
             if v < lo || v > 100_000 {
                 bail!("config key {key}: {v} is out of range, use {lo} to 100000");

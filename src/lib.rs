@@ -14,5 +14,7 @@ pub mod pg;
 pub mod progress;
 pub mod recover;
 pub mod repo;
+pub mod retention;
+pub mod status;
 pub mod store;
 pub mod wal;

@@ -68,6 +68,11 @@ fn command_name(c: &Command) -> &'static str {
         Command::BackupPush { .. } => "backup-push",
         Command::BackupList { .. } => "backup-list",
         Command::Recover { .. } => "recover",
+        Command::BackupMark { .. } => "backup-mark",
+        Command::Delete { .. } => "delete",
+        Command::WalVerify { .. } => "wal-verify",
+        Command::Verify { .. } => "verify",
+        Command::Status { .. } => "status",
     }
 }
 
@@ -198,6 +203,63 @@ async fn dispatch(
             };
             walvault::recover::run(&cfg, store, &codec, opts).await?;
             Ok(exit::OK)
+        }
+        Command::BackupMark {
+            id,
+            permanent,
+            keep_until,
+            unmark,
+            note,
+        } => {
+            use walvault::backup::keep::{self, Mark};
+            let mark = match (permanent, keep_until, unmark) {
+                (true, _, _) => Mark::Permanent,
+                (_, Some(d), _) => Mark::Until(keep::parse_date(&d)?),
+                (_, _, true) => Mark::Unmark,
+                _ => anyhow::bail!("say --permanent, --keep-until DATE or --unmark"),
+            };
+            keep::run(store.as_ref(), &id, mark, note).await?;
+            Ok(exit::OK)
+        }
+        Command::Delete {
+            keep_last,
+            keep_days,
+            confirm,
+        } => {
+            let policy = walvault::retention::Policy {
+                keep_last: keep_last.unwrap_or(cfg.retention.keep_last as u32),
+                keep_days: keep_days.unwrap_or(cfg.retention.keep_days as u32),
+            };
+            let opts = walvault::retention::Options { policy, confirm };
+            let clean = walvault::retention::run(store.as_ref(), &codec, opts).await?;
+            Ok(if clean { exit::OK } else { exit::FAILURE })
+        }
+        Command::WalVerify { json } => {
+            let ok =
+                wal::verify::run(store.as_ref(), &codec, cfg.verify.pending_seconds, json).await?;
+            Ok(if ok { exit::OK } else { exit::FAILURE })
+        }
+        Command::Verify { backup, wal } => {
+            let opts = walvault::backup::verify::Options {
+                backup,
+                all_wal: wal,
+                concurrency: cfg.verify.concurrency as usize,
+            };
+            let ok = walvault::backup::verify::run(store, &codec, opts).await?;
+            Ok(if ok { exit::OK } else { exit::FAILURE })
+        }
+        Command::Status {
+            pgdata,
+            json,
+            prometheus,
+        } => {
+            let opts = walvault::status::Options {
+                pgdata,
+                json,
+                prometheus,
+            };
+            let ok = walvault::status::run(&cfg, store.as_ref(), &codec, opts).await?;
+            Ok(if ok { exit::OK } else { exit::FAILURE })
         }
         Command::Keygen { .. } => unreachable!("handled before the configuration is read"),
     }

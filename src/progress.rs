@@ -38,10 +38,22 @@ impl Progress {
         }
     }
 
+    /// Counts without showing anything (work inside a step another bar shows).
+    pub fn hidden() -> Progress {
+        Progress {
+            what: String::new(),
+            total: 0,
+            done: AtomicU64::new(0),
+            bar: None,
+            last_log: Mutex::new(Instant::now()),
+        }
+    }
+
     pub fn add(&self, n: u64) {
         let done = self.done.fetch_add(n, Ordering::Relaxed) + n;
         match &self.bar {
             Some(b) => b.set_position(done),
+            None if self.what.is_empty() => {}
             None => {
                 let mut last = self.last_log.lock().expect("progress lock");
                 if last.elapsed() >= Duration::from_secs(10) {

@@ -5,81 +5,8 @@ mod common;
 
 use common::*;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
-
-struct Source {
-    root: tempfile::TempDir,
-    a: Cluster,
-    env: BTreeMap<String, String>,
-}
-
-fn fs_repo(root: &Path) -> BTreeMap<String, String> {
-    let repo = root.join("repo");
-    std::fs::create_dir_all(&repo).unwrap();
-    chown_pg(&repo);
-    fs_env(&repo)
-}
-
-/// A running cluster archiving through walvault, with commit timestamps on.
-fn source(env_for: impl FnOnce(&Path) -> BTreeMap<String, String>) -> Source {
-    let root = pg_tempdir();
-    let env = env_for(root.path());
-    let mut a = Cluster::init(root.path(), "a");
-    a.archive_to_walvault();
-    a.conf("track_commit_timestamp = on");
-    a.start(&env);
-    Source { root, a, env }
-}
-
-impl Source {
-    fn backup(&self) -> String {
-        let out = walvault(&["backup-push", "--fast"], &self.a.pg_env(&self.env), None);
-        assert!(out.status.success(), "backup-push: {}", stderr(&out));
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    }
-
-    fn flush_archive(&self) {
-        let seg = self.a.switch_wal();
-        self.a.wait_archived(&seg, Duration::from_secs(120));
-    }
-
-    /// `walvault recover --start` into a new directory; returns the running cluster.
-    fn recover(&self, name: &str, args: &[&str]) -> Cluster {
-        let mut b = Cluster::at(self.root.path(), name);
-        let base = b.recover_args();
-        let mut all: Vec<&str> = base.iter().map(String::as_str).collect();
-        all.extend_from_slice(args);
-        let out = walvault(&all, &self.env, None);
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        assert!(
-            out.status.success(),
-            "recover {args:?}: {}\n{text}\n{}",
-            stderr(&out),
-            tail(&b.pgdata.join("walvault-recover.log"), 30)
-        );
-        assert!(text.contains("recovered: ended at LSN"), "{text}");
-        b.adopt();
-        b
-    }
-
-    fn recover_fails(&self, args: &[&str]) -> String {
-        let dir = self.root.path().join("refused");
-        let mut all = vec!["recover", "--pgdata", dir.to_str().unwrap()];
-        all.extend_from_slice(args);
-        let out = walvault(&all, &self.env, None);
-        assert_eq!(
-            out.status.code(),
-            Some(1),
-            "{args:?} should be refused: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        assert!(!dir.exists(), "{args:?}: nothing may be written");
-        let err = stderr(&out);
-        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
-        err
-    }
-}
 
 fn ids(c: &Cluster, table: &str) -> Vec<i64> {
     let s = c.psql(&format!(

@@ -25,6 +25,32 @@ struct Row<'a> {
     #[serde(flatten)]
     manifest: &'a Manifest,
     wal_complete: bool,
+    /// Why retention keeps it whatever the policy (backup-mark).
+    keep: Option<String>,
+}
+
+/// The recoverable window on the latest timeline: from the end of the oldest
+/// restorable backup on its history to the end of contiguous WAL.
+pub fn window(complete: &[Manifest], inv: &Inventory) -> Option<Window> {
+    let tli = inv.latest_timeline();
+    complete
+        .iter()
+        .find(|m| {
+            crate::retention::restorable(inv, m)
+                && m.stop().is_ok_and(|s| inv.reaches(tli, m.timeline, s))
+        })
+        .map(|m| {
+            let run = inv.run_from(tli, m.start().map(|l| l.segno(inv.seg_size)).unwrap_or(0));
+            Window {
+                from: m.stop_time,
+                // Stores keep whole seconds (S3): the last segment can appear
+                // stored before the backup's own stop time.
+                to: run.last_archived.map(|t| t.max(m.stop_time)),
+                end_lsn: run.end_lsn.to_string(),
+                timeline: tli,
+                gap: run.gap.map(|g| g.to_string()),
+            }
+        })
 }
 
 #[derive(Serialize)]
@@ -42,37 +68,18 @@ pub async fn run(store: &dyn Store, codec: &Codec, json: bool) -> Result<()> {
         .map(|m| m.wal_segment_size)
         .unwrap_or(16 << 20);
     let inv = Inventory::load(store, codec, seg).await?;
-    let tli = inv.latest_timeline();
     let mut rows = Vec::new();
     for m in &listing.complete {
-        let wal_complete = match (m.start(), m.stop()) {
-            (Ok(a), Ok(z)) => inv.missing_between(m.timeline, a, z).is_none(),
-            _ => false,
-        };
         rows.push(Row {
             manifest: m,
-            wal_complete,
+            wal_complete: crate::retention::restorable(&inv, m),
+            keep: listing
+                .keeps
+                .get(&m.id)
+                .and_then(|k| k.reason(chrono::Utc::now())),
         });
     }
-    let window = rows
-        .iter()
-        .find(|r| {
-            r.wal_complete
-                && r.manifest
-                    .stop()
-                    .is_ok_and(|s| inv.reaches(tli, r.manifest.timeline, s))
-        })
-        .map(|r| {
-            let m = r.manifest;
-            let run = inv.run_from(tli, m.start().map(|l| l.segno(seg)).unwrap_or(0));
-            Window {
-                from: m.stop_time,
-                to: run.last_archived,
-                end_lsn: run.end_lsn.to_string(),
-                timeline: tli,
-                gap: run.gap.map(|g| g.to_string()),
-            }
-        });
+    let window = window(&listing.complete, &inv);
     let catalog = Catalog {
         backups: rows,
         window,
@@ -110,10 +117,10 @@ pub async fn run(store: &dyn Store, codec: &Codec, json: bool) -> Result<()> {
                 m.raw_bytes >> 20,
                 m.stored_bytes >> 20,
                 m.duration_seconds,
-                if r.wal_complete {
-                    "complete"
-                } else {
-                    "MISSING: not restorable"
+                match (r.wal_complete, &r.keep) {
+                    (true, None) => "complete".to_string(),
+                    (true, Some(k)) => format!("complete; KEEP {k}"),
+                    (false, _) => "MISSING: not restorable".to_string(),
                 }
             );
         }

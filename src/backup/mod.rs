@@ -8,12 +8,14 @@
 //! verification work on a host that holds only the public recipient.
 
 pub mod catalog;
+pub mod keep;
 pub mod push;
 pub mod restore;
+pub mod verify;
 pub mod walk;
 
 use crate::codec::Codec;
-use crate::store::Store;
+use crate::store::{ObjectMeta, Store};
 use crate::wal::names::Lsn;
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
@@ -87,38 +89,51 @@ pub struct FileRecord {
     pub part: u32,
 }
 
-/// Backups in the repository: complete ones (with a manifest) and the ids of
-/// incomplete ones (objects but no manifest: a push that died).
+/// Backups in the repository: complete ones (with a manifest), the ids of
+/// incomplete ones (objects but no manifest: a push that died or is running),
+/// keep marks, and every object under `backups/` by backup id.
 pub struct Listing {
     pub complete: Vec<Manifest>,
     pub incomplete: Vec<String>,
+    pub keeps: BTreeMap<String, keep::Keep>,
+    pub objects: BTreeMap<String, Vec<ObjectMeta>>,
 }
 
 pub async fn list(store: &dyn Store) -> Result<Listing> {
-    let mut ids: BTreeMap<String, bool> = BTreeMap::new();
+    let mut objects: BTreeMap<String, Vec<ObjectMeta>> = BTreeMap::new();
     for meta in store.list("backups/").await? {
         let rest = meta.key.trim_start_matches("backups/");
-        let Some((id, name)) = rest.split_once('/') else {
+        let Some((id, _)) = rest.split_once('/') else {
             continue;
         };
-        let has = ids.entry(id.to_string()).or_insert(false);
-        if name == "manifest.json" {
-            *has = true;
-        }
+        objects.entry(id.to_string()).or_default().push(meta);
     }
+    let has = |id: &str, name: &str| {
+        objects[id]
+            .iter()
+            .any(|m| m.key.ends_with(&format!("/{name}")))
+    };
     let mut complete = Vec::new();
     let mut incomplete = Vec::new();
-    for (id, has_manifest) in ids {
-        if has_manifest {
-            complete.push(read_manifest(store, &id).await?);
+    let mut keeps = BTreeMap::new();
+    for id in objects.keys() {
+        if has(id, "manifest.json") {
+            complete.push(read_manifest(store, id).await?);
+            if has(id, "keep.json") {
+                if let Some(k) = keep::read(store, id).await? {
+                    keeps.insert(id.clone(), k);
+                }
+            }
         } else {
-            incomplete.push(id);
+            incomplete.push(id.clone());
         }
     }
     complete.sort_by_key(|m| m.stop_time);
     Ok(Listing {
         complete,
         incomplete,
+        keeps,
+        objects,
     })
 }
 

@@ -43,6 +43,41 @@ impl Target {
     }
 }
 
+/// Downloads one part and walks its tar stream: every file checked against
+/// `index` (size and sha256), and written below `target` unless it is `None`
+/// (verification only). Returns the files seen and their bytes.
+pub async fn read_part(
+    store: Arc<dyn Store>,
+    codec: Codec,
+    key: String,
+    index: Arc<HashMap<String, FileRecord>>,
+    target: Option<Arc<Target>>,
+    progress: Arc<Progress>,
+) -> Result<(Vec<String>, u64)> {
+    let (reader, writer) = io::pipe()?;
+    let extract =
+        tokio::task::spawn_blocking(move || extract(reader, target.as_deref(), &index, &progress));
+    // The decoder hands the pipe's writer back: drop it at once so the
+    // extractor sees the end of the stream.
+    let download = codec
+        .download(store.as_ref(), &key, writer)
+        .await
+        .map(|done| {
+            done.map(|(trailer, writer)| {
+                drop(writer);
+                trailer
+            })
+        });
+    let extracted = extract.await.context("extract task failed")?;
+    // The download's verdict first: a damaged part may also break the tar stream.
+    match download {
+        Ok(Some(_)) => {}
+        Ok(None) => bail!("part {} is missing from the repository", store.locate(&key)),
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("part {}", store.locate(&key)))),
+    }
+    extracted.with_context(|| format!("reading {}", store.locate(&key)))
+}
+
 pub struct Restored {
     pub files: u64,
     pub bytes: u64,
@@ -72,35 +107,7 @@ pub async fn restore(
         );
         tasks.spawn(async move {
             let _permit = sem.acquire_owned().await.expect("semaphore");
-            let (reader, writer) = io::pipe()?;
-            let extract =
-                tokio::task::spawn_blocking(move || extract(reader, &target, &index, &progress));
-            // The decoder hands the pipe's writer back: drop it at once so the
-            // extractor sees the end of the stream.
-            let download = codec
-                .download(store.as_ref(), &part.key, writer)
-                .await
-                .map(|done| {
-                    done.map(|(trailer, writer)| {
-                        drop(writer);
-                        trailer
-                    })
-                });
-            let extracted = extract.await.context("extract task failed")?;
-            // The download's verdict first: a damaged part may also break the tar stream.
-            match download {
-                Ok(Some(_)) => {}
-                Ok(None) => bail!(
-                    "part {} is missing from the repository",
-                    store.locate(&part.key)
-                ),
-                Err(e) => {
-                    return Err(
-                        anyhow::Error::new(e).context(format!("part {}", store.locate(&part.key)))
-                    )
-                }
-            }
-            extracted.with_context(|| format!("extracting {}", store.locate(&part.key)))
+            read_part(store, codec, part.key, index, Some(target), progress).await
         });
     }
     let mut seen: HashSet<String> = HashSet::new();
@@ -131,7 +138,7 @@ pub async fn restore(
 /// Extracts one tar stream; returns the files written and their bytes.
 fn extract(
     reader: io::PipeReader,
-    target: &Target,
+    target: Option<&Target>,
     index: &HashMap<String, FileRecord>,
     progress: &Progress,
 ) -> Result<(Vec<String>, u64)> {
@@ -142,8 +149,19 @@ fn extract(
     for entry in ar.entries()? {
         let mut entry = entry?;
         let path = entry.path()?.to_string_lossy().to_string();
-        let dest = target.dest(&path)?;
         let mode = entry.header().mode().unwrap_or(0o600);
+        let Some(target) = target else {
+            if entry.header().entry_type() == tar::EntryType::Regular {
+                let rec = index
+                    .get(&path)
+                    .with_context(|| format!("{path} is in the backup but not in its file list"))?;
+                let n = hash_entry(&path, &mut entry, rec, &mut buf, progress, &mut io::sink())?;
+                bytes += n;
+                done.push(path);
+            }
+            continue;
+        };
+        let dest = target.dest(&path)?;
         match entry.header().entry_type() {
             tar::EntryType::Directory => {
                 std::fs::create_dir_all(&dest)
@@ -167,24 +185,8 @@ fn extract(
                 }
                 let mut f = std::fs::File::create(&dest)
                     .with_context(|| format!("cannot create {}", dest.display()))?;
-                let mut h = Sha256::new();
-                let mut n_total = 0u64;
-                loop {
-                    let n = entry.read(&mut buf)?;
-                    if n == 0 {
-                        break;
-                    }
-                    h.update(&buf[..n]);
-                    f.write_all(&buf[..n])?;
-                    n_total += n as u64;
-                    progress.add(n as u64);
-                }
+                let n_total = hash_entry(&path, &mut entry, rec, &mut buf, progress, &mut f)?;
                 f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-                if n_total != rec.size || hex::encode(h.finalize()) != rec.sha256 {
-                    bail!(
-                        "{path}: restored content does not match the checksum recorded at backup"
-                    );
-                }
                 bytes += n_total;
                 done.push(path);
             }
@@ -194,6 +196,33 @@ fn extract(
     // Drain: the decoder must see the whole part consumed (end-of-archive blocks).
     io::copy(&mut ar.into_inner(), &mut io::sink())?;
     Ok((done, bytes))
+}
+
+/// Copies one tar entry to `out`, checking its size and sha256 against `rec`.
+fn hash_entry(
+    path: &str,
+    entry: &mut dyn Read,
+    rec: &FileRecord,
+    buf: &mut [u8],
+    progress: &Progress,
+    out: &mut dyn Write,
+) -> Result<u64> {
+    let mut h = Sha256::new();
+    let mut total = 0u64;
+    loop {
+        let n = entry.read(buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        out.write_all(&buf[..n])?;
+        total += n as u64;
+        progress.add(n as u64);
+    }
+    if total != rec.size || hex::encode(h.finalize()) != rec.sha256 {
+        bail!("{path}: content does not match the checksum recorded at backup");
+    }
+    Ok(total)
 }
 
 #[cfg(test)]

@@ -145,45 +145,22 @@ impl Codec {
     /// the age authentication (when encrypted) and the plaintext checksum and length.
     /// `dest` may have received data even on error: write it somewhere temporary.
     pub fn decode(&self, src: &mut dyn Read, dest: &mut dyn Write) -> Result<Trailer, DecodeError> {
-        let transport_failed = Arc::new(AtomicBool::new(false));
-        let tapped = Tap {
-            inner: src,
-            failed: transport_failed.clone(),
-        };
-        let classify = |e: io::Error| -> DecodeError {
-            if transport_failed.load(Ordering::Relaxed) {
-                DecodeError::Transport(anyhow::Error::new(e))
-            } else {
-                DecodeError::Integrity(e.to_string())
-            }
-        };
-        let mut split = TrailerSplitReader::new(tapped);
-        let mut h = [0u8; HEADER_LEN];
-        split.read_exact(&mut h).map_err(|e| match e.kind() {
-            io::ErrorKind::UnexpectedEof => DecodeError::Integrity("object is too short".into()),
-            _ => classify(e),
-        })?;
-        let flags = envelope::parse_header(&h).map_err(DecodeError::Integrity)?;
+        let (mut env, flags) = Envelope::open(src)?;
         let mut out = HashingWriter::new(dest);
+        let classify = |e| env.failed.classify(e);
         if flags & FLAG_ENCRYPTED != 0 {
             let ids = self.identities()?;
-            let dec = age::Decryptor::new_buffered(BufReader::new(&mut split))
+            let dec = age::Decryptor::new_buffered(BufReader::new(&mut env.split))
                 .map_err(|e| age_error(e, &classify))?;
             let mut plain = dec
                 .decrypt(ids.iter().map(|i| i as &dyn age::Identity))
                 .map_err(|e| age_error(e, &classify))?;
             unzstd(&mut BufReader::new(&mut plain), &mut out).map_err(classify)?;
         } else {
-            unzstd(&mut BufReader::new(&mut split), &mut out).map_err(classify)?;
+            unzstd(&mut BufReader::new(&mut env.split), &mut out).map_err(classify)?;
         }
         let (_, plain_sha, plain_len) = out.finish();
-        let (stored_sha, _, trailer_bytes) = split.finish().map_err(classify)?;
-        let trailer = Trailer::parse(&trailer_bytes).map_err(DecodeError::Integrity)?;
-        if trailer.stored_sha256 != stored_sha {
-            return Err(DecodeError::Integrity(
-                "stored bytes do not match their recorded sha256".into(),
-            ));
-        }
+        let (trailer, _) = env.finish()?;
         if trailer.plain_len != plain_len || trailer.plain_sha256 != plain_sha {
             return Err(DecodeError::Integrity(
                 "restored content does not match its recorded sha256".into(),
@@ -376,6 +353,27 @@ pub async fn read_trailer(store: &dyn Store, key: &str) -> Result<Option<Trailer
     }
 }
 
+/// Checks an object's stored bytes without the private key: the envelope header,
+/// the trailer, and the sha256 of header and body against the trailer's record.
+/// Returns the trailer and the stored length; `Ok(None)` when the object is absent.
+pub async fn verify_stored(
+    store: &dyn Store,
+    key: &str,
+) -> Result<Option<(Trailer, u64)>, DecodeError> {
+    let body = match store.get(key).await {
+        Ok(Some(b)) => b,
+        Ok(None) => return Ok(None),
+        Err(e) => return Err(DecodeError::Transport(e)),
+    };
+    tokio::task::spawn_blocking(move || {
+        let mut src = tokio_util::io::SyncIoBridge::new(body);
+        let (env, _) = Envelope::open(&mut src)?;
+        env.finish().map(Some)
+    })
+    .await
+    .map_err(|e| DecodeError::Transport(anyhow::Error::new(e)))?
+}
+
 /// sha256 and length of a plaintext file, for comparing with a stored trailer.
 pub fn sha256_of(src: &mut dyn Read) -> io::Result<([u8; 32], u64)> {
     let mut h = Sha256::new();
@@ -431,6 +429,60 @@ fn age_error(e: age::DecryptError, classify: &dyn Fn(io::Error) -> DecodeError) 
 struct Tap<'a> {
     inner: &'a mut dyn Read,
     failed: Arc<AtomicBool>,
+}
+
+/// Whether the source (the store) failed: then an I/O error is a transport
+/// problem, worth a retry; otherwise the bytes themselves are bad.
+#[derive(Clone)]
+struct TransportFlag(Arc<AtomicBool>);
+
+impl TransportFlag {
+    fn classify(&self, e: io::Error) -> DecodeError {
+        if self.0.load(Ordering::Relaxed) {
+            DecodeError::Transport(anyhow::Error::new(e))
+        } else {
+            DecodeError::Integrity(e.to_string())
+        }
+    }
+}
+
+/// A stored object being read: header checked, body streaming, trailer held back.
+struct Envelope<'a> {
+    split: TrailerSplitReader<Tap<'a>>,
+    failed: TransportFlag,
+}
+
+impl<'a> Envelope<'a> {
+    /// Reads and checks the header; returns the reader positioned at the body and the flags.
+    fn open(src: &'a mut dyn Read) -> Result<(Envelope<'a>, u8), DecodeError> {
+        let failed = TransportFlag(Arc::new(AtomicBool::new(false)));
+        let mut split = TrailerSplitReader::new(Tap {
+            inner: src,
+            failed: failed.0.clone(),
+        });
+        let mut h = [0u8; HEADER_LEN];
+        split.read_exact(&mut h).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => DecodeError::Integrity("object is too short".into()),
+            _ => failed.classify(e),
+        })?;
+        let flags = envelope::parse_header(&h).map_err(DecodeError::Integrity)?;
+        Ok((Envelope { split, failed }, flags))
+    }
+
+    /// Reads to the end; checks the stored bytes against the trailer's sha256.
+    /// Returns the trailer and the object's stored length.
+    fn finish(self) -> Result<(Trailer, u64), DecodeError> {
+        let failed = self.failed;
+        let (stored_sha, len, trailer_bytes) =
+            self.split.finish().map_err(|e| failed.classify(e))?;
+        let trailer = Trailer::parse(&trailer_bytes).map_err(DecodeError::Integrity)?;
+        if trailer.stored_sha256 != stored_sha {
+            return Err(DecodeError::Integrity(
+                "stored bytes do not match their recorded sha256".into(),
+            ));
+        }
+        Ok((trailer, len + envelope::TRAILER_LEN as u64))
+    }
 }
 
 impl Read for Tap<'_> {

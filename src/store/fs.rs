@@ -108,6 +108,7 @@ impl Store for FsStore {
                 key: key.to_string(),
                 size: m.len(),
                 modified: m.modified().ok().map(Into::into),
+                retain_until: None,
             })),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("cannot stat {}", p.display())),
@@ -171,6 +172,7 @@ fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<ObjectMeta>) -> Res
                 key: rel,
                 size: m.len(),
                 modified: m.modified().ok().map(Into::into),
+                retain_until: None,
             });
         }
     }

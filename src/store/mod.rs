@@ -21,6 +21,8 @@ pub struct ObjectMeta {
     pub key: String,
     pub size: u64,
     pub modified: Option<DateTime<Utc>>,
+    /// Object Lock: the object cannot be deleted before this time (HEAD on S3 only).
+    pub retain_until: Option<DateTime<Utc>>,
 }
 
 #[async_trait]
@@ -36,6 +38,10 @@ pub trait Store: Send + Sync {
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
     /// Removes `key`; absent is not an error.
     async fn delete(&self, key: &str) -> Result<()>;
+    /// Whether the repository enforces Object Lock (objects may refuse deletion).
+    async fn object_lock(&self) -> Result<bool> {
+        Ok(false)
+    }
     /// Where `key` lives, for messages: `s3://bucket/prefix/key` or a path.
     fn locate(&self, key: &str) -> String;
 }

@@ -12,7 +12,8 @@ use async_trait::async_trait;
 use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
-    CompletedMultipartUpload, CompletedPart, ServerSideEncryption, StorageClass,
+    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ObjectLockMode,
+    ServerSideEncryption, StorageClass,
 };
 use aws_sdk_s3::Client;
 use aws_smithy_http_client::tls;
@@ -31,6 +32,8 @@ pub struct S3Store {
     sse_kms_key_id: Option<String>,
     storage_class: Option<StorageClass>,
     part_size: usize,
+    /// Object Lock retention put on every new object: mode and days.
+    lock: Option<(ObjectLockMode, i64)>,
 }
 
 /// Builds an S3 client from the configuration and the AWS chain.
@@ -84,11 +87,32 @@ impl S3Store {
             sse_kms_key_id: cfg.sse_kms_key_id.clone(),
             storage_class: cfg.storage_class.as_deref().map(StorageClass::from),
             part_size: cfg.part_size_mb as usize * 1024 * 1024,
+            lock: cfg
+                .object_lock_mode
+                .as_deref()
+                .map(|m| (ObjectLockMode::from(m), cfg.object_lock_days)),
         })
     }
 
     fn full(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
+    }
+
+    fn lock_mode(&self) -> Option<ObjectLockMode> {
+        self.lock.as_ref().map(|(m, _)| m.clone())
+    }
+
+    /// Retention end for an object written now.
+    fn retain_until(&self) -> Option<aws_smithy_types::DateTime> {
+        self.lock.as_ref().map(|(_, days)| {
+            aws_smithy_types::DateTime::from_secs(chrono::Utc::now().timestamp() + days * 86_400)
+        })
+    }
+
+    /// S3 requires a content checksum on writes that carry Object Lock settings;
+    /// otherwise none is asked for (objects carry their own sha256).
+    fn checksum(&self) -> Option<ChecksumAlgorithm> {
+        self.lock.as_ref().map(|_| ChecksumAlgorithm::Crc32)
     }
 
     async fn put_single(&self, key: &str, data: bytes::Bytes) -> Result<()> {
@@ -102,6 +126,9 @@ impl S3Store {
             .set_server_side_encryption(self.sse.clone())
             .set_ssekms_key_id(self.sse_kms_key_id.clone())
             .set_storage_class(self.storage_class.clone())
+            .set_object_lock_mode(self.lock_mode())
+            .set_object_lock_retain_until_date(self.retain_until())
+            .set_checksum_algorithm(self.checksum())
             .send()
             .await
             .map_err(sdk_err)?;
@@ -117,6 +144,9 @@ impl S3Store {
             .set_server_side_encryption(self.sse.clone())
             .set_ssekms_key_id(self.sse_kms_key_id.clone())
             .set_storage_class(self.storage_class.clone())
+            .set_object_lock_mode(self.lock_mode())
+            .set_object_lock_retain_until_date(self.retain_until())
+            .set_checksum_algorithm(self.checksum())
             .send()
             .await
             .map_err(sdk_err)?;
@@ -138,6 +168,7 @@ impl S3Store {
                     .upload_id(&upload_id)
                     .part_number(number)
                     .content_length(len)
+                    .set_checksum_algorithm(self.checksum())
                     .body(ByteStream::from(chunk))
                     .send()
                     .await
@@ -146,6 +177,7 @@ impl S3Store {
                 parts.push(
                     CompletedPart::builder()
                         .set_e_tag(out.e_tag().map(str::to_string))
+                        .set_checksum_crc32(out.checksum_crc32().map(str::to_string))
                         .part_number(number)
                         .build(),
                 );
@@ -272,6 +304,9 @@ impl Store for S3Store {
                 modified: out
                     .last_modified()
                     .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())),
+                retain_until: out
+                    .object_lock_retain_until_date()
+                    .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())),
             })),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
             Err(e) => {
@@ -304,6 +339,7 @@ impl Store for S3Store {
                     modified: o
                         .last_modified()
                         .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())),
+                    retain_until: None,
                 });
             }
         }
@@ -321,6 +357,31 @@ impl Store for S3Store {
             .map_err(sdk_err)
             .with_context(|| format!("S3 DELETE of {} failed", self.locate(key)))?;
         Ok(())
+    }
+
+    async fn object_lock(&self) -> Result<bool> {
+        match self
+            .client
+            .get_object_lock_configuration()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(out
+                .object_lock_configuration()
+                .and_then(|c| c.object_lock_enabled())
+                .is_some_and(|e| e.as_str() == "Enabled")),
+            Err(e) => {
+                let text = format!("{}", DisplayErrorContext(&e));
+                if text.contains("ObjectLockConfigurationNotFound") {
+                    Ok(false)
+                } else {
+                    Err(anyhow!("{text}")).with_context(|| {
+                        format!("asking whether bucket {} has Object Lock", self.bucket)
+                    })
+                }
+            }
+        }
     }
 
     fn locate(&self, key: &str) -> String {

@@ -147,6 +147,7 @@ mod tests {
                         key: format!("wal/{n}"),
                         size: 1,
                         modified: None,
+                        retain_until: None,
                     },
                 )
             })

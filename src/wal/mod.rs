@@ -7,6 +7,7 @@ pub mod history;
 pub mod inventory;
 pub mod names;
 pub mod push;
+pub mod verify;
 
 /// The object key of a WAL file in the repository.
 pub fn key(name: &str) -> String {

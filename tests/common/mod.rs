@@ -323,10 +323,25 @@ impl Seaweed {
     }
 
     fn create_bucket(&self, name: &str) {
+        self.create_bucket_with(name, false)
+    }
+
+    /// A bucket with Object Lock (and so versioning) on.
+    pub fn create_locked_bucket(&self, name: &str) {
+        self.create_bucket_with(name, true)
+    }
+
+    fn create_bucket_with(&self, name: &str, locked: bool) {
         let t = Instant::now();
         loop {
             let r = self.s3(|c| async move {
-                match c.create_bucket().bucket(name).send().await {
+                match c
+                    .create_bucket()
+                    .bucket(name)
+                    .object_lock_enabled_for_bucket(locked)
+                    .send()
+                    .await
+                {
                     Ok(_) => Ok(()),
                     Err(e) => {
                         let s = format!("{}", aws_sdk_s3::error::DisplayErrorContext(&e));
@@ -387,6 +402,18 @@ impl Seaweed {
         })
     }
 
+    pub fn delete(&self, key: &str) {
+        let key = key.to_string();
+        self.s3(|c| async move {
+            c.delete_object()
+                .bucket(BUCKET)
+                .key(key)
+                .send()
+                .await
+                .expect("delete");
+        })
+    }
+
     pub fn put(&self, key: &str, data: Vec<u8>) {
         let key = key.to_string();
         self.s3(|c| async move {
@@ -402,9 +429,14 @@ impl Seaweed {
 
     /// The environment walvault needs to use this server as `s3://BUCKET/prefix`.
     pub fn walvault_env(&self, prefix: &str) -> BTreeMap<String, String> {
+        self.walvault_env_in(BUCKET, prefix)
+    }
+
+    /// The environment for `s3://bucket/prefix` on this server.
+    pub fn walvault_env_in(&self, bucket: &str, prefix: &str) -> BTreeMap<String, String> {
         let mut e = base_env();
         for (k, v) in [
-            ("WALVAULT_REPO", format!("s3://{BUCKET}/{prefix}")),
+            ("WALVAULT_REPO", format!("s3://{bucket}/{prefix}")),
             ("WALVAULT_S3_FORCE_PATH_STYLE", "true".into()),
             ("AWS_ENDPOINT_URL", self.endpoint()),
             ("AWS_REGION", "us-east-1".into()),
@@ -801,4 +833,79 @@ pub fn segment_range(first: &str, last: &str) -> Vec<String> {
     (a..=b)
         .map(|n| format!("{tli:08X}{:08X}{:08X}", n / 256, n % 256))
         .collect()
+}
+
+// ---------------------------------------------------------------- a source cluster
+
+pub struct Source {
+    pub root: tempfile::TempDir,
+    pub a: Cluster,
+    pub env: BTreeMap<String, String>,
+}
+
+pub fn fs_repo(root: &Path) -> BTreeMap<String, String> {
+    let repo = root.join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    chown_pg(&repo);
+    fs_env(&repo)
+}
+
+/// A running cluster archiving through walvault, with commit timestamps on.
+pub fn source(env_for: impl FnOnce(&Path) -> BTreeMap<String, String>) -> Source {
+    let root = pg_tempdir();
+    let env = env_for(root.path());
+    let mut a = Cluster::init(root.path(), "a");
+    a.archive_to_walvault();
+    a.conf("track_commit_timestamp = on");
+    a.start(&env);
+    Source { root, a, env }
+}
+
+impl Source {
+    pub fn backup(&self) -> String {
+        let out = walvault(&["backup-push", "--fast"], &self.a.pg_env(&self.env), None);
+        assert!(out.status.success(), "backup-push: {}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    pub fn flush_archive(&self) {
+        let seg = self.a.switch_wal();
+        self.a.wait_archived(&seg, Duration::from_secs(120));
+    }
+
+    /// `walvault recover --start` into a new directory; returns the running cluster.
+    pub fn recover(&self, name: &str, args: &[&str]) -> Cluster {
+        let mut b = Cluster::at(self.root.path(), name);
+        let base = b.recover_args();
+        let mut all: Vec<&str> = base.iter().map(String::as_str).collect();
+        all.extend_from_slice(args);
+        let out = walvault(&all, &self.env, None);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "recover {args:?}: {}\n{text}\n{}",
+            stderr(&out),
+            tail(&b.pgdata.join("walvault-recover.log"), 30)
+        );
+        assert!(text.contains("recovered: ended at LSN"), "{text}");
+        b.adopt();
+        b
+    }
+
+    pub fn recover_fails(&self, args: &[&str]) -> String {
+        let dir = self.root.path().join("refused");
+        let mut all = vec!["recover", "--pgdata", dir.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let out = walvault(&all, &self.env, None);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{args:?} should be refused: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(!dir.exists(), "{args:?}: nothing may be written");
+        let err = stderr(&out);
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        err
+    }
 }

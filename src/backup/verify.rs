@@ -1,0 +1,306 @@
+//! `verify`: proves that backups can be restored: every part, file list, label
+//! and WAL segment each backup needs is present and intact.
+//!
+//! Without the private key (an encrypted repository on the database host) it
+//! checks the stored bytes against their recorded sha256. With the identity file,
+//! or in an unencrypted repository, it also decodes everything: the plaintext
+//! sha256 of every object and of every file inside the parts.
+
+use super::restore::read_part;
+use super::{read_files, FileRecord, Listing, Manifest};
+use crate::codec::{self, Codec};
+use crate::progress::Progress;
+use crate::store::{ObjectMeta, Store};
+use crate::wal::inventory::Inventory;
+use crate::wal::names::{Lsn, SegmentName};
+use anyhow::{bail, Result};
+use futures_util::stream::{self, StreamExt};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+pub struct Options {
+    /// One backup; all complete backups when `None`.
+    pub backup: Option<String>,
+    /// Also check every WAL object in the repository, not only what backups need.
+    pub all_wal: bool,
+    pub concurrency: usize,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum What {
+    /// A tar part: in full mode every file inside is checked.
+    Part,
+    Other,
+}
+
+struct Job {
+    /// The backup it belongs to, or "WAL" for `--wal`.
+    owner: String,
+    key: String,
+    what: What,
+    size: u64,
+}
+
+struct Problem {
+    owner: String,
+    text: String,
+}
+
+pub async fn run(store: Arc<dyn Store>, codec: &Codec, opts: Options) -> Result<bool> {
+    let listing = super::list(store.as_ref()).await?;
+    let chosen: Vec<&Manifest> = match &opts.backup {
+        Some(id) => match listing.complete.iter().find(|m| &m.id == id) {
+            Some(m) => vec![m],
+            None => bail!(
+                "backup '{id}' does not exist in {} (no manifest); see walvault backup-list",
+                store.locate("")
+            ),
+        },
+        None => listing.complete.iter().collect(),
+    };
+    let seg = chosen
+        .first()
+        .map(|m| m.wal_segment_size)
+        .unwrap_or(16 << 20);
+    let inv = Inventory::load(store.as_ref(), codec, seg).await?;
+    let encrypted = chosen.iter().any(|m| m.encrypted);
+    let full = !encrypted || codec.check_key().is_ok();
+    println!(
+        "verifying {} backup(s) in {}: {}",
+        chosen.len(),
+        store.locate(""),
+        if full {
+            "stored bytes and plaintext sha256 of every object and every file"
+        } else {
+            "stored bytes only (no identity file: plaintext not checked)"
+        }
+    );
+
+    let mut problems: Vec<Problem> = Vec::new();
+    let mut jobs: Vec<Job> = Vec::new();
+    let mut indexes: HashMap<String, Arc<HashMap<String, FileRecord>>> = HashMap::new();
+    let mut planned: BTreeSet<String> = BTreeSet::new();
+    for m in &chosen {
+        let before = problems.len();
+        let present = objects_of(&listing, &m.id);
+        let mut need =
+            |key: String, what: What, problems: &mut Vec<Problem>| match present.get(&key) {
+                Some(o) => {
+                    if planned.insert(key.clone()) {
+                        jobs.push(Job {
+                            owner: m.id.clone(),
+                            key,
+                            what,
+                            size: o.size,
+                        });
+                    }
+                }
+                None => problems.push(Problem {
+                    owner: m.id.clone(),
+                    text: format!("MISSING {}", store.locate(&key)),
+                }),
+            };
+        for p in &m.parts {
+            need(p.key.clone(), What::Part, &mut problems);
+        }
+        for name in ["files.json", "backup_label"] {
+            need(
+                format!("{}{name}", super::prefix(&m.id)),
+                What::Other,
+                &mut problems,
+            );
+        }
+        let map = format!("{}tablespace_map", super::prefix(&m.id));
+        if present.contains_key(&map) {
+            need(map, What::Other, &mut problems);
+        }
+        for s in wal_needed(&inv, m)? {
+            match inv.segments.get(&s) {
+                Some(o) => {
+                    if planned.insert(o.key.clone()) {
+                        jobs.push(Job {
+                            owner: m.id.clone(),
+                            key: o.key.clone(),
+                            what: What::Other,
+                            size: o.size,
+                        });
+                    }
+                }
+                None => problems.push(Problem {
+                    owner: m.id.clone(),
+                    text: format!(
+                        "MISSING {} (WAL the backup needs)",
+                        store.locate(&crate::wal::key(&s.to_string()))
+                    ),
+                }),
+            }
+        }
+        if full && problems.len() == before {
+            match read_files(store.as_ref(), codec, &m.id).await {
+                Ok(files) => {
+                    indexes.insert(
+                        m.id.clone(),
+                        Arc::new(files.into_iter().map(|f| (f.path.clone(), f)).collect()),
+                    );
+                }
+                Err(e) => problems.push(Problem {
+                    owner: m.id.clone(),
+                    text: format!("DAMAGED file list: {e:#}"),
+                }),
+            }
+        }
+    }
+    if opts.all_wal {
+        for o in store.list("wal/").await? {
+            if planned.insert(o.key.clone()) {
+                jobs.push(Job {
+                    owner: "WAL".into(),
+                    key: o.key.clone(),
+                    what: What::Other,
+                    size: o.size,
+                });
+            }
+        }
+    }
+
+    let total: u64 = jobs.iter().map(|j| j.size).sum();
+    let progress = Arc::new(Progress::new("verify", total));
+    let inner = Arc::new(Progress::hidden());
+    let results: Vec<(Job, Result<Vec<String>>)> = stream::iter(jobs)
+        .map(|job| {
+            let (store, codec, progress, inner) = (
+                store.clone(),
+                codec.clone(),
+                progress.clone(),
+                inner.clone(),
+            );
+            let index = indexes.get(&job.owner).cloned();
+            async move {
+                let r = check(store, codec, &job, index, full, inner).await;
+                progress.add(job.size);
+                (job, r)
+            }
+        })
+        .buffer_unordered(opts.concurrency.max(1))
+        .collect()
+        .await;
+    progress.finish();
+
+    let mut seen: HashMap<String, HashSet<String>> = HashMap::new();
+    let mut checked: BTreeMap<String, (usize, u64)> = BTreeMap::new();
+    for (job, r) in results {
+        match r {
+            Ok(files) => {
+                seen.entry(job.owner.clone()).or_default().extend(files);
+                let c = checked.entry(job.owner).or_default();
+                c.0 += 1;
+                c.1 += job.size;
+            }
+            Err(e) => problems.push(Problem {
+                owner: job.owner,
+                text: format!("DAMAGED {}: {e:#}", store.locate(&job.key)),
+            }),
+        }
+    }
+    // Every file of the list must have been found in some part.
+    for m in &chosen {
+        let Some(index) = indexes.get(&m.id) else {
+            continue;
+        };
+        if problems.iter().any(|p| p.owner == m.id) {
+            continue;
+        }
+        let got = seen.get(&m.id);
+        let lost: Vec<&String> = index
+            .keys()
+            .filter(|p| !got.is_some_and(|g| g.contains(*p)))
+            .collect();
+        if let Some(first) = lost.first() {
+            problems.push(Problem {
+                owner: m.id.clone(),
+                text: format!(
+                    "{} file(s) of the file list are in no part, e.g. {first}",
+                    lost.len()
+                ),
+            });
+        }
+    }
+
+    let mut owners: Vec<String> = chosen.iter().map(|m| m.id.clone()).collect();
+    if opts.all_wal {
+        owners.push("WAL".into());
+    }
+    for owner in &owners {
+        let mine: Vec<&Problem> = problems.iter().filter(|p| &p.owner == owner).collect();
+        let (n, bytes) = checked.get(owner).copied().unwrap_or_default();
+        let label = if owner == "WAL" {
+            "all WAL".to_string()
+        } else {
+            format!("backup {owner}")
+        };
+        if mine.is_empty() {
+            let files = indexes
+                .get(owner)
+                .map(|i| format!(", {} files", i.len()))
+                .unwrap_or_default();
+            println!(
+                "{label}: OK ({n} objects, {} MiB stored{files})",
+                bytes >> 20
+            );
+        } else {
+            println!("{label}: {} PROBLEM(S)", mine.len());
+            for p in mine {
+                println!("  {}", p.text);
+            }
+        }
+    }
+    Ok(problems.is_empty())
+}
+
+/// Objects of one backup by key.
+fn objects_of<'a>(listing: &'a Listing, id: &str) -> BTreeMap<String, &'a ObjectMeta> {
+    listing
+        .objects
+        .get(id)
+        .map(|v| v.iter().map(|o| (o.key.clone(), o)).collect())
+        .unwrap_or_default()
+}
+
+/// The WAL segments from a backup's start to its stop, along its timeline.
+fn wal_needed(inv: &Inventory, m: &Manifest) -> Result<Vec<SegmentName>> {
+    let first = m.start()?.segno(inv.seg_size);
+    let last = Lsn(m.stop()?.0.saturating_sub(1)).segno(inv.seg_size);
+    Ok((first..=last)
+        .map(|n| SegmentName::from_segno(inv.timeline_of(m.timeline, n), n, inv.seg_size))
+        .collect())
+}
+
+/// Checks one object; returns the files found inside when it is a part read in full.
+async fn check(
+    store: Arc<dyn Store>,
+    codec: Codec,
+    job: &Job,
+    index: Option<Arc<HashMap<String, FileRecord>>>,
+    full: bool,
+    inner: Arc<Progress>,
+) -> Result<Vec<String>> {
+    if !full {
+        return match codec::verify_stored(store.as_ref(), &job.key).await? {
+            Some(_) => Ok(Vec::new()),
+            None => bail!("vanished while verifying"),
+        };
+    }
+    match (job.what, index) {
+        (What::Part, Some(index)) => {
+            let (files, _) = read_part(store, codec, job.key.clone(), index, None, inner).await?;
+            Ok(files)
+        }
+        _ => match codec
+            .download(store.as_ref(), &job.key, std::io::sink())
+            .await?
+        {
+            Some(_) => Ok(Vec::new()),
+            None => bail!("vanished while verifying"),
+        },
+    }
+}

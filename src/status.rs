@@ -1,0 +1,469 @@
+//! `status`: is the cluster recoverable right now, and how much would be lost?
+//! For a DBA at a terminal, `--json` for scripts, `--prometheus FILE` for a
+//! node_exporter textfile (written atomically).
+//!
+//! Two sources, each optional: the repository (last archived segment, backups,
+//! recoverable window, size) and PostgreSQL (archive backlog from the data
+//! directory's `.ready` files or `pg_ls_archive_statusdir()`, and `pg_stat_archiver`).
+//! A source that cannot be reached is reported as down; the rest is still written,
+//! because "S3 is down" is exactly when the backlog figures matter.
+
+use crate::backup;
+use crate::codec::Codec;
+use crate::config::Config;
+use crate::store::Store;
+use crate::wal::inventory::Inventory;
+use anyhow::{Context, Result};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Every metric `--prometheus` writes: name, help. The alert rules in
+/// examples/ are checked against this list.
+pub const METRICS: &[(&str, &str)] = &[
+    (
+        "walvault_status_time_seconds",
+        "When walvault status ran (Unix time).",
+    ),
+    (
+        "walvault_repository_up",
+        "1 when the repository could be read.",
+    ),
+    (
+        "walvault_last_archived_time_seconds",
+        "When the newest WAL segment in the repository was stored.",
+    ),
+    (
+        "walvault_repository_size_bytes",
+        "Bytes stored in the repository.",
+    ),
+    ("walvault_backups", "Complete backups in the repository."),
+    (
+        "walvault_last_backup_time_seconds",
+        "When the newest complete backup ended.",
+    ),
+    (
+        "walvault_last_backup_stored_bytes",
+        "Stored (compressed, encrypted) size of the newest backup.",
+    ),
+    (
+        "walvault_last_backup_raw_bytes",
+        "Size of the data directory in the newest backup.",
+    ),
+    (
+        "walvault_window_start_time_seconds",
+        "Start of the recoverable window (end of the oldest restorable backup).",
+    ),
+    (
+        "walvault_window_end_time_seconds",
+        "End of the recoverable window (when the last contiguous segment was stored).",
+    ),
+    (
+        "walvault_wal_gap",
+        "1 when a WAL segment is missing with later ones present: recovery stops before it.",
+    ),
+    (
+        "walvault_postgres_up",
+        "1 when PostgreSQL's archive state could be read.",
+    ),
+    (
+        "walvault_archive_ready_count",
+        "WAL files waiting for archive_command (.ready).",
+    ),
+    (
+        "walvault_archive_oldest_ready_age_seconds",
+        "Age of the oldest WAL file waiting to be archived: the live RPO.",
+    ),
+    (
+        "walvault_archiver_failed_count",
+        "pg_stat_archiver.failed_count since the statistics reset.",
+    ),
+    (
+        "walvault_archiver_last_failed_time_seconds",
+        "pg_stat_archiver.last_failed_time.",
+    ),
+    (
+        "walvault_archiver_last_archived_time_seconds",
+        "pg_stat_archiver.last_archived_time.",
+    ),
+];
+
+#[derive(Serialize, Default, Debug)]
+pub struct Status {
+    pub time: DateTime<Utc>,
+    pub repository: String,
+    pub repository_up: bool,
+    pub repository_error: Option<String>,
+    pub last_archived_segment: Option<String>,
+    pub last_archived_time: Option<DateTime<Utc>>,
+    pub repository_size_bytes: Option<u64>,
+    pub backups: Option<usize>,
+    pub last_backup_id: Option<String>,
+    pub last_backup_time: Option<DateTime<Utc>>,
+    pub last_backup_stored_bytes: Option<u64>,
+    pub last_backup_raw_bytes: Option<u64>,
+    pub window_start: Option<DateTime<Utc>>,
+    pub window_end: Option<DateTime<Utc>>,
+    pub wal_gap: Option<String>,
+    pub postgres_up: bool,
+    pub postgres_error: Option<String>,
+    /// Where the backlog figures came from.
+    pub backlog_source: Option<String>,
+    pub ready_count: Option<u64>,
+    pub oldest_ready: Option<String>,
+    pub oldest_ready_age_seconds: Option<f64>,
+    pub archiver_failed_count: Option<i64>,
+    pub archiver_last_failed_wal: Option<String>,
+    pub archiver_last_failed_time: Option<DateTime<Utc>>,
+    pub archiver_last_archived_wal: Option<String>,
+    pub archiver_last_archived_time: Option<DateTime<Utc>>,
+}
+
+pub struct Options {
+    pub pgdata: Option<PathBuf>,
+    pub json: bool,
+    pub prometheus: Option<PathBuf>,
+}
+
+/// Returns whether both sources could be read.
+pub async fn run(cfg: &Config, store: &dyn Store, codec: &Codec, opts: Options) -> Result<bool> {
+    let mut st = Status {
+        time: Utc::now(),
+        repository: store.locate(""),
+        ..Default::default()
+    };
+    if let Err(e) = read_repository(store, codec, &mut st).await {
+        st.repository_error = Some(format!("{e:#}"));
+    }
+    if let Err(e) = read_postgres(cfg, opts.pgdata.as_deref(), &mut st).await {
+        st.postgres_error = Some(format!("{e:#}"));
+    }
+    if let Some(path) = &opts.prometheus {
+        write_atomically(path, &prometheus(&st))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if opts.json {
+        println!("{}", serde_json::to_string_pretty(&st)?);
+    } else if opts.prometheus.is_none() {
+        print(&st);
+    }
+    Ok(st.repository_up && st.postgres_up)
+}
+
+async fn read_repository(store: &dyn Store, codec: &Codec, st: &mut Status) -> Result<()> {
+    let listing = backup::list(store).await?;
+    let seg = listing
+        .complete
+        .first()
+        .map(|m| m.wal_segment_size)
+        .unwrap_or(16 << 20);
+    let inv = Inventory::load(store, codec, seg).await?;
+    let all = store.list("").await?;
+    st.repository_size_bytes = Some(all.iter().map(|o| o.size).sum());
+    if let Some((s, m)) = inv
+        .segments
+        .iter()
+        .max_by_key(|(s, _)| (s.segno(seg).unwrap_or(0), s.tli))
+    {
+        st.last_archived_segment = Some(s.to_string());
+        st.last_archived_time = m.modified;
+    }
+    st.backups = Some(listing.complete.len());
+    if let Some(m) = listing.complete.last() {
+        st.last_backup_id = Some(m.id.clone());
+        st.last_backup_time = Some(m.stop_time);
+        st.last_backup_stored_bytes = Some(m.stored_bytes);
+        st.last_backup_raw_bytes = Some(m.raw_bytes);
+    }
+    if let Some(w) = backup::catalog::window(&listing.complete, &inv) {
+        st.window_start = Some(w.from);
+        st.window_end = w.to;
+        st.wal_gap = w.gap;
+    }
+    st.repository_up = true;
+    Ok(())
+}
+
+async fn read_postgres(cfg: &Config, pgdata: Option<&Path>, st: &mut Status) -> Result<()> {
+    if let Some(dir) = pgdata {
+        let (count, oldest) = ready_files(dir)?;
+        st.backlog_source = Some(format!("{}/pg_wal/archive_status", dir.display()));
+        set_backlog(st, count, oldest);
+    }
+    let client = tokio::time::timeout(
+        Duration::from_secs(10),
+        crate::pg::conn::connect(cfg.postgres.conninfo.as_deref()),
+    )
+    .await
+    .context("PostgreSQL did not answer within 10 s")??;
+    let row = client
+        .query_one(
+            "select archived_count, last_archived_wal, \
+                    extract(epoch from last_archived_time)::float8, \
+                    failed_count, last_failed_wal, extract(epoch from last_failed_time)::float8 \
+             from pg_stat_archiver",
+            &[],
+        )
+        .await
+        .context("reading pg_stat_archiver")?;
+    let time = |i: usize| -> Option<DateTime<Utc>> {
+        row.get::<_, Option<f64>>(i)
+            .and_then(|s| DateTime::from_timestamp_millis((s * 1000.0) as i64))
+    };
+    st.archiver_last_archived_wal = row.get(1);
+    st.archiver_last_archived_time = time(2);
+    st.archiver_failed_count = Some(row.get(3));
+    st.archiver_last_failed_wal = row.get(4);
+    st.archiver_last_failed_time = time(5);
+    if pgdata.is_none() {
+        // pg_ls_archive_statusdir needs superuser or pg_monitor.
+        let row = client
+            .query_one(
+                "select count(*), min(name), extract(epoch from min(modification))::float8 \
+                 from pg_ls_archive_statusdir() where name like '%.ready'",
+                &[],
+            )
+            .await
+            .context("reading the archive status directory (grant pg_monitor, or give --pgdata)")?;
+        let n: i64 = row.get(0);
+        let oldest = row
+            .get::<_, Option<f64>>(2)
+            .map(|s| (row.get::<_, Option<String>>(1).unwrap_or_default(), s));
+        st.backlog_source = Some("pg_ls_archive_statusdir()".into());
+        set_backlog(
+            st,
+            n as u64,
+            oldest.map(|(name, s)| (name.trim_end_matches(".ready").to_string(), s)),
+        );
+    }
+    st.postgres_up = true;
+    Ok(())
+}
+
+fn set_backlog(st: &mut Status, count: u64, oldest: Option<(String, f64)>) {
+    st.ready_count = Some(count);
+    let now = st.time.timestamp_millis() as f64 / 1000.0;
+    st.oldest_ready_age_seconds = Some(oldest.as_ref().map_or(0.0, |(_, t)| (now - t).max(0.0)));
+    st.oldest_ready = oldest.map(|(n, _)| n);
+}
+
+/// `.ready` files in the data directory: how many, and the oldest (name, mtime).
+fn ready_files(pgdata: &Path) -> Result<(u64, Option<(String, f64)>)> {
+    let dir = pgdata.join("pg_wal/archive_status");
+    let mut count = 0;
+    let mut oldest: Option<(String, f64)> = None;
+    for e in std::fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(wal) = name.strip_suffix(".ready") else {
+            continue;
+        };
+        // Archived meanwhile: the file was renamed to .done between listing and stat.
+        let Ok(meta) = e.metadata() else { continue };
+        let t = meta
+            .modified()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        count += 1;
+        if oldest.as_ref().is_none_or(|(_, o)| t < *o) {
+            oldest = Some((wal.to_string(), t));
+        }
+    }
+    Ok((count, oldest))
+}
+
+fn secs(t: &Option<DateTime<Utc>>) -> Option<f64> {
+    t.map(|t| t.timestamp_millis() as f64 / 1000.0)
+}
+
+/// The node_exporter textfile.
+pub fn prometheus(st: &Status) -> String {
+    let flag = |b: bool| Some(if b { 1.0 } else { 0.0 });
+    let values: Vec<Option<f64>> = vec![
+        secs(&Some(st.time)),
+        flag(st.repository_up),
+        secs(&st.last_archived_time),
+        st.repository_size_bytes.map(|v| v as f64),
+        st.backups.map(|v| v as f64),
+        secs(&st.last_backup_time),
+        st.last_backup_stored_bytes.map(|v| v as f64),
+        st.last_backup_raw_bytes.map(|v| v as f64),
+        secs(&st.window_start),
+        secs(&st.window_end),
+        st.repository_up
+            .then(|| if st.wal_gap.is_some() { 1.0 } else { 0.0 }),
+        flag(st.postgres_up),
+        st.ready_count.map(|v| v as f64),
+        st.oldest_ready_age_seconds,
+        st.archiver_failed_count.map(|v| v as f64),
+        secs(&st.archiver_last_failed_time),
+        secs(&st.archiver_last_archived_time),
+    ];
+    debug_assert_eq!(values.len(), METRICS.len());
+    let label = st.repository.replace('\\', "\\\\").replace('"', "\\\"");
+    let mut out = String::new();
+    for ((name, help), v) in METRICS.iter().zip(values) {
+        // An unknown value is left out rather than written as a misleading 0.
+        let Some(v) = v else { continue };
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{repo=\"{label}\"}} {v}\n"
+        ));
+    }
+    out
+}
+
+/// Temporary file in the same directory, fsync, rename: the collector never
+/// reads half a file. The temporary name does not end in .prom, so it is ignored.
+fn write_atomically(path: &Path, text: &str) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path.file_name().context("no file name")?.to_string_lossy();
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+fn print(st: &Status) {
+    let ago = |t: &Option<DateTime<Utc>>| {
+        t.map(|t| {
+            format!(
+                "{} ({} ago)",
+                t.format("%Y-%m-%d %H:%M:%S UTC"),
+                human((st.time - t).num_seconds())
+            )
+        })
+        .unwrap_or_else(|| "never".into())
+    };
+    println!("repository     {}", st.repository);
+    match &st.repository_error {
+        Some(e) => println!("  UNREACHABLE: {e}"),
+        None => {
+            println!(
+                "  last archived  {} at {}",
+                st.last_archived_segment.as_deref().unwrap_or("none"),
+                ago(&st.last_archived_time)
+            );
+            println!(
+                "  last backup    {} ended {}, {} MiB stored",
+                st.last_backup_id.as_deref().unwrap_or("none"),
+                ago(&st.last_backup_time),
+                st.last_backup_stored_bytes.unwrap_or(0) >> 20
+            );
+            println!(
+                "  window         {} .. {}{}",
+                st.window_start
+                    .map(|t| t.to_rfc3339())
+                    .unwrap_or_else(|| "none".into()),
+                st.window_end
+                    .map(|t| t.to_rfc3339())
+                    .unwrap_or_else(|| "-".into()),
+                st.wal_gap
+                    .as_ref()
+                    .map(|g| format!("  WAL GAP at {g}"))
+                    .unwrap_or_default()
+            );
+            println!(
+                "  size           {} MiB in {} backups and WAL",
+                st.repository_size_bytes.unwrap_or(0) >> 20,
+                st.backups.unwrap_or(0)
+            );
+        }
+    }
+    println!("postgresql");
+    if let (Some(n), Some(age)) = (st.ready_count, st.oldest_ready_age_seconds) {
+        println!(
+            "  backlog        {n} file(s) waiting{} (from {})",
+            st.oldest_ready
+                .as_ref()
+                .map(|o| format!(", oldest {o} for {}", human(age as i64)))
+                .unwrap_or_default(),
+            st.backlog_source.as_deref().unwrap_or("?")
+        );
+    }
+    if let Some(e) = &st.postgres_error {
+        println!("  UNREACHABLE: {e}");
+    }
+    if let Some(f) = st.archiver_failed_count {
+        println!(
+            "  archiver       last archived {} at {}; {f} failure(s), last {} at {}",
+            st.archiver_last_archived_wal.as_deref().unwrap_or("none"),
+            ago(&st.archiver_last_archived_time),
+            st.archiver_last_failed_wal.as_deref().unwrap_or("none"),
+            ago(&st.archiver_last_failed_time)
+        );
+    }
+}
+
+fn human(s: i64) -> String {
+    match s {
+        s if s < 120 => format!("{s} s"),
+        s if s < 7200 => format!("{} min", s / 60),
+        s if s < 172_800 => format!("{} h", s / 3600),
+        s => format!("{} days", s / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn textfile_has_one_sample_per_known_metric() {
+        let st = Status {
+            time: "2026-11-22T10:00:00Z".parse().unwrap(),
+            repository: "s3://b/p\"x".into(),
+            repository_up: false,
+            postgres_up: true,
+            ready_count: Some(7),
+            oldest_ready_age_seconds: Some(93.5),
+            ..Default::default()
+        };
+        let text = prometheus(&st);
+        assert!(
+            text.contains("walvault_archive_ready_count{repo=\"s3://b/p\\\"x\"} 7\n"),
+            "{text}"
+        );
+        assert!(text.contains("walvault_repository_up{repo=\"s3://b/p\\\"x\"} 0\n"));
+        assert!(text
+            .contains("walvault_archive_oldest_ready_age_seconds{repo=\"s3://b/p\\\"x\"} 93.5\n"));
+        // Unknown values are absent, not zero.
+        assert!(!text.contains("walvault_last_backup_time_seconds{"));
+        assert!(!text.contains("walvault_wal_gap{"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split('{').next().unwrap();
+            assert!(METRICS.iter().any(|(n, _)| *n == name), "{name}");
+        }
+    }
+
+    #[test]
+    fn ready_files_count_and_oldest() {
+        let d = tempfile::tempdir().unwrap();
+        let st = d.path().join("pg_wal/archive_status");
+        std::fs::create_dir_all(&st).unwrap();
+        for n in [
+            "000000010000000000000003.ready",
+            "000000010000000000000002.done",
+            "000000010000000000000004.ready",
+        ] {
+            std::fs::write(st.join(n), "").unwrap();
+        }
+        let old = std::time::SystemTime::now() - Duration::from_secs(300);
+        std::fs::File::options()
+            .write(true)
+            .open(st.join("000000010000000000000003.ready"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let (n, oldest) = ready_files(d.path()).unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(oldest.unwrap().0, "000000010000000000000003");
+    }
+}

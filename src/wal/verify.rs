@@ -1,0 +1,492 @@
+//! `wal-verify`: walks the WAL in the repository and reports what recovery would
+//! hit: segments missing since each backup and since the oldest backup, and
+//! timeline breaks. A missing segment is "pending" when its successors were stored
+//! recently (a push may still be on its way) and "lost" otherwise.
+
+use super::inventory::Inventory;
+use super::names::{Lsn, SegmentName};
+use crate::backup::{self, Manifest};
+use crate::codec::Codec;
+use crate::store::Store;
+use anyhow::Result;
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
+use std::collections::BTreeSet;
+
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct Gap {
+    pub first: String,
+    pub last: String,
+    pub segments: u64,
+    /// "pending" (probably still being pushed) or "lost".
+    pub status: &'static str,
+}
+
+#[derive(Serialize)]
+pub struct BackupWal {
+    pub id: String,
+    pub timeline: u32,
+    pub start_lsn: String,
+    pub stop_lsn: String,
+    /// Its own WAL (start to stop) is all present: it can be restored.
+    pub restorable: bool,
+    pub missing_own: Option<Gap>,
+    /// Replay from this backup along the latest timeline stops here.
+    pub replay_end_lsn: String,
+    /// The first gap after its start on the latest timeline.
+    pub gap: Option<Gap>,
+    /// The backup's timeline is not an ancestor of the latest one at its stop.
+    pub off_latest_timeline: bool,
+}
+
+#[derive(Serialize)]
+pub struct Report {
+    pub repository: String,
+    pub segments: usize,
+    pub timelines: Vec<u32>,
+    pub latest_timeline: u32,
+    pub newest_segment: Option<String>,
+    pub newest_stored: Option<DateTime<Utc>>,
+    pub backups: Vec<BackupWal>,
+    /// Gaps on the latest timeline's path since the oldest restorable backup.
+    pub gaps: Vec<Gap>,
+    pub timeline_breaks: Vec<String>,
+    pub window_from: Option<String>,
+    pub window_broken: bool,
+}
+
+pub async fn run(
+    store: &dyn Store,
+    codec: &Codec,
+    pending_seconds: i64,
+    json: bool,
+) -> Result<bool> {
+    let listing = backup::list(store).await?;
+    let seg = listing
+        .complete
+        .first()
+        .map(|m| m.wal_segment_size)
+        .unwrap_or(16 << 20);
+    let inv = Inventory::load(store, codec, seg).await?;
+    let now = Utc::now();
+    let pinned: BTreeSet<String> = listing
+        .keeps
+        .iter()
+        .filter(|(_, k)| k.reason(now).is_some())
+        .map(|(id, _)| id.clone())
+        .collect();
+    let report = analyse(
+        &inv,
+        &listing.complete,
+        &pinned,
+        now,
+        Duration::seconds(pending_seconds),
+        store.locate(""),
+    );
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print(&report);
+    }
+    Ok(!report.window_broken)
+}
+
+/// The analysis itself: pure, so it is tested without a store.
+/// `pinned`: backups kept by a mark; retention keeps only their own WAL, so the
+/// window is anchored at the oldest restorable unpinned backup when there is one.
+pub fn analyse(
+    inv: &Inventory,
+    backups: &[Manifest],
+    pinned: &BTreeSet<String>,
+    now: DateTime<Utc>,
+    pending: Duration,
+    repository: String,
+) -> Report {
+    let tli = inv.latest_timeline();
+    let mut timelines: Vec<u32> = inv.segments.keys().map(|s| s.tli).collect();
+    timelines.sort();
+    timelines.dedup();
+    let newest = inv
+        .segments
+        .iter()
+        .max_by_key(|(s, _)| (s.segno(inv.seg_size).unwrap_or(0), s.tli));
+
+    let mut breaks = Vec::new();
+    for t in timelines.iter().copied().chain([tli]) {
+        if t > 1
+            && !inv.histories.contains_key(&t)
+            && !breaks
+                .iter()
+                .any(|b: &String| b.contains(&format!("timeline {t} ")))
+        {
+            breaks.push(format!(
+                "timeline {t} has WAL but no {t:08X}.history: recovery cannot follow it from its parent"
+            ));
+        }
+    }
+
+    let mut rows = Vec::new();
+    for m in backups {
+        let (Ok(start), Ok(stop)) = (m.start(), m.stop()) else {
+            continue;
+        };
+        let first = start.segno(inv.seg_size);
+        let last_own = Lsn(stop.0.saturating_sub(1)).segno(inv.seg_size);
+        let missing_own = gaps_between(inv, m.timeline, first, last_own, now, pending)
+            .into_iter()
+            .next();
+        let run = inv.run_from(tli, first);
+        let gap = run.gap.map(|g| {
+            let n = g.segno(inv.seg_size).unwrap_or(0);
+            gaps_between(inv, tli, n, n, now, pending)
+                .into_iter()
+                .next()
+                .expect("a missing segment makes a gap")
+        });
+        rows.push(BackupWal {
+            id: m.id.clone(),
+            timeline: m.timeline,
+            start_lsn: m.start_lsn.clone(),
+            stop_lsn: m.stop_lsn.clone(),
+            restorable: missing_own.is_none(),
+            missing_own,
+            replay_end_lsn: run.end_lsn.to_string(),
+            gap,
+            off_latest_timeline: !inv.reaches(tli, m.timeline, stop),
+        });
+    }
+
+    // Since the oldest backup that can start recovery on the latest timeline.
+    let usable = |r: &&BackupWal| r.restorable && !r.off_latest_timeline;
+    let oldest = rows
+        .iter()
+        .filter(usable)
+        .find(|r| !pinned.contains(&r.id))
+        .or_else(|| rows.iter().find(usable));
+    let mut gaps = Vec::new();
+    if let Some(o) = oldest {
+        let first = Lsn::parse(&o.start_lsn)
+            .map(|l| l.segno(inv.seg_size))
+            .unwrap_or(0);
+        let last = inv
+            .segments
+            .keys()
+            .filter_map(|s| {
+                s.segno(inv.seg_size)
+                    .ok()
+                    .filter(|n| inv.timeline_of(tli, *n) == s.tli)
+            })
+            .max()
+            .unwrap_or(first);
+        gaps = gaps_between(inv, tli, first, last, now, pending);
+    }
+    let window_broken = oldest.is_none() || gaps.iter().any(|g| g.status == "lost");
+    let window_from = oldest.map(|o| o.id.clone());
+    Report {
+        repository,
+        segments: inv.segments.len(),
+        timelines,
+        latest_timeline: tli,
+        newest_segment: newest.map(|(s, _)| s.to_string()),
+        newest_stored: newest.and_then(|(_, m)| m.modified),
+        backups: rows,
+        gaps,
+        timeline_breaks: breaks,
+        window_from,
+        window_broken,
+    }
+}
+
+/// Missing segments from `first` to `last` (segment numbers) along `tli`'s
+/// history, as runs, each pending or lost by when its successors were stored.
+fn gaps_between(
+    inv: &Inventory,
+    tli: u32,
+    first: u64,
+    last: u64,
+    now: DateTime<Utc>,
+    pending: Duration,
+) -> Vec<Gap> {
+    let name = |n: u64| SegmentName::from_segno(inv.timeline_of(tli, n), n, inv.seg_size);
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for n in first..=last {
+        if inv.segments.contains_key(&name(n)) {
+            continue;
+        }
+        match out.last_mut() {
+            Some((_, z)) if *z + 1 == n => *z = n,
+            _ => out.push((n, n)),
+        }
+    }
+    out.into_iter()
+        .map(|(a, z)| {
+            // The earliest-stored segment after the gap: if even that is recent,
+            // the missing ones may still be on their way.
+            let after = inv
+                .segments
+                .iter()
+                .filter(|(s, _)| s.segno(inv.seg_size).is_ok_and(|n| n > z))
+                .filter_map(|(_, m)| m.modified)
+                .min();
+            let status = match after {
+                Some(t) if now - t < pending => "pending",
+                _ => "lost",
+            };
+            Gap {
+                first: name(a).to_string(),
+                last: name(z).to_string(),
+                segments: z - a + 1,
+                status,
+            }
+        })
+        .collect()
+}
+
+fn describe(g: &Gap) -> String {
+    let what = if g.status == "pending" {
+        "missing, probably still being pushed"
+    } else {
+        "LOST"
+    };
+    if g.segments == 1 {
+        format!("{} ({what})", g.first)
+    } else {
+        format!(
+            "{} .. {} ({} segments, {what})",
+            g.first, g.last, g.segments
+        )
+    }
+}
+
+fn print(r: &Report) {
+    let list = |v: &[u32]| v.iter().map(u32::to_string).collect::<Vec<_>>().join(", ");
+    println!(
+        "WAL in {}: {} segments on timeline(s) {}; newest {} stored {}",
+        r.repository,
+        r.segments,
+        list(&r.timelines),
+        r.newest_segment.as_deref().unwrap_or("none"),
+        r.newest_stored
+            .map(|t| format!(
+                "{} ({} s ago)",
+                t.to_rfc3339(),
+                (Utc::now() - t).num_seconds()
+            ))
+            .unwrap_or_else(|| "-".into())
+    );
+    for b in &r.backups {
+        let own = match &b.missing_own {
+            None => "its WAL present".to_string(),
+            Some(g) => format!("its WAL MISSING {}: not restorable", describe(g)),
+        };
+        let replay = match &b.gap {
+            None => format!(
+                "replay reaches {} on timeline {}",
+                b.replay_end_lsn, r.latest_timeline
+            ),
+            Some(g) => format!("replay stops at {}: gap {}", b.replay_end_lsn, describe(g)),
+        };
+        let off = if b.off_latest_timeline {
+            format!(
+                "; its timeline {} is not on the latest timeline's history",
+                b.timeline
+            )
+        } else {
+            String::new()
+        };
+        println!(
+            "backup {} (timeline {}, {} .. {}): {own}; {replay}{off}",
+            b.id, b.timeline, b.start_lsn, b.stop_lsn
+        );
+    }
+    match &r.window_from {
+        Some(id) if r.gaps.is_empty() => {
+            println!(
+                "since the oldest backup {id}: no gap on timeline {}",
+                r.latest_timeline
+            )
+        }
+        Some(id) => {
+            println!("since the oldest backup {id}: {} gap(s)", r.gaps.len());
+            for g in &r.gaps {
+                println!("  GAP {}", describe(g));
+            }
+        }
+        None => println!("no restorable backup on the latest timeline: nothing to recover from"),
+    }
+    for b in &r.timeline_breaks {
+        println!("TIMELINE BREAK: {b}");
+    }
+    if r.window_broken {
+        println!("recoverable window: BROKEN");
+    } else if r.gaps.is_empty() {
+        println!("recoverable window: unbroken");
+    } else {
+        println!("recoverable window: unbroken so far; pending segments should arrive shortly (check the archiver)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ObjectMeta;
+    use std::collections::BTreeMap;
+
+    const MB16: u64 = 16 << 20;
+
+    fn inv(segs: &[(u64, i64)], now: DateTime<Utc>) -> Inventory {
+        let segments = segs
+            .iter()
+            .map(|(n, age)| {
+                let s = SegmentName::from_segno(1, *n, MB16);
+                (
+                    s,
+                    ObjectMeta {
+                        key: format!("wal/{s}"),
+                        size: 1,
+                        modified: Some(now - Duration::seconds(*age)),
+                        retain_until: None,
+                    },
+                )
+            })
+            .collect();
+        Inventory {
+            seg_size: MB16,
+            segments,
+            histories: BTreeMap::new(),
+        }
+    }
+
+    fn backup(seg: u64) -> Manifest {
+        serde_json::from_value(serde_json::json!({
+            "format": 1, "id": format!("b{seg}"), "label": "", "system_identifier": "1", "pg_version_num": 150000,
+            "timeline": 1, "start_lsn": format!("0/{:X}", seg * MB16 + 0x28),
+            "stop_lsn": format!("0/{:X}", seg * MB16 + 0x138),
+            "start_time": "2026-11-22T00:00:00Z", "stop_time": "2026-11-22T00:00:00Z", "wal_segment_size": MB16,
+            "raw_bytes": 1, "stored_bytes": 1, "files": 1, "duration_seconds": 1.0,
+            "parts": [], "tablespaces": [], "encrypted": false, "created_by": "test"
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn old_gaps_are_lost_recent_ones_pending() {
+        let now = Utc::now();
+        // 2..=9 with 4 missing (successors stored an hour ago) and 8 missing (successor 5 s ago).
+        let i = inv(
+            &[
+                (2, 4000),
+                (3, 4000),
+                (5, 3600),
+                (6, 3600),
+                (7, 3600),
+                (9, 5),
+            ],
+            now,
+        );
+        let r = analyse(
+            &i,
+            &[backup(2)],
+            &BTreeSet::new(),
+            now,
+            Duration::seconds(600),
+            "x".into(),
+        );
+        assert_eq!(r.gaps.len(), 2);
+        assert_eq!(r.gaps[0].first, "000000010000000000000004");
+        assert_eq!(r.gaps[0].status, "lost");
+        assert_eq!(r.gaps[1].first, "000000010000000000000008");
+        assert_eq!(r.gaps[1].status, "pending");
+        assert!(r.window_broken);
+        assert!(r.backups[0].restorable);
+        assert_eq!(
+            r.backups[0].gap.as_ref().unwrap().first,
+            "000000010000000000000004"
+        );
+        // Only the recent gap: not broken yet.
+        let i = inv(&[(2, 4000), (3, 4000), (5, 3)], now);
+        let r = analyse(
+            &i,
+            &[backup(2)],
+            &BTreeSet::new(),
+            now,
+            Duration::seconds(600),
+            "x".into(),
+        );
+        assert!(!r.window_broken);
+        assert_eq!(r.gaps[0].status, "pending");
+    }
+
+    #[test]
+    fn a_backup_without_its_wal_is_not_restorable() {
+        let now = Utc::now();
+        let i = inv(&[(2, 100), (3, 100), (5, 100)], now);
+        let r = analyse(
+            &i,
+            &[backup(4)],
+            &BTreeSet::new(),
+            now,
+            Duration::seconds(600),
+            "x".into(),
+        );
+        assert!(!r.backups[0].restorable);
+        assert_eq!(
+            r.backups[0].missing_own.as_ref().unwrap().first,
+            "000000010000000000000004"
+        );
+        assert!(r.window_broken, "no restorable backup");
+    }
+
+    #[test]
+    fn a_permanent_backup_keeps_only_its_own_wal_without_breaking_the_window() {
+        let now = Utc::now();
+        let i = inv(&[(2, 4000), (6, 4000), (7, 4000)], now);
+        let pinned: BTreeSet<String> = ["b2".to_string()].into();
+        let r = analyse(
+            &i,
+            &[backup(2), backup(6)],
+            &pinned,
+            now,
+            Duration::seconds(600),
+            "x".into(),
+        );
+        assert!(!r.window_broken);
+        assert_eq!(r.window_from.as_deref(), Some("b6"));
+        assert!(r.backups[0].restorable);
+        let r = analyse(
+            &i,
+            &[backup(2), backup(6)],
+            &BTreeSet::new(),
+            now,
+            Duration::seconds(600),
+            "x".into(),
+        );
+        assert!(r.window_broken, "unpinned, the hole after b2 is a loss");
+    }
+
+    #[test]
+    fn a_timeline_without_history_is_a_break() {
+        let now = Utc::now();
+        let mut i = inv(&[(2, 100), (3, 100)], now);
+        let s = SegmentName::from_segno(2, 4, MB16);
+        i.segments.insert(
+            s,
+            ObjectMeta {
+                key: format!("wal/{s}"),
+                size: 1,
+                modified: Some(now),
+                retain_until: None,
+            },
+        );
+        let r = analyse(
+            &i,
+            &[backup(2)],
+            &BTreeSet::new(),
+            now,
+            Duration::seconds(600),
+            "x".into(),
+        );
+        assert_eq!(r.timeline_breaks.len(), 1, "{:?}", r.timeline_breaks);
+        assert!(r.timeline_breaks[0].contains("00000002.history"));
+    }
+}
