@@ -248,13 +248,7 @@ pub async fn run(store: &dyn Store, codec: &crate::codec::Codec, opts: Options) 
         bail!("no retention policy: set retention.keep_last or retention.keep_days in the config, or give --keep-last N / --keep-days D");
     }
     let now = Utc::now();
-    let listing = crate::backup::list(store).await?;
-    let seg = listing
-        .complete
-        .first()
-        .map(|m| m.wal_segment_size)
-        .unwrap_or(16 << 20);
-    let inv = Inventory::load(store, codec, seg).await?;
+    let (listing, inv) = crate::backup::list_with_wal(store, codec).await?;
     let mut verdicts = plan_backups(&listing, &inv, p, now);
 
     // Object Lock: a backup whose manifest is still locked stays whole.
@@ -289,7 +283,7 @@ pub async fn run(store: &dyn Store, codec: &crate::codec::Codec, opts: Options) 
         })
         .collect();
     let wal: Vec<ObjectMeta> = store.list("wal/").await?;
-    let wal_plan = plan_wal(&wal, &kept, seg)?;
+    let wal_plan = plan_wal(&wal, &kept, inv.seg_size)?;
 
     println!("retention for {}: {}", store.locate(""), describe(p));
     for v in &verdicts {
@@ -302,8 +296,11 @@ pub async fn run(store: &dyn Store, codec: &crate::codec::Codec, opts: Options) 
     }
     match wal_plan.keep_from {
         Some(from) => {
-            let first =
-                crate::wal::names::SegmentName::from_segno(inv.latest_timeline(), from, seg);
+            let first = crate::wal::names::SegmentName::from_segno(
+                inv.latest_timeline(),
+                from,
+                inv.seg_size,
+            );
             println!(
                 "  WAL: all kept from segment number {from} (…{}) on, the start of the oldest kept backup",
                 &first.to_string()[8..]
@@ -438,7 +435,7 @@ mod tests {
         }
     }
 
-    /// A backup whose WAL spans segments `seg`..=`seg` on timeline 1, ending `age_days` ago.
+    /// A backup whose WAL lies in segment `seg` on timeline 1, ending at `stop`.
     fn manifest(id: &str, seg: u64, stop: DateTime<Utc>) -> Manifest {
         serde_json::from_value(serde_json::json!({
             "format": 1, "id": id, "label": id, "system_identifier": "1", "pg_version_num": 150000,

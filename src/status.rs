@@ -12,7 +12,6 @@ use crate::backup;
 use crate::codec::Codec;
 use crate::config::Config;
 use crate::store::Store;
-use crate::wal::inventory::Inventory;
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -153,19 +152,13 @@ pub async fn run(cfg: &Config, store: &dyn Store, codec: &Codec, opts: Options) 
 }
 
 async fn read_repository(store: &dyn Store, codec: &Codec, st: &mut Status) -> Result<()> {
-    let listing = backup::list(store).await?;
-    let seg = listing
-        .complete
-        .first()
-        .map(|m| m.wal_segment_size)
-        .unwrap_or(16 << 20);
-    let inv = Inventory::load(store, codec, seg).await?;
+    let (listing, inv) = crate::backup::list_with_wal(store, codec).await?;
     let all = store.list("").await?;
     st.repository_size_bytes = Some(all.iter().map(|o| o.size).sum());
     if let Some((s, m)) = inv
         .segments
         .iter()
-        .max_by_key(|(s, _)| (s.segno(seg).unwrap_or(0), s.tli))
+        .max_by_key(|(s, _)| (s.segno(inv.seg_size).unwrap_or(0), s.tli))
     {
         st.last_archived_segment = Some(s.to_string());
         st.last_archived_time = m.modified;

@@ -1,6 +1,6 @@
 //! `backup-list`: complete backups and the recoverable window.
 
-use super::{list, Manifest};
+use super::Manifest;
 use crate::codec::Codec;
 use crate::store::Store;
 use crate::wal::inventory::Inventory;
@@ -61,13 +61,7 @@ struct Catalog<'a> {
 }
 
 pub async fn run(store: &dyn Store, codec: &Codec, json: bool) -> Result<()> {
-    let listing = list(store).await?;
-    let seg = listing
-        .complete
-        .first()
-        .map(|m| m.wal_segment_size)
-        .unwrap_or(16 << 20);
-    let inv = Inventory::load(store, codec, seg).await?;
+    let (listing, inv) = super::list_with_wal(store, codec).await?;
     let mut rows = Vec::new();
     for m in &listing.complete {
         rows.push(Row {

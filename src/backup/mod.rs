@@ -137,6 +137,22 @@ pub async fn list(store: &dyn Store) -> Result<Listing> {
     })
 }
 
+/// The backups and the WAL inventory together (the segment size from the backups;
+/// 16 MiB when there are none).
+pub async fn list_with_wal(
+    store: &dyn Store,
+    codec: &Codec,
+) -> Result<(Listing, crate::wal::inventory::Inventory)> {
+    let listing = list(store).await?;
+    let seg = listing
+        .complete
+        .first()
+        .map(|m| m.wal_segment_size)
+        .unwrap_or(16 << 20);
+    let inv = crate::wal::inventory::Inventory::load(store, codec, seg).await?;
+    Ok((listing, inv))
+}
+
 pub async fn read_manifest(store: &dyn Store, id: &str) -> Result<Manifest> {
     let key = manifest_key(id);
     let mut body = store

@@ -5,7 +5,7 @@
 
 use super::inventory::Inventory;
 use super::names::{Lsn, SegmentName};
-use crate::backup::{self, Manifest};
+use crate::backup::Manifest;
 use crate::codec::Codec;
 use crate::store::Store;
 use anyhow::Result;
@@ -61,13 +61,7 @@ pub async fn run(
     pending_seconds: i64,
     json: bool,
 ) -> Result<bool> {
-    let listing = backup::list(store).await?;
-    let seg = listing
-        .complete
-        .first()
-        .map(|m| m.wal_segment_size)
-        .unwrap_or(16 << 20);
-    let inv = Inventory::load(store, codec, seg).await?;
+    let (listing, inv) = crate::backup::list_with_wal(store, codec).await?;
     let now = Utc::now();
     let pinned: BTreeSet<String> = listing
         .keeps
