@@ -255,11 +255,10 @@ pub async fn run(store: &dyn Store, codec: &crate::codec::Codec, opts: Options) 
     let locking = store.object_lock().await?;
     if locking {
         for v in verdicts.iter_mut().filter(|v| !v.keep) {
-            let key = if listing.incomplete.contains(&v.id) {
+            if listing.incomplete.contains(&v.id) {
                 continue;
-            } else {
-                crate::backup::manifest_key(&v.id)
-            };
+            }
+            let key = crate::backup::manifest_key(&v.id);
             if let Some(until) = locked_until(store, &key, now).await? {
                 v.keep = true;
                 v.pinned = true;
@@ -302,8 +301,7 @@ pub async fn run(store: &dyn Store, codec: &crate::codec::Codec, opts: Options) 
                 inv.seg_size,
             );
             println!(
-                "  WAL: all kept from segment number {from} (…{}) on, the start of the oldest kept backup",
-                &first.to_string()[8..]
+                "  WAL: all kept from segment {first} on (the start of the oldest kept backup)"
             );
             for (id, a, z) in &wal_plan.ranges {
                 println!("  WAL: segments {a}..={z} kept for backup {id}");

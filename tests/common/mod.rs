@@ -17,7 +17,26 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// A loopback port free now, chosen below the kernel's ephemeral range (32768
+/// and up) so that no outgoing connection takes it before the server binds it;
+/// tests in one process draw from one sequence so they do not pick the same.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: OnceLock<AtomicU64> = OnceLock::new();
+    let next = NEXT.get_or_init(|| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos() as u64;
+        AtomicU64::new(t ^ (std::process::id() as u64).wrapping_mul(7919))
+    });
+    for _ in 0..2000 {
+        let n = next.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (n.wrapping_mul(2_654_435_761) % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .expect("bind a loopback port")
         .local_addr()
@@ -196,8 +215,18 @@ impl Seaweed {
             ),
         )
         .unwrap();
-        std::fs::create_dir_all(w.dir.path().join("data")).unwrap();
-        w.launch();
+        // A port taken between choosing and binding makes weed exit: start over
+        // on fresh ports and an empty data directory.
+        for attempt in 1.. {
+            let data = w.dir.path().join("data");
+            let _ = std::fs::remove_dir_all(&data);
+            std::fs::create_dir_all(&data).unwrap();
+            if w.try_launch() {
+                break;
+            }
+            assert!(attempt < 4, "SeaweedFS did not start:\n{}", w.log_tail());
+            w.ports = [(); 8].map(|_| free_port());
+        }
         w.create_bucket(BUCKET);
         w
     }
@@ -211,6 +240,15 @@ impl Seaweed {
     }
 
     fn launch(&mut self) {
+        assert!(
+            self.try_launch(),
+            "SeaweedFS did not start:\n{}",
+            self.log_tail()
+        );
+    }
+
+    /// Starts weed and waits for its S3 port; false when it exited first.
+    fn try_launch(&mut self) -> bool {
         let p = self.ports;
         let d = self.dir.path();
         let log = std::fs::OpenOptions::new()
@@ -246,9 +284,29 @@ impl Seaweed {
             .expect("start weed");
         self.child = Some(child);
         let addr = format!("127.0.0.1:{}", p[6]);
-        wait_for("SeaweedFS S3 port", Duration::from_secs(60), || {
-            std::net::TcpStream::connect(&addr).is_ok()
-        });
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(60) {
+            if let Some(c) = self.child.as_mut() {
+                if c.try_wait().ok().flatten().is_some() {
+                    self.child = None;
+                    return false;
+                }
+            }
+            // Listening alone is not enough: weed may still die on another port.
+            if std::net::TcpStream::connect(&addr).is_ok() {
+                std::thread::sleep(Duration::from_millis(300));
+                if let Some(c) = self.child.as_mut() {
+                    if c.try_wait().ok().flatten().is_none() {
+                        return true;
+                    }
+                }
+                self.child = None;
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.stop();
+        false
     }
 
     /// Stops the server by its process id (S3 becomes unreachable).
