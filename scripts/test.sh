@@ -8,5 +8,11 @@ weed_dir=$(scripts/install-test-deps.sh | tail -n 1)
 export PATH="$weed_dir:$PATH"
 
 cargo fmt --all -- --check
+# The terraform module's formatting; without terraform the step says so.
+if command -v terraform >/dev/null; then
+    terraform fmt -check -recursive -diff terraform examples/terraform
+else
+    echo "terraform is not installed: terraform fmt -check NOT run on terraform/" >&2
+fi
 cargo clippy --release --all-targets --quiet -- -D warnings
 cargo test --release

@@ -1,0 +1,73 @@
+# Least privilege: the database host archives and restores but cannot delete;
+# the retention job lists and deletes but never reads data.
+
+data "aws_iam_policy_document" "database_host" {
+  statement {
+    sid       = "ListRepository"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.repo.arn]
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = ["${local.repo}*"]
+    }
+  }
+  statement {
+    sid = "PushAndFetch"
+    actions = [
+      "s3:GetObject",
+      "s3:PutObject",
+      "s3:AbortMultipartUpload",
+      "s3:PutObjectRetention",
+    ]
+    resources = ["${aws_s3_bucket.repo.arn}/${local.repo}*"]
+  }
+  statement {
+    sid       = "ObjectLockStatus"
+    actions   = ["s3:GetBucketObjectLockConfiguration"]
+    resources = [aws_s3_bucket.repo.arn]
+  }
+  dynamic "statement" {
+    for_each = var.kms_key_arn == null ? [] : [var.kms_key_arn]
+    content {
+      sid       = "UseKmsKey"
+      actions   = ["kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey"]
+      resources = [statement.value]
+    }
+  }
+}
+
+data "aws_iam_policy_document" "retention_job" {
+  statement {
+    sid       = "ListRepository"
+    actions   = ["s3:ListBucket", "s3:GetBucketObjectLockConfiguration"]
+    resources = [aws_s3_bucket.repo.arn]
+  }
+  statement {
+    # GetObject: manifests, keep marks and history files are read to plan; the
+    # data stays encrypted with age (this job holds no identity).
+    sid       = "PlanAndDelete"
+    actions   = ["s3:GetObject", "s3:GetObjectRetention", "s3:DeleteObject"]
+    resources = ["${aws_s3_bucket.repo.arn}/${local.repo}*"]
+  }
+  dynamic "statement" {
+    for_each = var.kms_key_arn == null ? [] : [var.kms_key_arn]
+    content {
+      sid       = "UseKmsKey"
+      actions   = ["kms:Decrypt"]
+      resources = [statement.value]
+    }
+  }
+}
+
+resource "aws_iam_policy" "database_host" {
+  name   = "${var.bucket_name}-walvault-database-host"
+  policy = data.aws_iam_policy_document.database_host.json
+  tags   = var.tags
+}
+
+resource "aws_iam_policy" "retention_job" {
+  name   = "${var.bucket_name}-walvault-retention"
+  policy = data.aws_iam_policy_document.retention_job.json
+  tags   = var.tags
+}
