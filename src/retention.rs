@@ -47,14 +47,6 @@ pub struct Verdict {
     pub restorable: bool,
 }
 
-/// Whether every WAL segment from the backup's start to its stop is present.
-pub fn restorable(inv: &Inventory, m: &Manifest) -> bool {
-    match (m.start(), m.stop()) {
-        (Ok(a), Ok(z)) => inv.missing_between(m.timeline, a, z).is_none(),
-        _ => false,
-    }
-}
-
 /// The policy's verdict on every complete and incomplete backup.
 pub fn plan_backups(
     listing: &Listing,
@@ -66,7 +58,7 @@ pub fn plan_backups(
     // Newest first: the order both policies count in.
     let mut free: Vec<(&Manifest, bool)> = Vec::new();
     for m in listing.complete.iter().rev() {
-        let ok = restorable(inv, m);
+        let ok = crate::backup::restorable(inv, m);
         match listing.keeps.get(&m.id).and_then(|k| k.reason(now)) {
             Some(why) => out.push(Verdict {
                 id: m.id.clone(),
@@ -281,8 +273,7 @@ pub async fn run(store: &dyn Store, codec: &crate::codec::Codec, opts: Options) 
                 .map(|m| (*m, v.pinned, v.restorable))
         })
         .collect();
-    let wal: Vec<ObjectMeta> = store.list("wal/").await?;
-    let wal_plan = plan_wal(&wal, &kept, inv.seg_size)?;
+    let wal_plan = plan_wal(&inv.objects, &kept, inv.seg_size)?;
 
     println!("retention for {}: {}", store.locate(""), describe(p));
     for v in &verdicts {
@@ -485,6 +476,7 @@ mod tests {
             inv: Inventory {
                 seg_size: MB16,
                 segments,
+                objects: wal.clone(),
                 histories: BTreeMap::new(),
             },
             wal,

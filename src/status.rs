@@ -153,8 +153,9 @@ pub async fn run(cfg: &Config, store: &dyn Store, codec: &Codec, opts: Options) 
 
 async fn read_repository(store: &dyn Store, codec: &Codec, st: &mut Status) -> Result<()> {
     let (listing, inv) = crate::backup::list_with_wal(store, codec).await?;
-    let all = store.list("").await?;
-    st.repository_size_bytes = Some(all.iter().map(|o| o.size).sum());
+    // From the listings already made: no second walk of the repository.
+    let backups: u64 = listing.objects.values().flatten().map(|o| o.size).sum();
+    st.repository_size_bytes = Some(backups + inv.objects.iter().map(|o| o.size).sum::<u64>());
     if let Some((s, m)) = inv
         .segments
         .iter()

@@ -36,8 +36,7 @@ pub fn window(complete: &[Manifest], inv: &Inventory) -> Option<Window> {
     complete
         .iter()
         .find(|m| {
-            crate::retention::restorable(inv, m)
-                && m.stop().is_ok_and(|s| inv.reaches(tli, m.timeline, s))
+            super::restorable(inv, m) && m.stop().is_ok_and(|s| inv.reaches(tli, m.timeline, s))
         })
         .map(|m| {
             let run = inv.run_from(tli, m.start().map(|l| l.segno(inv.seg_size)).unwrap_or(0));
@@ -66,7 +65,7 @@ pub async fn run(store: &dyn Store, codec: &Codec, json: bool) -> Result<()> {
     for m in &listing.complete {
         rows.push(Row {
             manifest: m,
-            wal_complete: crate::retention::restorable(&inv, m),
+            wal_complete: super::restorable(&inv, m),
             keep: listing
                 .keeps
                 .get(&m.id)

@@ -137,6 +137,14 @@ pub async fn list(store: &dyn Store) -> Result<Listing> {
     })
 }
 
+/// Whether every WAL segment from the backup's start to its stop is present.
+pub fn restorable(inv: &crate::wal::inventory::Inventory, m: &Manifest) -> bool {
+    match (m.start(), m.stop()) {
+        (Ok(a), Ok(z)) => inv.missing_between(m.timeline, a, z).is_none(),
+        _ => false,
+    }
+}
+
 /// The backups and the WAL inventory together (the segment size from the backups;
 /// 16 MiB when there are none).
 pub async fn list_with_wal(

@@ -12,7 +12,6 @@ use crate::codec::{self, Codec};
 use crate::progress::Progress;
 use crate::store::{ObjectMeta, Store};
 use crate::wal::inventory::Inventory;
-use crate::wal::names::{Lsn, SegmentName};
 use anyhow::{bail, Result};
 use futures_util::stream::{self, StreamExt};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -114,7 +113,7 @@ pub async fn run(store: Arc<dyn Store>, codec: &Codec, opts: Options) -> Result<
         if present.contains_key(&map) {
             need(map, What::Other, &mut problems);
         }
-        for s in wal_needed(&inv, m)? {
+        for s in inv.needed_between(m.timeline, m.start()?, m.stop()?) {
             match inv.segments.get(&s) {
                 Some(o) => {
                     if planned.insert(o.key.clone()) {
@@ -151,7 +150,7 @@ pub async fn run(store: Arc<dyn Store>, codec: &Codec, opts: Options) -> Result<
         }
     }
     if opts.all_wal {
-        for o in store.list("wal/").await? {
+        for o in &inv.objects {
             if planned.insert(o.key.clone()) {
                 jobs.push(Job {
                     owner: "WAL".into(),
@@ -264,15 +263,6 @@ fn objects_of<'a>(listing: &'a Listing, id: &str) -> BTreeMap<String, &'a Object
         .get(id)
         .map(|v| v.iter().map(|o| (o.key.clone(), o)).collect())
         .unwrap_or_default()
-}
-
-/// The WAL segments from a backup's start to its stop, along its timeline.
-fn wal_needed(inv: &Inventory, m: &Manifest) -> Result<Vec<SegmentName>> {
-    let first = m.start()?.segno(inv.seg_size);
-    let last = Lsn(m.stop()?.0.saturating_sub(1)).segno(inv.seg_size);
-    Ok((first..=last)
-        .map(|n| SegmentName::from_segno(inv.timeline_of(m.timeline, n), n, inv.seg_size))
-        .collect())
 }
 
 /// Checks one object; returns the files found inside when it is a part read in full.

@@ -12,6 +12,8 @@ use std::collections::BTreeMap;
 pub struct Inventory {
     pub seg_size: u64,
     pub segments: BTreeMap<SegmentName, ObjectMeta>,
+    /// Every object under `wal/` as listed (segments, histories, .partial, .backup).
+    pub objects: Vec<ObjectMeta>,
     /// Timeline → its ancestry (parent timelines with switch points).
     pub histories: BTreeMap<u32, Vec<HistoryEntry>>,
 }
@@ -33,11 +35,12 @@ impl Inventory {
     pub async fn load(store: &dyn Store, codec: &Codec, seg_size: u64) -> Result<Inventory> {
         let mut segments = BTreeMap::new();
         let mut history_tlis = Vec::new();
-        for meta in store.list("wal/").await? {
+        let objects = store.list("wal/").await?;
+        for meta in &objects {
             let name = meta.key.trim_start_matches("wal/");
             match WalFile::parse(name) {
                 Ok(WalFile::Segment(s)) => {
-                    segments.insert(s, meta);
+                    segments.insert(s, meta.clone());
                 }
                 Ok(WalFile::History(t)) => history_tlis.push(t),
                 _ => {}
@@ -57,6 +60,7 @@ impl Inventory {
         Ok(Inventory {
             seg_size,
             segments,
+            objects,
             histories,
         })
     }
@@ -121,10 +125,20 @@ impl Inventory {
     /// Whether every segment from `start` to `stop` (LSNs) on `tli` is present;
     /// the first missing one otherwise.
     pub fn missing_between(&self, tli: u32, start: Lsn, stop: Lsn) -> Option<SegmentName> {
+        self.needed_between(tli, start, stop)
+            .find(|s| !self.segments.contains_key(s))
+    }
+
+    /// The segments replay from `start` to `stop` (LSNs) on `tli`'s history reads.
+    pub fn needed_between(
+        &self,
+        tli: u32,
+        start: Lsn,
+        stop: Lsn,
+    ) -> impl Iterator<Item = SegmentName> + '_ {
         let last = Lsn(stop.0.saturating_sub(1)).segno(self.seg_size);
         (start.segno(self.seg_size)..=last)
-            .map(|n| SegmentName::from_segno(self.timeline_of(tli, n), n, self.seg_size))
-            .find(|s| !self.segments.contains_key(s))
+            .map(move |n| SegmentName::from_segno(self.timeline_of(tli, n), n, self.seg_size))
     }
 }
 
@@ -159,6 +173,7 @@ mod tests {
         Inventory {
             seg_size: MB16,
             segments,
+            objects: Vec::new(),
             histories,
         }
     }

@@ -347,6 +347,7 @@ mod tests {
         Inventory {
             seg_size: MB16,
             segments,
+            objects: Vec::new(),
             histories: BTreeMap::new(),
         }
     }
