@@ -121,24 +121,8 @@ must not push a new timeline into the production repository.")]
         /// Directory to restore into (must be empty or absent)
         #[arg(long, short = 'D')]
         pgdata: PathBuf,
-        /// Recover to this time: RFC 3339 or PostgreSQL's form, with a zone
-        #[arg(long, value_name = "TIME", conflicts_with_all = ["target_lsn", "target_xid", "target_name", "target"])]
-        target_time: Option<String>,
-        /// Recover to this WAL location (e.g. 0/3000A28)
-        #[arg(long, value_name = "LSN", conflicts_with_all = ["target_xid", "target_name", "target"])]
-        target_lsn: Option<String>,
-        /// Recover to this transaction id
-        #[arg(long, value_name = "XID", conflicts_with_all = ["target_name", "target"])]
-        target_xid: Option<String>,
-        /// Recover to this restore point (pg_create_restore_point)
-        #[arg(long, value_name = "NAME", conflicts_with = "target")]
-        target_name: Option<String>,
-        /// immediate (end of the backup) or latest (end of the archive, the default)
-        #[arg(long, value_name = "immediate|latest")]
-        target: Option<String>,
-        /// Timeline to follow: a number, or latest (default)
-        #[arg(long, value_name = "TLI")]
-        target_timeline: Option<String>,
+        #[command(flatten)]
+        target: TargetArgs,
         /// What the server does at the target: promote (default), pause or shutdown
         #[arg(long, default_value = "promote")]
         target_action: String,
@@ -277,10 +261,82 @@ Exit status: 0 both sources read; 1 the repository or PostgreSQL could not be re
         #[arg(long, value_name = "FILE")]
         prometheus: Option<PathBuf>,
     },
+    /// Prove a restore: restore into a scratch cluster, check, measure RTO/RPO, report
+    #[command(after_help = "\
+Examples:
+  walvault drill                                   # latest backup, end of the archive
+  walvault drill --target-time '2026-11-22 03:00:00+00' --checks /etc/walvault/drill-checks.sql
+  walvault drill --backup 20261122T020000Z --target immediate --no-upload
+
+Restores the backup into a new scratch directory (drill.scratch_dir), starts PostgreSQL
+there on a private socket (no TCP), waits until recovery reaches the target, then checks:
+every database connects, every table reads (row counts), amcheck on indexes and tables
+where the extension is installed, and each named query of the checks file (it passes
+when it returns no rows, or a single true). Measures plan, restore and recovery times
+(the RTO) and the RPO (age of the newest WAL in the repository), compares them with
+drill.rto_target_seconds and drill.rpo_target_seconds, and writes
+walvault-drill-<id>.md and .json into drill.report_dir (and the repository's drills/).
+The scratch cluster is stopped and removed in every case, also on Ctrl-C.
+
+Checks file:
+  -- check: no orphaned order lines
+  -- database: shop
+  select l.id from order_lines l left join orders o on o.id = l.order_id where o.id is null;
+
+Exit status: 0 every check passed and every objective was met; 1 otherwise (the
+report names each failure), or when the drill could not start (bad input).")]
+    Drill {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Use this backup instead of choosing one
+        #[arg(long)]
+        backup: Option<String>,
+        /// SQL file of named checks (overrides drill.checks_file)
+        #[arg(long, value_name = "FILE")]
+        checks: Option<PathBuf>,
+        /// Where to make the scratch directory (overrides drill.scratch_dir)
+        #[arg(long, value_name = "DIR")]
+        scratch_dir: Option<PathBuf>,
+        /// Where to write the reports (overrides drill.report_dir)
+        #[arg(long, value_name = "DIR")]
+        report_dir: Option<PathBuf>,
+        /// Do not store the reports in the repository (drill.upload)
+        #[arg(long)]
+        no_upload: bool,
+        /// Do not run amcheck (drill.amcheck)
+        #[arg(long)]
+        no_amcheck: bool,
+        /// Who runs the drill, for the report (default: SUDO_USER, else the OS user)
+        #[arg(long)]
+        operator: Option<String>,
+    },
     /// Bind the repository to a cluster (done by the first wal-push otherwise)
     RepoInit {
         /// The cluster's data directory
         #[arg(long, env = "PGDATA")]
         pgdata: PathBuf,
     },
+}
+
+/// Where recovery stops; shared by `recover` and `drill`.
+#[derive(clap::Args, Debug)]
+pub struct TargetArgs {
+    /// Recover to this time: RFC 3339 or PostgreSQL's form, with a zone
+    #[arg(long, value_name = "TIME", conflicts_with_all = ["target_lsn", "target_xid", "target_name", "target"])]
+    pub target_time: Option<String>,
+    /// Recover to this WAL location (e.g. 0/3000A28)
+    #[arg(long, value_name = "LSN", conflicts_with_all = ["target_xid", "target_name", "target"])]
+    pub target_lsn: Option<String>,
+    /// Recover to this transaction id
+    #[arg(long, value_name = "XID", conflicts_with_all = ["target_name", "target"])]
+    pub target_xid: Option<String>,
+    /// Recover to this restore point (pg_create_restore_point)
+    #[arg(long, value_name = "NAME", conflicts_with = "target")]
+    pub target_name: Option<String>,
+    /// immediate (end of the backup) or latest (end of the archive, the default)
+    #[arg(long, value_name = "immediate|latest")]
+    pub target: Option<String>,
+    /// Timeline to follow: a number, or latest (default)
+    #[arg(long, value_name = "TLI")]
+    pub target_timeline: Option<String>,
 }

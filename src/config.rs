@@ -152,6 +152,41 @@ pub const KEYS: &[(&str, Kind, &str)] = &[
         Kind::Int,
         "wal-verify: a missing segment whose successors were stored more recently than this is reported as probably still being pushed, older as lost",
     ),
+    (
+        "drill.rto_target_seconds",
+        Kind::Int,
+        "drill: recovery time objective; a drill that takes longer to serve again fails (0 = none)",
+    ),
+    (
+        "drill.rpo_target_seconds",
+        Kind::Int,
+        "drill: recovery point objective; a drill that finds the newest WAL older than this fails (0 = none)",
+    ),
+    (
+        "drill.scratch_dir",
+        Kind::Str,
+        "drill: where the scratch cluster is restored (needs room for the whole database)",
+    ),
+    (
+        "drill.report_dir",
+        Kind::Str,
+        "drill: where the Markdown and JSON reports are written",
+    ),
+    (
+        "drill.checks_file",
+        Kind::Str,
+        "drill: SQL file of named checks run on the restored cluster (-- check: NAME blocks)",
+    ),
+    (
+        "drill.upload",
+        Kind::Bool,
+        "drill: also store the reports in the repository under drills/",
+    ),
+    (
+        "drill.amcheck",
+        Kind::Bool,
+        "drill: run amcheck (bt_index_check, verify_heapam) on every database",
+    ),
 ];
 
 #[derive(Clone, Debug, Deserialize)]
@@ -179,6 +214,51 @@ pub struct Config {
     pub retention: Retention,
     #[serde(default)]
     pub verify: Verify,
+    #[serde(default)]
+    pub drill: Drill,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Drill {
+    #[serde(default)]
+    pub rto_target_seconds: i64,
+    #[serde(default)]
+    pub rpo_target_seconds: i64,
+    #[serde(default = "default_scratch_dir")]
+    pub scratch_dir: PathBuf,
+    #[serde(default = "default_report_dir")]
+    pub report_dir: PathBuf,
+    pub checks_file: Option<PathBuf>,
+    #[serde(default = "default_true")]
+    pub upload: bool,
+    #[serde(default = "default_true")]
+    pub amcheck: bool,
+}
+
+impl Default for Drill {
+    fn default() -> Self {
+        Drill {
+            rto_target_seconds: 0,
+            rpo_target_seconds: 0,
+            scratch_dir: default_scratch_dir(),
+            report_dir: default_report_dir(),
+            checks_file: None,
+            upload: true,
+            amcheck: true,
+        }
+    }
+}
+fn default_scratch_dir() -> PathBuf {
+    std::env::temp_dir()
+}
+fn default_report_dir() -> PathBuf {
+    PathBuf::from("/var/lib/walvault/drills")
+}
+// Evidence kept with the backups is the point of a drill; amcheck is what finds
+// corruption that reads alone do not.
+fn default_true() -> bool {
+    true
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -501,6 +581,8 @@ impl Config {
             ("retention.keep_days", self.retention.keep_days, 0),
             ("verify.concurrency", self.verify.concurrency, 1),
             ("verify.pending_seconds", self.verify.pending_seconds, 0),
+            ("drill.rto_target_seconds", self.drill.rto_target_seconds, 0),
+            ("drill.rpo_target_seconds", self.drill.rpo_target_seconds, 0),
         ] {
             if v < lo || v > 100_000 {
                 bail!("config key {key}: {v} is out of range, use {lo} to 100000");

@@ -7,6 +7,7 @@ pub mod backup;
 pub mod cli;
 pub mod codec;
 pub mod config;
+pub mod drill;
 pub mod exit;
 pub mod keygen;
 pub mod logging;

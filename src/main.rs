@@ -73,6 +73,7 @@ fn command_name(c: &Command) -> &'static str {
         Command::WalVerify { .. } => "wal-verify",
         Command::Verify { .. } => "verify",
         Command::Status { .. } => "status",
+        Command::Drill { .. } => "drill",
     }
 }
 
@@ -136,12 +137,7 @@ async fn dispatch(
         }
         Command::Recover {
             pgdata,
-            target_time,
-            target_lsn,
-            target_xid,
-            target_name,
             target,
-            target_timeline,
             target_action,
             exclusive,
             backup,
@@ -153,31 +149,8 @@ async fn dispatch(
             tablespace_map,
             archive,
         } => {
-            use walvault::recover::target::{parse_time, Action, Target};
-            let target =
-                if let Some(t) = target_time {
-                    Target::Time(parse_time(&t)?)
-                } else if let Some(l) = target_lsn {
-                    Target::Lsn(walvault::wal::names::Lsn::parse(&l)?)
-                } else if let Some(x) = target_xid {
-                    Target::Xid(x.trim().parse().map_err(|_| {
-                        anyhow::anyhow!("--target-xid '{x}' is not a transaction id")
-                    })?)
-                } else if let Some(n) = target_name {
-                    Target::Name(n)
-                } else {
-                    match target.as_deref() {
-                        None | Some("latest") => Target::Latest,
-                        Some("immediate") => Target::Immediate,
-                        Some(o) => anyhow::bail!("--target '{o}': use immediate or latest"),
-                    }
-                };
-            let timeline = match target_timeline.as_deref() {
-                None | Some("latest") => None,
-                Some(t) => Some(t.parse().map_err(|_| {
-                    anyhow::anyhow!("--target-timeline '{t}': use a number or latest")
-                })?),
-            };
+            use walvault::recover::target::Action;
+            let (target, timeline) = parse_target(target)?;
             let mut ts = std::collections::BTreeMap::new();
             for m in tablespace_map {
                 let (oid, dir) = m
@@ -261,6 +234,66 @@ async fn dispatch(
             let ok = walvault::status::run(&cfg, store.as_ref(), &codec, opts).await?;
             Ok(if ok { exit::OK } else { exit::FAILURE })
         }
+        Command::Drill {
+            target,
+            backup,
+            checks,
+            scratch_dir,
+            report_dir,
+            no_upload,
+            no_amcheck,
+            operator,
+        } => {
+            let (target, timeline) = parse_target(target)?;
+            let opts = walvault::drill::Options {
+                target,
+                timeline,
+                backup,
+                checks: checks.or_else(|| cfg.drill.checks_file.clone()),
+                scratch_root: scratch_dir.unwrap_or_else(|| cfg.drill.scratch_dir.clone()),
+                report_dir: report_dir.unwrap_or_else(|| cfg.drill.report_dir.clone()),
+                upload: cfg.drill.upload && !no_upload,
+                amcheck: cfg.drill.amcheck && !no_amcheck,
+                operator,
+                config_file,
+            };
+            let passed = walvault::drill::run(&cfg, store, &codec, opts).await?;
+            Ok(if passed { exit::OK } else { exit::FAILURE })
+        }
         Command::Keygen { .. } => unreachable!("handled before the configuration is read"),
     }
+}
+
+/// The recovery target and timeline from the command line.
+fn parse_target(
+    a: walvault::cli::TargetArgs,
+) -> anyhow::Result<(walvault::recover::target::Target, Option<u32>)> {
+    use walvault::recover::target::{parse_time, Target};
+    let target = if let Some(t) = a.target_time {
+        Target::Time(parse_time(&t)?)
+    } else if let Some(l) = a.target_lsn {
+        Target::Lsn(walvault::wal::names::Lsn::parse(&l)?)
+    } else if let Some(x) = a.target_xid {
+        Target::Xid(
+            x.trim()
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--target-xid '{x}' is not a transaction id"))?,
+        )
+    } else if let Some(n) = a.target_name {
+        Target::Name(n)
+    } else {
+        match a.target.as_deref() {
+            None | Some("latest") => Target::Latest,
+            Some("immediate") => Target::Immediate,
+            Some(o) => anyhow::bail!("--target '{o}': use immediate or latest"),
+        }
+    };
+    let timeline = match a.target_timeline.as_deref() {
+        None | Some("latest") => None,
+        Some(t) => Some(
+            t.parse()
+                .map_err(|_| anyhow::anyhow!("--target-timeline '{t}': use a number or latest"))?,
+        ),
+    };
+    Ok((target, timeline))
 }

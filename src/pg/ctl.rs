@@ -46,3 +46,37 @@ pub fn running_pid(pgdata: &Path) -> Option<i32> {
     let pid: i32 = text.lines().next()?.trim().parse().ok()?;
     (unsafe { libc::kill(pid, 0) } == 0).then_some(pid)
 }
+
+/// Quotes one word for the shell: pg_ctl hands `-o` options to `/bin/sh`.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Stops the server in `pgdata`: `sig` first (SIGINT fast, SIGQUIT immediate),
+/// SIGKILL if it is still there after `within`. Returns once it is gone.
+pub fn stop(pgdata: &Path, sig: i32, within: std::time::Duration) {
+    let Some(pid) = running_pid(pgdata) else {
+        return;
+    };
+    unsafe { libc::kill(pid, sig) };
+    let t = std::time::Instant::now();
+    while unsafe { libc::kill(pid, 0) } == 0 {
+        if t.elapsed() > within {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        if t.elapsed() > within * 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn quotes_for_the_shell() {
+        assert_eq!(super::shell_quote("a b"), "'a b'");
+        assert_eq!(super::shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(super::shell_quote(""), "''");
+    }
+}

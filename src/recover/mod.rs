@@ -82,7 +82,42 @@ pub async fn run(cfg: &Config, store: Arc<dyn Store>, codec: &Codec, opts: Optio
         println!("dry run: nothing written");
         return Ok(());
     }
+    let restored = restore_into(cfg, store, codec, &opts, &plan).await?;
+    let restore_secs = t0.elapsed().as_secs_f64();
+    println!(
+        "restored: {} files, {} MiB in {:.1} s; recovery settings in postgresql.auto.conf",
+        restored.files,
+        restored.bytes >> 20,
+        restore_secs
+    );
+    if !opts.start {
+        println!("next:     pg_ctl -D {} start   (as the cluster's OS user, with walvault's settings in its environment)", opts.pgdata.display());
+        return Ok(());
+    }
+    let t1 = Instant::now();
+    let end = start(&opts, &plan, &[]).await?;
+    println!(
+        "recovered: ended at LSN {} on timeline {}, last replayed commit {}; restore {:.1} s, recovery {:.1} s, total {:.1} s",
+        end.lsn,
+        end.timeline,
+        end.last_commit.map(|t| t.to_rfc3339()).unwrap_or_else(|| "none".into()),
+        restore_secs,
+        t1.elapsed().as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
 
+/// Restores the planned backup into `opts.pgdata` (and its tablespace
+/// directories) and writes the recovery settings; the server is not started.
+pub async fn restore_into(
+    cfg: &Config,
+    store: Arc<dyn Store>,
+    codec: &Codec,
+    opts: &Options,
+    plan: &Plan,
+) -> Result<restore::Restored> {
+    let b = &plan.backup;
     let files = backup::read_files(store.as_ref(), codec, &b.id).await?;
     let label = backup::read_text(
         store.as_ref(),
@@ -143,42 +178,35 @@ pub async fn run(cfg: &Config, store: Arc<dyn Store>, codec: &Codec, opts: Optio
             .collect();
         std::fs::write(opts.pgdata.join("tablespace_map"), map)?;
     }
-    write_settings(&opts, &plan)?;
-    let restore_secs = t0.elapsed().as_secs_f64();
-    println!(
-        "restored: {} files, {} MiB in {:.1} s; recovery settings in postgresql.auto.conf",
-        restored.files,
-        restored.bytes >> 20,
-        restore_secs
-    );
-    if !opts.start {
-        println!("next:     pg_ctl -D {} start   (as the cluster's OS user, with walvault's settings in its environment)", opts.pgdata.display());
-        return Ok(());
-    }
+    write_settings(opts, plan)?;
+    Ok(restored)
+}
 
-    let t1 = Instant::now();
-    let major = b.pg_version_num / 10000;
+/// Starts PostgreSQL on the restored directory (with `extra` server options,
+/// each `name=value`) and waits until recovery has reached its target.
+pub async fn start(opts: &Options, plan: &Plan, extra: &[String]) -> Result<End> {
+    let major = plan.backup.pg_version_num / 10000;
     let pg_ctl = pg::ctl::find_bin("pg_ctl", major)?;
     let mut server_opts = String::new();
     if let Some(p) = opts.port {
         server_opts.push_str(&format!("-p {p} "));
     }
     if let Some(d) = &opts.socket_dir {
-        server_opts.push_str(&format!("-k {} ", d.display()));
+        server_opts.push_str(&format!(
+            "-k {} ",
+            pg::ctl::shell_quote(&d.display().to_string())
+        ));
     }
-    let log = opts.pgdata.join("walvault-recover.log");
-    pg::ctl::start(&pg_ctl, &opts.pgdata, &log, server_opts.trim())?;
-    let end = wait(&opts, &log).await?;
-    println!(
-        "recovered: ended at LSN {} on timeline {}, last replayed commit {}; restore {:.1} s, recovery {:.1} s, total {:.1} s",
-        end.lsn,
-        end.timeline,
-        end.last_commit.map(|t| t.to_rfc3339()).unwrap_or_else(|| "none".into()),
-        restore_secs,
-        t1.elapsed().as_secs_f64(),
-        t0.elapsed().as_secs_f64()
-    );
-    Ok(())
+    for setting in extra {
+        server_opts.push_str(&format!("-c {} ", pg::ctl::shell_quote(setting)));
+    }
+    pg::ctl::start(&pg_ctl, &opts.pgdata, &log_path(opts), server_opts.trim())?;
+    wait(opts, &log_path(opts)).await
+}
+
+/// The server log of a restored cluster started by walvault.
+pub fn log_path(opts: &Options) -> PathBuf {
+    opts.pgdata.join("walvault-recover.log")
 }
 
 /// Chooses the backup and checks that the target can be reached; writes nothing.

@@ -1,0 +1,569 @@
+//! `drill`: proves a restore. Restores a backup into a scratch directory, runs
+//! PostgreSQL there until the target, checks the data, measures RTO and RPO,
+//! writes a report (Markdown and JSON, optionally also into the repository
+//! under `drills/`) and removes the scratch cluster, also on failure or interrupt.
+
+pub mod checks;
+pub mod report;
+
+use crate::codec::Codec;
+use crate::config::Config;
+use crate::pg;
+use crate::recover::{self, target::Action, target::Target};
+use crate::store::Store;
+use anyhow::{bail, Context, Result};
+use checks::{CheckResult, Status, UserCheck};
+use chrono::Utc;
+use report::Report;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub struct Options {
+    pub target: Target,
+    pub timeline: Option<u32>,
+    pub backup: Option<String>,
+    /// The user's SQL file of named checks.
+    pub checks: Option<PathBuf>,
+    /// Where the scratch directory is made.
+    pub scratch_root: PathBuf,
+    /// Where the reports are written.
+    pub report_dir: PathBuf,
+    pub upload: bool,
+    pub amcheck: bool,
+    pub operator: Option<String>,
+    pub config_file: Option<PathBuf>,
+}
+
+/// Time limit of one user check.
+const CHECK_TIMEOUT_SECS: u64 = 600;
+
+/// Runs the drill; `Ok(false)` when a check failed or an objective was missed
+/// (the report says which), `Err` when it could not run at all.
+pub async fn run(
+    cfg: &Config,
+    store: Arc<dyn Store>,
+    codec: &Codec,
+    opts: Options,
+) -> Result<bool> {
+    // Everything that can be refused is refused before anything is restored.
+    let user_checks = match &opts.checks {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read checks file {}", p.display()))?;
+            checks::parse(&text, &p.display().to_string())?
+        }
+        None => Vec::new(),
+    };
+    if unsafe { libc::geteuid() } == 0 {
+        bail!("drill starts PostgreSQL, which refuses to run as root; run it as the cluster's OS user (e.g. postgres)");
+    }
+    writable_dir(&opts.report_dir)?;
+
+    let started = Utc::now();
+    let drill_id = started.format("%Y%m%dT%H%M%SZ").to_string();
+    let mut rep = Report {
+        format: 1,
+        drill_id: drill_id.clone(),
+        result: "failed".into(),
+        started_at: started,
+        finished_at: None,
+        host: hostname(),
+        operator: opts
+            .operator
+            .clone()
+            .or_else(|| std::env::var("SUDO_USER").ok().filter(|u| !u.is_empty()))
+            .unwrap_or_else(pg::conn::os_user),
+        walvault_version: env!("CARGO_PKG_VERSION").to_string(),
+        repository: store.locate(""),
+        backup: None,
+        target: report::TargetUsed {
+            description: opts.target.describe(),
+            timeline: opts.timeline,
+        },
+        wal: None,
+        recovered: None,
+        timings: Default::default(),
+        rpo: Default::default(),
+        objectives: report::Objectives {
+            rto_target_seconds: (cfg.drill.rto_target_seconds > 0)
+                .then_some(cfg.drill.rto_target_seconds as u64),
+            rpo_target_seconds: (cfg.drill.rpo_target_seconds > 0)
+                .then_some(cfg.drill.rpo_target_seconds as u64),
+            ..Default::default()
+        },
+        checks: Vec::new(),
+        tables: Vec::new(),
+        failures: Vec::new(),
+    };
+
+    let scratch_dir = Scratch::path(&opts.scratch_root, &drill_id);
+    let mut ropts = recover::Options {
+        pgdata: scratch_dir.join("data"),
+        target: opts.target.clone(),
+        timeline: opts.timeline,
+        action: Action::Promote,
+        exclusive: false,
+        backup: opts.backup.clone(),
+        overwrite: false,
+        dry_run: false,
+        start: true,
+        port: Some(free_port()?),
+        socket_dir: Some(scratch_dir.join("socket")),
+        tablespace_map: Default::default(),
+        archive: false,
+        config_file: opts.config_file.clone(),
+    };
+    let t0 = Instant::now();
+    // A backup that does not exist or cannot reach the target is bad input, not a
+    // failed drill: a clear error and nothing written.
+    let plan = recover::plan(store.as_ref(), codec, &ropts).await?;
+    for ts in &plan.backup.tablespaces {
+        ropts.tablespace_map.insert(
+            ts.oid.clone(),
+            scratch_dir.join("tablespaces").join(&ts.oid),
+        );
+    }
+    let scratch = Scratch::create(scratch_dir)?;
+    let outcome = tokio::select! {
+        r = drill(cfg, store.clone(), codec, &ropts, &plan, &scratch, &user_checks, opts.amcheck, &mut rep, t0) => r,
+        sig = interrupted() => Err(anyhow::anyhow!("interrupted by {sig}; the scratch cluster was stopped and removed")),
+    };
+    if let Err(e) = outcome {
+        // Keep the server's last words before the scratch directory goes.
+        let log = recover::log_path(&ropts);
+        let mut msg = format!("{e:#}");
+        if rep.recovered.is_none() && log.exists() {
+            let tail = std::fs::read_to_string(&log).unwrap_or_default();
+            let last: Vec<&str> = tail.lines().rev().take(3).collect();
+            if !last.is_empty() && !msg.contains("PostgreSQL stopped") {
+                msg.push_str(&format!(
+                    " (server log: {})",
+                    last.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                ));
+            }
+        }
+        rep.failures.push(msg);
+    }
+    drop(scratch); // stops the server and removes the directory
+    rep.timings.total_seconds = Some(t0.elapsed().as_secs_f64());
+    rep.finished_at = Some(Utc::now());
+    rep.result = if rep.passed() { "passed" } else { "failed" }.into();
+
+    let json = serde_json::to_vec_pretty(&rep)?;
+    let md = rep.to_markdown();
+    let base = opts.report_dir.join(format!("walvault-drill-{drill_id}"));
+    write_atomic(&base.with_extension("json"), &json)?;
+    write_atomic(&base.with_extension("md"), md.as_bytes())?;
+    println!(
+        "report:   {} and .md",
+        base.with_extension("json").display()
+    );
+    if opts.upload {
+        for (name, body) in [("report.json", json), ("report.md", md.into_bytes())] {
+            let key = format!("drills/{drill_id}/{name}");
+            store
+                .put(&key, Box::new(std::io::Cursor::new(body)))
+                .await
+                .with_context(|| format!("uploading the report to {}", store.locate(&key)))?;
+        }
+        println!("uploaded: {}", store.locate(&format!("drills/{drill_id}/")));
+    }
+    if rep.passed() {
+        println!(
+            "drill PASSED: RTO {:.1} s, newest WAL {} s old, {} checks",
+            rep.timings.rto_seconds.unwrap_or_default(),
+            rep.rpo
+                .newest_wal_age_seconds
+                .map(|s| format!("{s:.0}"))
+                .unwrap_or_else(|| "?".into()),
+            rep.checks.len()
+        );
+    } else {
+        println!("drill FAILED:");
+        for f in &rep.failures {
+            println!("  - {f}");
+        }
+    }
+    Ok(rep.passed())
+}
+
+/// The drill itself; fills `rep` as it goes, so an error or an interrupt still
+/// leaves what was measured.
+#[allow(clippy::too_many_arguments)]
+async fn drill(
+    cfg: &Config,
+    store: Arc<dyn Store>,
+    codec: &Codec,
+    ropts: &recover::Options,
+    plan: &recover::Plan,
+    scratch: &Scratch,
+    user_checks: &[UserCheck],
+    amcheck: bool,
+    rep: &mut Report,
+    t0: Instant,
+) -> Result<()> {
+    let b = &plan.backup;
+    rep.backup = Some(report::BackupUsed {
+        id: b.id.clone(),
+        label: b.label.clone(),
+        timeline: b.timeline,
+        start_lsn: b.start_lsn.clone(),
+        stop_lsn: b.stop_lsn.clone(),
+        stop_time: b.stop_time,
+        raw_bytes: b.raw_bytes,
+        stored_bytes: b.stored_bytes,
+        encrypted: b.encrypted,
+    });
+    rep.target.timeline = Some(plan.timeline);
+    let first = crate::wal::names::SegmentName::from_segno(
+        b.timeline,
+        b.start()?.segno(b.wal_segment_size),
+        b.wal_segment_size,
+    );
+    rep.wal = Some(report::WalUsed {
+        first_segment: first.to_string(),
+        last_segment: plan.wal.last.map(|s| s.to_string()),
+        end_lsn: plan.wal.end_lsn.to_string(),
+        newest_stored_at: plan.wal.last_archived,
+        gap: plan.wal.gap.map(|g| g.to_string()),
+    });
+    rep.rpo.newest_wal_age_seconds = plan
+        .wal
+        .last_archived
+        .map(|at| (Utc::now() - at).num_milliseconds().max(0) as f64 / 1000.0);
+    println!(
+        "drill:    backup {} (ended {}), target {}, scratch {}",
+        b.id,
+        b.stop_time.to_rfc3339(),
+        ropts.target.describe(),
+        scratch.dir.display()
+    );
+    rep.timings.plan_seconds = Some(t0.elapsed().as_secs_f64());
+
+    let t1 = Instant::now();
+    let restored = recover::restore_into(cfg, store.clone(), codec, ropts, plan).await?;
+    rep.timings.restore_seconds = Some(t1.elapsed().as_secs_f64());
+    rep.timings.downloaded_bytes = Some(b.stored_bytes);
+    rep.timings.restored_bytes = Some(restored.bytes);
+    println!(
+        "restored: {} files, {} MiB in {:.1} s",
+        restored.files,
+        restored.bytes >> 20,
+        t1.elapsed().as_secs_f64()
+    );
+
+    let t2 = Instant::now();
+    let end = recover::start(ropts, plan, &scratch_settings(scratch)).await?;
+    rep.timings.recovery_seconds = Some(t2.elapsed().as_secs_f64());
+    rep.timings.rto_seconds = Some(t0.elapsed().as_secs_f64());
+    println!(
+        "recovered: LSN {} on timeline {}, last replayed commit {} in {:.1} s",
+        end.lsn,
+        end.timeline,
+        end.last_commit
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_else(|| "none".into()),
+        t2.elapsed().as_secs_f64()
+    );
+    let reference = match &ropts.target {
+        Target::Time(t) => Some(*t),
+        Target::Latest => plan.wal.last_archived,
+        _ => None,
+    };
+    rep.rpo.target_gap_seconds = match (reference, end.last_commit) {
+        (Some(r), Some(c)) => Some((r - c).num_milliseconds().max(0) as f64 / 1000.0),
+        _ => None,
+    };
+    rep.recovered = Some(report::Recovered {
+        end_lsn: end.lsn.clone(),
+        timeline: end.timeline,
+        last_replayed_commit: end.last_commit,
+    });
+    rep.checks.push(CheckResult::builtin(
+        "server reaches the target and accepts connections".into(),
+        None,
+        Status::Passed,
+        format!("ended at LSN {} on timeline {}", end.lsn, end.timeline),
+    ));
+
+    let t3 = Instant::now();
+    run_checks(ropts, user_checks, amcheck, rep).await?;
+    rep.timings.checks_seconds = Some(t3.elapsed().as_secs_f64());
+
+    for c in rep.checks.iter().filter(|c| c.status == Status::Failed) {
+        let failure = match &c.database {
+            Some(db) => format!("check '{}' failed in {db}: {}", c.name, c.detail),
+            None => format!("check '{}' failed: {}", c.name, c.detail),
+        };
+        rep.failures.push(failure);
+    }
+    let o = &mut rep.objectives;
+    if let (Some(target), Some(rto)) = (o.rto_target_seconds, rep.timings.rto_seconds) {
+        o.rto_met = Some(rto <= target as f64);
+        if o.rto_met == Some(false) {
+            rep.failures.push(format!(
+                "RTO objective missed: {rto:.1} s to recover, target {target} s (drill.rto_target_seconds)"
+            ));
+        }
+    }
+    if let Some(target) = o.rpo_target_seconds {
+        let age = rep.rpo.newest_wal_age_seconds;
+        o.rpo_met = Some(age.is_some_and(|a| a <= target as f64));
+        if o.rpo_met == Some(false) {
+            rep.failures.push(format!(
+                "RPO objective missed: newest WAL {} s old at drill start, target {target} s (drill.rpo_target_seconds)",
+                age.map(|a| format!("{a:.0}")).unwrap_or_else(|| "(none archived)".into())
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Server settings for the scratch cluster: reachable only through its own
+/// socket, with access for the drill only, logging where walvault reads it, and
+/// nothing that would reach outside (TLS files, the archive).
+fn scratch_settings(scratch: &Scratch) -> Vec<String> {
+    let mut s = vec![
+        "listen_addresses=".to_string(),
+        format!("hba_file={}", scratch.dir.join("pg_hba.conf").display()),
+        format!("ident_file={}", scratch.dir.join("pg_ident.conf").display()),
+        "logging_collector=off".into(),
+        "ssl=off".into(),
+        "archive_mode=off".into(),
+    ];
+    if !scratch.pgdata().join("postgresql.conf").exists() {
+        // Debian keeps postgresql.conf in /etc: the backup has none.
+        s.push(format!(
+            "config_file={}",
+            scratch.dir.join("postgresql.conf").display()
+        ));
+    }
+    s
+}
+
+async fn run_checks(
+    ropts: &recover::Options,
+    user_checks: &[UserCheck],
+    amcheck: bool,
+    rep: &mut Report,
+) -> Result<()> {
+    let connect = |db: &str| {
+        let conninfo = format!(
+            "host='{}' port={} dbname='{}'",
+            escape(
+                &ropts
+                    .socket_dir
+                    .as_ref()
+                    .expect("scratch socket")
+                    .display()
+                    .to_string()
+            ),
+            ropts.port.expect("scratch port"),
+            escape(db)
+        );
+        async move { pg::conn::connect(Some(&conninfo)).await }
+    };
+    let admin = connect("postgres")
+        .await
+        .context("connecting to the restored server")?;
+    let databases: Vec<String> = admin
+        .query(
+            "select datname from pg_database where datallowconn order by datname",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for db in &databases {
+        tracing::info!("checking database {db}");
+        let client = match connect(db).await {
+            Ok(c) => c,
+            Err(e) => {
+                rep.checks.push(CheckResult::builtin(
+                    format!("database {db} connects"),
+                    Some(db),
+                    Status::Failed,
+                    format!("{e:#}"),
+                ));
+                continue;
+            }
+        };
+        rep.checks.push(CheckResult::builtin(
+            format!("database {db} connects"),
+            Some(db),
+            Status::Passed,
+            "connected".into(),
+        ));
+        let (read, tables) = checks::read_tables(&client, db).await?;
+        rep.checks.push(read);
+        rep.tables.extend(tables);
+        if amcheck {
+            rep.checks.push(checks::amcheck(&client, db).await?);
+        }
+    }
+    for check in user_checks {
+        let db = check.database.as_deref().unwrap_or("postgres");
+        tracing::info!("user check '{}' in {db}", check.name);
+        let result = match connect(db).await {
+            Ok(client) => checks::run_user(&client, check, CHECK_TIMEOUT_SECS).await,
+            Err(e) => CheckResult {
+                name: check.name.clone(),
+                kind: "user",
+                database: Some(db.to_string()),
+                status: Status::Failed,
+                detail: format!("{e:#}"),
+            },
+        };
+        rep.checks.push(result);
+    }
+    Ok(())
+}
+
+/// A value in single quotes for a libpq-style connection string.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('\'', "\\'")
+}
+
+/// The scratch directory of one drill: data directory, socket directory,
+/// tablespaces and the server's access files. Dropping it stops the server and
+/// removes everything, whatever happened before.
+struct Scratch {
+    dir: PathBuf,
+}
+
+impl Scratch {
+    fn path(root: &Path, id: &str) -> PathBuf {
+        root.join(format!("walvault-drill-{id}-{}", std::process::id()))
+    }
+
+    fn create(dir: PathBuf) -> Result<Scratch> {
+        if let Some(root) = dir.parent() {
+            std::fs::create_dir_all(root)
+                .with_context(|| format!("cannot create {}", root.display()))?;
+        }
+        // create_dir, not _all: the directory is ours alone, never one that existed.
+        std::fs::create_dir(&dir)
+            .with_context(|| format!("cannot create scratch directory {}", dir.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        let scratch = Scratch { dir };
+        std::fs::create_dir(scratch.dir.join("socket"))?;
+        let user = pg::conn::os_user();
+        // Only the drill's OS user can reach the private socket: trust is safe there.
+        std::fs::write(
+            scratch.dir.join("pg_hba.conf"),
+            "# walvault drill: the private socket directory is the access control\nlocal all all trust\n",
+        )?;
+        std::fs::write(scratch.dir.join("pg_ident.conf"), "")?;
+        std::fs::write(
+            scratch.dir.join("postgresql.conf"),
+            format!("# walvault drill (run by {user}): the backup held no postgresql.conf\n"),
+        )?;
+        Ok(scratch)
+    }
+
+    fn pgdata(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // Fast shutdown, then immediate, then SIGKILL: the copy is thrown away.
+        pg::ctl::stop(&self.pgdata(), libc::SIGINT, Duration::from_secs(20));
+        pg::ctl::stop(&self.pgdata(), libc::SIGQUIT, Duration::from_secs(10));
+        // An interrupted restore may still be finishing a file: retry until gone.
+        for _ in 0..40 {
+            let _ = std::fs::remove_dir_all(&self.dir);
+            if !self.dir.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        eprintln!(
+            "walvault drill: could not remove scratch directory {}; remove it by hand",
+            self.dir.display()
+        );
+    }
+}
+
+/// Resolves when SIGINT, SIGTERM or SIGHUP arrives; names it.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+        _ = hup.recv() => "SIGHUP",
+    }
+}
+
+/// A port number no TCP listener uses now; the scratch server listens on its
+/// socket only, the port names the socket file.
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot pick a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn writable_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create report directory {}", dir.display()))?;
+    let probe = dir.join(format!(".walvault-drill-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("report directory {} is not writable", dir.display()))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) } == 0;
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    if ok && end > 0 {
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        "unknown".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scratch_is_removed_with_a_running_server_gone() {
+        let root = std::env::temp_dir().join(format!("wv-scratch-test-{}", std::process::id()));
+        let s = Scratch::create(Scratch::path(&root, "t")).unwrap();
+        let dir = s.dir.clone();
+        std::fs::create_dir_all(s.pgdata().join("base")).unwrap();
+        std::fs::write(s.pgdata().join("base/1"), b"x").unwrap();
+        assert!(dir.join("pg_hba.conf").exists());
+        drop(s);
+        assert!(!dir.exists());
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn conninfo_values_are_quoted() {
+        assert_eq!(escape(r"it's a\b"), r"it\'s a\\b");
+    }
+}

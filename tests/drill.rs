@@ -1,0 +1,482 @@
+//! Restore drills against real PostgreSQL 15 and SeaweedFS: a passing drill with
+//! both reports complete, a failing user check, a missed objective, a missing
+//! backup, and an interrupt; no scratch cluster or directory is ever left behind.
+
+mod common;
+
+use common::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+const CHECKS: &str = "\
+-- Checks a DBA would write for this schema.
+
+-- check: no orphaned order lines
+select l.id, l.order_id
+  from order_lines l left join orders o on o.id = l.order_id
+ where o.id is null;
+
+-- check: orders exist
+-- database: postgres
+select count(*) > 0 from orders;
+";
+
+/// Runs `walvault drill` with reports in `reports` and scratch in `scratch`.
+fn drill(
+    env: &BTreeMap<String, String>,
+    scratch: &Path,
+    reports: &Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut args = vec![
+        "drill",
+        "--scratch-dir",
+        scratch.to_str().unwrap(),
+        "--report-dir",
+        reports.to_str().unwrap(),
+        "--operator",
+        "drill-test",
+    ];
+    args.extend_from_slice(extra);
+    walvault(&args, env, None)
+}
+
+/// The reports of the newest drill: (JSON, Markdown), and their base path.
+fn newest_report(reports: &Path) -> (serde_json::Value, String, PathBuf) {
+    let mut jsons: Vec<PathBuf> = std::fs::read_dir(reports)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    jsons.sort();
+    let j = jsons.pop().expect("a JSON report");
+    let v = serde_json::from_slice(&std::fs::read(&j).unwrap()).unwrap();
+    let md = std::fs::read_to_string(j.with_extension("md")).expect("a Markdown report");
+    (v, md, j)
+}
+
+/// Nothing of a drill is left: no directory below `scratch`, no server on it.
+fn nothing_left(scratch: &Path) {
+    let left: Vec<_> = std::fs::read_dir(scratch)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(left.is_empty(), "scratch left behind: {left:?}");
+    let needle = scratch.to_str().unwrap();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        assert!(
+            !(cmd.contains("postgres") && cmd.contains(needle)),
+            "a scratch server still runs: {cmd}"
+        );
+    }
+}
+
+fn clean(reports: &Path) {
+    for e in std::fs::read_dir(reports).unwrap() {
+        std::fs::remove_file(e.unwrap().path()).unwrap();
+    }
+}
+
+/// The walvault process a spawned command runs (below runuser when we are root).
+fn walvault_pid(spawned: u32) -> i32 {
+    if !is_root() {
+        return spawned as i32;
+    }
+    let mut pid = None;
+    wait_for("the walvault process", Duration::from_secs(10), || {
+        let children = std::fs::read_to_string(format!("/proc/{spawned}/task/{spawned}/children"))
+            .unwrap_or_default();
+        pid = children
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok());
+        pid.is_some()
+    });
+    pid.unwrap()
+}
+
+#[test]
+fn drill_proves_restores_and_reports_failures() {
+    let mut s3 = Seaweed::start();
+    let src = source(|_| s3.walvault_env("drill"));
+    let a = &src.a;
+    a.psql(
+        "create table orders (id int primary key, placed timestamptz default now());
+         create table order_lines (id serial primary key, order_id int not null, qty int);
+         create index on order_lines (order_id);
+         insert into orders (id) select g from generate_series(1, 500) g;
+         insert into order_lines (order_id, qty) select 1 + g % 500, g from generate_series(1, 2000) g;",
+    );
+    let backup = src.backup();
+    a.psql("insert into orders (id) select g from generate_series(501, 700) g");
+    src.flush_archive();
+
+    let scratch = src.root.path().join("scratch");
+    let reports = src.root.path().join("reports");
+    for d in [&scratch, &reports] {
+        std::fs::create_dir_all(d).unwrap();
+        chown_pg(d);
+    }
+    let checks = src.root.path().join("checks.sql");
+    std::fs::write(&checks, CHECKS).unwrap();
+    chown_pg(&checks);
+    let checks_arg = ["--checks", checks.to_str().unwrap()];
+
+    // 1. A drill that passes, with objectives set in the configuration.
+    let mut env = src.env.clone();
+    env.insert("WALVAULT_DRILL_RTO_TARGET_SECONDS".into(), "900".into());
+    env.insert("WALVAULT_DRILL_RPO_TARGET_SECONDS".into(), "900".into());
+    let out = drill(&env, &scratch, &reports, &checks_arg);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "drill: {}\n{text}", stderr(&out));
+    assert!(text.contains("drill PASSED"), "{text}");
+    nothing_left(&scratch);
+    let (j, md, path) = newest_report(&reports);
+    assert_eq!(j["result"], "passed");
+    assert_eq!(j["backup"]["id"], backup.as_str());
+    assert_eq!(j["operator"], "drill-test");
+    for (section, keys) in [
+        (
+            "backup",
+            &["label", "start_lsn", "stop_lsn", "stop_time"][..],
+        ),
+        (
+            "wal",
+            &[
+                "first_segment",
+                "last_segment",
+                "end_lsn",
+                "newest_stored_at",
+            ],
+        ),
+        (
+            "recovered",
+            &["end_lsn", "timeline", "last_replayed_commit"],
+        ),
+        (
+            "timings",
+            &[
+                "plan_seconds",
+                "restore_seconds",
+                "downloaded_bytes",
+                "restored_bytes",
+                "recovery_seconds",
+                "rto_seconds",
+                "checks_seconds",
+                "total_seconds",
+            ],
+        ),
+        ("rpo", &["newest_wal_age_seconds", "target_gap_seconds"]),
+        (
+            "objectives",
+            &[
+                "rto_target_seconds",
+                "rpo_target_seconds",
+                "rto_met",
+                "rpo_met",
+            ],
+        ),
+    ] {
+        for k in keys {
+            assert!(
+                !j[section][k].is_null(),
+                "report {section}.{k} is empty: {j:#}"
+            );
+        }
+    }
+    assert_eq!(j["objectives"]["rto_met"], true);
+    assert_eq!(j["objectives"]["rpo_met"], true);
+    for k in [
+        "host",
+        "walvault_version",
+        "repository",
+        "started_at",
+        "finished_at",
+    ] {
+        assert!(j[k].as_str().is_some_and(|v| !v.is_empty()), "{k}: {j:#}");
+    }
+    let check = |name: &str| -> serde_json::Value {
+        j["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no check '{name}': {:#}", j["checks"]))
+            .clone()
+    };
+    for name in [
+        "server reaches the target and accepts connections",
+        "database postgres connects",
+        "database template1 connects",
+        "every table of postgres reads",
+        "amcheck on postgres",
+        "no orphaned order lines",
+        "orders exist",
+    ] {
+        assert_eq!(check(name)["status"], "passed", "{name}: {:#}", check(name));
+    }
+    assert!(
+        check("amcheck on postgres")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("B-tree indexes"),
+        "{:#}",
+        check("amcheck on postgres")
+    );
+    let rows = |t: &str| {
+        j["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["database"] == "postgres" && r["table"] == t)
+            .map(|r| r["rows"].as_i64().unwrap())
+    };
+    assert_eq!(
+        rows("public.orders"),
+        Some(700),
+        "target latest: every order"
+    );
+    assert_eq!(rows("public.order_lines"), Some(2000));
+    for heading in [
+        "## Summary",
+        "## Backup used",
+        "## WAL range",
+        "## Target and result",
+        "## Timings (RTO)",
+        "## RPO",
+        "## Objectives",
+        "## Checks",
+        "## Tables read",
+    ] {
+        assert!(md.contains(heading), "Markdown lacks {heading}:\n{md}");
+    }
+    assert!(md.starts_with(&format!("# Restore drill ")) && md.contains("PASSED"));
+    for empty in [
+        "Not determined",
+        "did not complete",
+        "No check ran",
+        "No table was read",
+        "| - |",
+    ] {
+        assert!(
+            !md.contains(empty),
+            "Markdown has an empty section ({empty}):\n{md}"
+        );
+    }
+    assert!(md.contains(&backup), "{md}");
+    // Kept with the backups in the repository, byte for byte.
+    let id = j["drill_id"].as_str().unwrap();
+    let stored = s3.get(&format!("drill/drills/{id}/report.json"));
+    assert_eq!(stored, std::fs::read(&path).unwrap());
+    assert_eq!(
+        s3.get(&format!("drill/drills/{id}/report.md")),
+        md.as_bytes()
+    );
+    clean(&reports);
+
+    // 2. Damage the data: an orphaned line. At a time before it the drill passes
+    // and holds exactly the rows of then; at the end, the user check fails by name.
+    let before = a.psql(
+        "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'",
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    a.psql("insert into order_lines (order_id, qty) values (9999, 1)");
+    src.flush_archive();
+    let out = drill(
+        &src.env,
+        &scratch,
+        &reports,
+        &[
+            &checks_arg[..],
+            &["--target-time", before.trim(), "--no-upload"],
+        ]
+        .concat(),
+    );
+    assert!(
+        out.status.success(),
+        "drill before the damage: {}\n{}",
+        stderr(&out),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let (j, _, _) = newest_report(&reports);
+    assert_eq!(j["result"], "passed");
+    assert!(j["rpo"]["target_gap_seconds"].as_f64().is_some());
+    assert!(
+        j["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["table"] == "public.order_lines" && r["rows"] == 2000),
+        "{:#}",
+        j["tables"]
+    );
+    nothing_left(&scratch);
+    clean(&reports);
+
+    let out = drill(
+        &src.env,
+        &scratch,
+        &reports,
+        &[&checks_arg[..], &["--no-upload"]].concat(),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a failed check fails the drill: {}",
+        stderr(&out)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("drill FAILED"), "{text}");
+    assert!(
+        text.contains("check 'no orphaned order lines' failed"),
+        "{text}"
+    );
+    let (j, md, _) = newest_report(&reports);
+    assert_eq!(j["result"], "failed");
+    let orphan = j["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "no orphaned order lines")
+        .unwrap()
+        .clone();
+    assert_eq!(orphan["status"], "failed");
+    assert!(
+        orphan["detail"].as_str().unwrap().contains("9999"),
+        "the report names what was found: {orphan:#}"
+    );
+    assert!(
+        md.contains("| no orphaned order lines | user | postgres | **FAILED** |"),
+        "{md}"
+    );
+    nothing_left(&scratch);
+    clean(&reports);
+
+    // 3. A missed objective fails the drill even when every check passes.
+    std::thread::sleep(Duration::from_secs(3));
+    let mut env = src.env.clone();
+    env.insert("WALVAULT_DRILL_RPO_TARGET_SECONDS".into(), "1".into());
+    let out = drill(&env, &scratch, &reports, &["--no-upload"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let (j, md, _) = newest_report(&reports);
+    assert_eq!(j["objectives"]["rpo_met"], false);
+    assert!(
+        j["failures"][0]
+            .as_str()
+            .unwrap()
+            .contains("RPO objective missed"),
+        "{:#}",
+        j["failures"]
+    );
+    assert!(md.contains("| RPO | 1 |") && md.contains("**NO**"), "{md}");
+    nothing_left(&scratch);
+    clean(&reports);
+
+    // 4. A backup that does not exist: one clear line, nothing written.
+    let out = drill(
+        &src.env,
+        &scratch,
+        &reports,
+        &["--backup", "20990101T000000Z"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(err.contains("20990101T000000Z"), "{err}");
+    assert_eq!(std::fs::read_dir(&reports).unwrap().count(), 0);
+    nothing_left(&scratch);
+    // A checks file that cannot be run is refused before anything is restored.
+    let bad = src.root.path().join("bad.sql");
+    std::fs::write(&bad, "select 1;\n").unwrap();
+    chown_pg(&bad);
+    let out = drill(
+        &src.env,
+        &scratch,
+        &reports,
+        &["--checks", bad.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("SQL before the first '-- check: NAME' line"),
+        "{}",
+        stderr(&out)
+    );
+    nothing_left(&scratch);
+
+    // 5. Ctrl-C while the scratch server runs (a slow user check holds it there):
+    // the server is stopped, the directory removed, the report says why.
+    let slow = src.root.path().join("slow.sql");
+    std::fs::write(&slow, "-- check: slow\nselect pg_sleep(60) is not null;\n").unwrap();
+    chown_pg(&slow);
+    let mut cmd = pg_command(walvault_bin().to_str().unwrap(), &src.env);
+    cmd.args([
+        "drill",
+        "--scratch-dir",
+        scratch.to_str().unwrap(),
+        "--report-dir",
+        reports.to_str().unwrap(),
+        "--no-upload",
+        "--no-amcheck",
+        "--checks",
+        slow.to_str().unwrap(),
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let pid = walvault_pid(child.id());
+    let t = Instant::now();
+    let mut pgdata = None;
+    wait_for(
+        "the scratch server to run",
+        Duration::from_secs(120),
+        || {
+            pgdata = std::fs::read_dir(&scratch)
+                .unwrap()
+                .flatten()
+                .map(|e| e.path().join("data"))
+                .find(|d| d.join("postmaster.pid").exists());
+            pgdata.is_some()
+        },
+    );
+    let pgdata = pgdata.unwrap();
+    // Into the slow check: the server has answered the built-in ones by then.
+    wait_for("the slow check", Duration::from_secs(120), || {
+        std::fs::read_to_string(pgdata.join("walvault-recover.log"))
+            .is_ok_and(|l| l.contains("database system is ready to accept connections"))
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let server_pid: i32 = std::fs::read_to_string(pgdata.join("postmaster.pid"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(55),
+        "the interrupt did not cut the slow check"
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        !process_alive(server_pid),
+        "the scratch server must be stopped"
+    );
+    nothing_left(&scratch);
+    let (j, _, _) = newest_report(&reports);
+    assert_eq!(j["result"], "failed");
+    assert!(
+        j["failures"][0]
+            .as_str()
+            .unwrap()
+            .contains("interrupted by SIGINT"),
+        "{:#}",
+        j["failures"]
+    );
+    s3.stop();
+}
