@@ -254,7 +254,7 @@ fn drill_proves_restores_and_reports_failures() {
     ] {
         assert!(md.contains(heading), "Markdown lacks {heading}:\n{md}");
     }
-    assert!(md.starts_with(&format!("# Restore drill ")) && md.contains("PASSED"));
+    assert!(md.starts_with("# Restore drill ") && md.contains("PASSED"));
     for empty in [
         "Not determined",
         "did not complete",
