@@ -88,6 +88,11 @@ pub const KEYS: &[(&str, Kind, &str)] = &[
         "Object Lock retention period in days, with s3.object_lock_mode",
     ),
     (
+        "s3.class_tags",
+        Kind::Bool,
+        "tag every object pushed walvault-class=standard, for the bucket's lifecycle rules",
+    ),
+    (
         "s3.part_size_mb",
         Kind::Int,
         "multipart part size in MiB (5 to 5120); larger objects are uploaded in parts",
@@ -371,6 +376,8 @@ pub struct S3 {
     pub object_lock_mode: Option<String>,
     #[serde(default = "default_lock_days")]
     pub object_lock_days: i64,
+    #[serde(default)]
+    pub class_tags: bool,
     #[serde(default = "default_part_size_mb")]
     pub part_size_mb: i64,
     #[serde(default = "default_max_attempts")]
@@ -438,6 +445,7 @@ impl Default for S3 {
             storage_class: None,
             object_lock_mode: None,
             object_lock_days: default_lock_days(),
+            class_tags: false,
             part_size_mb: default_part_size_mb(),
             max_attempts: default_max_attempts(),
             timeout_seconds: default_timeout(),

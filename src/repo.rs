@@ -1,7 +1,7 @@
 //! The repository identity, `walvault.json`: which cluster a repository belongs
 //! to. Stored in clear (it holds no secret) so every push can check it cheaply.
 
-use crate::store::Store;
+use crate::store::{Class, Store};
 use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -80,7 +80,10 @@ pub async fn ensure(
         created_by: format!("walvault {}", env!("CARGO_PKG_VERSION")),
     };
     let json = serde_json::to_vec_pretty(&id)?;
-    store.put(KEY, Box::new(std::io::Cursor::new(json))).await?;
+    // The repository's identity outlives every backup.
+    store
+        .put_class(KEY, Box::new(std::io::Cursor::new(json)), Class::Kept)
+        .await?;
     tracing::info!(
         "initialised repository {} for cluster {sysid}",
         store.locate("")

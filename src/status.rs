@@ -64,6 +64,22 @@ pub const METRICS: &[(&str, &str)] = &[
         "1 when a WAL segment is missing with later ones present: recovery stops before it.",
     ),
     (
+        "walvault_last_drill_time_seconds",
+        "When the newest restore drill kept in the repository finished.",
+    ),
+    (
+        "walvault_last_drill_passed",
+        "1 when the newest restore drill passed, 0 when it failed.",
+    ),
+    (
+        "walvault_last_passed_drill_time_seconds",
+        "When the newest restore drill that passed finished.",
+    ),
+    (
+        "walvault_last_drill_rto_seconds",
+        "RTO measured by the newest restore drill (plan, restore, recovery).",
+    ),
+    (
         "walvault_postgres_up",
         "1 when PostgreSQL's archive state could be read.",
     ),
@@ -106,6 +122,11 @@ pub struct Status {
     pub window_start: Option<DateTime<Utc>>,
     pub window_end: Option<DateTime<Utc>>,
     pub wal_gap: Option<String>,
+    pub last_drill_id: Option<String>,
+    pub last_drill_time: Option<DateTime<Utc>>,
+    pub last_drill_passed: Option<bool>,
+    pub last_drill_rto_seconds: Option<f64>,
+    pub last_passed_drill_time: Option<DateTime<Utc>>,
     pub postgres_up: bool,
     pub postgres_error: Option<String>,
     /// Where the backlog figures came from.
@@ -176,6 +197,15 @@ async fn read_repository(store: &dyn Store, codec: &Codec, st: &mut Status) -> R
         st.window_end = w.to;
         st.wal_gap = w.gap;
     }
+    // Drills since the last pass; a year of monthly ones at most.
+    let (newest, passed) = crate::drill::history::latest(store, 12).await?;
+    if let Some(d) = newest {
+        st.last_drill_id = Some(d.drill_id.clone());
+        st.last_drill_time = d.finished_at;
+        st.last_drill_passed = Some(d.passed());
+        st.last_drill_rto_seconds = d.timings.rto_seconds;
+    }
+    st.last_passed_drill_time = passed.and_then(|d| d.finished_at);
     st.repository_up = true;
     Ok(())
 }
@@ -289,6 +319,10 @@ pub fn prometheus(st: &Status) -> String {
         secs(&st.window_end),
         st.repository_up
             .then(|| if st.wal_gap.is_some() { 1.0 } else { 0.0 }),
+        secs(&st.last_drill_time),
+        st.last_drill_passed.and_then(flag),
+        secs(&st.last_passed_drill_time),
+        st.last_drill_rto_seconds,
         flag(st.postgres_up),
         st.ready_count.map(|v| v as f64),
         st.oldest_ready_age_seconds,
@@ -369,6 +403,18 @@ fn print(st: &Status) {
                 st.repository_size_bytes.unwrap_or(0) >> 20,
                 st.backups.unwrap_or(0)
             );
+            match (&st.last_drill_id, st.last_drill_passed) {
+                (Some(id), Some(passed)) => println!(
+                    "  last drill     {id} {} at {}, RTO {}; last passed {}",
+                    if passed { "PASSED" } else { "FAILED" },
+                    ago(&st.last_drill_time),
+                    st.last_drill_rto_seconds
+                        .map(|s| format!("{s:.0} s"))
+                        .unwrap_or_else(|| "-".into()),
+                    ago(&st.last_passed_drill_time)
+                ),
+                _ => println!("  last drill     none kept in the repository (walvault drill)"),
+            }
         }
     }
     println!("postgresql");

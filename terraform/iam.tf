@@ -1,5 +1,10 @@
 # Least privilege: the database host archives and restores but cannot delete;
 # the retention job lists and deletes but never reads data.
+#
+# PutObjectTagging lets the host tag what it writes (s3.class_tags) and run
+# backup-mark. Re-tagging a permanent backup as standard could make the
+# standard-class rule expire it: Object Lock (object_lock_mode) is what makes
+# such an expiry leave the locked version in place.
 
 data "aws_iam_policy_document" "database_host" {
   statement {
@@ -19,6 +24,7 @@ data "aws_iam_policy_document" "database_host" {
       "s3:PutObject",
       "s3:AbortMultipartUpload",
       "s3:PutObjectRetention",
+      "s3:PutObjectTagging",
     ]
     resources = ["${aws_s3_bucket.repo.arn}/${local.repo}*"]
   }

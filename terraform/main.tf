@@ -1,10 +1,15 @@
 # The walvault repository bucket: versioned, encrypted, private, TLS only,
-# incomplete uploads and deleted versions cleaned up, optional Object Lock, and
-# two least-privilege policies (database host; retention job).
+# incomplete uploads and deleted versions cleaned up, lifecycle classes by tag,
+# optional Object Lock, optional cross-region replication (replication.tf), and
+# two least-privilege policies (iam.tf).
 #
-# No age-based expiry of current objects: `walvault delete` decides what is no
-# longer needed. A prefix rule would also expire permanent backups and the WAL
-# they keep, which S3 lifecycle filters cannot exclude.
+# Lifecycle rules act on the tag walvault-class, never on a bare prefix: a
+# prefix rule would also expire permanent backups and the WAL they keep, and S3
+# filters cannot exclude. walvault tags what it writes (s3.class_tags) and
+# backup-mark re-tags a marked backup with exactly its WAL:
+#   standard   daily WAL and backups   `walvault delete` decides; optional backstop expiry
+#   permanent  backup-mark --permanent colder storage, expired after permanent_keep_days (7 years)
+#   kept       keep-until marks, the repository identity, timeline history files: never expired here
 
 locals {
   repo = "${var.prefix}/"
@@ -88,6 +93,48 @@ resource "aws_s3_bucket_lifecycle_configuration" "repo" {
     filter {}
     abort_incomplete_multipart_upload {
       days_after_initiation = 2
+    }
+  }
+
+  # A backstop behind `walvault delete`, not a policy: keep it well above
+  # retention.keep_days plus the longest time a backup may fail in a row.
+  dynamic "rule" {
+    for_each = var.standard_expire_days > 0 ? [1] : []
+    content {
+      id     = "standard-class-expiry"
+      status = "Enabled"
+      filter {
+        and {
+          prefix = local.repo
+          tags   = { "walvault-class" = "standard" }
+        }
+      }
+      expiration {
+        days = var.standard_expire_days
+      }
+    }
+  }
+
+  # Audit keeps: days count from when the object was written, so a backup marked
+  # permanent lives permanent_keep_days from the night it was taken.
+  rule {
+    id     = "permanent-class"
+    status = "Enabled"
+    filter {
+      and {
+        prefix = local.repo
+        tags   = { "walvault-class" = "permanent" }
+      }
+    }
+    dynamic "transition" {
+      for_each = var.permanent_transitions
+      content {
+        days          = transition.value.days
+        storage_class = transition.value.storage_class
+      }
+    }
+    expiration {
+      days = var.permanent_keep_days
     }
   }
 

@@ -17,3 +17,13 @@ output "retention_policy_arn" {
   description = "Attach to the retention job's role: list and delete."
   value       = aws_iam_policy.retention_job.arn
 }
+
+output "replication_role_arn" {
+  description = "The role S3 replicates with (null without replication)."
+  value       = local.replicate ? aws_iam_role.replication[0].arn : null
+}
+
+output "bucket_arn" {
+  description = "The repository bucket ARN (a DR bucket's ARN goes into another instance's replication_destination_bucket_arn)."
+  value       = aws_s3_bucket.repo.arn
+}

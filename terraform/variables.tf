@@ -37,6 +37,53 @@ variable "object_lock_days" {
   default     = 35
 }
 
+variable "standard_expire_days" {
+  description = "Expire objects tagged walvault-class=standard (daily WAL and backups, with walvault's s3.class_tags = true) this many days after they were written: a backstop behind `walvault delete`. 0 turns the rule off. Keep it far above retention.keep_days: the rule does not know which WAL the oldest kept backup still needs."
+  type        = number
+  default     = 0
+  validation {
+    condition     = var.standard_expire_days >= 0
+    error_message = "standard_expire_days must be 0 (off) or a number of days."
+  }
+}
+
+variable "permanent_keep_days" {
+  description = "Days objects tagged walvault-class=permanent (backup-mark --permanent: the backup and its WAL) are kept, counted from when they were written. 2557 days is 7 years."
+  type        = number
+  default     = 2557
+  validation {
+    condition     = var.permanent_keep_days >= 1
+    error_message = "permanent_keep_days must be at least 1."
+  }
+}
+
+variable "permanent_transitions" {
+  description = "Storage-class transitions of permanent objects. GLACIER_IR stays readable by walvault as is; GLACIER and DEEP_ARCHIVE need `aws s3api restore-object` on every object of the backup and its WAL before a restore (see docs/runbook.md)."
+  type = list(object({
+    days          = number
+    storage_class = string
+  }))
+  default = [{ days = 30, storage_class = "GLACIER_IR" }]
+}
+
+variable "replication_destination_bucket_arn" {
+  description = "ARN of a versioned bucket in another region to replicate the repository to (disaster recovery); null for no replication. With Object Lock here, the destination needs Object Lock too."
+  type        = string
+  default     = null
+}
+
+variable "replication_destination_kms_key_arn" {
+  description = "KMS key in the destination region for the replicas; null for the destination's SSE-S3."
+  type        = string
+  default     = null
+}
+
+variable "replication_storage_class" {
+  description = "Storage class of the replicas."
+  type        = string
+  default     = "STANDARD_IA"
+}
+
 variable "tags" {
   description = "Tags for every resource."
   type        = map(string)

@@ -277,6 +277,39 @@ fn drill_proves_restores_and_reports_failures() {
         md.as_bytes()
     );
     clean(&reports);
+    // status reports the drill kept in the repository, for the alert rules.
+    let prom = src.root.path().join("walvault.prom");
+    let out = walvault(
+        &["status", "--prometheus", prom.to_str().unwrap()],
+        &a.pg_env(&src.env),
+        None,
+    );
+    assert!(out.status.success(), "status: {}", stderr(&out));
+    let text = std::fs::read_to_string(&prom).unwrap();
+    let metric = |name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name}{{")))
+            .and_then(|l| l.rsplit_once(' '))
+            .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+            .1
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(metric("walvault_last_drill_passed"), 1.0);
+    let finished = chrono::DateTime::parse_from_rfc3339(j["finished_at"].as_str().unwrap())
+        .unwrap()
+        .timestamp_millis() as f64
+        / 1000.0;
+    assert!((metric("walvault_last_passed_drill_time_seconds") - finished).abs() < 0.01);
+    assert_eq!(
+        metric("walvault_last_drill_time_seconds"),
+        metric("walvault_last_passed_drill_time_seconds")
+    );
+    assert!(
+        (metric("walvault_last_drill_rto_seconds") - j["timings"]["rto_seconds"].as_f64().unwrap())
+            .abs()
+            < 0.01
+    );
 
     // 2. Damage the data: an orphaned line. At a time before it the drill passes
     // and holds exactly the rows of then; at the end, the user check fails by name.

@@ -507,3 +507,102 @@ fn alert_rules_use_real_metrics() {
     }
     assert!(used >= 5, "the rules use the metrics");
 }
+
+/// Lifecycle classes (the tag the bucket's rules act on): daily data standard,
+/// the repository identity and history files kept, a permanent backup moved
+/// with exactly its WAL, and back on unmark; drill reports permanent.
+#[test]
+fn lifecycle_classes_follow_backup_marks() {
+    let mut s3 = Seaweed::start();
+    let src = source(|_| {
+        let mut e = s3.walvault_env("classes");
+        e.insert("WALVAULT_S3_CLASS_TAGS".into(), "true".into());
+        e
+    });
+    src.a
+        .psql("create table t (i int); insert into t values (1)");
+    let id = src.backup();
+    src.a.psql("insert into t values (2)");
+    src.flush_archive();
+    let (_, start, stop, _) = backups(&src.env).pop().unwrap();
+    let keys = s3.list("classes/");
+    let class = |k: &str| s3.class_tag(k);
+    assert_eq!(class("classes/walvault.json").as_deref(), Some("kept"));
+    let parts: Vec<&String> = keys
+        .iter()
+        .filter(|k| k.starts_with(&format!("classes/backups/{id}/")))
+        .collect();
+    assert!(parts.len() >= 4, "{keys:?}");
+    let wal: Vec<&String> = keys.iter().filter(|k| k.contains("/wal/")).collect();
+    for k in parts.iter().chain(wal.iter()) {
+        assert_eq!(class(k).as_deref(), Some("standard"), "{k}");
+    }
+
+    let out = run_ok(
+        &["backup-mark", &id, "--permanent", "--note", "audit"],
+        &src.env,
+    );
+    assert!(out.contains("walvault-class=permanent"), "{out}");
+    // The backup's own objects and the WAL from its start to its stop; nothing else.
+    let own_wal = |k: &str| {
+        seg_of_key(k).is_some_and(|s| s >= start && s <= stop)
+            || (k.ends_with(".backup")
+                && k.rsplit('/')
+                    .next()
+                    .and_then(|n| seg_of_key(&n[..24]))
+                    .is_some_and(|s| s >= start && s <= stop))
+    };
+    for k in s3.list("classes/") {
+        let want = if k.starts_with(&format!("classes/backups/{id}/")) || own_wal(&k) {
+            "permanent"
+        } else if k.ends_with("walvault.json") {
+            "kept"
+        } else {
+            "standard"
+        };
+        assert_eq!(class(&k).as_deref(), Some(want), "{k}");
+    }
+    assert!(
+        wal.iter().any(|k| !own_wal(k)),
+        "a segment after the backup stays standard: {wal:?}"
+    );
+    run_ok(
+        &["backup-mark", &id, "--keep-until", "2099-12-31"],
+        &src.env,
+    );
+    assert_eq!(
+        class(&format!("classes/backups/{id}/manifest.json")).as_deref(),
+        Some("kept")
+    );
+    run_ok(&["backup-mark", &id, "--unmark"], &src.env);
+    for k in s3.list("classes/") {
+        if !k.ends_with("walvault.json") {
+            assert_eq!(class(&k).as_deref(), Some("standard"), "{k}");
+        }
+    }
+
+    // Drill reports are audit evidence: the long class.
+    let reports = src.root.path().join("reports");
+    std::fs::create_dir_all(&reports).unwrap();
+    chown_pg(&reports);
+    let scratch = src.root.path().join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    chown_pg(&scratch);
+    run_ok(
+        &[
+            "drill",
+            "--no-amcheck",
+            "--report-dir",
+            reports.to_str().unwrap(),
+            "--scratch-dir",
+            scratch.to_str().unwrap(),
+        ],
+        &src.env,
+    );
+    let drills: Vec<String> = s3.list("classes/drills/");
+    assert_eq!(drills.len(), 2, "{drills:?}");
+    for k in &drills {
+        assert_eq!(class(k).as_deref(), Some("permanent"), "{k}");
+    }
+    s3.stop();
+}

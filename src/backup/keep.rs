@@ -5,11 +5,13 @@
 //! can read it. Unmarking writes a mark that keeps nothing, which also works on a
 //! versioned, locked bucket where deleting would only hide the mark.
 
-use super::{manifest_key, prefix};
-use crate::store::Store;
+use super::{prefix, read_manifest, Manifest};
+use crate::store::{Class, Store};
+use crate::wal::names::{Lsn, SegmentName, WalFile};
 use anyhow::{bail, Context, Result};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 use tokio::io::AsyncReadExt;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -72,12 +74,7 @@ pub fn parse_date(s: &str) -> Result<NaiveDate> {
 }
 
 pub async fn run(store: &dyn Store, id: &str, mark: Mark, note: Option<String>) -> Result<()> {
-    if store.head(&manifest_key(id)).await?.is_none() {
-        bail!(
-            "backup '{id}' does not exist (no {}); see walvault backup-list",
-            store.locate(&manifest_key(id))
-        );
-    }
+    let manifest = read_manifest(store, id).await?;
     let now = Utc::now();
     let keep = Keep {
         permanent: matches!(mark, Mark::Permanent),
@@ -102,7 +99,63 @@ pub async fn run(store: &dyn Store, id: &str, mark: Mark, note: Option<String>) 
         Some(r) => println!("backup {id}: {r}; no retention policy removes it"),
         None => println!("backup {id}: unmarked; retention policies apply to it again"),
     }
+    let class = match mark {
+        Mark::Permanent => Class::Permanent,
+        Mark::Until(_) => Class::Kept,
+        Mark::Unmark => Class::Standard,
+    };
+    let tagged = classify(store, &manifest, class).await.with_context(|| {
+        format!("the mark is stored, but putting the backup in lifecycle class {} failed; run backup-mark again once fixed", class.as_str())
+    })?;
+    if tagged > 0 {
+        println!(
+            "lifecycle: {tagged} objects (backup and its WAL) tagged {}={}",
+            Class::TAG,
+            class.as_str()
+        );
+    }
     Ok(())
+}
+
+/// Puts the backup's objects and the WAL from its start to its stop in
+/// `class`, so the bucket's lifecycle rules treat them alike (a permanent
+/// backup moves to colder storage with its WAL). Returns how many objects were
+/// tagged: 0 where the store has no classes. History files are left alone: they
+/// are never expired whatever the class (wal-push files them apart).
+pub async fn classify(store: &dyn Store, m: &Manifest, class: Class) -> Result<usize> {
+    let mut keys: Vec<String> = store
+        .list(&prefix(&m.id))
+        .await?
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    // A backup's own WAL lies on its own timeline (standbys are not backed up):
+    // no history file, so no key, is needed to name it.
+    let seg = m.wal_segment_size;
+    let last = Lsn(m.stop()?.0.saturating_sub(1)).segno(seg);
+    let needed: HashSet<SegmentName> = (m.start()?.segno(seg)..=last)
+        .map(|n| SegmentName::from_segno(m.timeline, n, seg))
+        .collect();
+    for o in store.list("wal/").await? {
+        let name = o.key.rsplit('/').next().unwrap_or("");
+        let belongs = match WalFile::parse(name) {
+            Ok(WalFile::Segment(s) | WalFile::Partial(s) | WalFile::BackupHistory(s, _)) => {
+                needed.contains(&s)
+            }
+            _ => false,
+        };
+        if belongs {
+            keys.push(o.key);
+        }
+    }
+    let mut tagged = 0;
+    for k in &keys {
+        if !store.set_class(k, class).await? {
+            return Ok(0);
+        }
+        tagged += 1;
+    }
+    Ok(tagged)
 }
 
 #[cfg(test)]

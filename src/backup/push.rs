@@ -9,7 +9,7 @@ use super::{FileRecord, Manifest, Part, Tablespace, MANIFEST_FORMAT};
 use crate::codec::Codec;
 use crate::config::Config;
 use crate::progress::Progress;
-use crate::store::Store;
+use crate::store::{Class, Store};
 use crate::wal::names::{Lsn, SegmentName};
 use crate::{pg, repo};
 use anyhow::{bail, Context, Result};
@@ -285,7 +285,7 @@ async fn upload_part(
 ) -> Result<(Part, Vec<FileRecord>)> {
     let key = format!("{}part-{index:04}.tar", super::prefix(id));
     let (up, records) = codec
-        .upload_from(store, &key, move |w| {
+        .upload_from(store, &key, Class::Standard, move |w| {
             write_tar(&entries, index, w, &progress)
         })
         .await?;

@@ -6,7 +6,7 @@
 pub mod envelope;
 pub mod keys;
 
-use crate::store::{Body, Store};
+use crate::store::{Body, Class, Store};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use envelope::{HashingWriter, Trailer, TrailerSplitReader, FLAG_ENCRYPTED, FLAG_ZSTD, HEADER_LEN};
@@ -176,9 +176,22 @@ impl Codec {
         key: &str,
         src: R,
     ) -> Result<Uploaded> {
+        self.upload_class(store, key, src, Class::Standard).await
+    }
+
+    /// `upload` into a lifecycle class other than the daily one.
+    pub async fn upload_class<R: Read + Send + 'static>(
+        &self,
+        store: &dyn Store,
+        key: &str,
+        src: R,
+        class: Class,
+    ) -> Result<Uploaded> {
         let mut src = src;
         Ok(self
-            .upload_from(store, key, move |w| copy_large(&mut src, w).map(|_| ()))
+            .upload_from(store, key, class, move |w| {
+                copy_large(&mut src, w).map(|_| ())
+            })
             .await?
             .0)
     }
@@ -190,6 +203,7 @@ impl Codec {
         &self,
         store: &dyn Store,
         key: &str,
+        class: Class,
         produce: F,
     ) -> Result<(Uploaded, T)>
     where
@@ -229,7 +243,7 @@ impl Codec {
             rx.recv().await.map(|item| (item, rx))
         });
         let body: Body = Box::new(tokio_util::io::StreamReader::new(Box::pin(stream)));
-        let stored = store.put(key, body).await;
+        let stored = store.put_class(key, body, class).await;
         let encoded = encoder.await.context("encoder task failed")?;
         match (encoded, stored) {
             (Err(e), _) => Err(e).with_context(|| format!("encoding {}", store.locate(key))),

@@ -4,13 +4,14 @@
 //! under `drills/`) and removes the scratch cluster, also on failure or interrupt.
 
 pub mod checks;
+pub mod history;
 pub mod report;
 
 use crate::codec::Codec;
 use crate::config::Config;
 use crate::pg;
 use crate::recover::{self, target::Action, target::Target};
-use crate::store::Store;
+use crate::store::{Class, Store};
 use anyhow::{bail, Context, Result};
 use checks::{CheckResult, Status, UserCheck};
 use chrono::Utc;
@@ -163,7 +164,8 @@ pub async fn run(
         for (name, body) in [("report.json", json), ("report.md", md.into_bytes())] {
             let key = format!("drills/{drill_id}/{name}");
             store
-                .put(&key, Box::new(std::io::Cursor::new(body)))
+                // Audit evidence: kept as long as permanent backups.
+                .put_class(&key, Box::new(std::io::Cursor::new(body)), Class::Permanent)
                 .await
                 .with_context(|| format!("uploading the report to {}", store.locate(&key)))?;
         }

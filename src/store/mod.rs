@@ -29,6 +29,10 @@ pub struct ObjectMeta {
 pub trait Store: Send + Sync {
     /// Stores `body` under `key`, replacing any object there. Returns once durable.
     async fn put(&self, key: &str, body: Body) -> Result<()>;
+    /// `put` in a lifecycle class (S3 with `s3.class_tags`: the object's tag).
+    async fn put_class(&self, key: &str, body: Body, _class: Class) -> Result<()> {
+        self.put(key, body).await
+    }
     /// Opens `key` for reading; `None` when the store says it does not exist.
     async fn get(&self, key: &str) -> Result<Option<Body>>;
     /// The last `n` bytes of `key` (all of it when shorter); `None` when absent.
@@ -42,8 +46,37 @@ pub trait Store: Send + Sync {
     async fn object_lock(&self) -> Result<bool> {
         Ok(false)
     }
+    /// Puts `key` in a lifecycle class (the S3 tag `walvault-class`), which the
+    /// bucket's lifecycle rules act on. Returns false where there are no classes
+    /// (a local directory keeps everything until `delete` removes it).
+    async fn set_class(&self, _key: &str, _class: Class) -> Result<bool> {
+        Ok(false)
+    }
     /// Where `key` lives, for messages: `s3://bucket/prefix/key` or a path.
     fn locate(&self, key: &str) -> String;
+}
+
+/// Lifecycle classes, as the tag `walvault-class` names them (terraform/ holds the rules).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Class {
+    /// Daily data: `walvault delete` decides; an optional lifecycle backstop.
+    Standard,
+    /// A permanent backup and the WAL it needs: colder storage, kept for years.
+    Permanent,
+    /// A backup kept until a date: no lifecycle rule may expire it.
+    Kept,
+}
+
+impl Class {
+    pub const TAG: &'static str = "walvault-class";
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::Standard => "standard",
+            Class::Permanent => "permanent",
+            Class::Kept => "kept",
+        }
+    }
 }
 
 /// A parsed repository URL.

@@ -5,7 +5,7 @@
 //! roles); `s3.endpoint`/`s3.region` override. The chain is lazy: when the
 //! environment gives region and keys, the instance metadata service is never asked.
 
-use super::{Body, ObjectMeta, Store};
+use super::{Body, Class, ObjectMeta, Store};
 use crate::config;
 use anyhow::{anyhow, Context, Result};
 use async_trait::async_trait;
@@ -13,7 +13,7 @@ use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ObjectLockMode,
-    ServerSideEncryption, StorageClass,
+    ServerSideEncryption, StorageClass, Tag, Tagging,
 };
 use aws_sdk_s3::Client;
 use aws_smithy_http_client::tls;
@@ -34,6 +34,8 @@ pub struct S3Store {
     part_size: usize,
     /// Object Lock retention put on every new object: mode and days.
     lock: Option<(ObjectLockMode, i64)>,
+    /// Tag every new object with its lifecycle class (s3.class_tags).
+    class_tags: bool,
 }
 
 /// Builds an S3 client from the configuration and the AWS chain.
@@ -91,6 +93,7 @@ impl S3Store {
                 .object_lock_mode
                 .as_deref()
                 .map(|m| (ObjectLockMode::from(m), cfg.object_lock_days)),
+            class_tags: cfg.class_tags,
         })
     }
 
@@ -115,7 +118,13 @@ impl S3Store {
         self.lock.as_ref().map(|_| ChecksumAlgorithm::Crc32)
     }
 
-    async fn put_single(&self, key: &str, data: bytes::Bytes) -> Result<()> {
+    /// The `x-amz-tagging` value for a new object of `class`.
+    fn tagging(&self, class: Class) -> Option<String> {
+        self.class_tags
+            .then(|| format!("{}={}", Class::TAG, class.as_str()))
+    }
+
+    async fn put_single(&self, key: &str, data: bytes::Bytes, class: Class) -> Result<()> {
         let len = data.len() as i64;
         self.client
             .put_object()
@@ -129,13 +138,20 @@ impl S3Store {
             .set_object_lock_mode(self.lock_mode())
             .set_object_lock_retain_until_date(self.retain_until())
             .set_checksum_algorithm(self.checksum())
+            .set_tagging(self.tagging(class))
             .send()
             .await
             .map_err(sdk_err)?;
         Ok(())
     }
 
-    async fn put_multipart(&self, key: &str, first: bytes::Bytes, body: &mut Body) -> Result<()> {
+    async fn put_multipart(
+        &self,
+        key: &str,
+        first: bytes::Bytes,
+        body: &mut Body,
+        class: Class,
+    ) -> Result<()> {
         let created = self
             .client
             .create_multipart_upload()
@@ -147,6 +163,7 @@ impl S3Store {
             .set_object_lock_mode(self.lock_mode())
             .set_object_lock_retain_until_date(self.retain_until())
             .set_checksum_algorithm(self.checksum())
+            .set_tagging(self.tagging(class))
             .send()
             .await
             .map_err(sdk_err)?;
@@ -235,14 +252,18 @@ async fn fill(body: &mut Body, limit: usize) -> Result<(bytes::Bytes, bool)> {
 
 #[async_trait]
 impl Store for S3Store {
-    async fn put(&self, key: &str, mut body: Body) -> Result<()> {
+    async fn put(&self, key: &str, body: Body) -> Result<()> {
+        self.put_class(key, body, Class::Standard).await
+    }
+
+    async fn put_class(&self, key: &str, mut body: Body, class: Class) -> Result<()> {
         let (first, ended) = fill(&mut body, self.part_size)
             .await
             .with_context(|| format!("reading the data for {}", self.locate(key)))?;
         let r = if ended {
-            self.put_single(key, first).await
+            self.put_single(key, first, class).await
         } else {
-            self.put_multipart(key, first, &mut body).await
+            self.put_multipart(key, first, &mut body, class).await
         };
         r.with_context(|| format!("S3 upload of {} failed", self.locate(key)))
     }
@@ -382,6 +403,36 @@ impl Store for S3Store {
                 }
             }
         }
+    }
+
+    async fn set_class(&self, key: &str, class: Class) -> Result<bool> {
+        let tagging = Tagging::builder()
+            .tag_set(
+                Tag::builder()
+                    .key(Class::TAG)
+                    .value(class.as_str())
+                    .build()
+                    .expect("key and value set"),
+            )
+            .build()
+            .expect("tag set given");
+        self.client
+            .put_object_tagging()
+            .bucket(&self.bucket)
+            .key(self.full(key))
+            .tagging(tagging)
+            .send()
+            .await
+            .map_err(sdk_err)
+            .with_context(|| {
+                format!(
+                    "tagging {} {}={}",
+                    self.locate(key),
+                    Class::TAG,
+                    class.as_str()
+                )
+            })?;
+        Ok(true)
     }
 
     fn locate(&self, key: &str) -> String {

@@ -7,7 +7,8 @@
 use super::header::{LongPageHeader, LONG_HEADER_LEN};
 use super::names::WalFile;
 use crate::codec::{self, Codec};
-use crate::{pg, repo, store::Store};
+use crate::store::{Class, Store};
+use crate::{pg, repo};
 use anyhow::{bail, Context, Result};
 use std::io::Read;
 use std::path::Path;
@@ -76,7 +77,12 @@ pub async fn run(store: &dyn Store, codec: &Codec, path: &Path) -> Result<()> {
 
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let up = codec.upload(store, &key, file).await?;
+    // History files are never expired: later timelines are found through them.
+    let class = match kind {
+        WalFile::History(_) => Class::Kept,
+        _ => Class::Standard,
+    };
+    let up = codec.upload_class(store, &key, file, class).await?;
     tracing::info!(
         "archived {name} ({} bytes, stored {}) to {} in {} ms",
         up.trailer.plain_len,

@@ -472,6 +472,24 @@ impl Seaweed {
         })
     }
 
+    /// The `walvault-class` tag of an object, if any.
+    pub fn class_tag(&self, key: &str) -> Option<String> {
+        let key = key.to_string();
+        self.s3(|c| async move {
+            let t = c
+                .get_object_tagging()
+                .bucket(BUCKET)
+                .key(key)
+                .send()
+                .await
+                .expect("get tagging");
+            t.tag_set()
+                .iter()
+                .find(|t| t.key() == "walvault-class")
+                .map(|t| t.value().to_string())
+        })
+    }
+
     pub fn put(&self, key: &str, data: Vec<u8>) {
         let key = key.to_string();
         self.s3(|c| async move {
