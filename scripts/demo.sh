@@ -73,4 +73,15 @@ pids+=("$(head -1 "$work/restored/postmaster.pid")")
 echo "== the orders are back:"
 as_pg "${ENV[@]}" "$PGBIN/psql" -X -h "$work/sock" -p "$port2" -U postgres -d postgres \
   -c "select count(*) as orders, min(id), max(id), max(placed) as last_placed from orders"
+echo "== prove it: a restore drill to the same time, with a check of our own"
+cat > "$work/checks.sql" <<'SQL'
+-- check: all 800 orders are there
+select count(*) = 800 from orders;
+SQL
+mkdir -p "$work/drills" "$work/scratch"
+[ "$(id -u)" -eq 0 ] && chown -R postgres:postgres "$work/checks.sql" "$work/drills" "$work/scratch"
+as_pg "${ENV[@]}" "$W" drill --target-time "$noted" --checks "$work/checks.sql" \
+  --scratch-dir "$work/scratch" --report-dir "$work/drills" --operator demo 2>/dev/null
+sed -n '/^## Timings/,/^## Checks/p' "$work"/drills/walvault-drill-*.md | grep -E '^\| (Download|Recovery|\*\*RTO)'
+grep -E '^\| all 800' "$work"/drills/walvault-drill-*.md
 echo "== done; stopping both servers and removing $work"

@@ -162,7 +162,9 @@ Examples:
   walvault backup-mark 20261122T020000Z --unmark
 
 A marked backup keeps its WAL from start to stop, so it stays restorable on its own.
-For 7-year keeps on S3, pair it with the bucket's lifecycle rules (terraform/).")]
+On S3 the backup's objects and that WAL are tagged walvault-class=permanent
+(--keep-until: kept; --unmark: standard): the bucket's lifecycle rules (terraform/)
+move permanent objects to colder storage and keep them 7 years.")]
     BackupMark {
         /// Backup id, as backup-list shows it
         id: String,
