@@ -5,7 +5,6 @@ use crate::store::{Class, Store};
 use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncReadExt;
 
 pub const KEY: &str = "walvault.json";
 pub const FORMAT: u32 = 1;
@@ -29,19 +28,12 @@ impl RepoIdentity {
 }
 
 pub async fn load(store: &dyn Store) -> Result<Option<RepoIdentity>> {
-    let Some(mut body) = store.get(KEY).await? else {
+    let Some(id) =
+        crate::store::get_json::<RepoIdentity>(store, KEY, "a walvault repository identity")
+            .await?
+    else {
         return Ok(None);
     };
-    let mut text = Vec::new();
-    body.read_to_end(&mut text)
-        .await
-        .with_context(|| format!("reading {}", store.locate(KEY)))?;
-    let id: RepoIdentity = serde_json::from_slice(&text).with_context(|| {
-        format!(
-            "{} is not a walvault repository identity",
-            store.locate(KEY)
-        )
-    })?;
     if id.format > FORMAT {
         bail!(
             "repository format {} at {} is newer than this walvault understands ({FORMAT}); upgrade walvault",

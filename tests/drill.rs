@@ -23,13 +23,8 @@ select l.id, l.order_id
 select count(*) > 0 from orders;
 ";
 
-/// Runs `walvault drill` with reports in `reports` and scratch in `scratch`.
-fn drill(
-    env: &BTreeMap<String, String>,
-    scratch: &Path,
-    reports: &Path,
-    extra: &[&str],
-) -> std::process::Output {
+/// `drill` arguments with reports in `reports` and scratch in `scratch`.
+fn drill_args<'a>(scratch: &'a Path, reports: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "drill",
         "--scratch-dir",
@@ -40,7 +35,17 @@ fn drill(
         "drill-test",
     ];
     args.extend_from_slice(extra);
-    walvault(&args, env, None)
+    args
+}
+
+/// Runs `walvault drill` with reports in `reports` and scratch in `scratch`.
+fn drill(
+    env: &BTreeMap<String, String>,
+    scratch: &Path,
+    reports: &Path,
+    extra: &[&str],
+) -> std::process::Output {
+    walvault(&drill_args(scratch, reports, extra), env, None)
 }
 
 /// The reports of the newest drill: (JSON, Markdown), and their base path.
@@ -446,17 +451,16 @@ fn drill_proves_restores_and_reports_failures() {
     std::fs::write(&slow, "-- check: slow\nselect pg_sleep(60) is not null;\n").unwrap();
     chown_pg(&slow);
     let mut cmd = pg_command(walvault_bin().to_str().unwrap(), &src.env);
-    cmd.args([
-        "drill",
-        "--scratch-dir",
-        scratch.to_str().unwrap(),
-        "--report-dir",
-        reports.to_str().unwrap(),
-        "--no-upload",
-        "--no-amcheck",
-        "--checks",
-        slow.to_str().unwrap(),
-    ])
+    cmd.args(drill_args(
+        &scratch,
+        &reports,
+        &[
+            "--no-upload",
+            "--no-amcheck",
+            "--checks",
+            slow.to_str().unwrap(),
+        ],
+    ))
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
     let child = cmd.spawn().unwrap();

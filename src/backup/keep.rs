@@ -12,7 +12,6 @@ use anyhow::{bail, Context, Result};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
-use tokio::io::AsyncReadExt;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Keep {
@@ -48,17 +47,7 @@ pub fn key(id: &str) -> String {
 }
 
 pub async fn read(store: &dyn Store, id: &str) -> Result<Option<Keep>> {
-    let k = key(id);
-    let Some(mut body) = store.get(&k).await? else {
-        return Ok(None);
-    };
-    let mut text = Vec::new();
-    body.read_to_end(&mut text)
-        .await
-        .with_context(|| format!("reading {}", store.locate(&k)))?;
-    serde_json::from_slice(&text)
-        .map(Some)
-        .with_context(|| format!("{} is not a walvault keep mark", store.locate(&k)))
+    crate::store::get_json(store, &key(id), "a walvault keep mark").await
 }
 
 pub enum Mark {

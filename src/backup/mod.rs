@@ -21,7 +21,6 @@ use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use tokio::io::AsyncReadExt;
 
 pub const MANIFEST_FORMAT: u32 = 1;
 
@@ -163,14 +162,9 @@ pub async fn list_with_wal(
 
 pub async fn read_manifest(store: &dyn Store, id: &str) -> Result<Manifest> {
     let key = manifest_key(id);
-    let mut body = store
-        .get(&key)
+    let m: Manifest = crate::store::get_json(store, &key, "a walvault manifest")
         .await?
         .with_context(|| format!("backup '{id}' does not exist (no {})", store.locate(&key)))?;
-    let mut text = Vec::new();
-    body.read_to_end(&mut text).await?;
-    let m: Manifest = serde_json::from_slice(&text)
-        .with_context(|| format!("{} is not a walvault manifest", store.locate(&key)))?;
     anyhow::ensure!(
         m.format <= MANIFEST_FORMAT,
         "{} has format {}, newer than this walvault",

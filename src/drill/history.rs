@@ -5,7 +5,6 @@ use crate::store::Store;
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use tokio::io::AsyncReadExt;
 
 /// The few fields of a stored report that monitoring needs.
 #[derive(Clone, Debug, Deserialize)]
@@ -59,12 +58,7 @@ pub async fn latest(store: &dyn Store, depth: usize) -> Result<(Option<Summary>,
 
 async fn read(store: &dyn Store, id: &str) -> Result<Summary> {
     let key = format!("drills/{id}/report.json");
-    let mut body = store
-        .get(&key)
+    crate::store::get_json(store, &key, "a walvault drill report")
         .await?
-        .with_context(|| format!("{} vanished while reading", store.locate(&key)))?;
-    let mut text = Vec::new();
-    body.read_to_end(&mut text).await?;
-    serde_json::from_slice(&text)
-        .with_context(|| format!("{} is not a walvault drill report", store.locate(&key)))
+        .with_context(|| format!("{} vanished while reading", store.locate(&key)))
 }

@@ -128,7 +128,7 @@ pub async fn run(
     let scratch = Scratch::create(scratch_dir)?;
     let outcome = tokio::select! {
         r = drill(cfg, store.clone(), codec, &ropts, &plan, &scratch, &user_checks, opts.amcheck, &mut rep, t0) => r,
-        sig = interrupted() => Err(anyhow::anyhow!("interrupted by {sig}; the scratch cluster was stopped and removed")),
+        sig = interrupted() => Err(anyhow::anyhow!("interrupted by {sig}")),
     };
     if let Err(e) = outcome {
         // Keep the server's last words before the scratch directory goes.

@@ -56,6 +56,26 @@ pub trait Store: Send + Sync {
     fn locate(&self, key: &str) -> String;
 }
 
+/// Reads a small clear JSON object (identity, manifest, mark, report); `None`
+/// when absent. `what` names it in the error when it does not parse.
+pub async fn get_json<T: serde::de::DeserializeOwned>(
+    store: &dyn Store,
+    key: &str,
+    what: &str,
+) -> Result<Option<T>> {
+    use tokio::io::AsyncReadExt;
+    let Some(mut body) = store.get(key).await? else {
+        return Ok(None);
+    };
+    let mut text = Vec::new();
+    body.read_to_end(&mut text)
+        .await
+        .with_context(|| format!("reading {}", store.locate(key)))?;
+    serde_json::from_slice(&text)
+        .map(Some)
+        .with_context(|| format!("{} is not {what}", store.locate(key)))
+}
+
 /// Lifecycle classes, as the tag `walvault-class` names them (terraform/ holds the rules).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Class {
