@@ -75,6 +75,28 @@ makes PostgreSQL stop recovery with an error instead of ending it early.")]
         /// Where to write it (%p)
         dest: PathBuf,
     },
+    /// Download WAL segments ahead into the prefetch spool (wal-fetch starts it), or --clean it
+    #[command(after_help = "\
+postgresql.conf (or what `walvault recover` writes):
+    recovery_end_command = '/usr/local/bin/walvault wal-prefetch --clean'
+
+wal-fetch starts this in the background while PostgreSQL replays; by hand it is only
+useful with --clean, which stops a running prefetcher and removes the spool (default
+pg_wal/walvault_prefetch below the current directory, which is the data directory
+when PostgreSQL runs recovery_end_command).")]
+    WalPrefetch {
+        /// The spool directory (default fetch.spool_dir, else pg_wal/walvault_prefetch)
+        #[arg(long, value_name = "DIR")]
+        spool: Option<PathBuf>,
+        /// Timeline of the segments
+        #[arg(long, required_unless_present = "clean")]
+        timeline: Option<u32>,
+        /// Stop a running prefetcher and remove the spool
+        #[arg(long, conflicts_with = "names")]
+        clean: bool,
+        /// Segment names to download
+        names: Vec<String>,
+    },
     /// Create an age identity file (mode 0600) and print its public recipient
     Keygen {
         /// Where to write the identity; an existing file is never overwritten

@@ -113,6 +113,31 @@ pub const KEYS: &[(&str, Kind, &str)] = &[
         "time limit to open a connection to S3",
     ),
     (
+        "push.lookahead",
+        Kind::Int,
+        "wal-push: other .ready files one call also pushes (0 = only the file asked for)",
+    ),
+    (
+        "push.concurrency",
+        Kind::Int,
+        "wal-push: uploads at once within one call",
+    ),
+    (
+        "fetch.prefetch",
+        Kind::Int,
+        "wal-fetch: segments downloaded ahead into the spool (0 = no prefetch)",
+    ),
+    (
+        "fetch.prefetch_concurrency",
+        Kind::Int,
+        "wal-fetch: downloads at once while prefetching",
+    ),
+    (
+        "fetch.spool_dir",
+        Kind::Str,
+        "wal-fetch: where prefetched segments wait (default pg_wal/walvault_prefetch)",
+    ),
+    (
         "fetch.retries",
         Kind::Int,
         "wal-fetch: whole-download retries after a failure, before giving up with exit 128",
@@ -209,6 +234,8 @@ pub struct Config {
     pub s3: S3,
     #[serde(default)]
     pub fetch: Fetch,
+    #[serde(default)]
+    pub push: Push,
     #[serde(default)]
     pub postgres: Postgres,
     #[serde(default)]
@@ -393,6 +420,41 @@ pub struct S3 {
 pub struct Fetch {
     #[serde(default = "default_fetch_retries")]
     pub retries: i64,
+    #[serde(default = "default_prefetch")]
+    pub prefetch: i64,
+    #[serde(default = "default_push_concurrency")]
+    pub prefetch_concurrency: i64,
+    pub spool_dir: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Push {
+    #[serde(default = "default_lookahead")]
+    pub lookahead: i64,
+    #[serde(default = "default_push_concurrency")]
+    pub concurrency: i64,
+}
+
+impl Default for Push {
+    fn default() -> Self {
+        Push {
+            lookahead: default_lookahead(),
+            concurrency: default_push_concurrency(),
+        }
+    }
+}
+// A backlog drains in batches of 1 + 8; one call stays well under a second.
+fn default_lookahead() -> i64 {
+    8
+}
+// Uploads wait on the network more than on the CPU: 4 at once on 2 cores.
+fn default_push_concurrency() -> i64 {
+    4
+}
+// 16 segments ahead: 16-48 MB compressed in the spool, enough to keep replay fed.
+fn default_prefetch() -> i64 {
+    16
 }
 
 fn default_repo() -> String {
@@ -457,6 +519,9 @@ impl Default for Fetch {
     fn default() -> Self {
         Fetch {
             retries: default_fetch_retries(),
+            prefetch: default_prefetch(),
+            prefetch_concurrency: default_push_concurrency(),
+            spool_dir: None,
         }
     }
 }
@@ -582,6 +647,14 @@ impl Config {
                 1,
             ),
             ("fetch.retries", self.fetch.retries, 0),
+            ("fetch.prefetch", self.fetch.prefetch, 0),
+            (
+                "fetch.prefetch_concurrency",
+                self.fetch.prefetch_concurrency,
+                1,
+            ),
+            ("push.lookahead", self.push.lookahead, 0),
+            ("push.concurrency", self.push.concurrency, 1),
             ("backup.part_size_mb", self.backup.part_size_mb, 1),
             ("backup.concurrency", self.backup.concurrency, 1),
             ("restore.concurrency", self.restore.concurrency, 1),

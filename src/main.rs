@@ -63,6 +63,7 @@ fn command_name(c: &Command) -> &'static str {
     match c {
         Command::WalPush { .. } => "wal-push",
         Command::WalFetch { .. } => "wal-fetch",
+        Command::WalPrefetch { .. } => "wal-prefetch",
         Command::Keygen { .. } => "keygen",
         Command::RepoInit { .. } => "repo-init",
         Command::BackupPush { .. } => "backup-push",
@@ -86,7 +87,36 @@ async fn dispatch(
     let store = store::open(&cfg).await?;
     match command {
         Command::WalPush { path } => {
-            wal::push::run(store.as_ref(), &codec, &path).await?;
+            let opts = wal::push::Options {
+                lookahead: cfg.push.lookahead as usize,
+                concurrency: cfg.push.concurrency as usize,
+            };
+            wal::push::run(store.as_ref(), &codec, &path, opts).await?;
+            Ok(exit::OK)
+        }
+        Command::WalPrefetch {
+            spool,
+            timeline,
+            clean,
+            names,
+        } => {
+            let dir = spool
+                .or_else(|| cfg.fetch.spool_dir.clone())
+                .unwrap_or_else(|| PathBuf::from("pg_wal").join(wal::prefetch::DIR));
+            let spool = wal::prefetch::Spool::at(dir);
+            if clean {
+                spool.clean()?;
+            } else {
+                let tli = timeline.expect("clap requires it without --clean");
+                wal::prefetch::run(
+                    store.as_ref(),
+                    &spool,
+                    tli,
+                    names,
+                    cfg.fetch.prefetch_concurrency as usize,
+                )
+                .await?;
+            }
             Ok(exit::OK)
         }
         Command::WalFetch { name, dest } => {
@@ -96,6 +126,11 @@ async fn dispatch(
                 &name,
                 &dest,
                 cfg.fetch.retries as u32,
+                &wal::fetch::Prefetch {
+                    ahead: cfg.fetch.prefetch as usize,
+                    spool_dir: cfg.fetch.spool_dir.clone(),
+                    config_file: config_file.clone(),
+                },
             )
             .await
             {

@@ -86,24 +86,6 @@ fn clean(reports: &Path) {
     }
 }
 
-/// The walvault process a spawned command runs (below runuser when we are root).
-fn walvault_pid(spawned: u32) -> i32 {
-    if !is_root() {
-        return spawned as i32;
-    }
-    let mut pid = None;
-    wait_for("the walvault process", Duration::from_secs(10), || {
-        let children = std::fs::read_to_string(format!("/proc/{spawned}/task/{spawned}/children"))
-            .unwrap_or_default();
-        pid = children
-            .split_whitespace()
-            .next()
-            .and_then(|p| p.parse().ok());
-        pid.is_some()
-    });
-    pid.unwrap()
-}
-
 #[test]
 fn drill_proves_restores_and_reports_failures() {
     let mut s3 = Seaweed::start();

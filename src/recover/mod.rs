@@ -354,6 +354,7 @@ fn write_settings(opts: &Options, plan: &Plan) -> Result<()> {
         let abs = std::fs::canonicalize(c).unwrap_or_else(|_| c.clone());
         cmd.push_str(&format!(" --config \"{}\"", abs.display()));
     }
+    let end_cmd = format!("{cmd} wal-prefetch --clean");
     cmd.push_str(" wal-fetch %f %p");
     let mut lines = vec![
         format!(
@@ -363,6 +364,8 @@ fn write_settings(opts: &Options, plan: &Plan) -> Result<()> {
             opts.target.describe()
         ),
         format!("restore_command = {}", target::quote(&cmd)),
+        // The prefetch spool goes when recovery ends.
+        format!("recovery_end_command = {}", target::quote(&end_cmd)),
         format!(
             "recovery_target_timeline = {}",
             target::quote(

@@ -5,7 +5,8 @@
 //! says so for an object of a repository that exists; every other failure is
 //! retried and then reported as fatal (exit 128), which stops recovery.
 
-use super::names::WalFile;
+use super::names::{SegmentName, WalFile};
+use super::prefetch::Spool;
 use crate::codec::{Codec, DecodeError};
 use crate::repo;
 use crate::store::{fs::sync_dir, Store};
@@ -22,40 +23,115 @@ pub enum Fetched {
 #[derive(Debug)]
 pub struct Fatal(pub anyhow::Error);
 
+/// Prefetch settings (fetch.prefetch, fetch.spool_dir) and the config file the
+/// prefetcher should read.
+#[derive(Clone, Debug, Default)]
+pub struct Prefetch {
+    pub ahead: usize,
+    pub spool_dir: Option<PathBuf>,
+    pub config_file: Option<PathBuf>,
+}
+
 pub async fn run(
     store: &dyn Store,
     codec: &Codec,
     name: &str,
     dest: &Path,
     retries: u32,
+    prefetch: &Prefetch,
 ) -> Result<Fetched, Fatal> {
     let started = Instant::now();
-    WalFile::parse(name).map_err(Fatal)?;
+    let kind = WalFile::parse(name).map_err(Fatal)?;
     let key = super::key(name);
     let dir = match dest.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
     let tmp = dir.join(format!(".walvault-fetch-{name}.{}", std::process::id()));
+    // Segments only: history files and .partial are asked for rarely and out of order.
+    let spool = match kind {
+        WalFile::Segment(seg) if prefetch.ahead > 0 => {
+            Spool::for_dest(dest, prefetch.spool_dir.as_deref()).map(|s| (s, seg))
+        }
+        _ => None,
+    };
+    if let Some((spool, seg)) = &spool {
+        spool.forget_before(*seg);
+        if spool.has(name) {
+            let served = fetch_once(&spool.store, codec, &key, &tmp, dest, &dir).await;
+            spool.drop_copy(name);
+            match served {
+                Ok(true) => {
+                    tracing::info!(
+                        "restored {name} from the prefetch spool in {} ms",
+                        started.elapsed().as_millis()
+                    );
+                    prefetch_after(spool, *seg, dest, prefetch);
+                    return Ok(Fetched::Restored);
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    tracing::warn!(
+                        "the prefetched copy of {name} is damaged ({e:#}); fetching it from the repository"
+                    );
+                }
+            }
+        }
+    }
+    let fetched = fetch_with_retries(store, codec, name, &key, &tmp, dest, &dir, retries).await;
+    if let (Ok(Fetched::Restored), Some((spool, seg))) = (&fetched, &spool) {
+        prefetch_after(spool, *seg, dest, prefetch);
+    }
+    if matches!(fetched, Ok(Fetched::Restored)) {
+        tracing::info!(
+            "restored {name} from {} in {} ms",
+            store.locate(&key),
+            started.elapsed().as_millis()
+        );
+    }
+    fetched
+}
+
+/// Starts downloading what follows `seg` when the spool runs low (half empty).
+/// A prefetch that cannot start only costs speed: it is logged, never fatal.
+fn prefetch_after(spool: &Spool, seg: SegmentName, dest: &Path, p: &Prefetch) {
+    let Ok(meta) = std::fs::metadata(dest) else {
+        return;
+    };
+    // The restored segment's size is the cluster's segment size.
+    let missing = spool.missing_after(seg, meta.len(), p.ahead);
+    if missing.len() * 2 < p.ahead.max(2) {
+        return;
+    }
+    if let Err(e) = spool.spawn(p.config_file.as_deref(), seg.tli, &missing) {
+        tracing::warn!("prefetch not started: {e:#}");
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn fetch_with_retries(
+    store: &dyn Store,
+    codec: &Codec,
+    name: &str,
+    key: &str,
+    tmp: &Path,
+    dest: &Path,
+    dir: &Path,
+    retries: u32,
+) -> Result<Fetched, Fatal> {
     let attempts = retries + 1;
     let mut last = None;
     for attempt in 1..=attempts {
-        match fetch_once(store, codec, &key, &tmp, dest, &dir).await {
-            Ok(true) => {
-                tracing::info!(
-                    "restored {name} from {} in {} ms",
-                    store.locate(&key),
-                    started.elapsed().as_millis()
-                );
-                return Ok(Fetched::Restored);
-            }
+        match fetch_once(store, codec, key, tmp, dest, dir).await {
+            Ok(true) => return Ok(Fetched::Restored),
             Ok(false) => return absent(store, name).await,
             Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
+                let _ = std::fs::remove_file(tmp);
                 let key_problem = e
                     .downcast_ref::<DecodeError>()
                     .is_some_and(|d| d.is_key_problem());
-                let msg = anyhow!("cannot restore {name} from {}: {e:#}", store.locate(&key));
+                let msg = anyhow!("cannot restore {name} from {}: {e:#}", store.locate(key));
                 if key_problem {
                     return Err(Fatal(msg));
                 }

@@ -1,11 +1,13 @@
 //! WAL: file names and LSNs, page headers, timeline history, and the two
 //! commands PostgreSQL calls, `push` (archive_command) and `fetch` (restore_command).
 
+pub mod archived;
 pub mod fetch;
 pub mod header;
 pub mod history;
 pub mod inventory;
 pub mod names;
+pub mod prefetch;
 pub mod push;
 pub mod verify;
 

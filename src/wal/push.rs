@@ -6,7 +6,7 @@
 
 use super::header::{LongPageHeader, LONG_HEADER_LEN};
 use super::names::WalFile;
-use crate::codec::{self, Codec};
+use crate::codec::{self, envelope::Trailer, Codec};
 use crate::store::{Class, Store};
 use crate::{pg, repo};
 use anyhow::{bail, Context, Result};
@@ -20,31 +20,133 @@ struct Checked {
     pg_version: Option<u32>,
 }
 
-pub async fn run(store: &dyn Store, codec: &Codec, path: &Path) -> Result<()> {
+/// Parallel archiving: how many `.ready` files one call also pushes, and how
+/// many uploads run at once.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    pub lookahead: usize,
+    pub concurrency: usize,
+}
+
+/// A file pushed: its plaintext checksum and length, as stored.
+struct Pushed {
+    sha256: [u8; 32],
+    len: u64,
+}
+
+/// `wal-push %p`. PostgreSQL hands one file; when it sits in a pg_wal with an
+/// archive_status directory, the call also pushes up to `lookahead` other
+/// `.ready` files at once and leaves a durable marker for each one uploaded, so
+/// PostgreSQL's later calls for them return at once. Only the file asked for
+/// decides the exit status.
+pub async fn run(store: &dyn Store, codec: &Codec, path: &Path, opts: Options) -> Result<()> {
     let started = Instant::now();
-    let name = path
+    let name = file_name(path)?;
+    let kind = WalFile::parse(&name)?;
+    super::prefetch::clean_after_recovery(path);
+    let status = super::archived::Status::beside(path);
+    if let Some(st) = &status {
+        if st.take(store, path, &name).await? {
+            tracing::info!(
+                "{name} was archived by an earlier call (marker checked against the file) in {} ms",
+                started.elapsed().as_millis()
+            );
+            return Ok(());
+        }
+    }
+    // The identity and an existing copy are independent look-ups: ask both at once.
+    let own_key = super::key(&name);
+    let (identity, existing) =
+        tokio::join!(repo::load(store), codec::read_trailer(store, &own_key));
+    let identity = identity?;
+    let existing = existing?;
+    let ahead = match (&status, &identity) {
+        // A new repository is bound by the first file alone.
+        (Some(st), Some(_)) if opts.lookahead > 0 => st.ready_after(&name, opts.lookahead),
+        _ => Vec::new(),
+    };
+    let id = identity.as_ref();
+    let own = async {
+        push_one(store, codec, path, &kind, id, Some(existing))
+            .await
+            .with_context(|| format!("refusing {}", path.display()))
+    };
+    let others = async {
+        use futures_util::StreamExt;
+        futures_util::stream::iter(ahead)
+            .map(|(other, other_kind)| async move {
+                let r = push_one(store, codec, &other, &other_kind, id, None).await;
+                (other, r)
+            })
+            .buffer_unordered(opts.concurrency.saturating_sub(1).max(1))
+            .collect::<Vec<_>>()
+            .await
+    };
+    let (own, others) = tokio::join!(own, others);
+    let mut ahead_done = 0;
+    for (other, r) in others {
+        let other_name = file_name(&other)?;
+        match r {
+            Ok(p) => {
+                // Only after the upload returned: a marker always means "stored".
+                let st = status
+                    .as_ref()
+                    .expect("lookahead only with a status directory");
+                match st.mark(store, &other_name, &p.sha256, p.len) {
+                    Ok(()) => ahead_done += 1,
+                    Err(e) => tracing::warn!("{other_name}: archived, but its marker could not be written ({e:#}); PostgreSQL's own call will check the repository"),
+                }
+            }
+            Err(e) => tracing::warn!(
+                "{other_name}: not archived ahead ({e:#}); PostgreSQL's own call for it will retry"
+            ),
+        }
+    }
+    let pushed = own?;
+    tracing::info!(
+        "archived {name} ({} bytes) to {}{} in {} ms",
+        pushed.len,
+        store.locate(&super::key(&name)),
+        if ahead_done > 0 {
+            format!(", and {ahead_done} more .ready file(s) ahead")
+        } else {
+            String::new()
+        },
+        started.elapsed().as_millis()
+    );
+    Ok(())
+}
+
+fn file_name(path: &Path) -> Result<String> {
+    Ok(path
         .file_name()
         .and_then(|n| n.to_str())
         .with_context(|| format!("'{}' names no file", path.display()))?
-        .to_string();
-    let kind = WalFile::parse(&name)?;
-    let checked =
-        check_file(path, &kind).with_context(|| format!("refusing {}", path.display()))?;
-    let key = super::key(&name);
+        .to_string())
+}
 
-    // The identity and an existing copy are independent look-ups: ask both at once.
-    let (identity, existing) = tokio::join!(repo::load(store), codec::read_trailer(store, &key));
-    let identity = identity?;
+/// Checks and stores one file; an identical copy already stored is success.
+async fn push_one(
+    store: &dyn Store,
+    codec: &Codec,
+    path: &Path,
+    kind: &WalFile,
+    identity: Option<&repo::RepoIdentity>,
+    // The stored copy's trailer when already looked up.
+    existing: Option<Option<Trailer>>,
+) -> Result<Pushed> {
+    let name = file_name(path)?;
+    let checked = check_file(path, kind)?;
+    let key = super::key(&name);
     let file_sysid = match checked.sysid {
         Some(s) => Some(s),
         // History and backup files carry no identifier; the data directory does.
         None => pg::control::pgdata_of_wal_path(path)
             .and_then(|d| pg::control::system_identifier(&d).ok()),
     };
-    match (&identity, file_sysid) {
+    match (identity, file_sysid) {
         (Some(id), Some(s)) if id.sysid()? != s => {
-            return Err(repo::mismatch(store, id.sysid()?, s))
-                .with_context(|| format!("refusing {name}"));
+            return Err(repo::mismatch(store, id.sysid()?, s));
         }
         (Some(_), _) => {}
         (None, Some(s)) => {
@@ -56,15 +158,15 @@ pub async fn run(store: &dyn Store, codec: &Codec, path: &Path) -> Result<()> {
         ),
     }
 
-    if let Some(stored) = existing? {
-        let p = path.to_path_buf();
-        let (sha, len) =
-            tokio::task::spawn_blocking(move || codec::sha256_of(&mut std::fs::File::open(&p)?))
-                .await?
-                .with_context(|| format!("reading {}", path.display()))?;
+    let existing = match existing {
+        Some(e) => e,
+        None => codec::read_trailer(store, &key).await?,
+    };
+    if let Some(stored) = existing {
+        let (sha, len) = sha256_of_file(path).await?;
         if sha == stored.plain_sha256 && len == stored.plain_len {
             tracing::info!("{name} is already archived with identical content");
-            return Ok(());
+            return Ok(Pushed { sha256: sha, len });
         }
         bail!(
             "{name} is already archived at {} with DIFFERENT content (stored sha256 {}, {} bytes; this file sha256 {}, {len} bytes); refusing to overwrite. Two clusters may be archiving into one repository, or this cluster was restored without a new timeline: keep the repository and give this cluster its own",
@@ -83,14 +185,23 @@ pub async fn run(store: &dyn Store, codec: &Codec, path: &Path) -> Result<()> {
         _ => Class::Standard,
     };
     let up = codec.upload_class(store, &key, file, class).await?;
-    tracing::info!(
-        "archived {name} ({} bytes, stored {}) to {} in {} ms",
+    tracing::debug!(
+        "stored {name} ({} bytes, {} stored)",
         up.trailer.plain_len,
-        up.stored_len,
-        store.locate(&key),
-        started.elapsed().as_millis()
+        up.stored_len
     );
-    Ok(())
+    Ok(Pushed {
+        sha256: up.trailer.plain_sha256,
+        len: up.trailer.plain_len,
+    })
+}
+
+/// sha256 and length of a file, off the async threads.
+pub(super) async fn sha256_of_file(path: &Path) -> Result<([u8; 32], u64)> {
+    let p = path.to_path_buf();
+    tokio::task::spawn_blocking(move || codec::sha256_of(&mut std::fs::File::open(&p)?))
+        .await?
+        .with_context(|| format!("reading {}", path.display()))
 }
 
 fn check_file(path: &Path, kind: &WalFile) -> Result<Checked> {

@@ -164,6 +164,40 @@ pub fn walvault(args: &[&str], env: &BTreeMap<String, String>, cwd: Option<&Path
     c.output().expect("run walvault")
 }
 
+/// The walvault process a spawned command runs (below runuser when we are root).
+pub fn walvault_pid(spawned: u32) -> i32 {
+    if !is_root() {
+        return spawned as i32;
+    }
+    let mut pid = None;
+    wait_for("the walvault process", Duration::from_secs(10), || {
+        let children = std::fs::read_to_string(format!("/proc/{spawned}/task/{spawned}/children"))
+            .unwrap_or_default();
+        pid = children
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok());
+        pid.is_some()
+    });
+    pid.unwrap()
+}
+
+/// walvault as a direct child running as the postgres user (no runuser in
+/// between), so the child's pid is walvault's own: for tests that signal it.
+pub fn walvault_child(env: &BTreeMap<String, String>) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut c = Command::new(walvault_bin());
+    c.envs(env);
+    if is_root() {
+        let name = std::ffi::CString::new("postgres").unwrap();
+        let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+        assert!(!pw.is_null(), "no postgres user");
+        let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
+        c.uid(uid).gid(gid).env("HOME", "/var/lib/postgresql");
+    }
+    c
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
 }

@@ -1,0 +1,296 @@
+//! Prefetch for recovery: while PostgreSQL replays segment N, a background
+//! `walvault wal-prefetch` downloads the next ones into a spool directory, and
+//! `wal-fetch` serves them from there.
+//!
+//! The spool is a local store holding the objects exactly as in the repository
+//! (compressed, encrypted, with their checksums): a copy is served only when it
+//! decodes with every checksum right, else it is dropped and fetched again. It
+//! lies in pg_wal by default (base backups never copy pg_wal; a copy left by
+//! pg_rewind is checked like any other). Segments of another timeline than the
+//! one asked for, and segments before it, are dropped; the whole spool goes at
+//! the end of recovery (`wal-prefetch --clean` as recovery_end_command, or the
+//! first `wal-push` after it).
+
+use super::names::{segments_per_xlogid, SegmentName, WalFile};
+use crate::store::{fs::FsStore, Store};
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+
+pub const DIR: &str = "walvault_prefetch";
+const PID_FILE: &str = "prefetcher.pid";
+
+pub struct Spool {
+    pub dir: PathBuf,
+    pub store: FsStore,
+}
+
+impl Spool {
+    pub fn at(dir: PathBuf) -> Spool {
+        Spool {
+            store: FsStore::new(dir.clone()),
+            dir,
+        }
+    }
+
+    /// The spool for a restore into `dest`: the configured directory, else
+    /// `walvault_prefetch` beside it when `dest` is in a pg_wal (restore_command's
+    /// %p); none for a file fetched by hand elsewhere.
+    pub fn for_dest(dest: &Path, configured: Option<&Path>) -> Option<Spool> {
+        if let Some(c) = configured {
+            return Some(Spool::at(c.to_path_buf()));
+        }
+        let dir = dest.parent()?;
+        (dir.file_name()? == "pg_wal").then(|| Spool::at(dir.join(DIR)))
+    }
+
+    /// Segments held, by name.
+    fn held(&self) -> Vec<SegmentName> {
+        std::fs::read_dir(self.dir.join("wal"))
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| match WalFile::parse(e.file_name().to_str()?) {
+                        Ok(WalFile::Segment(s)) => Some(s),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Drops what replay at `seg` will not ask for: other timelines, earlier
+    /// segments. A prefetcher working on another timeline is stopped.
+    pub fn forget_before(&self, seg: SegmentName) {
+        if let Some((pid, tli)) = self.prefetcher() {
+            if tli != seg.tli {
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+        }
+        for s in self.held() {
+            if s.tli != seg.tli || (s.log, s.seg) < (seg.log, seg.seg) {
+                let _ = std::fs::remove_file(self.dir.join("wal").join(s.to_string()));
+            }
+        }
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.dir.join("wal").join(name).is_file()
+    }
+
+    pub fn drop_copy(&self, name: &str) {
+        let _ = std::fs::remove_file(self.dir.join("wal").join(name));
+    }
+
+    /// The next `n` segments after `seg` on its timeline that are not held.
+    pub fn missing_after(&self, seg: SegmentName, seg_size: u64, n: usize) -> Vec<String> {
+        let per = segments_per_xlogid(seg_size) as u32;
+        let mut names = Vec::new();
+        let mut cur = seg;
+        for _ in 0..n {
+            cur = if cur.seg + 1 >= per {
+                SegmentName {
+                    tli: cur.tli,
+                    log: cur.log + 1,
+                    seg: 0,
+                }
+            } else {
+                SegmentName {
+                    seg: cur.seg + 1,
+                    ..cur
+                }
+            };
+            let name = cur.to_string();
+            if !self.has(&name) {
+                names.push(name);
+            }
+        }
+        names
+    }
+
+    /// The running prefetcher: pid and timeline.
+    pub fn prefetcher(&self) -> Option<(i32, u32)> {
+        let text = std::fs::read_to_string(self.dir.join(PID_FILE)).ok()?;
+        let mut it = text.split_whitespace();
+        let pid: i32 = it.next()?.parse().ok()?;
+        let tli: u32 = it.next()?.parse().ok()?;
+        (unsafe { libc::kill(pid, 0) } == 0).then_some((pid, tli))
+    }
+
+    /// Starts a detached `walvault wal-prefetch` for `names` unless one runs.
+    /// The binary is this very one (by /proc/self/exe), so a relative name or the
+    /// wrapper in restore_command makes no difference; it inherits the environment.
+    pub fn spawn(&self, config_file: Option<&Path>, tli: u32, names: &[String]) -> Result<()> {
+        if names.is_empty() || self.prefetcher().is_some() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("creating {}", self.dir.display()))?;
+        let exe = std::env::current_exe().context("cannot locate the walvault binary")?;
+        let log = std::fs::File::create(self.dir.join("prefetch.log"))?;
+        let mut cmd = std::process::Command::new(exe);
+        if let Some(c) = config_file {
+            cmd.arg("--config").arg(c);
+        }
+        cmd.arg("wal-prefetch")
+            .arg("--spool")
+            .arg(&self.dir)
+            .arg("--timeline")
+            .arg(tli.to_string())
+            .args(names)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log);
+        use std::os::unix::process::CommandExt;
+        // Its own session: PostgreSQL's signals to restore_command's group do not
+        // reach it, and it never holds the terminal.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        cmd.spawn().context("starting the prefetcher")?;
+        Ok(())
+    }
+
+    /// Stops a prefetcher and removes the spool.
+    pub fn clean(&self) -> Result<()> {
+        if let Some((pid, _)) = self.prefetcher() {
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            for _ in 0..100 {
+                if unsafe { libc::kill(pid, 0) } != 0 {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+        match std::fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("removing {}", self.dir.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `wal-prefetch`: downloads `names` from the repository into the spool, as
+/// stored; several at once. Exits quietly when another prefetcher runs.
+pub async fn run(
+    store: &dyn Store,
+    spool: &Spool,
+    tli: u32,
+    names: Vec<String>,
+    concurrency: usize,
+) -> Result<()> {
+    use futures_util::StreamExt;
+    std::fs::create_dir_all(&spool.dir)?;
+    let pid_file = spool.dir.join(PID_FILE);
+    if spool.prefetcher().is_some() {
+        return Ok(());
+    }
+    let _ = std::fs::remove_file(&pid_file); // a dead one's
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&pid_file)
+            .context("another prefetcher started")?;
+        write!(f, "{} {tli}", std::process::id())?;
+    }
+    let results: Vec<(String, Result<bool>)> = futures_util::stream::iter(names)
+        .map(|name| async move {
+            if spool.has(&name) {
+                return (name, Ok(true));
+            }
+            let key = super::key(&name);
+            let r = async {
+                match store.get(&key).await? {
+                    Some(body) => {
+                        spool.store.put(&key, body).await?;
+                        Ok(true)
+                    }
+                    None => Ok(false),
+                }
+            }
+            .await;
+            (name, r)
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    for (name, r) in results {
+        match r {
+            Ok(true) => tracing::debug!("prefetched {name}"),
+            Ok(false) => tracing::debug!("{name} is not in the archive (yet)"),
+            Err(e) => tracing::warn!("prefetching {name}: {e:#}"),
+        }
+    }
+    if std::fs::read_to_string(&pid_file)
+        .is_ok_and(|t| t.split_whitespace().next() == Some(&std::process::id().to_string()))
+    {
+        let _ = std::fs::remove_file(&pid_file);
+    }
+    Ok(())
+}
+
+/// After recovery: a spool left in this pg_wal (no recovery_end_command) is
+/// removed once the server no longer recovers.
+pub fn clean_after_recovery(wal_path: &Path) {
+    let Some(pgdata) = crate::pg::control::pgdata_of_wal_path(wal_path) else {
+        return;
+    };
+    let spool = pgdata.join("pg_wal").join(DIR);
+    if spool.exists()
+        && !pgdata.join("recovery.signal").exists()
+        && !pgdata.join("standby.signal").exists()
+    {
+        if let Err(e) = Spool::at(spool).clean() {
+            tracing::warn!("{e:#}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(s: &str) -> SegmentName {
+        match WalFile::parse(s).unwrap() {
+            WalFile::Segment(s) => s,
+            _ => panic!(),
+        }
+    }
+
+    #[test]
+    fn spool_place_and_housekeeping() {
+        let d = tempfile::tempdir().unwrap();
+        let wal = d.path().join("pg_wal");
+        assert!(Spool::for_dest(&d.path().join("x/RECOVERYXLOG"), None).is_none());
+        let s = Spool::for_dest(&wal.join("RECOVERYXLOG"), None).unwrap();
+        assert_eq!(s.dir, wal.join(DIR));
+        let c = Spool::for_dest(&d.path().join("x/f"), Some(Path::new("/spool"))).unwrap();
+        assert_eq!(c.dir, Path::new("/spool"));
+
+        std::fs::create_dir_all(s.dir.join("wal")).unwrap();
+        for n in [
+            "0000000100000000000000FE",
+            "0000000100000000000000FF",
+            "000000010000000100000000",
+            "000000020000000100000000",
+        ] {
+            std::fs::write(s.dir.join("wal").join(n), b"x").unwrap();
+        }
+        // 16 MiB segments: FF is the last of log 0.
+        let want = s.missing_after(seg("0000000100000000000000FE"), 16 << 20, 3);
+        assert_eq!(want, ["000000010000000100000001"]);
+        s.forget_before(seg("0000000100000000000000FF"));
+        let mut held: Vec<String> = s.held().iter().map(|x| x.to_string()).collect();
+        held.sort();
+        assert_eq!(
+            held,
+            ["0000000100000000000000FF", "000000010000000100000000"]
+        );
+        s.clean().unwrap();
+        assert!(!s.dir.exists());
+    }
+}
