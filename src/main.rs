@@ -83,6 +83,17 @@ async fn dispatch(
     cfg: Config,
     config_file: Option<PathBuf>,
 ) -> anyhow::Result<u8> {
+    // The fast paths of PostgreSQL's calls need neither key nor repository.
+    let answered = match &command {
+        Command::WalFetch { name, dest } => {
+            wal::fetch::from_spool(name, dest, &prefetch_settings(&cfg, &config_file))
+        }
+        Command::WalPush { path } => wal::push::archived_ahead(path, &cfg.repo)?,
+        _ => false,
+    };
+    if answered {
+        return Ok(exit::OK);
+    }
     let codec = Codec::from_config(&cfg)?;
     let store = store::open(&cfg).await?;
     match command {
@@ -90,8 +101,9 @@ async fn dispatch(
             let opts = wal::push::Options {
                 lookahead: cfg.push.lookahead as usize,
                 concurrency: cfg.push.concurrency as usize,
+                repo: cfg.repo.clone(),
             };
-            wal::push::run(store.as_ref(), &codec, &path, opts).await?;
+            wal::push::run(store.as_ref(), &codec, &path, &opts).await?;
             Ok(exit::OK)
         }
         Command::WalPrefetch {
@@ -110,6 +122,7 @@ async fn dispatch(
                 let tli = timeline.expect("clap requires it without --clean");
                 wal::prefetch::run(
                     store.as_ref(),
+                    &codec,
                     &spool,
                     tli,
                     names,
@@ -126,11 +139,7 @@ async fn dispatch(
                 &name,
                 &dest,
                 cfg.fetch.retries as u32,
-                &wal::fetch::Prefetch {
-                    ahead: cfg.fetch.prefetch as usize,
-                    spool_dir: cfg.fetch.spool_dir.clone(),
-                    config_file: config_file.clone(),
-                },
+                &prefetch_settings(&cfg, &config_file),
             )
             .await
             {
@@ -331,4 +340,12 @@ fn parse_target(
         ),
     };
     Ok((target, timeline))
+}
+
+fn prefetch_settings(cfg: &Config, config_file: &Option<PathBuf>) -> wal::fetch::Prefetch {
+    wal::fetch::Prefetch {
+        ahead: cfg.fetch.prefetch as usize,
+        spool_dir: cfg.fetch.spool_dir.clone(),
+        config_file: config_file.clone(),
+    }
 }

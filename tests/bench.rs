@@ -17,6 +17,8 @@ struct Args {
     runs: usize,
     segments: usize,
     scale: usize,
+    /// Segments in the backlog-drain and in-order fetch part.
+    drain: usize,
 }
 
 fn args() -> Args {
@@ -24,6 +26,7 @@ fn args() -> Args {
         runs: 3,
         segments: 64,
         scale: 50,
+        drain: 256,
     };
     let v: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -35,6 +38,10 @@ fn args() -> Args {
             }
             "--scale" => {
                 a.scale = v[i + 1].parse().expect("--scale N");
+                i += 1;
+            }
+            "--drain" => {
+                a.drain = v[i + 1].parse().expect("--drain N");
                 i += 1;
             }
             "--segments" => {
@@ -111,11 +118,14 @@ fn run_measured(c: &mut Command) -> (bool, String, i64) {
         .arg(c.get_program())
         .args(c.get_args())
         .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin");
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin");
     for (k, v) in c.get_envs() {
         if let Some(v) = v {
             w.env(k, v);
         }
+    }
+    if let Some(d) = c.get_current_dir() {
+        w.current_dir(d);
     }
     let out = w
         .output()
@@ -172,6 +182,11 @@ fn main() {
         a.segments
     );
     let (segs, mut src) = make_segments(root.path(), a.segments);
+    let (weed, https) = Seaweed::start_with_https();
+    // One pgBackRest repository per run (stanza-create needs the cluster up).
+    let pgbr: Vec<PgBackRest> = (0..a.runs)
+        .map(|run| PgBackRest::new(root.path(), &weed, https, &format!("seq{run}"), &src))
+        .collect();
     src.stop();
     let raw_mb = segs.len() as f64 * 16.0 * 1.048576;
 
@@ -185,7 +200,6 @@ fn main() {
     // Restores run as the postgres user.
     chown_pg(&idfile);
 
-    let weed = Seaweed::start();
     let names: Vec<String> = segs
         .iter()
         .map(|p| p.file_name().unwrap().to_string_lossy().to_string())
@@ -277,6 +291,26 @@ fn main() {
                 stored_ratio = stored as f64 / (raw_mb * 1e6);
             }
         }
+        // pgBackRest, sync, one process per call like walvault.
+        let mut p = timed(
+            |i| pgbr[run].cmd(&["archive-push", segs[i].to_str().unwrap()]),
+            segs.len(),
+        );
+        add("pgBackRest S3 (sync) push".into(), &mut p);
+        // pgBackRest runs as postgres: its destination lies in a directory it owns.
+        let pg_dest_dir = root.path().join(format!("pgbr-dest-{run}"));
+        std::fs::create_dir(&pg_dest_dir).unwrap();
+        chown_pg(&pg_dest_dir);
+        let pg_dest = pg_dest_dir.join("RECOVERYXLOG");
+        let mut p = timed(
+            |i| pgbr[run].cmd(&["archive-get", &names[i], pg_dest.to_str().unwrap()]),
+            segs.len(),
+        );
+        assert!(
+            std::fs::read(&pg_dest).unwrap() == std::fs::read(segs.last().unwrap()).unwrap(),
+            "pgBackRest fetched bytes differ"
+        );
+        add("pgBackRest S3 (sync) fetch".into(), &mut p);
     }
 
     println!(
@@ -314,6 +348,24 @@ fn main() {
             r.rss_kb as f64 / 1024.0
         );
     }
+    let med = |rows: &mut Vec<Row>, label: &str| -> f64 {
+        median(&mut rows.iter_mut().find(|r| r.label == label).unwrap().ms)
+    };
+    let (wp, pp) = (
+        med(&mut rows, "walvault S3 (SeaweedFS) push"),
+        med(&mut rows, "pgBackRest S3 (sync) push"),
+    );
+    let (wf, pf) = (
+        med(&mut rows, "walvault S3 (SeaweedFS) fetch"),
+        med(&mut rows, "pgBackRest S3 (sync) fetch"),
+    );
+    println!(
+        "
+walvault against pgBackRest (S3, one process per call): push {:.2}x faster, fetch {:.2}x faster",
+        pp / wp,
+        pf / wf
+    );
+    println!("{}", bench_drain(&a, root.path(), &weed, https));
     let backups = bench_backups(&a, root.path(), &weed, &recipient, &idfile);
     drop(weed);
     println!("{backups}");
@@ -452,6 +504,285 @@ fn bench_backups(a: &Args, root: &Path, weed: &Seaweed, recipient: &str, idfile:
             db_mb / m,
             m / base,
             rss
+        ));
+    }
+    out
+}
+
+/// pgBackRest beside walvault: same S3 server (over TLS, which it requires),
+/// zstd-1, repository encryption on (as walvault's age), run as postgres.
+struct PgBackRest {
+    conf: PathBuf,
+    stanza: String,
+}
+
+impl PgBackRest {
+    /// Writes the configuration for `pg` (running: stanza-create connects).
+    fn new(root: &Path, weed: &Seaweed, https: u16, name: &str, pg: &Cluster) -> PgBackRest {
+        let dir = root.join(format!("pgbackrest-{name}"));
+        for d in ["log", "lock", "spool"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        let conf = dir.join("pgbackrest.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "[global]\nrepo1-type=s3\nrepo1-s3-endpoint=127.0.0.1\nrepo1-storage-port={https}\n\
+                 repo1-storage-verify-tls=n\nrepo1-s3-bucket={BUCKET}\nrepo1-s3-region=us-east-1\n\
+                 repo1-s3-key={}\nrepo1-s3-key-secret={}\nrepo1-s3-uri-style=path\nrepo1-path=/pgbr-{name}\n\
+                 repo1-cipher-type=aes-256-cbc\nrepo1-cipher-pass=walvault-bench-passphrase\n\
+                 compress-type=zst\ncompress-level=1\nprocess-max=2\n\
+                 log-path={dir}/log\nlock-path={dir}/lock\nspool-path={dir}/spool\n\
+                 log-level-console=warn\nlog-level-file=off\narchive-get-queue-max=512MB\n\n\
+                 [{name}]\npg1-path={}\npg1-socket-path={}\npg1-port={}\n",
+                weed.access_key,
+                weed.secret_key,
+                pg.pgdata.display(),
+                pg.sockdir.display(),
+                pg.port,
+                dir = dir.display()
+            ),
+        )
+        .unwrap();
+        chown_pg(&dir);
+        let p = PgBackRest {
+            conf,
+            stanza: name.to_string(),
+        };
+        let out = p.cmd(&["stanza-create"]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "pgbackrest stanza-create: {}",
+            stderr(&out)
+        );
+        p
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = pg_command("/usr/bin/pgbackrest", &BTreeMap::new());
+        c.arg(format!("--config={}", self.conf.display()))
+            .arg(format!("--stanza={}", self.stanza))
+            .args(args);
+        c
+    }
+
+    /// The archive_command / restore_command text.
+    fn command_line(&self, extra: &str, verb: &str) -> String {
+        format!(
+            "/usr/bin/pgbackrest --config={} --stanza={} {extra} {verb}",
+            self.conf.display(),
+            self.stanza
+        )
+    }
+}
+
+fn ready_files(pgdata: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(pgdata.join("pg_wal/archive_status"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_suffix(".ready")
+                .map(str::to_string)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Backlog drain (PostgreSQL's archiver with a backlog of `n` segments) and
+/// in-order fetch of the same segments, walvault against pgBackRest async.
+fn bench_drain(a: &Args, root: &Path, weed: &Seaweed, https: u16) -> String {
+    let n = a.drain;
+    let mut d = Cluster::init(root, "drain");
+    d.conf("archive_mode = on\narchive_command = '/bin/false'\nmax_wal_size = 16GB\ncheckpoint_timeout = 1h\nmin_wal_size = 8GB");
+    d.start(&base_env());
+    eprintln!("making a backlog of {n} segments of real WAL ...");
+    while ready_files(&d.pgdata).len() < n {
+        d.pgbench(&["-i", "-s", "30", "-q"]);
+    }
+    d.psql("select pg_switch_wal()");
+    let backlog: Vec<String> = ready_files(&d.pgdata)
+        .into_iter()
+        .filter(|f| f.len() == 24)
+        .take(n)
+        .collect();
+    let raw_mb = backlog.len() as f64 * 16.777216;
+    let status = d.pgdata.join("pg_wal/archive_status");
+    // Every other .ready file (beyond the backlog) becomes .done: not measured.
+    for f in ready_files(&d.pgdata) {
+        if !backlog.contains(&f) {
+            std::fs::rename(
+                status.join(format!("{f}.ready")),
+                status.join(format!("{f}.done")),
+            )
+            .unwrap();
+        }
+    }
+    let set_command = |cmd: &str| {
+        d.psql(&format!(
+            "alter system set archive_command = '{}'",
+            cmd.replace('\'', "''")
+        ));
+        d.psql("select pg_reload_conf()");
+    };
+    // Drains the backlog through `cmd`: the archiver's wall time until every
+    // .ready file of the backlog is .done.
+    let drain = |cmd: &str| -> f64 {
+        set_command("/bin/false");
+        for f in &backlog {
+            let done = status.join(format!("{f}.done"));
+            if done.exists() {
+                std::fs::rename(&done, status.join(format!("{f}.ready"))).unwrap();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let t = Instant::now();
+        set_command(cmd);
+        d.psql("select pg_switch_wal()");
+        while backlog
+            .iter()
+            .any(|f| status.join(format!("{f}.ready")).exists())
+        {
+            assert!(
+                t.elapsed() < Duration::from_secs(1800),
+                "drain stuck: {}",
+                d.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        t.elapsed().as_secs_f64()
+    };
+
+    let bin = walvault_bin().display().to_string();
+    let s3 = weed.walvault_env("drain");
+    let mut walvault_s = Vec::new();
+    let mut pgbr_s = Vec::new();
+    let mut fetch_rows: Vec<(String, Vec<f64>, i64)> = Vec::new();
+    let mut add =
+        |label: &str, secs: f64, rss: i64| match fetch_rows.iter_mut().find(|r| r.0 == label) {
+            Some(r) => {
+                r.1.push(secs);
+                r.2 = r.2.max(rss);
+            }
+            None => fetch_rows.push((label.to_string(), vec![secs], rss)),
+        };
+    let fake = root.join("drain-fake");
+    std::fs::create_dir_all(fake.join("pg_wal")).unwrap();
+    chown_pg(&fake);
+    for run in 0..a.runs {
+        eprintln!("drain run {} of {} ...", run + 1, a.runs);
+        let repo = format!("{}-{run}", s3["WALVAULT_REPO"]);
+        // The server's environment has no S3 settings: they go inline.
+        let envs: String = [
+            "AWS_ENDPOINT_URL",
+            "AWS_REGION",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "WALVAULT_S3_FORCE_PATH_STYLE",
+        ]
+        .iter()
+        .map(|k| format!("{k}={} ", s3[*k]))
+        .collect();
+        walvault_s.push(drain(&format!(
+            "env {envs}WALVAULT_REPO={repo} WALVAULT_LOG_LEVEL=warn \"{bin}\" wal-push %p"
+        )));
+        let pgbr = PgBackRest::new(root, weed, https, &format!("drain{run}"), &d);
+        pgbr_s.push(drain(
+            &pgbr.command_line("--archive-async", "archive-push %p"),
+        ));
+
+        // Recovery's side: the same segments fetched in order, one call each, into
+        // a pg_wal (so walvault's prefetch spool is where it would be).
+        let mut env = s3.clone();
+        env.insert("WALVAULT_REPO".into(), repo.clone());
+        env.insert("WALVAULT_LOG_LEVEL".into(), "warn".into());
+        for (label, prefetch) in [
+            ("walvault wal-fetch, prefetch 16", "16"),
+            ("walvault wal-fetch, no prefetch", "0"),
+        ] {
+            env.insert("WALVAULT_FETCH_PREFETCH".into(), prefetch.into());
+            let _ = std::fs::remove_dir_all(fake.join("pg_wal/walvault_prefetch"));
+            let mut rss = 0;
+            let t = Instant::now();
+            for f in &backlog {
+                let mut c = walvault_cmd(&["wal-fetch", f, "pg_wal/RECOVERYXLOG"], &env);
+                c.current_dir(&fake);
+                let (ok, err, r) = run_measured(&mut c);
+                assert!(ok, "wal-fetch {f}: {err}");
+                rss = rss.max(r);
+            }
+            add(label, t.elapsed().as_secs_f64(), rss);
+        }
+        let _ = std::fs::remove_dir_all(fake.join("pg_wal/walvault_prefetch"));
+        let mut rss = 0;
+        let t = Instant::now();
+        for f in &backlog {
+            let dest = fake.join("pg_wal/RECOVERYXLOG");
+            let mut c = pgbr.cmd(&["--archive-async", "archive-get", f, dest.to_str().unwrap()]);
+            let (ok, err, r) = run_measured(&mut c);
+            assert!(ok, "pgbackrest archive-get {f}: {err}");
+            rss = rss.max(r);
+        }
+        add(
+            "pgBackRest archive-get, async",
+            t.elapsed().as_secs_f64(),
+            rss,
+        );
+    }
+    d.stop();
+    let (w, p) = (median(&mut walvault_s), median(&mut pgbr_s));
+    let mut out = format!(
+        "\nbacklog drain: {} segments ({raw_mb:.0} MB of real WAL) .ready, PostgreSQL's archiver until all are .done; {} runs\n\n{:<44} {:>10} {:>10} {:>16}\n",
+        backlog.len(),
+        a.runs,
+        "",
+        "median s",
+        "MB/s",
+        "x pgBackRest"
+    );
+    out.push_str(&format!(
+        "{:<44} {:>10.1} {:>10.0} {:>16.2}\n",
+        "walvault (lookahead 8, 4 at once)",
+        w,
+        raw_mb / w,
+        p / w
+    ));
+    out.push_str(&format!(
+        "{:<44} {:>10.1} {:>10.0} {:>16}\n",
+        "pgBackRest async (process-max 2)",
+        p,
+        raw_mb / p,
+        "1.00"
+    ));
+    let pg_fetch = {
+        let r = fetch_rows
+            .iter_mut()
+            .find(|r| r.0.starts_with("pgBackRest"))
+            .unwrap();
+        median(&mut r.1)
+    };
+    out.push_str(&format!(
+        "\nin-order fetch of the same {} segments, one call each (as restore_command)\n\n{:<44} {:>10} {:>10} {:>12} {:>12} {:>10}\n",
+        backlog.len(),
+        "",
+        "median s",
+        "MB/s",
+        "ms/segment",
+        "x pgBackRest",
+        "peak RSS"
+    ));
+    for r in fetch_rows.iter_mut() {
+        let m = median(&mut r.1);
+        out.push_str(&format!(
+            "{:<44} {:>10.1} {:>10.0} {:>12.1} {:>12.2} {:>9.1}M\n",
+            r.0,
+            m,
+            raw_mb / m,
+            m * 1000.0 / backlog.len() as f64,
+            pg_fetch / m,
+            r.2 as f64 / 1024.0
         ));
     }
     out

@@ -3,12 +3,12 @@
 //!
 //! A marker is written only after its upload returned, with fsync of file and
 //! directory, so it always means "stored". It names the repository and the
-//! file's sha256: PostgreSQL's later call for the file returns at once only when
-//! both still match (a marker copied by pg_rewind, or left from another
-//! repository, is ignored). The directory sits inside pg_wal, which base backups
+//! file itself (device, inode, size, modification and change times):
+//! PostgreSQL's later call for the file returns at once, without opening the
+//! repository, only when both still match. A marker copied by pg_rewind (a new
+//! inode), or left from another repository, is ignored. The directory sits inside pg_wal, which base backups
 //! never copy.
 
-use crate::store::Store;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -16,11 +16,30 @@ use std::path::{Path, PathBuf};
 
 pub const DIR: &str = "walvault_archived";
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, PartialEq, Debug)]
 struct Marker {
     repo: String,
-    sha256: String,
+    dev: u64,
+    ino: u64,
     len: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl Marker {
+    fn of(repo: &str, path: &Path) -> Result<Marker> {
+        use std::os::unix::fs::MetadataExt;
+        let m =
+            std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+        Ok(Marker {
+            repo: repo.to_string(),
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+            ctime_ns: m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128,
+        })
+    }
 }
 
 pub struct Status {
@@ -46,20 +65,15 @@ impl Status {
         self.wal_dir.join(DIR).join(name)
     }
 
-    /// Whether `name` (at `path`) was archived ahead: its marker names this
-    /// repository and the file's content. The marker is consumed either way.
-    pub async fn take(&self, store: &dyn Store, path: &Path, name: &str) -> Result<bool> {
+    /// Whether `name` (at `path`) was archived ahead into `repo`: its marker
+    /// names this repository and this very file. The marker is consumed either way.
+    pub fn take(&self, repo: &str, path: &Path, name: &str) -> Result<bool> {
         let m = self.marker(name);
         let Ok(text) = std::fs::read(&m) else {
             return Ok(false);
         };
-        let valid = match serde_json::from_slice::<Marker>(&text) {
-            Ok(mk) if mk.repo == store.locate("") => {
-                let (sha, len) = super::push::sha256_of_file(path).await?;
-                hex::encode(sha) == mk.sha256 && len == mk.len
-            }
-            _ => false,
-        };
+        let valid = serde_json::from_slice::<Marker>(&text)
+            .is_ok_and(|mk| Marker::of(repo, path).is_ok_and(|now| now == mk));
         if !valid {
             tracing::warn!(
                 "{name}: ignoring a marker that does not match this repository and file"
@@ -71,15 +85,11 @@ impl Status {
         Ok(valid)
     }
 
-    /// Records that `name` is stored, durably.
-    pub fn mark(&self, store: &dyn Store, name: &str, sha256: &[u8; 32], len: u64) -> Result<()> {
+    /// Records that `name` is stored in `repo`, durably.
+    pub fn mark(&self, repo: &str, name: &str) -> Result<()> {
         let dir = self.wal_dir.join(DIR);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let text = serde_json::to_vec(&Marker {
-            repo: store.locate(""),
-            sha256: hex::encode(sha256),
-            len,
-        })?;
+        let text = serde_json::to_vec(&Marker::of(repo, &self.wal_dir.join(name))?)?;
         let tmp = dir.join(format!(".{name}.tmp"));
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(&text)?;
@@ -138,15 +148,13 @@ impl Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::fs::FsStore;
 
-    #[tokio::test]
-    async fn markers_mean_stored_and_match_content() {
+    #[test]
+    fn markers_name_the_repository_and_the_file() {
         let d = tempfile::tempdir().unwrap();
         let wal = d.path().join("pg_wal");
         std::fs::create_dir_all(wal.join("archive_status")).unwrap();
-        let repo = FsStore::new(d.path().join("repo"));
-        let other = FsStore::new(d.path().join("other"));
+        let (repo, other) = ("s3://b/main", "s3://b/other");
         for n in [
             "000000010000000000000003",
             "000000010000000000000002",
@@ -165,40 +173,23 @@ mod tests {
             .collect();
         assert_eq!(order, ["00000002.history", "000000010000000000000003"]);
 
-        let three = wal.join("000000010000000000000003");
-        let (sha, len) = super::super::push::sha256_of_file(&three).await.unwrap();
-        st.mark(&repo, "000000010000000000000003", &sha, len)
-            .unwrap();
+        let n3 = "000000010000000000000003";
+        let three = wal.join(n3);
+        st.mark(repo, n3).unwrap();
         assert_eq!(st.ready_after("000000010000000000000002", 8).len(), 1);
         // Another repository's marker is ignored (and consumed).
-        assert!(!st
-            .take(&other, &three, "000000010000000000000003")
-            .await
-            .unwrap());
-        st.mark(&repo, "000000010000000000000003", &sha, len)
-            .unwrap();
-        // Changed content: ignored.
+        assert!(!st.take(other, &three, n3).unwrap());
+        st.mark(repo, n3).unwrap();
+        // A file written again (or copied in by pg_rewind): ignored.
+        std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(&three, "changed").unwrap();
-        assert!(!st
-            .take(&repo, &three, "000000010000000000000003")
-            .await
-            .unwrap());
-        std::fs::write(&three, "000000010000000000000003").unwrap();
-        st.mark(&repo, "000000010000000000000003", &sha, len)
-            .unwrap();
-        assert!(st
-            .take(&repo, &three, "000000010000000000000003")
-            .await
-            .unwrap());
-        assert!(
-            !st.take(&repo, &three, "000000010000000000000003")
-                .await
-                .unwrap(),
-            "consumed"
-        );
+        assert!(!st.take(repo, &three, n3).unwrap());
+        st.mark(repo, n3).unwrap();
+        assert!(st.take(repo, &three, n3).unwrap());
+        assert!(!st.take(repo, &three, n3).unwrap(), "consumed");
         // A marker whose .ready file is gone is cleaned.
-        st.mark(&repo, "000000010000000000000009", &sha, len)
-            .unwrap();
+        std::fs::write(wal.join("000000010000000000000009"), "9").unwrap();
+        st.mark(repo, "000000010000000000000009").unwrap();
         st.ready_after("x", 8);
         assert!(!wal.join(DIR).join("000000010000000000000009").exists());
     }

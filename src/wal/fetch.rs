@@ -55,30 +55,6 @@ pub async fn run(
         }
         _ => None,
     };
-    if let Some((spool, seg)) = &spool {
-        spool.forget_before(*seg);
-        if spool.has(name) {
-            let served = fetch_once(&spool.store, codec, &key, &tmp, dest, &dir).await;
-            spool.drop_copy(name);
-            match served {
-                Ok(true) => {
-                    tracing::info!(
-                        "restored {name} from the prefetch spool in {} ms",
-                        started.elapsed().as_millis()
-                    );
-                    prefetch_after(spool, *seg, dest, prefetch);
-                    return Ok(Fetched::Restored);
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    let _ = std::fs::remove_file(&tmp);
-                    tracing::warn!(
-                        "the prefetched copy of {name} is damaged ({e:#}); fetching it from the repository"
-                    );
-                }
-            }
-        }
-    }
     let fetched = fetch_with_retries(store, codec, name, &key, &tmp, dest, &dir, retries).await;
     if let (Ok(Fetched::Restored), Some((spool, seg))) = (&fetched, &spool) {
         prefetch_after(spool, *seg, dest, prefetch);
@@ -91,6 +67,40 @@ pub async fn run(
         );
     }
     fetched
+}
+
+/// Serves `name` from the prefetch spool when a verified copy is there: no
+/// repository, no key needed. Also drops what replay no longer needs, and
+/// starts the next prefetch. False: fetch it from the repository.
+pub fn from_spool(name: &str, dest: &Path, prefetch: &Prefetch) -> bool {
+    let started = Instant::now();
+    let Ok(WalFile::Segment(seg)) = WalFile::parse(name) else {
+        return false;
+    };
+    if prefetch.ahead == 0 {
+        return false;
+    }
+    let Some(spool) = Spool::for_dest(dest, prefetch.spool_dir.as_deref()) else {
+        return false;
+    };
+    spool.forget_before(seg);
+    match spool.serve(name, dest) {
+        Ok(true) => {
+            tracing::info!(
+                "restored {name} from the prefetch spool in {} ms",
+                started.elapsed().as_millis()
+            );
+            prefetch_after(&spool, seg, dest, prefetch);
+            true
+        }
+        Ok(false) => false,
+        Err(e) => {
+            tracing::warn!(
+                "the prefetched copy of {name} is damaged ({e:#}); fetching it from the repository"
+            );
+            false
+        }
+    }
 }
 
 /// Starts downloading what follows `seg` when the spool runs low (half empty).

@@ -2,18 +2,21 @@
 //! `walvault wal-prefetch` downloads the next ones into a spool directory, and
 //! `wal-fetch` serves them from there.
 //!
-//! The spool is a local store holding the objects exactly as in the repository
-//! (compressed, encrypted, with their checksums): a copy is served only when it
-//! decodes with every checksum right, else it is dropped and fetched again. It
-//! lies in pg_wal by default (base backups never copy pg_wal; a copy left by
+//! The prefetcher decodes (every checksum checked), writes and fsyncs each
+//! segment into the spool with a sidecar holding its sha256; `wal-fetch` serves
+//! a copy only when its sha256 still matches, by a rename, without opening the
+//! repository. A damaged copy is dropped and fetched again. The spool lies in
+//! pg_wal by default (base backups never copy pg_wal; a copy left by
 //! pg_rewind is checked like any other). Segments of another timeline than the
 //! one asked for, and segments before it, are dropped; the whole spool goes at
 //! the end of recovery (`wal-prefetch --clean` as recovery_end_command, or the
 //! first `wal-push` after it).
 
 use super::names::{segments_per_xlogid, SegmentName, WalFile};
-use crate::store::{fs::FsStore, Store};
-use anyhow::{Context, Result};
+use crate::codec::Codec;
+use crate::store::{fs::sync_dir, Store};
+use anyhow::{bail, Context, Result};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub const DIR: &str = "walvault_prefetch";
@@ -21,15 +24,56 @@ const PID_FILE: &str = "prefetcher.pid";
 
 pub struct Spool {
     pub dir: PathBuf,
-    pub store: FsStore,
 }
 
 impl Spool {
     pub fn at(dir: PathBuf) -> Spool {
-        Spool {
-            store: FsStore::new(dir.clone()),
-            dir,
+        Spool { dir }
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.dir.join("wal").join(name)
+    }
+
+    fn sidecar(&self, name: &str) -> PathBuf {
+        self.dir.join("wal").join(format!("{name}.sha256"))
+    }
+
+    /// Moves the prefetched `name` to `dest` once its sha256 matches the one
+    /// recorded when it was decoded. `Ok(false)`: not held. An error: damaged
+    /// (the copy is gone either way).
+    pub fn serve(&self, name: &str, dest: &Path) -> Result<bool> {
+        let (data, side) = (self.file(name), self.sidecar(name));
+        if !data.is_file() {
+            return Ok(false);
         }
+        let result = (|| -> Result<()> {
+            let recorded = std::fs::read_to_string(&side).context("no checksum recorded")?;
+            let (want, len) = recorded
+                .split_once(' ')
+                .context("unreadable checksum record")?;
+            let (sha, got_len) = crate::codec::sha256_of(&mut std::fs::File::open(&data)?)?;
+            if hex::encode(sha) != want || got_len.to_string() != len.trim() {
+                bail!(
+                    "sha256 {} differs from the recorded {want}",
+                    hex::encode(sha)
+                );
+            }
+            // Same file system in the default place: a rename; else a copy.
+            if std::fs::rename(&data, dest).is_err() {
+                let tmp = dest.with_extension("walvault-spool");
+                std::fs::copy(&data, &tmp)?;
+                std::fs::File::open(&tmp)?.sync_all()?;
+                std::fs::rename(&tmp, dest)?;
+            }
+            if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
+                sync_dir(dir)?;
+            }
+            Ok(())
+        })();
+        let _ = std::fs::remove_file(&data);
+        let _ = std::fs::remove_file(&side);
+        result.map(|()| true)
     }
 
     /// The spool for a restore into `dest`: the configured directory, else
@@ -67,17 +111,38 @@ impl Spool {
         }
         for s in self.held() {
             if s.tli != seg.tli || (s.log, s.seg) < (seg.log, seg.seg) {
-                let _ = std::fs::remove_file(self.dir.join("wal").join(s.to_string()));
+                let name = s.to_string();
+                let _ = std::fs::remove_file(self.file(&name));
+                let _ = std::fs::remove_file(self.sidecar(&name));
             }
         }
     }
 
     pub fn has(&self, name: &str) -> bool {
-        self.dir.join("wal").join(name).is_file()
+        self.file(name).is_file()
     }
 
-    pub fn drop_copy(&self, name: &str) {
-        let _ = std::fs::remove_file(self.dir.join("wal").join(name));
+    /// Downloads and decodes `name` into the spool: data fsynced, checksum
+    /// recorded, then the data renamed into place (its presence means complete).
+    async fn fill(&self, store: &dyn Store, codec: &Codec, name: &str) -> Result<bool> {
+        let tmp = self.dir.join("wal").join(format!(".{name}.tmp"));
+        let f = std::fs::File::create(&tmp)?;
+        let Some((trailer, f)) = codec.download(store, &super::key(name), f).await? else {
+            let _ = std::fs::remove_file(&tmp);
+            return Ok(false);
+        };
+        f.sync_all()?;
+        drop(f);
+        let mut side = std::fs::File::create(self.sidecar(name))?;
+        write!(
+            side,
+            "{} {}",
+            hex::encode(trailer.plain_sha256),
+            trailer.plain_len
+        )?;
+        side.sync_all()?;
+        std::fs::rename(&tmp, self.file(name))?;
+        Ok(true)
     }
 
     /// The next `n` segments after `seg` on its timeline that are not held.
@@ -172,17 +237,18 @@ impl Spool {
     }
 }
 
-/// `wal-prefetch`: downloads `names` from the repository into the spool, as
-/// stored; several at once. Exits quietly when another prefetcher runs.
+/// `wal-prefetch`: downloads and decodes `names` into the spool, several at
+/// once. Exits quietly when another prefetcher runs.
 pub async fn run(
     store: &dyn Store,
+    codec: &Codec,
     spool: &Spool,
     tli: u32,
     names: Vec<String>,
     concurrency: usize,
 ) -> Result<()> {
     use futures_util::StreamExt;
-    std::fs::create_dir_all(&spool.dir)?;
+    std::fs::create_dir_all(spool.dir.join("wal"))?;
     let pid_file = spool.dir.join(PID_FILE);
     if spool.prefetcher().is_some() {
         return Ok(());
@@ -202,27 +268,24 @@ pub async fn run(
             if spool.has(&name) {
                 return (name, Ok(true));
             }
-            let key = super::key(&name);
-            let r = async {
-                match store.get(&key).await? {
-                    Some(body) => {
-                        spool.store.put(&key, body).await?;
-                        Ok(true)
-                    }
-                    None => Ok(false),
-                }
-            }
-            .await;
+            let r = spool.fill(store, codec, &name).await;
             (name, r)
         })
         .buffer_unordered(concurrency.max(1))
         .collect()
         .await;
     for (name, r) in results {
+        if let Err(e) = &r {
+            // Leave nothing half-written behind.
+            let _ = std::fs::remove_file(spool.dir.join("wal").join(format!(".{name}.tmp")));
+            let _ = std::fs::remove_file(spool.sidecar(&name));
+            tracing::warn!("prefetching {name}: {e:#}");
+            continue;
+        }
         match r {
             Ok(true) => tracing::debug!("prefetched {name}"),
             Ok(false) => tracing::debug!("{name} is not in the archive (yet)"),
-            Err(e) => tracing::warn!("prefetching {name}: {e:#}"),
+            Err(_) => {}
         }
     }
     if std::fs::read_to_string(&pid_file)

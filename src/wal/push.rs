@@ -22,15 +22,35 @@ struct Checked {
 
 /// Parallel archiving: how many `.ready` files one call also pushes, and how
 /// many uploads run at once.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Options {
     pub lookahead: usize,
     pub concurrency: usize,
+    /// The repository URL as configured: what markers name.
+    pub repo: String,
 }
 
-/// A file pushed: its plaintext checksum and length, as stored.
+/// PostgreSQL's call for a file an earlier call already pushed (its marker
+/// names this repository and this very file): answered without opening the
+/// repository. See `archived`.
+pub fn archived_ahead(path: &Path, repo: &str) -> Result<bool> {
+    let started = Instant::now();
+    let Some(st) = super::archived::Status::beside(path) else {
+        return Ok(false);
+    };
+    let name = file_name(path)?;
+    if !st.take(repo, path, &name)? {
+        return Ok(false);
+    }
+    tracing::info!(
+        "{name} was archived by an earlier call ({} ms)",
+        started.elapsed().as_millis()
+    );
+    Ok(true)
+}
+
+/// A file pushed: its plaintext length, as stored.
 struct Pushed {
-    sha256: [u8; 32],
     len: u64,
 }
 
@@ -39,21 +59,12 @@ struct Pushed {
 /// `.ready` files at once and leaves a durable marker for each one uploaded, so
 /// PostgreSQL's later calls for them return at once. Only the file asked for
 /// decides the exit status.
-pub async fn run(store: &dyn Store, codec: &Codec, path: &Path, opts: Options) -> Result<()> {
+pub async fn run(store: &dyn Store, codec: &Codec, path: &Path, opts: &Options) -> Result<()> {
     let started = Instant::now();
     let name = file_name(path)?;
     let kind = WalFile::parse(&name)?;
     super::prefetch::clean_after_recovery(path);
     let status = super::archived::Status::beside(path);
-    if let Some(st) = &status {
-        if st.take(store, path, &name).await? {
-            tracing::info!(
-                "{name} was archived by an earlier call (marker checked against the file) in {} ms",
-                started.elapsed().as_millis()
-            );
-            return Ok(());
-        }
-    }
     // The identity and an existing copy are independent look-ups: ask both at once.
     let own_key = super::key(&name);
     let (identity, existing) =
@@ -87,12 +98,12 @@ pub async fn run(store: &dyn Store, codec: &Codec, path: &Path, opts: Options) -
     for (other, r) in others {
         let other_name = file_name(&other)?;
         match r {
-            Ok(p) => {
+            Ok(_) => {
                 // Only after the upload returned: a marker always means "stored".
                 let st = status
                     .as_ref()
                     .expect("lookahead only with a status directory");
-                match st.mark(store, &other_name, &p.sha256, p.len) {
+                match st.mark(&opts.repo, &other_name) {
                     Ok(()) => ahead_done += 1,
                     Err(e) => tracing::warn!("{other_name}: archived, but its marker could not be written ({e:#}); PostgreSQL's own call will check the repository"),
                 }
@@ -166,7 +177,7 @@ async fn push_one(
         let (sha, len) = sha256_of_file(path).await?;
         if sha == stored.plain_sha256 && len == stored.plain_len {
             tracing::info!("{name} is already archived with identical content");
-            return Ok(Pushed { sha256: sha, len });
+            return Ok(Pushed { len });
         }
         bail!(
             "{name} is already archived at {} with DIFFERENT content (stored sha256 {}, {} bytes; this file sha256 {}, {len} bytes); refusing to overwrite. Two clusters may be archiving into one repository, or this cluster was restored without a new timeline: keep the repository and give this cluster its own",
@@ -191,7 +202,6 @@ async fn push_one(
         up.stored_len
     );
     Ok(Pushed {
-        sha256: up.trailer.plain_sha256,
         len: up.trailer.plain_len,
     })
 }

@@ -210,6 +210,8 @@ pub struct Seaweed {
     child: Option<Child>,
     dir: tempfile::TempDir,
     ports: [u16; 8],
+    /// An extra S3 port with TLS (self-signed), for clients that insist on it.
+    https: Option<u16>,
     pub access_key: String,
     pub secret_key: String,
 }
@@ -238,6 +240,7 @@ impl Seaweed {
             child: None,
             dir,
             ports,
+            https: None,
             access_key: "walvault-test-access".into(),
             secret_key: "walvault-test-secret-0123456789".into(),
         };
@@ -263,6 +266,34 @@ impl Seaweed {
         }
         w.create_bucket(BUCKET);
         w
+    }
+
+    /// A server that also serves S3 over TLS with a self-signed certificate for
+    /// 127.0.0.1 (pgBackRest talks to S3 over TLS only); returns its port.
+    pub fn start_with_https() -> (Seaweed, u16) {
+        let mut w = Seaweed::start();
+        let d = w.dir.path().to_path_buf();
+        let out = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args([
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+            ])
+            .arg("-keyout")
+            .arg(d.join("key.pem"))
+            .arg("-out")
+            .arg(d.join("cert.pem"))
+            .output()
+            .expect("openssl");
+        assert!(out.status.success(), "openssl: {}", stderr(&out));
+        let port = free_port();
+        w.https = Some(port);
+        w.restart();
+        (w, port)
     }
 
     pub fn endpoint(&self) -> String {
@@ -306,6 +337,13 @@ impl Seaweed {
             .arg(format!("-s3.port.grpc={}", p[7]))
             .arg(format!("-s3.config={}", d.join("s3.json").display()))
             .args(["-s3.port.iceberg=0", "-s3.port.lance=0", "-metricsPort=0"])
+            .args(self.https.map_or_else(Vec::new, |port| {
+                vec![
+                    format!("-s3.port.https={port}"),
+                    format!("-s3.cert.file={}", d.join("cert.pem").display()),
+                    format!("-s3.key.file={}", d.join("key.pem").display()),
+                ]
+            }))
             .args(["-master.volumeSizeLimitMB=256", "-volume.max=100"])
             // SSE-S3 needs a key-encryption key on the server (a test value).
             .env(
