@@ -576,21 +576,6 @@ impl PgBackRest {
     }
 }
 
-fn ready_files(pgdata: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(pgdata.join("pg_wal/archive_status"))
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            e.file_name()
-                .to_str()?
-                .strip_suffix(".ready")
-                .map(str::to_string)
-        })
-        .collect();
-    v.sort();
-    v
-}
-
 /// Backlog drain (PostgreSQL's archiver with a backlog of `n` segments) and
 /// in-order fetch of the same segments, walvault against pgBackRest async.
 fn bench_drain(a: &Args, root: &Path, weed: &Seaweed, https: u16) -> String {

@@ -102,23 +102,13 @@ fn killed_parallel_push_marks_only_what_was_stored() {
         ));
         last = a.switch_wal();
     }
-    let status = a.pgdata.join("pg_wal/archive_status");
-    let ready = |st: &Path| -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(st)
-            .unwrap()
-            .flatten()
-            .filter_map(|e| {
-                e.file_name()
-                    .to_str()?
-                    .strip_suffix(".ready")
-                    .map(str::to_string)
-            })
+    let ready = || -> Vec<String> {
+        ready_files(&a.pgdata)
+            .into_iter()
             .filter(|n| is_segment(n))
-            .collect();
-        v.sort();
-        v
+            .collect()
     };
-    assert!(ready(&status).len() >= 24, "{:?}", ready(&status));
+    assert!(ready().len() >= 24, "{:?}", ready());
     let markers = a.pgdata.join("pg_wal/walvault_archived");
     let scratch = src.root.path().join("scratch");
     std::fs::create_dir_all(&scratch).unwrap();
@@ -141,15 +131,9 @@ fn killed_parallel_push_marks_only_what_was_stored() {
     let mut cut_mid_batch = 0;
     for delay_ms in [40u64, 60, 80, 110, 150, 200, 270, 350] {
         let before = marked_now().len();
-        let unmarked = ready(&status)
-            .iter()
-            .filter(|n| !markers.join(n).exists())
-            .count();
+        let unmarked = ready().iter().filter(|n| !markers.join(n).exists()).count();
         // As the archiver would: the oldest file without a marker, relative to PGDATA.
-        let Some(own) = ready(&status)
-            .into_iter()
-            .find(|n| !markers.join(n).exists())
-        else {
+        let Some(own) = ready().into_iter().find(|n| !markers.join(n).exists()) else {
             break;
         };
         let mut child = walvault_child(&env)
@@ -189,7 +173,7 @@ fn killed_parallel_push_marks_only_what_was_stored() {
     a.switch_wal();
     a.wait_archived(&last, Duration::from_secs(180));
     wait_for("the backlog to drain", Duration::from_secs(60), || {
-        ready(&status).is_empty()
+        ready().is_empty()
     });
     let stored = stored_segments(&s3, "kill");
     for n in all_between(&first, &last) {

@@ -198,6 +198,22 @@ pub fn walvault_child(env: &BTreeMap<String, String>) -> Command {
     c
 }
 
+/// The WAL files of a data directory waiting for archive_command (`.ready`), sorted.
+pub fn ready_files(pgdata: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(pgdata.join("pg_wal/archive_status"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_suffix(".ready")
+                .map(str::to_string)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
 }
