@@ -443,6 +443,18 @@ mod tests {
         wal: Vec<ObjectMeta>,
     }
 
+    fn plan(r: &Repo, keep_last: u32, keep_days: u32, now: DateTime<Utc>) -> Vec<Verdict> {
+        plan_backups(
+            &r.listing,
+            &r.inv,
+            Policy {
+                keep_last,
+                keep_days,
+            },
+            now,
+        )
+    }
+
     /// Backups b1..b5 one day apart at segments 2, 4, 6, 8, 10; WAL 1..=11 present.
     fn repo(now: DateTime<Utc>, missing: &[u64]) -> Repo {
         let mut complete = Vec::new();
@@ -512,15 +524,7 @@ mod tests {
     fn keep_last_keeps_the_newest_and_their_wal() {
         let now = Utc::now();
         let r = repo(now, &[]);
-        let v = plan_backups(
-            &r.listing,
-            &r.inv,
-            Policy {
-                keep_last: 2,
-                keep_days: 0,
-            },
-            now,
-        );
+        let v = plan(&r, 2, 0, now);
         assert_eq!(kept_ids(&v), vec!["b4", "b5"]);
         let w = wal_after(&r, &v);
         assert_eq!(w.keep_from, Some(8));
@@ -544,15 +548,7 @@ mod tests {
                 marked_by: "t".into(),
             },
         );
-        let v = plan_backups(
-            &r.listing,
-            &r.inv,
-            Policy {
-                keep_last: 2,
-                keep_days: 0,
-            },
-            now,
-        );
+        let v = plan(&r, 2, 0, now);
         assert_eq!(kept_ids(&v), vec!["b1", "b4", "b5"]);
         let w = wal_after(&r, &v);
         assert_eq!(w.ranges, vec![("b1".to_string(), 2, 2)]);
@@ -567,25 +563,9 @@ mod tests {
         let now = Utc::now();
         let r = repo(now, &[]);
         // Stops at 5, 4, 3, 2, 1 days (less a minute) ago: 2 days keeps b4, b5 and b3.
-        let v = plan_backups(
-            &r.listing,
-            &r.inv,
-            Policy {
-                keep_last: 0,
-                keep_days: 2,
-            },
-            now,
-        );
+        let v = plan(&r, 0, 2, now);
         assert_eq!(kept_ids(&v), vec!["b3", "b4", "b5"]);
-        let both = plan_backups(
-            &r.listing,
-            &r.inv,
-            Policy {
-                keep_last: 4,
-                keep_days: 1,
-            },
-            now,
-        );
+        let both = plan(&r, 4, 1, now);
         assert_eq!(kept_ids(&both), vec!["b2", "b3", "b4", "b5"]);
     }
 
@@ -594,15 +574,7 @@ mod tests {
         let now = Utc::now();
         // b5's WAL (segment 10) is missing: keep 2 keeps b3 and b4, and b5 for inspection.
         let r = repo(now, &[10]);
-        let v = plan_backups(
-            &r.listing,
-            &r.inv,
-            Policy {
-                keep_last: 2,
-                keep_days: 0,
-            },
-            now,
-        );
+        let v = plan(&r, 2, 0, now);
         assert_eq!(kept_ids(&v), vec!["b3", "b4", "b5"]);
         assert!(v
             .iter()
@@ -612,15 +584,7 @@ mod tests {
             .contains("NOT RESTORABLE"));
         // No restorable backup at all: nothing is removed, no WAL expires.
         let r = repo(now, &[2, 4, 6, 8, 10]);
-        let v = plan_backups(
-            &r.listing,
-            &r.inv,
-            Policy {
-                keep_last: 1,
-                keep_days: 0,
-            },
-            now,
-        );
+        let v = plan(&r, 1, 0, now);
         assert_eq!(kept_ids(&v).len(), 5);
         assert!(wal_after(&r, &v).remove.is_empty());
     }
@@ -639,15 +603,7 @@ mod tests {
                 )],
             );
         }
-        let v = plan_backups(
-            &r.listing,
-            &r.inv,
-            Policy {
-                keep_last: 5,
-                keep_days: 0,
-            },
-            now,
-        );
+        let v = plan(&r, 5, 0, now);
         assert!(!v.iter().find(|x| x.id == "x-old").unwrap().keep);
         assert!(v.iter().find(|x| x.id == "x-new").unwrap().keep);
     }

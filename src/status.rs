@@ -15,7 +15,6 @@ use crate::store::Store;
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -161,8 +160,8 @@ pub async fn run(cfg: &Config, store: &dyn Store, codec: &Codec, opts: Options) 
         st.postgres_error = Some(format!("{e:#}"));
     }
     if let Some(path) = &opts.prometheus {
-        write_atomically(path, &prometheus(&st))
-            .with_context(|| format!("writing {}", path.display()))?;
+        // The collector never reads half a file; the hidden temporary name is ignored.
+        crate::store::fs::write_file_atomically(path, prometheus(&st).as_bytes())?;
     }
     if opts.json {
         println!("{}", serde_json::to_string_pretty(&st)?);
@@ -341,22 +340,6 @@ pub fn prometheus(st: &Status) -> String {
         ));
     }
     out
-}
-
-/// Temporary file in the same directory, fsync, rename: the collector never
-/// reads half a file. The temporary name does not end in .prom, so it is ignored.
-fn write_atomically(path: &Path, text: &str) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path.file_name().context("no file name")?.to_string_lossy();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
 }
 
 fn print(st: &Status) {

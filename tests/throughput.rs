@@ -23,11 +23,6 @@ fn stored_segments(s3: &Seaweed, prefix: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// Every segment from `first` to `last` (timeline 1, 16 MiB segments).
-fn all_between(first: &str, last: &str) -> Vec<String> {
-    segment_range(first, last)
-}
-
 /// The decoded content of `name`, fetched from the repository into a plain file.
 fn fetched(env: &BTreeMap<String, String>, dir: &Path, name: &str) -> Vec<u8> {
     let out_path = dir.join(format!("fetched-{name}"));
@@ -58,7 +53,7 @@ fn parallel_push_under_load_loses_nothing() {
     assert_eq!(a.archiver_failed_count(), 0, "{}", a.log_tail());
 
     let stored = stored_segments(&s3, "load");
-    let want = all_between(&first, &last);
+    let want = segment_range(&first, &last);
     assert!(
         want.len() >= 20,
         "the load made only {} segments",
@@ -176,7 +171,7 @@ fn killed_parallel_push_marks_only_what_was_stored() {
         ready().is_empty()
     });
     let stored = stored_segments(&s3, "kill");
-    for n in all_between(&first, &last) {
+    for n in segment_range(&first, &last) {
         assert!(stored.contains(&n), "{n} lost");
     }
     let log = std::fs::read_to_string(a.log_path()).unwrap();

@@ -11,7 +11,7 @@ use crate::codec::Codec;
 use crate::config::Config;
 use crate::pg;
 use crate::recover::{self, target::Action, target::Target};
-use crate::store::{Class, Store};
+use crate::store::{fs::write_file_atomically, Class, Store};
 use anyhow::{bail, Context, Result};
 use checks::{CheckResult, Status, UserCheck};
 use chrono::Utc;
@@ -154,8 +154,8 @@ pub async fn run(
     let json = serde_json::to_vec_pretty(&rep)?;
     let md = rep.to_markdown();
     let base = opts.report_dir.join(format!("walvault-drill-{drill_id}"));
-    write_atomic(&base.with_extension("json"), &json)?;
-    write_atomic(&base.with_extension("md"), md.as_bytes())?;
+    write_file_atomically(&base.with_extension("json"), &json)?;
+    write_file_atomically(&base.with_extension("md"), md.as_bytes())?;
     println!(
         "report:   {} and .md",
         base.with_extension("json").display()
@@ -522,17 +522,6 @@ fn writable_dir(dir: &Path) -> Result<()> {
     std::fs::write(&probe, b"")
         .with_context(|| format!("report directory {} is not writable", dir.display()))?;
     let _ = std::fs::remove_file(probe);
-    Ok(())
-}
-
-fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 

@@ -9,9 +9,9 @@
 //! inode), or left from another repository, is ignored. The directory sits inside pg_wal, which base backups
 //! never copy.
 
+use crate::store::fs::write_file_atomically;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub const DIR: &str = "walvault_archived";
@@ -90,13 +90,7 @@ impl Status {
         let dir = self.wal_dir.join(DIR);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let text = serde_json::to_vec(&Marker::of(repo, &self.wal_dir.join(name))?)?;
-        let tmp = dir.join(format!(".{name}.tmp"));
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&text)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, self.marker(name))?;
-        std::fs::File::open(&dir)?.sync_all()?;
-        Ok(())
+        write_file_atomically(&self.marker(name), &text)
     }
 
     /// Up to `n` `.ready` files other than `name`, without a marker yet, in the

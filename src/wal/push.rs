@@ -207,7 +207,7 @@ async fn push_one(
 }
 
 /// sha256 and length of a file, off the async threads.
-pub(super) async fn sha256_of_file(path: &Path) -> Result<([u8; 32], u64)> {
+async fn sha256_of_file(path: &Path) -> Result<([u8; 32], u64)> {
     let p = path.to_path_buf();
     tokio::task::spawn_blocking(move || codec::sha256_of(&mut std::fs::File::open(&p)?))
         .await?

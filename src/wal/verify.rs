@@ -328,6 +328,18 @@ mod tests {
 
     const MB16: u64 = 16 << 20;
 
+    /// `analyse` with nothing pinned and a 10-minute pending window.
+    fn analyse_now(i: &Inventory, backups: &[Manifest], now: DateTime<Utc>) -> Report {
+        analyse(
+            i,
+            backups,
+            &BTreeSet::new(),
+            now,
+            Duration::seconds(600),
+            "x".into(),
+        )
+    }
+
     fn inv(segs: &[(u64, i64)], now: DateTime<Utc>) -> Inventory {
         let segments = segs
             .iter()
@@ -379,14 +391,7 @@ mod tests {
             ],
             now,
         );
-        let r = analyse(
-            &i,
-            &[backup(2)],
-            &BTreeSet::new(),
-            now,
-            Duration::seconds(600),
-            "x".into(),
-        );
+        let r = analyse_now(&i, &[backup(2)], now);
         assert_eq!(r.gaps.len(), 2);
         assert_eq!(r.gaps[0].first, "000000010000000000000004");
         assert_eq!(r.gaps[0].status, "lost");
@@ -400,14 +405,7 @@ mod tests {
         );
         // Only the recent gap: not broken yet.
         let i = inv(&[(2, 4000), (3, 4000), (5, 3)], now);
-        let r = analyse(
-            &i,
-            &[backup(2)],
-            &BTreeSet::new(),
-            now,
-            Duration::seconds(600),
-            "x".into(),
-        );
+        let r = analyse_now(&i, &[backup(2)], now);
         assert!(!r.window_broken);
         assert_eq!(r.gaps[0].status, "pending");
     }
@@ -416,14 +414,7 @@ mod tests {
     fn a_backup_without_its_wal_is_not_restorable() {
         let now = Utc::now();
         let i = inv(&[(2, 100), (3, 100), (5, 100)], now);
-        let r = analyse(
-            &i,
-            &[backup(4)],
-            &BTreeSet::new(),
-            now,
-            Duration::seconds(600),
-            "x".into(),
-        );
+        let r = analyse_now(&i, &[backup(4)], now);
         assert!(!r.backups[0].restorable);
         assert_eq!(
             r.backups[0].missing_own.as_ref().unwrap().first,
@@ -448,14 +439,7 @@ mod tests {
         assert!(!r.window_broken);
         assert_eq!(r.window_from.as_deref(), Some("b6"));
         assert!(r.backups[0].restorable);
-        let r = analyse(
-            &i,
-            &[backup(2), backup(6)],
-            &BTreeSet::new(),
-            now,
-            Duration::seconds(600),
-            "x".into(),
-        );
+        let r = analyse_now(&i, &[backup(2), backup(6)], now);
         assert!(r.window_broken, "unpinned, the hole after b2 is a loss");
     }
 
@@ -473,14 +457,7 @@ mod tests {
                 retain_until: None,
             },
         );
-        let r = analyse(
-            &i,
-            &[backup(2)],
-            &BTreeSet::new(),
-            now,
-            Duration::seconds(600),
-            "x".into(),
-        );
+        let r = analyse_now(&i, &[backup(2)], now);
         assert_eq!(r.timeline_breaks.len(), 1, "{:?}", r.timeline_breaks);
         assert!(r.timeline_breaks[0].contains("00000002.history"));
     }
