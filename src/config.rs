@@ -105,7 +105,7 @@ pub const KEYS: &[(&str, Kind, &str)] = &[
     (
         "s3.timeout_seconds",
         Kind::Int,
-        "time limit of one S3 request attempt",
+        "time limit of one S3 request attempt, and the longest wait for more bytes of a response body",
     ),
     (
         "s3.connect_timeout_seconds",

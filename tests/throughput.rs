@@ -5,33 +5,9 @@
 mod common;
 
 use common::*;
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
-
-fn is_segment(name: &str) -> bool {
-    name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-/// Segment names in an S3 repository under `prefix`.
-fn stored_segments(s3: &Seaweed, prefix: &str) -> BTreeSet<String> {
-    s3.list(&format!("{prefix}/wal/"))
-        .into_iter()
-        .filter_map(|k| k.rsplit('/').next().map(str::to_string))
-        .filter(|n| is_segment(n))
-        .collect()
-}
-
-/// The decoded content of `name`, fetched from the repository into a plain file.
-fn fetched(env: &BTreeMap<String, String>, dir: &Path, name: &str) -> Vec<u8> {
-    let out_path = dir.join(format!("fetched-{name}"));
-    let out = walvault(&["wal-fetch", name, out_path.to_str().unwrap()], env, None);
-    assert!(out.status.success(), "wal-fetch {name}: {}", stderr(&out));
-    let data = std::fs::read(&out_path).unwrap();
-    std::fs::remove_file(&out_path).unwrap();
-    data
-}
 
 /// Test 1: under pgbench with a segment switch every second, parallel pushes lose
 /// nothing, and recovery to the end matches the source exactly.

@@ -357,13 +357,18 @@ impl Codec {
     }
 }
 
-/// Reads the trailer of a stored object without downloading it.
-pub async fn read_trailer(store: &dyn Store, key: &str) -> Result<Option<Trailer>> {
-    match store.get_tail(key, envelope::TRAILER_LEN as u64).await? {
+/// Reads the trailer of a stored object without downloading it. A trailer that
+/// does not parse is `DecodeError::Integrity`: the object is damaged.
+pub async fn read_trailer(store: &dyn Store, key: &str) -> Result<Option<Trailer>, DecodeError> {
+    match store
+        .get_tail(key, envelope::TRAILER_LEN as u64)
+        .await
+        .map_err(DecodeError::Transport)?
+    {
         None => Ok(None),
         Some(t) => Trailer::parse(&t)
             .map(Some)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", store.locate(key))),
+            .map_err(|e| DecodeError::Integrity(format!("{}: {e}", store.locate(key)))),
     }
 }
 

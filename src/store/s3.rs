@@ -36,6 +36,8 @@ pub struct S3Store {
     lock: Option<(ObjectLockMode, i64)>,
     /// Tag every new object with its lifecycle class (s3.class_tags).
     class_tags: bool,
+    /// s3.timeout_seconds, also the longest wait for the next bytes of a body.
+    timeout: Duration,
 }
 
 /// Builds an S3 client from the configuration and the AWS chain.
@@ -94,6 +96,7 @@ impl S3Store {
                 .as_deref()
                 .map(|m| (ObjectLockMode::from(m), cfg.object_lock_days)),
             class_tags: cfg.class_tags,
+            timeout: Duration::from_secs(cfg.timeout_seconds as u64),
         })
     }
 
@@ -236,6 +239,51 @@ impl S3Store {
     }
 }
 
+/// A response body that fails when no byte arrives for `limit`. The SDK's
+/// attempt timeout ends at the response headers; a connection that stalls in the
+/// middle of a body must end in an error the caller retries, not hang replay.
+struct IdleTimeout<R> {
+    inner: R,
+    limit: Duration,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<R> IdleTimeout<R> {
+    fn new(inner: R, limit: Duration) -> Self {
+        IdleTimeout {
+            inner,
+            limit,
+            deadline: Box::pin(tokio::time::sleep(limit)),
+        }
+    }
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for IdleTimeout<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                let next = tokio::time::Instant::now() + this.limit;
+                this.deadline.as_mut().reset(next);
+                Poll::Ready(r)
+            }
+            Poll::Pending => match this.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no data from S3 for {:?} (s3.timeout_seconds)", this.limit),
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
 /// Reads up to `limit` bytes; the flag says whether the body ended.
 async fn fill(body: &mut Body, limit: usize) -> Result<(bytes::Bytes, bool)> {
     let mut buf = BytesMut::with_capacity(limit.min(8 << 20));
@@ -277,7 +325,10 @@ impl Store for S3Store {
             .send()
             .await
         {
-            Ok(out) => Ok(Some(Box::new(out.body.into_async_read()))),
+            Ok(out) => Ok(Some(Box::new(IdleTimeout::new(
+                out.body.into_async_read(),
+                self.timeout,
+            )))),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
             Err(e) => {
                 Err(sdk_err(e)).with_context(|| format!("S3 GET of {} failed", self.locate(key)))
@@ -302,10 +353,10 @@ impl Store for S3Store {
                     .with_context(|| format!("S3 GET of {} failed", self.locate(key)))
             }
         };
-        let data = out
-            .body
-            .collect()
+        let data = tokio::time::timeout(self.timeout, out.body.collect())
             .await
+            .map_err(|_| anyhow!("no data for {:?}", self.timeout))
+            .and_then(|r| r.map_err(anyhow::Error::new))
             .with_context(|| format!("reading {}", self.locate(key)))?;
         Ok(Some(data.to_vec()))
     }

@@ -110,9 +110,22 @@ fn prefetch_after(spool: &Spool, seg: SegmentName, dest: &Path, p: &Prefetch) {
         return;
     };
     // The restored segment's size is the cluster's segment size.
-    let missing = spool.missing_after(seg, meta.len(), p.ahead);
+    let mut missing = spool.missing_after(seg, meta.len(), p.ahead);
     if missing.len() * 2 < p.ahead.max(2) {
         return;
+    }
+    // A full disk must cost speed only: take what fits, keeping one segment free.
+    match spool.room_for(meta.len()) {
+        Ok(0) => {
+            tracing::warn!(
+                "prefetch paused: {} has less than two segments ({} MiB) of free space; fetching from the repository directly",
+                spool.dir.display(),
+                (2 * meta.len()) >> 20
+            );
+            return;
+        }
+        Ok(room) => missing.truncate(room),
+        Err(e) => tracing::warn!("{e:#}"),
     }
     if let Err(e) = spool.spawn(p.config_file.as_deref(), seg.tli, &missing) {
         tracing::warn!("prefetch not started: {e:#}");

@@ -18,7 +18,8 @@ impl Lsn {
             bail!("'{s}' is not an LSN (expected the form 16/B374D848)");
         };
         let parse = |p: &str| {
-            if p.is_empty() || p.len() > 8 {
+            // from_str_radix alone would also take a leading '+'.
+            if p.is_empty() || p.len() > 8 || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
                 None
             } else {
                 u32::from_str_radix(p, 16).ok()
@@ -112,7 +113,9 @@ fn hex8(s: &str) -> Option<u32> {
 }
 
 fn segment(s: &str) -> Option<SegmentName> {
-    if s.len() != 24 {
+    // Bytes checked first: slicing a string with multi-byte characters at 8 and
+    // 16 would panic (found by tests/parsers_fuzz.rs).
+    if s.len() != 24 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     Some(SegmentName {
@@ -175,8 +178,18 @@ mod tests {
         assert_eq!(Lsn::parse("16/B374D848").unwrap(), Lsn(0x16_B374D848));
         assert_eq!(Lsn(0x16_B374D848).to_string(), "16/B374D848");
         assert_eq!(Lsn(0).to_string(), "0/0");
-        for bad in ["", "0", "x/1", "1/", "/1", "123456789/0", "0/-1"] {
+        for bad in ["", "0", "x/1", "1/", "/1", "123456789/0", "0/-1", "+1/+2"] {
             assert!(Lsn::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_with_multibyte_characters_are_refused_not_a_panic() {
+        for bad in [
+            " \u{104D8}\u{1EE5D}®\u{1D53B}a0A\u{11300}A0",
+            "00000001000000000000000é",
+        ] {
+            assert!(WalFile::parse(bad).is_err(), "{bad}");
         }
     }
 

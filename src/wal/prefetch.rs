@@ -172,6 +172,21 @@ impl Spool {
         names
     }
 
+    /// How many more segments of `seg_size` the spool's file system holds,
+    /// keeping one segment's worth free for everything else.
+    pub fn room_for(&self, seg_size: u64) -> Result<usize> {
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("creating {}", self.dir.display()))?;
+        let c = std::ffi::CString::new(self.dir.as_os_str().as_encoded_bytes())?;
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("free space of {}", self.dir.display()));
+        }
+        let free = st.f_bavail as u64 * st.f_frsize as u64;
+        Ok((free / seg_size.max(1)).saturating_sub(1) as usize)
+    }
+
     /// The running prefetcher: pid and timeline.
     pub fn prefetcher(&self) -> Option<(i32, u32)> {
         let text = std::fs::read_to_string(self.dir.join(PID_FILE)).ok()?;

@@ -6,7 +6,7 @@
 
 use super::header::{LongPageHeader, LONG_HEADER_LEN};
 use super::names::WalFile;
-use crate::codec::{self, envelope::Trailer, Codec};
+use crate::codec::{self, envelope::Trailer, Codec, DecodeError};
 use crate::store::{Class, Store};
 use crate::{pg, repo};
 use anyhow::{bail, Context, Result};
@@ -70,7 +70,6 @@ pub async fn run(store: &dyn Store, codec: &Codec, path: &Path, opts: &Options) 
     let (identity, existing) =
         tokio::join!(repo::load(store), codec::read_trailer(store, &own_key));
     let identity = identity?;
-    let existing = existing?;
     let ahead = match (&status, &identity) {
         // A new repository is bound by the first file alone.
         (Some(st), Some(_)) if opts.lookahead > 0 => st.ready_after(&name, opts.lookahead),
@@ -144,7 +143,7 @@ async fn push_one(
     kind: &WalFile,
     identity: Option<&repo::RepoIdentity>,
     // The stored copy's trailer when already looked up.
-    existing: Option<Option<Trailer>>,
+    existing: Option<Result<Option<Trailer>, DecodeError>>,
 ) -> Result<Pushed> {
     let name = file_name(path)?;
     let checked = check_file(path, kind)?;
@@ -171,21 +170,43 @@ async fn push_one(
 
     let existing = match existing {
         Some(e) => e,
-        None => codec::read_trailer(store, &key).await?,
+        None => codec::read_trailer(store, &key).await,
+    };
+    let existing = match existing {
+        Ok(e) => e,
+        Err(DecodeError::Integrity(e)) => {
+            tracing::warn!(
+                "the stored copy of {name} is damaged ({e}); replacing it with this file"
+            );
+            None
+        }
+        Err(e) => return Err(e.into()),
     };
     if let Some(stored) = existing {
         let (sha, len) = sha256_of_file(path).await?;
         if sha == stored.plain_sha256 && len == stored.plain_len {
-            tracing::info!("{name} is already archived with identical content");
-            return Ok(Pushed { len });
-        }
-        bail!(
+            // PostgreSQL re-sends only after a failure: worth one read to be sure the
+            // stored copy is whole, and to mend it from the file while it still exists.
+            match codec::verify_stored(store, &key).await {
+                Ok(Some(_)) => {
+                    tracing::info!("{name} is already archived with identical content");
+                    return Ok(Pushed { len });
+                }
+                Ok(None) => {}
+                Err(DecodeError::Integrity(e)) => tracing::warn!(
+                    "the stored copy of {name} is damaged ({e}); replacing it with this file"
+                ),
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            bail!(
             "{name} is already archived at {} with DIFFERENT content (stored sha256 {}, {} bytes; this file sha256 {}, {len} bytes); refusing to overwrite. Two clusters may be archiving into one repository, or this cluster was restored without a new timeline: keep the repository and give this cluster its own",
             store.locate(&key),
             hex::encode(stored.plain_sha256),
             stored.plain_len,
             hex::encode(sha)
         );
+        }
     }
 
     let file =

@@ -3,6 +3,8 @@
 //! A missing part is a failure with instructions, never a silent skip.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
@@ -212,6 +214,29 @@ pub fn ready_files(pgdata: &Path) -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+pub fn is_segment(name: &str) -> bool {
+    name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Segment names in an S3 repository under `prefix`.
+pub fn stored_segments(s3: &Seaweed, prefix: &str) -> std::collections::BTreeSet<String> {
+    s3.list(&format!("{prefix}/wal/"))
+        .into_iter()
+        .filter_map(|k| k.rsplit('/').next().map(str::to_string))
+        .filter(|n| is_segment(n))
+        .collect()
+}
+
+/// The decoded content of `name`, fetched from the repository into a plain file.
+pub fn fetched(env: &BTreeMap<String, String>, dir: &Path, name: &str) -> Vec<u8> {
+    let out_path = dir.join(format!("fetched-{name}"));
+    let out = walvault(&["wal-fetch", name, out_path.to_str().unwrap()], env, None);
+    assert!(out.status.success(), "wal-fetch {name}: {}", stderr(&out));
+    let data = std::fs::read(&out_path).unwrap();
+    std::fs::remove_file(&out_path).unwrap();
+    data
 }
 
 pub fn stderr(o: &Output) -> String {
@@ -883,6 +908,11 @@ impl Cluster {
     }
 
     pub fn pgbench(&self, args: &[&str]) {
+        self.pgbench_output(args);
+    }
+
+    /// Runs pgbench and returns what it printed.
+    pub fn pgbench_output(&self, args: &[&str]) -> String {
         let out = pg_command(&format!("{PG_BIN}/pgbench"), &BTreeMap::new())
             .args(["-U", "postgres", "-h"])
             .arg(&self.sockdir)
@@ -893,6 +923,7 @@ impl Cluster {
             .output()
             .unwrap();
         assert!(out.status.success(), "pgbench {args:?}: {}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).to_string()
     }
 
     /// Switches to a new segment and returns the name of the one just closed.
@@ -969,6 +1000,57 @@ impl Cluster {
     pub fn log_tail(&self) -> String {
         tail(&self.log_path(), 40)
     }
+
+    /// The server log's length now: `log_since` reads what comes after it.
+    pub fn log_len(&self) -> u64 {
+        std::fs::metadata(self.log_path())
+            .map(|m| m.len())
+            .unwrap_or(0)
+    }
+
+    pub fn log_since(&self, offset: u64) -> String {
+        let data = std::fs::read(self.log_path()).unwrap_or_default();
+        String::from_utf8_lossy(&data[(offset as usize).min(data.len())..]).to_string()
+    }
+
+    /// Closes the current segment and waits until it is archived.
+    pub fn flush_archive(&self) {
+        let seg = self.switch_wal();
+        self.wait_archived(&seg, Duration::from_secs(150));
+    }
+
+    /// The WAL file being written now.
+    pub fn current_segment(&self) -> String {
+        self.psql("select pg_walfile_name(pg_current_wal_lsn())")
+    }
+
+    /// "No segment lost": every segment this cluster has archived since its first
+    /// is in the S3 repository under `prefix`, and fetching it gives back exactly
+    /// the bytes still in pg_wal (kept there by wal_keep_size). Returns how many.
+    pub fn assert_archive_complete(
+        &self,
+        s3: &Seaweed,
+        prefix: &str,
+        env: &BTreeMap<String, String>,
+    ) -> usize {
+        let last = self.psql("select last_archived_wal from pg_stat_archiver");
+        let stored = stored_segments(s3, prefix);
+        let scratch = self.root.join(format!("compare-{prefix}"));
+        std::fs::create_dir_all(&scratch).unwrap();
+        chown_pg(&scratch);
+        let want = segment_range("000000010000000000000001", &last[..24]);
+        for name in &want {
+            assert!(stored.contains(name), "{name} lost: not in the repository");
+            let local = std::fs::read(self.pgdata.join("pg_wal").join(name)).unwrap_or_else(|e| {
+                panic!("{name} no longer in pg_wal ({e}); raise wal_keep_size")
+            });
+            assert!(
+                fetched(env, &scratch, name) == local,
+                "{name}: the repository's copy differs from pg_wal's"
+            );
+        }
+        want.len()
+    }
 }
 
 impl Drop for Cluster {
@@ -1033,17 +1115,26 @@ impl Source {
     }
 
     pub fn flush_archive(&self) {
-        let seg = self.a.switch_wal();
-        self.a.wait_archived(&seg, Duration::from_secs(120));
+        self.a.flush_archive()
     }
 
     /// `walvault recover --start` into a new directory; returns the running cluster.
     pub fn recover(&self, name: &str, args: &[&str]) -> Cluster {
+        self.recover_with(name, args, &self.env)
+    }
+
+    /// `recover` with another environment (the restored server inherits it).
+    pub fn recover_with(
+        &self,
+        name: &str,
+        args: &[&str],
+        env: &BTreeMap<String, String>,
+    ) -> Cluster {
         let mut b = Cluster::at(self.root.path(), name);
         let base = b.recover_args();
         let mut all: Vec<&str> = base.iter().map(String::as_str).collect();
         all.extend_from_slice(args);
-        let out = walvault(&all, &self.env, None);
+        let out = walvault(&all, env, None);
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         assert!(
             out.status.success(),
