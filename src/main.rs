@@ -95,17 +95,21 @@ async fn dispatch(
         return Ok(exit::OK);
     }
     let codec = Codec::from_config(&cfg)?;
+    if let Command::WalPush { path } = &command {
+        let opts = wal::push::Options {
+            lookahead: cfg.push.lookahead as usize,
+            concurrency: cfg.push.concurrency as usize,
+            repo: cfg.repo.clone(),
+        };
+        // Encoding starts before the repository is opened (see push::prepare).
+        let prepared = wal::push::prepare(&codec, path, &opts)?;
+        let store = store::open(&cfg).await?;
+        wal::push::run(store.as_ref(), &codec, prepared, &opts).await?;
+        return Ok(exit::OK);
+    }
     let store = store::open(&cfg).await?;
     match command {
-        Command::WalPush { path } => {
-            let opts = wal::push::Options {
-                lookahead: cfg.push.lookahead as usize,
-                concurrency: cfg.push.concurrency as usize,
-                repo: cfg.repo.clone(),
-            };
-            wal::push::run(store.as_ref(), &codec, &path, &opts).await?;
-            Ok(exit::OK)
-        }
+        Command::WalPush { .. } => unreachable!("handled above"),
         Command::WalPrefetch {
             spool,
             timeline,

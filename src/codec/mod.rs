@@ -41,6 +41,8 @@ impl DecodeError {
 #[derive(Clone)]
 pub struct Codec {
     inner: Arc<Inner>,
+    /// zstd worker threads per object (0: compress on the calling thread).
+    workers: u32,
 }
 
 struct Inner {
@@ -63,6 +65,16 @@ impl Codec {
                 identity_file,
                 identities: OnceLock::new(),
             }),
+            workers: 0,
+        }
+    }
+
+    /// This codec compressing each object with `workers` threads: for a lone
+    /// object, where the other cores would idle; not for many at once.
+    pub fn with_workers(&self, workers: u32) -> Codec {
+        Codec {
+            inner: self.inner.clone(),
+            workers: if workers > 1 { workers } else { 0 },
         }
     }
 
@@ -120,12 +132,13 @@ impl Codec {
                     .map(|r| r as &dyn age::Recipient),
             )
             .map_err(io::Error::other)?;
-            Compressed::Aged(zstd::Encoder::new(
-                enc.wrap_output(stored)?,
-                self.inner.level,
-            )?)
+            let mut z = zstd::Encoder::new(enc.wrap_output(stored)?, self.inner.level)?;
+            z.multithread(self.workers)?;
+            Compressed::Aged(z)
         } else {
-            Compressed::Plain(zstd::Encoder::new(stored, self.inner.level)?)
+            let mut z = zstd::Encoder::new(stored, self.inner.level)?;
+            z.multithread(self.workers)?;
+            Compressed::Plain(z)
         };
         Ok(EncodingWriter {
             z,
@@ -139,6 +152,13 @@ impl Codec {
         let mut e = self.encoder(sink)?;
         copy_large(src, &mut e)?;
         Ok(e.finish()?.0)
+    }
+
+    /// Encodes `src` as one object in memory (a WAL segment: a few MiB).
+    pub fn encode_to_vec(&self, src: &mut dyn Read) -> io::Result<(Trailer, Vec<u8>)> {
+        let mut out = Vec::with_capacity(4 << 20);
+        let trailer = self.encode(src, &mut out)?;
+        Ok((trailer, out))
     }
 
     /// Decodes one object from `src` into `dest`, verifying the stored checksum,

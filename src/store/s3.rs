@@ -42,11 +42,20 @@ pub struct S3Store {
 
 /// Builds an S3 client from the configuration and the AWS chain.
 pub async fn client(cfg: &config::S3) -> Client {
-    let http = aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(
-            tls::rustls_provider::CryptoMode::Ring,
-        ))
-        .build_https();
+    let mut http = aws_smithy_http_client::Builder::new().tls_provider(tls::Provider::Rustls(
+        tls::rustls_provider::CryptoMode::Ring,
+    ));
+    if plain_http(cfg) {
+        // Loading the system's root certificates reads and parses every file in
+        // /etc/ssl/certs: milliseconds on each wal-push, for a TLS never used.
+        http = http.tls_context(
+            tls::TlsContext::builder()
+                .with_trust_store(tls::TrustStore::empty())
+                .build()
+                .expect("an empty trust store is valid"),
+        );
+    }
+    let http = http.build_https();
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .http_client(http)
         .retry_config(RetryConfig::standard().with_max_attempts(cfg.max_attempts as u32))
@@ -71,6 +80,17 @@ pub async fn client(cfg: &config::S3) -> Client {
         .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired)
         .build();
     Client::from_conf(conf)
+}
+
+/// Whether every request goes to a plain `http://` endpoint (s3.endpoint, else
+/// the SDK's AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL).
+fn plain_http(cfg: &config::S3) -> bool {
+    let endpoint = cfg.endpoint.clone().or_else(|| {
+        ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
+    });
+    endpoint.is_some_and(|e| e.to_ascii_lowercase().starts_with("http://"))
 }
 
 fn sdk_err<E: std::error::Error + 'static, R: std::fmt::Debug>(e: SdkError<E, R>) -> anyhow::Error {

@@ -54,38 +54,105 @@ struct Pushed {
     len: u64,
 }
 
-/// `wal-push %p`. PostgreSQL hands one file; when it sits in a pg_wal with an
-/// archive_status directory, the call also pushes up to `lookahead` other
-/// `.ready` files at once and leaves a durable marker for each one uploaded, so
-/// PostgreSQL's later calls for them return at once. Only the file asked for
-/// decides the exit status.
-pub async fn run(store: &dyn Store, codec: &Codec, path: &Path, opts: &Options) -> Result<()> {
+/// What `run` needs from the local side, started before the repository is
+/// opened: the file's encoding depends on the file alone, so it runs while the
+/// S3 client is built and the repository is asked about the file.
+pub struct Prepared {
+    started: Instant,
+    path: std::path::PathBuf,
+    name: String,
+    kind: WalFile,
+    status: Option<super::archived::Status>,
+    candidates: Vec<(std::path::PathBuf, WalFile)>,
+    own_codec: Codec,
+    encoded: Encoding,
+}
+
+/// A file being encoded in memory on a blocking thread: its trailer and bytes.
+type Encoding = tokio::task::JoinHandle<std::io::Result<(Trailer, Vec<u8>)>>;
+
+/// Checks the name, finds the other `.ready` files, and starts encoding the file
+/// asked for (on every core when it is alone: latency is what counts then).
+/// Called inside the runtime (the encoding is a blocking task).
+pub fn prepare(codec: &Codec, path: &Path, opts: &Options) -> Result<Prepared> {
     let started = Instant::now();
     let name = file_name(path)?;
     let kind = WalFile::parse(&name)?;
     super::prefetch::clean_after_recovery(path);
     let status = super::archived::Status::beside(path);
+    let candidates = match &status {
+        Some(st) if opts.lookahead > 0 => st.ready_after(&name, opts.lookahead),
+        _ => Vec::new(),
+    };
+    let own_codec = if candidates.is_empty() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        codec.with_workers(cores.min(4) as u32)
+    } else {
+        codec.clone()
+    };
+    let encoded = {
+        let (c, p) = (own_codec.clone(), path.to_path_buf());
+        tokio::task::spawn_blocking(move || c.encode_to_vec(&mut std::fs::File::open(&p)?))
+    };
+    Ok(Prepared {
+        started,
+        path: path.to_path_buf(),
+        name,
+        kind,
+        status,
+        candidates,
+        own_codec,
+        encoded,
+    })
+}
+
+/// `wal-push %p`. PostgreSQL hands one file; when it sits in a pg_wal with an
+/// archive_status directory, the call also pushes up to `lookahead` other
+/// `.ready` files at once and leaves a durable marker for each one uploaded, so
+/// PostgreSQL's later calls for them return at once. Only the file asked for
+/// decides the exit status.
+pub async fn run(store: &dyn Store, codec: &Codec, p: Prepared, opts: &Options) -> Result<()> {
+    let Prepared {
+        started,
+        path,
+        name,
+        kind,
+        status,
+        candidates,
+        own_codec,
+        encoded,
+    } = p;
+    let path = path.as_path();
     // The identity and an existing copy are independent look-ups: ask both at once.
     let own_key = super::key(&name);
     let (identity, existing) =
         tokio::join!(repo::load(store), codec::read_trailer(store, &own_key));
     let identity = identity?;
-    let ahead = match (&status, &identity) {
-        // A new repository is bound by the first file alone.
-        (Some(st), Some(_)) if opts.lookahead > 0 => st.ready_after(&name, opts.lookahead),
-        _ => Vec::new(),
+    // A new repository is bound by the first file alone.
+    let ahead = if identity.is_some() {
+        candidates
+    } else {
+        Vec::new()
     };
     let id = identity.as_ref();
     let own = async {
-        push_one(store, codec, path, &kind, id, Some(existing))
-            .await
-            .with_context(|| format!("refusing {}", path.display()))
+        push_one(
+            store,
+            &own_codec,
+            path,
+            &kind,
+            id,
+            Some(existing),
+            Some(encoded),
+        )
+        .await
+        .with_context(|| format!("refusing {}", path.display()))
     };
     let others = async {
         use futures_util::StreamExt;
         futures_util::stream::iter(ahead)
             .map(|(other, other_kind)| async move {
-                let r = push_one(store, codec, &other, &other_kind, id, None).await;
+                let r = push_one(store, codec, &other, &other_kind, id, None, None).await;
                 (other, r)
             })
             .buffer_unordered(opts.concurrency.saturating_sub(1).max(1))
@@ -144,6 +211,8 @@ async fn push_one(
     identity: Option<&repo::RepoIdentity>,
     // The stored copy's trailer when already looked up.
     existing: Option<Result<Option<Trailer>, DecodeError>>,
+    // The file already being encoded.
+    encoded: Option<Encoding>,
 ) -> Result<Pushed> {
     let name = file_name(path)?;
     let checked = check_file(path, kind)?;
@@ -209,22 +278,32 @@ async fn push_one(
         }
     }
 
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     // History files are never expired: later timelines are found through them.
     let class = match kind {
         WalFile::History(_) => Class::Kept,
         _ => Class::Standard,
     };
-    let up = codec.upload_class(store, &key, file, class).await?;
-    tracing::debug!(
-        "stored {name} ({} bytes, {} stored)",
-        up.trailer.plain_len,
-        up.stored_len
-    );
-    Ok(Pushed {
-        len: up.trailer.plain_len,
-    })
+    let (plain_len, stored_len) = match encoded {
+        Some(task) => {
+            let (trailer, bytes) = task
+                .await
+                .context("encoder task failed")?
+                .with_context(|| format!("encoding {}", path.display()))?;
+            let stored_len = bytes.len() as u64;
+            store
+                .put_class(&key, Box::new(std::io::Cursor::new(bytes)), class)
+                .await?;
+            (trailer.plain_len, stored_len)
+        }
+        None => {
+            let file = std::fs::File::open(path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            let up = codec.upload_class(store, &key, file, class).await?;
+            (up.trailer.plain_len, up.stored_len)
+        }
+    };
+    tracing::debug!("stored {name} ({plain_len} bytes, {stored_len} stored)");
+    Ok(Pushed { len: plain_len })
 }
 
 /// sha256 and length of a file, off the async threads.
