@@ -11,7 +11,6 @@ use common::proxy::{Fault, FaultProxy};
 use common::*;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// A cluster archiving through walvault every second, keeping its WAL in pg_wal
@@ -27,34 +26,6 @@ fn loaded_cluster(root: &Path, env: &BTreeMap<String, String>) -> Cluster {
     a.psql("select pg_reload_conf()");
     a.pgbench(&["-i", "-s", "2", "-q"]);
     a
-}
-
-/// Runs `during` while pgbench writes (two clients, in short runs until it returns).
-fn under_load<T>(a: &Cluster, during: impl FnOnce() -> T) -> T {
-    let stop = AtomicBool::new(false);
-    std::thread::scope(|sc| {
-        let load = sc.spawn(|| {
-            let mut runs = 0;
-            while !stop.load(Ordering::Relaxed) {
-                a.pgbench(&["-n", "-c", "2", "-j", "1", "-T", "2"]);
-                runs += 1;
-            }
-            runs
-        });
-        // Stops the load even when `during` panics (the scope waits for it).
-        struct Stop<'a>(&'a AtomicBool);
-        impl Drop for Stop<'_> {
-            fn drop(&mut self) {
-                self.0.store(true, Ordering::Relaxed);
-            }
-        }
-        let r = {
-            let _stop = Stop(&stop);
-            during()
-        };
-        assert!(load.join().expect("pgbench thread") > 0);
-        r
-    })
 }
 
 /// Waits until the archiver has caught up with the segment being written when
@@ -116,17 +87,24 @@ fn phase(a: &Cluster, proxy: &FaultProxy, fault: Fault, secs: u64, cause: Option
     );
 }
 
+/// A fault proxy in front of `s3`, and the environment for `s3://…/prefix`
+/// through it, with short timeouts: a stall must cost seconds, not the default
+/// two minutes per attempt.
+fn behind_proxy(s3: &Seaweed, prefix: &str) -> (FaultProxy, BTreeMap<String, String>) {
+    let proxy = FaultProxy::start(s3.endpoint().trim_start_matches("http://"));
+    let mut env = s3.walvault_env(prefix);
+    env.insert("AWS_ENDPOINT_URL".into(), proxy.endpoint());
+    env.insert("WALVAULT_S3_TIMEOUT_SECONDS".into(), "2".into());
+    env.insert("WALVAULT_S3_CONNECT_TIMEOUT_SECONDS".into(), "1".into());
+    (proxy, env)
+}
+
 /// S3 refusing connections, 503 SlowDown, 500s, stalls past the client timeout
 /// and responses cut half way, one after the other under load.
 #[test]
 fn s3_faults_under_load_lose_nothing() {
     let mut s3 = Seaweed::start();
-    let proxy = FaultProxy::start(s3.endpoint().trim_start_matches("http://"));
-    let mut env = s3.walvault_env("matrix");
-    env.insert("AWS_ENDPOINT_URL".into(), proxy.endpoint());
-    // A stall must cost seconds, not the default two minutes per attempt.
-    env.insert("WALVAULT_S3_TIMEOUT_SECONDS".into(), "2".into());
-    env.insert("WALVAULT_S3_CONNECT_TIMEOUT_SECONDS".into(), "1".into());
+    let (proxy, env) = behind_proxy(&s3, "matrix");
     let root = pg_tempdir();
     let a = loaded_cluster(root.path(), &env);
     under_load(&a, || {
@@ -307,10 +285,10 @@ impl Drop for Tmpfs {
     }
 }
 
-/// Restores into `name` without starting it, then starts it without waiting
-/// (restore_command runs with `env`).
-fn restore_then_start(src: &Source, name: &str, env: &BTreeMap<String, String>) -> Cluster {
-    let mut c = Cluster::at(src.root.path(), name);
+/// Restores the latest backup into `name` for a recovery to the end, without
+/// starting it (the test starts it, with the fault in place).
+fn restored(src: &Source, name: &str, env: &BTreeMap<String, String>) -> Cluster {
+    let c = Cluster::at(src.root.path(), name);
     let out = walvault(
         &[
             "recover",
@@ -323,7 +301,6 @@ fn restore_then_start(src: &Source, name: &str, env: &BTreeMap<String, String>) 
         None,
     );
     assert!(out.status.success(), "recover: {}", stderr(&out));
-    c.start_opts(env, false);
     c
 }
 
@@ -378,11 +355,7 @@ fn completes(c: &mut Cluster, env: &BTreeMap<String, String>, expected: &str) {
 #[test]
 fn recovery_faults_stop_instead_of_promoting() {
     let mut s3 = Seaweed::start();
-    let proxy = FaultProxy::start(s3.endpoint().trim_start_matches("http://"));
-    let mut env = s3.walvault_env("recfaults");
-    env.insert("AWS_ENDPOINT_URL".into(), proxy.endpoint());
-    env.insert("WALVAULT_S3_TIMEOUT_SECONDS".into(), "2".into());
-    env.insert("WALVAULT_S3_CONNECT_TIMEOUT_SECONDS".into(), "1".into());
+    let (proxy, env) = behind_proxy(&s3, "recfaults");
     let src = source(|_| env.clone());
     let a = &src.a;
     a.psql("alter system set wal_keep_size = '4GB'");
@@ -421,28 +394,15 @@ fn recovery_faults_stop_instead_of_promoting() {
     // The identity file missing when PostgreSQL asks for a file the archive lacks.
     let id_key = "recfaults/walvault.json";
     let identity = s3.get(id_key);
-    let mut c = restore_then_start(&src, "c", &env);
+    let mut c = restored(&src, "c", &env);
+    c.start_opts(&env, false);
     s3.delete(id_key);
     stopped_without_promoting(&mut c, "holds no walvault repository");
     s3.put(id_key, identity);
     completes(&mut c, &env, &expected);
 
     // S3 refusing connections for longer than every retry.
-    let mut d = Cluster::at(src.root.path(), "d");
-    {
-        let out = walvault(
-            &[
-                "recover",
-                "--pgdata",
-                d.pgdata.to_str().unwrap(),
-                "--target",
-                "latest",
-            ],
-            &env,
-            None,
-        );
-        assert!(out.status.success(), "recover: {}", stderr(&out));
-    }
+    let mut d = restored(&src, "d", &env);
     proxy.set(Fault::Refuse);
     d.start_opts(&env, false);
     stopped_without_promoting(&mut d, "Connection refused");
@@ -469,7 +429,8 @@ fn recovery_faults_stop_instead_of_promoting() {
         text.contains(&format!("DAMAGED s3://walvault-test/{key}")),
         "{text}"
     );
-    let mut e = restore_then_start(&src, "e", &env);
+    let mut e = restored(&src, "e", &env);
+    e.start_opts(&env, false);
     stopped_without_promoting(&mut e, "integrity check failed");
     assert!(std::fs::read_to_string(e.log_path())
         .unwrap()

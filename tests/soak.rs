@@ -64,43 +64,37 @@ fn soak_with_s3_restarts_ends_in_exact_recoveries() {
     let a = &src.a;
     src.backup();
 
-    let stop = AtomicBool::new(false);
     let marks_failed = AtomicU64::new(0);
     let started = Instant::now();
     let mut restarts = 0;
     let mut mid_backup = None;
-    std::thread::scope(|sc| {
-        let load = sc.spawn(|| {
-            let mut runs = 0;
-            while !stop.load(Ordering::Relaxed) {
-                a.pgbench(&["-n", "-c", "2", "-j", "1", "-T", "2"]);
-                runs += 1;
-            }
-            runs
-        });
-        let marks = sc.spawn(|| {
-            while !stop.load(Ordering::Relaxed) {
-                if a.psql_try("insert into marks default values").is_err() {
-                    marks_failed.fetch_add(1, Ordering::Relaxed);
+    under_load(a, || {
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|sc| {
+            let marks = sc.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    if a.psql_try("insert into marks default values").is_err() {
+                        marks_failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
                 }
-                std::thread::sleep(Duration::from_secs(1));
+            });
+            let stop_marks = StopOnDrop(&stop);
+            let mut next_restart = Duration::from_secs(30);
+            while started.elapsed() < Duration::from_secs(secs) {
+                std::thread::sleep(Duration::from_millis(200));
+                if started.elapsed() >= next_restart {
+                    s3.restart();
+                    restarts += 1;
+                    next_restart += Duration::from_secs(30);
+                }
+                if mid_backup.is_none() && started.elapsed() >= Duration::from_secs(secs / 2) {
+                    mid_backup = Some(src.backup());
+                }
             }
+            drop(stop_marks);
+            marks.join().unwrap();
         });
-        let mut next_restart = Duration::from_secs(30);
-        while started.elapsed() < Duration::from_secs(secs) {
-            std::thread::sleep(Duration::from_millis(200));
-            if started.elapsed() >= next_restart {
-                s3.restart();
-                restarts += 1;
-                next_restart += Duration::from_secs(30);
-            }
-            if mid_backup.is_none() && started.elapsed() >= Duration::from_secs(secs / 2) {
-                mid_backup = Some(src.backup());
-            }
-        }
-        stop.store(true, Ordering::Relaxed);
-        assert!(load.join().unwrap() > 0);
-        marks.join().unwrap();
     });
     assert_eq!(marks_failed.load(Ordering::Relaxed), 0);
     a.flush_archive();

@@ -1081,6 +1081,39 @@ pub fn segment_range(first: &str, last: &str) -> Vec<String> {
         .collect()
 }
 
+/// Raises its flag when dropped: a thread of a scope polling the flag then ends
+/// even when the scope's main body panics (the scope waits for its threads).
+pub struct StopOnDrop<'a>(pub &'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Runs `during` while pgbench writes into `a` (two clients, in short runs,
+/// until `during` returns or panics).
+pub fn under_load<T>(a: &Cluster, during: impl FnOnce() -> T) -> T {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|sc| {
+        let load = sc.spawn(|| {
+            let mut runs = 0;
+            while !stop.load(Ordering::Relaxed) {
+                a.pgbench(&["-n", "-c", "2", "-j", "1", "-T", "2"]);
+                runs += 1;
+            }
+            runs
+        });
+        let r = {
+            let _stop = StopOnDrop(&stop);
+            during()
+        };
+        assert!(load.join().expect("pgbench thread") > 0);
+        r
+    })
+}
+
 // ---------------------------------------------------------------- a source cluster
 
 pub struct Source {
