@@ -65,7 +65,7 @@ pub struct Prepared {
     status: Option<super::archived::Status>,
     candidates: Vec<(std::path::PathBuf, WalFile)>,
     own_codec: Codec,
-    encoded: Encoding,
+    encoded: Option<Encoding>,
 }
 
 /// A file being encoded in memory on a blocking thread: its trailer and bytes.
@@ -90,10 +90,13 @@ pub fn prepare(codec: &Codec, path: &Path, opts: &Options) -> Result<Prepared> {
     } else {
         codec.clone()
     };
-    let encoded = {
+    // Only what could be a WAL file (segments are at most 1 GiB): anything else
+    // is refused by the checks in push_one, and must not be read into memory first.
+    let plausible = std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() <= 1 << 30);
+    let encoded = plausible.then(|| {
         let (c, p) = (own_codec.clone(), path.to_path_buf());
         tokio::task::spawn_blocking(move || c.encode_to_vec(&mut std::fs::File::open(&p)?))
-    };
+    });
     Ok(Prepared {
         started,
         path: path.to_path_buf(),
@@ -136,17 +139,9 @@ pub async fn run(store: &dyn Store, codec: &Codec, p: Prepared, opts: &Options) 
     };
     let id = identity.as_ref();
     let own = async {
-        push_one(
-            store,
-            &own_codec,
-            path,
-            &kind,
-            id,
-            Some(existing),
-            Some(encoded),
-        )
-        .await
-        .with_context(|| format!("refusing {}", path.display()))
+        push_one(store, &own_codec, path, &kind, id, Some(existing), encoded)
+            .await
+            .with_context(|| format!("refusing {}", path.display()))
     };
     let others = async {
         use futures_util::StreamExt;
