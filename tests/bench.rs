@@ -19,14 +19,26 @@ struct Args {
     scale: usize,
     /// Segments in the backlog-drain and in-order fetch part.
     drain: usize,
+    /// MB of WAL in the replay part.
+    replay_mb: usize,
+    /// The parts to run (--only calls,drain,replay,backups); empty: all.
+    only: Vec<String>,
+}
+
+impl Args {
+    fn wants(&self, part: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|p| p == part)
+    }
 }
 
 fn args() -> Args {
     let mut a = Args {
         runs: 3,
         segments: 64,
-        scale: 50,
+        scale: 100,
         drain: 256,
+        replay_mb: 2200,
+        only: Vec::new(),
     };
     let v: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -42,6 +54,14 @@ fn args() -> Args {
             }
             "--drain" => {
                 a.drain = v[i + 1].parse().expect("--drain N");
+                i += 1;
+            }
+            "--only" => {
+                a.only = v[i + 1].split(',').map(str::to_string).collect();
+                i += 1;
+            }
+            "--replay-mb" => {
+                a.replay_mb = v[i + 1].parse().expect("--replay-mb N");
                 i += 1;
             }
             "--segments" => {
@@ -141,6 +161,13 @@ fn run_measured(c: &mut Command) -> (bool, String, i64) {
     )
 }
 
+/// `run_measured` with its wall time: (seconds when it succeeded, stderr, peak RSS KiB).
+fn measured_secs(c: &mut Command) -> (Option<f64>, String, i64) {
+    let t = Instant::now();
+    let (ok, err, rss) = run_measured(c);
+    (ok.then(|| t.elapsed().as_secs_f64()), err, rss)
+}
+
 fn timed(mut cmds: impl FnMut(usize) -> Command, n: usize) -> Pass {
     let mut per_call_ms = Vec::with_capacity(n);
     let mut peak_rss_kb = 0;
@@ -174,31 +201,86 @@ struct Row {
     rss_kb: i64,
 }
 
+/// The age key pair every walvault repository of the benchmark is encrypted with.
+struct Keys {
+    recipient: String,
+    idfile: PathBuf,
+}
+
+impl Keys {
+    fn new(root: &Path) -> Keys {
+        let idfile = root.join("identity.txt");
+        let out = Command::new(walvault_bin())
+            .args(["keygen", "-o", idfile.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        // Restores run as the postgres user.
+        chown_pg(&idfile);
+        Keys {
+            recipient: String::from_utf8(out.stdout).unwrap().trim().to_string(),
+            idfile,
+        }
+    }
+
+    fn add_to(&self, env: &mut BTreeMap<String, String>) {
+        env.insert(
+            "WALVAULT_ENCRYPTION_RECIPIENTS".into(),
+            self.recipient.clone(),
+        );
+        env.insert(
+            "WALVAULT_ENCRYPTION_IDENTITY_FILE".into(),
+            self.idfile.display().to_string(),
+        );
+        env.insert("WALVAULT_LOG_LEVEL".into(), "warn".into());
+    }
+}
+
+/// S3 settings and keys of `env` as `K=V ` words, for an archive or restore
+/// command run by a server whose environment has none.
+fn inline_env(env: &BTreeMap<String, String>) -> String {
+    env.iter()
+        .filter(|(k, _)| k.starts_with("AWS_") || k.starts_with("WALVAULT_"))
+        .filter(|(k, _)| !k.ends_with("_FILE") || k.starts_with("WALVAULT_ENCRYPTION"))
+        .filter(|(k, _)| *k != "WALVAULT_CONFIG")
+        .map(|(k, v)| format!("{k}={v} "))
+        .collect()
+}
+
 fn main() {
     let a = args();
     let root = pg_tempdir();
+    let (weed, https) = Seaweed::start_with_https();
+    let keys = Keys::new(root.path());
+    if a.wants("calls") {
+        bench_calls(&a, root.path(), &weed, https, &keys);
+    }
+    if a.wants("drain") {
+        println!("{}", bench_drain(&a, root.path(), &weed, https, &keys));
+    }
+    if a.wants("replay") {
+        println!("{}", bench_replay(&a, root.path(), &weed, https, &keys));
+    }
+    if a.wants("backups") {
+        let backups = bench_backups(&a, root.path(), &weed, https, &keys);
+        println!("{backups}");
+    }
+    drop(weed);
+}
+
+/// One process per call, as PostgreSQL calls archive_command and restore_command.
+fn bench_calls(a: &Args, root: &Path, weed: &Seaweed, https: u16, keys: &Keys) {
     eprintln!(
         "making {} segments of real WAL with pgbench ...",
         a.segments
     );
-    let (segs, mut src) = make_segments(root.path(), a.segments);
-    let (weed, https) = Seaweed::start_with_https();
+    let (segs, mut src) = make_segments(root, a.segments);
     // One pgBackRest repository per run (stanza-create needs the cluster up).
     let pgbr: Vec<PgBackRest> = (0..a.runs)
-        .map(|run| PgBackRest::new(root.path(), &weed, https, &format!("seq{run}"), &src))
+        .map(|run| PgBackRest::new(root, weed, https, &format!("seq{run}"), &src))
         .collect();
     src.stop();
     let raw_mb = segs.len() as f64 * 16.0 * 1.048576;
-
-    let idfile = root.path().join("identity.txt");
-    let out = Command::new(walvault_bin())
-        .args(["keygen", "-o", idfile.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let recipient = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    // Restores run as the postgres user.
-    chown_pg(&idfile);
 
     let names: Vec<String> = segs
         .iter()
@@ -229,7 +311,7 @@ fn main() {
     for run in 0..a.runs {
         eprintln!("run {} of {} ...", run + 1, a.runs);
         // Baseline: cp, as in PostgreSQL's documentation (no compression, no fsync).
-        let cp_dir = root.path().join(format!("cp-{run}"));
+        let cp_dir = root.join(format!("cp-{run}"));
         std::fs::create_dir(&cp_dir).unwrap();
         let mut p = timed(
             |i| {
@@ -245,7 +327,7 @@ fn main() {
             segs.len(),
         );
         add("cp (baseline)   push".into(), &mut p);
-        let dest = root.path().join("RECOVERYXLOG");
+        let dest = root.join("RECOVERYXLOG");
         let mut p = timed(
             |i| {
                 let mut c = Command::new("cp");
@@ -258,16 +340,11 @@ fn main() {
 
         for backend in ["local dir", "S3 (SeaweedFS)"] {
             let mut env = if backend == "local dir" {
-                fs_env(&root.path().join(format!("repo-{run}")))
+                fs_env(&root.join(format!("repo-{run}")))
             } else {
                 weed.walvault_env(&format!("bench-{run}"))
             };
-            env.insert("WALVAULT_ENCRYPTION_RECIPIENTS".into(), recipient.clone());
-            env.insert(
-                "WALVAULT_ENCRYPTION_IDENTITY_FILE".into(),
-                idfile.display().to_string(),
-            );
-            env.insert("WALVAULT_LOG_LEVEL".into(), "warn".into());
+            keys.add_to(&mut env);
             let mut p = timed(
                 |i| walvault_cmd(&["wal-push", segs[i].to_str().unwrap()], &env),
                 segs.len(),
@@ -283,7 +360,7 @@ fn main() {
                 "fetched bytes differ"
             );
             if backend == "local dir" {
-                let stored: u64 = std::fs::read_dir(root.path().join(format!("repo-{run}/wal")))
+                let stored: u64 = std::fs::read_dir(root.join(format!("repo-{run}/wal")))
                     .unwrap()
                     .filter_map(|e| e.ok())
                     .map(|e| e.metadata().unwrap().len())
@@ -298,7 +375,7 @@ fn main() {
         );
         add("pgBackRest S3 (sync) push".into(), &mut p);
         // pgBackRest runs as postgres: its destination lies in a directory it owns.
-        let pg_dest_dir = root.path().join(format!("pgbr-dest-{run}"));
+        let pg_dest_dir = root.join(format!("pgbr-dest-{run}"));
         std::fs::create_dir(&pg_dest_dir).unwrap();
         chown_pg(&pg_dest_dir);
         let pg_dest = pg_dest_dir.join("RECOVERYXLOG");
@@ -365,10 +442,6 @@ walvault against pgBackRest (S3, one process per call): push {:.2}x faster, fetc
         pp / wp,
         pf / wf
     );
-    println!("{}", bench_drain(&a, root.path(), &weed, https));
-    let backups = bench_backups(&a, root.path(), &weed, &recipient, &idfile);
-    drop(weed);
-    println!("{backups}");
 }
 
 /// Runs a walvault command as the postgres user under GNU time; returns
@@ -398,23 +471,15 @@ fn timed_pg(args: &[&str], env: &BTreeMap<String, String>) -> (f64, i64, String)
 }
 
 /// backup-push and a full recover of a pgbench database on both backends, beside
-/// pg_basebackup to a local directory.
-fn bench_backups(a: &Args, root: &Path, weed: &Seaweed, recipient: &str, idfile: &Path) -> String {
+/// pg_basebackup to a local directory and pgBackRest backup/restore to the same S3.
+fn bench_backups(a: &Args, root: &Path, weed: &Seaweed, https: u16, keys: &Keys) -> String {
     let repo = root.join("backup-repo");
     std::fs::create_dir(&repo).unwrap();
     chown_pg(&repo);
     let mut fs = fs_env(&repo);
     let mut s3 = weed.walvault_env("backup-bench");
     for e in [&mut fs, &mut s3] {
-        e.insert(
-            "WALVAULT_ENCRYPTION_RECIPIENTS".into(),
-            recipient.to_string(),
-        );
-        e.insert(
-            "WALVAULT_ENCRYPTION_IDENTITY_FILE".into(),
-            idfile.display().to_string(),
-        );
-        e.insert("WALVAULT_LOG_LEVEL".into(), "warn".into());
+        keys.add_to(e);
     }
     // The source archives into both repositories (the S3 one named inline).
     let mut src = Cluster::init(root, "backup-src");
@@ -434,6 +499,14 @@ fn bench_backups(a: &Args, root: &Path, weed: &Seaweed, recipient: &str, idfile:
         both.insert(k.into(), s3[k].clone());
     }
     src.start(&both);
+    // pgBackRest's backup waits for its own archive: the same segments go there too.
+    let pgbr = PgBackRest::new(root, weed, https, "backup", &src);
+    let archive = src.psql("show archive_command");
+    src.psql(&format!(
+        "alter system set archive_command = '{}'",
+        format!("{archive} && {}", pgbr.command_line("", "archive-push %p")).replace('\'', "''")
+    ));
+    src.psql("select pg_reload_conf()");
     eprintln!("making a pgbench database of scale {} ...", a.scale);
     src.pgbench(&["-i", "-s", &a.scale.to_string(), "-q"]);
     src.psql("checkpoint");
@@ -477,6 +550,45 @@ fn bench_backups(a: &Args, root: &Path, weed: &Seaweed, recipient: &str, idfile:
             }
             std::fs::remove_dir_all(&b.pgdata).unwrap();
         }
+
+        // pgBackRest: full backup (process-max 2, zstd-1, encrypted), then a restore
+        // and PostgreSQL's recovery to the end of its archive, as walvault recover does.
+        let (ok, err, rss) =
+            measured_secs(&mut pgbr.cmd(&["--start-fast", "--type=full", "backup"]));
+        assert!(ok.is_some(), "pgbackrest backup: {err}");
+        add("pgBackRest backup, S3", ok.unwrap(), rss);
+        let mut b = Cluster::at(root, &format!("pgbr-restored-{run}"));
+        std::fs::create_dir(&b.pgdata).unwrap();
+        std::fs::set_permissions(
+            &b.pgdata,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
+        chown_pg(&b.pgdata);
+        let t = Instant::now();
+        let pg1 = format!("--pg1-path={}", b.pgdata.display());
+        let (ok, err, rss) = measured_secs(&mut pgbr.cmd(&[&pg1, "restore"]));
+        assert!(ok.is_some(), "pgbackrest restore: {err}");
+        add("pgBackRest restore, S3 (files only)", ok.unwrap(), rss);
+        b.conf("archive_mode = off");
+        // The restore_command pgBackRest wrote, made asynchronous (its prefetch) as
+        // walvault's has prefetch; the last line of postgresql.auto.conf wins.
+        let auto = b.pgdata.join("postgresql.auto.conf");
+        let mut text = std::fs::read_to_string(&auto).unwrap();
+        text.push_str(&format!(
+            "\nrestore_command = '{}'\n",
+            pgbr.command_line(&format!("--archive-async {pg1}"), "archive-get %f \"%p\"")
+        ));
+        std::fs::write(&auto, text).unwrap();
+        b.start_opts(&base_env(), false);
+        b.wait_promoted(Duration::from_secs(1800));
+        add(
+            "pgBackRest restore + recovery, S3",
+            t.elapsed().as_secs_f64(),
+            0,
+        );
+        b.stop();
+        std::fs::remove_dir_all(&b.pgdata).unwrap();
     }
     src.stop();
     let base = {
@@ -506,6 +618,12 @@ fn bench_backups(a: &Args, root: &Path, weed: &Seaweed, recipient: &str, idfile:
             rss
         ));
     }
+    let mut med = |label: &str| median(&mut rows.iter_mut().find(|r| r.0 == label).unwrap().1);
+    out.push_str(&format!(
+        "\nwalvault against pgBackRest (S3, process-max 2; its peak RSS is its largest process): backup {:.2}x faster, restore and recovery {:.2}x faster\n",
+        med("pgBackRest backup, S3") / med("walvault backup-push, S3"),
+        med("pgBackRest restore + recovery, S3") / med("walvault recover (latest), S3"),
+    ));
     out
 }
 
@@ -578,7 +696,7 @@ impl PgBackRest {
 
 /// Backlog drain (PostgreSQL's archiver with a backlog of `n` segments) and
 /// in-order fetch of the same segments, walvault against pgBackRest async.
-fn bench_drain(a: &Args, root: &Path, weed: &Seaweed, https: u16) -> String {
+fn bench_drain(a: &Args, root: &Path, weed: &Seaweed, https: u16, keys: &Keys) -> String {
     let n = a.drain;
     let mut d = Cluster::init(root, "drain");
     d.conf("archive_mode = on\narchive_command = '/bin/false'\nmax_wal_size = 16GB\ncheckpoint_timeout = 1h\nmin_wal_size = 8GB");
@@ -641,7 +759,8 @@ fn bench_drain(a: &Args, root: &Path, weed: &Seaweed, https: u16) -> String {
     };
 
     let bin = walvault_bin().display().to_string();
-    let s3 = weed.walvault_env("drain");
+    let mut s3 = weed.walvault_env("drain");
+    keys.add_to(&mut s3);
     let mut walvault_s = Vec::new();
     let mut pgbr_s = Vec::new();
     let mut fetch_rows: Vec<(String, Vec<f64>, i64)> = Vec::new();
@@ -659,19 +778,12 @@ fn bench_drain(a: &Args, root: &Path, weed: &Seaweed, https: u16) -> String {
     for run in 0..a.runs {
         eprintln!("drain run {} of {} ...", run + 1, a.runs);
         let repo = format!("{}-{run}", s3["WALVAULT_REPO"]);
+        let mut env = s3.clone();
+        env.insert("WALVAULT_REPO".into(), repo.clone());
         // The server's environment has no S3 settings: they go inline.
-        let envs: String = [
-            "AWS_ENDPOINT_URL",
-            "AWS_REGION",
-            "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY",
-            "WALVAULT_S3_FORCE_PATH_STYLE",
-        ]
-        .iter()
-        .map(|k| format!("{k}={} ", s3[*k]))
-        .collect();
         walvault_s.push(drain(&format!(
-            "env {envs}WALVAULT_REPO={repo} WALVAULT_LOG_LEVEL=warn \"{bin}\" wal-push %p"
+            "env {}\"{bin}\" wal-push %p",
+            inline_env(&env)
         )));
         let pgbr = PgBackRest::new(root, weed, https, &format!("drain{run}"), &d);
         pgbr_s.push(drain(
@@ -680,9 +792,6 @@ fn bench_drain(a: &Args, root: &Path, weed: &Seaweed, https: u16) -> String {
 
         // Recovery's side: the same segments fetched in order, one call each, into
         // a pg_wal (so walvault's prefetch spool is where it would be).
-        let mut env = s3.clone();
-        env.insert("WALVAULT_REPO".into(), repo.clone());
-        env.insert("WALVAULT_LOG_LEVEL".into(), "warn".into());
         for (label, prefetch) in [
             ("walvault wal-fetch, prefetch 16", "16"),
             ("walvault wal-fetch, no prefetch", "0"),
@@ -768,6 +877,135 @@ fn bench_drain(a: &Args, root: &Path, weed: &Seaweed, https: u16) -> String {
             m * 1000.0 / backlog.len() as f64,
             pg_fetch / m,
             r.2 as f64 / 1024.0
+        ));
+    }
+    out
+}
+
+/// Replay of at least `--replay-mb` of real WAL from each archive, from one base
+/// backup: restore_command `cp` from a local directory (PostgreSQL's own replay
+/// speed is the limit), walvault wal-fetch from S3, pgBackRest archive-get async.
+fn bench_replay(a: &Args, root: &Path, weed: &Seaweed, https: u16, keys: &Keys) -> String {
+    let mut src = Cluster::init(root, "replay-src");
+    src.conf("archive_mode = on\narchive_command = '/bin/false'\nmax_wal_size = 16GB\ncheckpoint_timeout = 1h");
+    src.start(&base_env());
+    let pgbr = PgBackRest::new(root, weed, https, "replay", &src);
+    let cp_dir = root.join("replay-cp-archive");
+    std::fs::create_dir(&cp_dir).unwrap();
+    chown_pg(&cp_dir);
+    let mut s3 = weed.walvault_env("replay");
+    keys.add_to(&mut s3);
+    let bin = walvault_bin().display().to_string();
+    let inline = inline_env(&s3);
+    // Every segment goes to all three archives before it counts as archived.
+    let archive = format!(
+        "cp %p {}/%f && env {inline}\"{bin}\" wal-push %p && {}",
+        cp_dir.display(),
+        pgbr.command_line("", "archive-push %p")
+    );
+    src.psql(&format!(
+        "alter system set archive_command = '{}'",
+        archive.replace('\'', "''")
+    ));
+    src.psql("select pg_reload_conf()");
+    src.pgbench(&["-i", "-s", "1", "-q"]);
+    let base = root.join("replay-base");
+    src.basebackup(&base);
+    eprintln!("making at least {} MB of real WAL ...", a.replay_mb);
+    let start_lsn = src.psql("select pg_current_wal_lsn()");
+    let wal_mb = |c: &Cluster| -> f64 {
+        c.psql(&format!(
+            "select (pg_current_wal_lsn() - '{start_lsn}') / 1e6"
+        ))
+        .parse()
+        .unwrap()
+    };
+    // Bulk loads and index builds (replay is fastest there, so fetching shows
+    // most), then small transactions.
+    while wal_mb(&src) < a.replay_mb as f64 * 0.8 {
+        src.pgbench(&["-i", "-s", "20", "-q"]);
+    }
+    while wal_mb(&src) < a.replay_mb as f64 {
+        src.pgbench(&["-c", "2", "-j", "2", "-T", "10"]);
+    }
+    let rows = src.psql("select count(*) from pgbench_history");
+    let last = src.switch_wal();
+    src.wait_archived(&last, Duration::from_secs(1800));
+    let replayed_mb = wal_mb(&src);
+    src.stop();
+
+    let mut rows_out: Vec<(String, Vec<f64>)> = Vec::new();
+    for run in 0..a.runs {
+        eprintln!("replay run {} of {} ...", run + 1, a.runs);
+        for (i, (label, restore)) in [
+            (
+                "cp from a local directory (baseline)",
+                format!("cp {}/%f %p", cp_dir.display()),
+            ),
+            (
+                "walvault wal-fetch, S3, prefetch 16",
+                format!("env {inline}\"{bin}\" wal-fetch %f %p"),
+            ),
+            (
+                "pgBackRest archive-get, S3, async",
+                // It checks that the server runs in the data directory it knows.
+                pgbr.command_line("--archive-async --pg1-path=PGDATA", "archive-get %f \"%p\""),
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            // pgBackRest's queue of a run before would serve this one from disk.
+            let _ = std::fs::remove_dir_all(pgbr.conf.parent().unwrap().join("spool/archive"));
+            let mut c = Cluster::at(root, &format!("replay-{run}-{i}"));
+            let out = Command::new("cp")
+                .arg("-a")
+                .arg(&base)
+                .arg(&c.pgdata)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "cp -a: {}", stderr(&out));
+            let restore = restore.replace("PGDATA", c.pgdata.to_str().unwrap());
+            c.conf(&format!(
+                "archive_mode = off\nrestore_command = '{}'\nrecovery_target_timeline = 'latest'",
+                restore.replace('\'', "''")
+            ));
+            std::fs::write(c.pgdata.join("recovery.signal"), "").unwrap();
+            chown_pg(&c.pgdata);
+            let t = Instant::now();
+            c.start_opts(&base_env(), false);
+            c.wait_promoted(Duration::from_secs(1800));
+            let secs = t.elapsed().as_secs_f64();
+            assert_eq!(
+                c.psql("select count(*) from pgbench_history"),
+                rows,
+                "{label}: replay did not reach the end of the archive"
+            );
+            c.stop();
+            std::fs::remove_dir_all(&c.pgdata).unwrap();
+            match rows_out.iter_mut().find(|r| r.0 == label) {
+                Some(r) => r.1.push(secs),
+                None => rows_out.push((label.to_string(), vec![secs])),
+            }
+        }
+    }
+    let mut med: Vec<(String, f64)> = rows_out
+        .iter_mut()
+        .map(|r| (r.0.clone(), median(&mut r.1)))
+        .collect();
+    let (cp, pg) = (med[0].1, med[2].1);
+    let mut out = format!(
+        "\nreplay: {replayed_mb:.0} MB of real WAL from one base backup, server start to promotion; {} runs\n\n{:<44} {:>10} {:>10} {:>10} {:>14}\n",
+        a.runs, "", "median s", "MB/s", "x cp time", "x pgBackRest"
+    );
+    for (label, m) in med.iter_mut() {
+        out.push_str(&format!(
+            "{:<44} {:>10.1} {:>10.0} {:>10.2} {:>14.2}\n",
+            label,
+            m,
+            replayed_mb / *m,
+            *m / cp,
+            pg / *m
         ));
     }
     out

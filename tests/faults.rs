@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 fn loaded_cluster(root: &Path, env: &BTreeMap<String, String>) -> Cluster {
     let mut a = Cluster::init(root, "a");
     a.archive_to_walvault();
-    a.conf("wal_keep_size = '4GB'\ntrack_commit_timestamp = on");
+    a.conf("wal_keep_size = '4GB'");
     a.start(env);
     // Set at run time: given only in postgresql.conf at start-up, 1 s was seen
     // not to force any switch on this server until a reload.

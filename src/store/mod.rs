@@ -33,6 +33,11 @@ pub trait Store: Send + Sync {
     async fn put_class(&self, key: &str, body: Body, _class: Class) -> Result<()> {
         self.put(key, body).await
     }
+    /// `put_class` of bytes already in memory (S3 sends them without copying them again).
+    async fn put_bytes(&self, key: &str, data: bytes::Bytes, class: Class) -> Result<()> {
+        self.put_class(key, Box::new(std::io::Cursor::new(data)), class)
+            .await
+    }
     /// Opens `key` for reading; `None` when the store says it does not exist.
     async fn get(&self, key: &str) -> Result<Option<Body>>;
     /// The last `n` bytes of `key` (all of it when shorter); `None` when absent.

@@ -42,22 +42,11 @@ pub struct S3Store {
 
 /// Builds an S3 client from the configuration and the AWS chain.
 pub async fn client(cfg: &config::S3) -> Client {
-    let mut http = aws_smithy_http_client::Builder::new().tls_provider(tls::Provider::Rustls(
-        tls::rustls_provider::CryptoMode::Ring,
-    ));
-    if plain_http(cfg) {
-        // Loading the system's root certificates reads and parses every file in
-        // /etc/ssl/certs: milliseconds on each wal-push, for a TLS never used.
-        http = http.tls_context(
-            tls::TlsContext::builder()
-                .with_trust_store(tls::TrustStore::empty())
-                .build()
-                .expect("an empty trust store is valid"),
-        );
-    }
-    let http = http.build_https();
+    // HTTPS connectors load the system's root certificates on first use only:
+    // the chain's own client costs nothing when region and keys are given.
+    let https = https_client(tls::TrustStore::default());
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .http_client(http)
+        .http_client(https)
         .retry_config(RetryConfig::standard().with_max_attempts(cfg.max_attempts as u32))
         .timeout_config(
             TimeoutConfig::builder()
@@ -65,6 +54,16 @@ pub async fn client(cfg: &config::S3) -> Client {
                 .operation_attempt_timeout(Duration::from_secs(cfg.timeout_seconds as u64))
                 .build(),
         );
+    let env_keys = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
+        .iter()
+        .all(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()));
+    if env_keys {
+        // What the default chain would take first anyway; building the chain also
+        // builds an STS client, and with it a TLS connector, that is never used.
+        loader = loader.credentials_provider(
+            aws_config::environment::EnvironmentVariableCredentialsProvider::new(),
+        );
+    }
     if let Some(region) = &cfg.region {
         loader = loader.region(aws_config::Region::new(region.clone()));
     }
@@ -72,25 +71,51 @@ pub async fn client(cfg: &config::S3) -> Client {
         loader = loader.endpoint_url(endpoint);
     }
     let shared = loader.load().await;
-    let conf = aws_sdk_s3::config::Builder::from(&shared)
+    let mut conf = aws_sdk_s3::config::Builder::from(&shared)
         .force_path_style(cfg.force_path_style)
         // Objects carry their own sha256 (codec); per-request CRC trailers add cost
         // and are not understood by every S3-compatible store.
         .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
-        .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired)
-        .build();
-    Client::from_conf(conf)
+        .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired);
+    if s3_endpoint(cfg, &shared).is_some_and(|e| e.to_ascii_lowercase().starts_with("http://")) {
+        // Reading and parsing every file in /etc/ssl/certs costs milliseconds on
+        // each wal-push, for a TLS connection to S3 that is never made.
+        conf = conf.http_client(https_client(tls::TrustStore::empty()));
+    }
+    Client::from_conf(conf.build())
 }
 
-/// Whether every request goes to a plain `http://` endpoint (s3.endpoint, else
-/// the SDK's AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL).
-fn plain_http(cfg: &config::S3) -> bool {
-    let endpoint = cfg.endpoint.clone().or_else(|| {
-        ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
-            .iter()
-            .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
-    });
-    endpoint.is_some_and(|e| e.to_ascii_lowercase().starts_with("http://"))
+fn https_client(roots: tls::TrustStore) -> aws_sdk_s3::config::SharedHttpClient {
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .tls_context(
+            tls::TlsContext::builder()
+                .with_trust_store(roots)
+                .build()
+                .expect("a trust store without custom certificates is valid"),
+        )
+        .build_https()
+}
+
+/// The endpoint S3 requests go to, resolved as the SDK does: s3.endpoint, else
+/// AWS_ENDPOINT_URL_S3 or a profile's S3 endpoint_url, else AWS_ENDPOINT_URL or
+/// a profile's endpoint_url. `None`: AWS's own HTTPS endpoints.
+fn s3_endpoint(cfg: &config::S3, shared: &aws_types::SdkConfig) -> Option<String> {
+    if let Some(e) = &cfg.endpoint {
+        return Some(e.clone());
+    }
+    let key = aws_types::service_config::ServiceConfigKey::builder()
+        .service_id("S3")
+        .env("AWS_ENDPOINT_URL")
+        .profile("endpoint_url")
+        .build()
+        .expect("every field is set");
+    shared
+        .service_config()
+        .and_then(|c| c.load_config(key))
+        .or_else(|| shared.endpoint_url().map(str::to_string))
 }
 
 fn sdk_err<E: std::error::Error + 'static, R: std::fmt::Debug>(e: SdkError<E, R>) -> anyhow::Error {
@@ -334,6 +359,17 @@ impl Store for S3Store {
             self.put_multipart(key, first, &mut body, class).await
         };
         r.with_context(|| format!("S3 upload of {} failed", self.locate(key)))
+    }
+
+    async fn put_bytes(&self, key: &str, data: bytes::Bytes, class: Class) -> Result<()> {
+        if data.len() > self.part_size {
+            return self
+                .put_class(key, Box::new(std::io::Cursor::new(data)), class)
+                .await;
+        }
+        self.put_single(key, data, class)
+            .await
+            .with_context(|| format!("S3 upload of {} failed", self.locate(key)))
     }
 
     async fn get(&self, key: &str) -> Result<Option<Body>> {

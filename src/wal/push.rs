@@ -14,8 +14,11 @@ use std::io::Read;
 use std::path::Path;
 use std::time::Instant;
 
-/// What the file says about its cluster, learnt while checking it.
+/// A local file that passed the checks, and what it says about its cluster.
 struct Checked {
+    path: std::path::PathBuf,
+    name: String,
+    kind: WalFile,
     sysid: Option<u64>,
     pg_version: Option<u32>,
 }
@@ -59,19 +62,17 @@ struct Pushed {
 /// S3 client is built and the repository is asked about the file.
 pub struct Prepared {
     started: Instant,
-    path: std::path::PathBuf,
-    name: String,
-    kind: WalFile,
+    own: Checked,
     status: Option<super::archived::Status>,
     candidates: Vec<(std::path::PathBuf, WalFile)>,
     own_codec: Codec,
-    encoded: Option<Encoding>,
+    encoded: Encoding,
 }
 
 /// A file being encoded in memory on a blocking thread: its trailer and bytes.
 type Encoding = tokio::task::JoinHandle<std::io::Result<(Trailer, Vec<u8>)>>;
 
-/// Checks the name, finds the other `.ready` files, and starts encoding the file
+/// Checks the file, finds the other `.ready` files, and starts encoding the file
 /// asked for (on every core when it is alone: latency is what counts then).
 /// Called inside the runtime (the encoding is a blocking task).
 pub fn prepare(codec: &Codec, path: &Path, opts: &Options) -> Result<Prepared> {
@@ -79,6 +80,9 @@ pub fn prepare(codec: &Codec, path: &Path, opts: &Options) -> Result<Prepared> {
     let name = file_name(path)?;
     let kind = WalFile::parse(&name)?;
     super::prefetch::clean_after_recovery(path);
+    // Checked before anything is read into memory: only a file that passed
+    // (a segment of its exact size, a small text file) is encoded.
+    let own = check_file(path, kind).with_context(|| format!("refusing {}", path.display()))?;
     let status = super::archived::Status::beside(path);
     let candidates = match &status {
         Some(st) if opts.lookahead > 0 => st.ready_after(&name, opts.lookahead),
@@ -90,18 +94,12 @@ pub fn prepare(codec: &Codec, path: &Path, opts: &Options) -> Result<Prepared> {
     } else {
         codec.clone()
     };
-    // Only what could be a WAL file (segments are at most 1 GiB): anything else
-    // is refused by the checks in push_one, and must not be read into memory first.
-    let plausible = std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() <= 1 << 30);
-    let encoded = plausible.then(|| {
-        let (c, p) = (own_codec.clone(), path.to_path_buf());
-        tokio::task::spawn_blocking(move || c.encode_to_vec(&mut std::fs::File::open(&p)?))
-    });
+    let (c, p) = (own_codec.clone(), path.to_path_buf());
+    let encoded =
+        tokio::task::spawn_blocking(move || c.encode_to_vec(&mut std::fs::File::open(&p)?));
     Ok(Prepared {
         started,
-        path: path.to_path_buf(),
-        name,
-        kind,
+        own,
         status,
         candidates,
         own_codec,
@@ -115,17 +113,7 @@ pub fn prepare(codec: &Codec, path: &Path, opts: &Options) -> Result<Prepared> {
 /// PostgreSQL's later calls for them return at once. Only the file asked for
 /// decides the exit status.
 pub async fn run(store: &dyn Store, codec: &Codec, p: Prepared, opts: &Options) -> Result<()> {
-    let Prepared {
-        started,
-        path,
-        name,
-        kind,
-        status,
-        candidates,
-        own_codec,
-        encoded,
-    } = p;
-    let path = path.as_path();
+    let name = p.own.name.clone();
     // The identity and an existing copy are independent look-ups: ask both at once.
     let own_key = super::key(&name);
     let (identity, existing) =
@@ -133,21 +121,32 @@ pub async fn run(store: &dyn Store, codec: &Codec, p: Prepared, opts: &Options) 
     let identity = identity?;
     // A new repository is bound by the first file alone.
     let ahead = if identity.is_some() {
-        candidates
+        p.candidates
     } else {
         Vec::new()
     };
     let id = identity.as_ref();
     let own = async {
-        push_one(store, &own_codec, path, &kind, id, Some(existing), encoded)
-            .await
-            .with_context(|| format!("refusing {}", path.display()))
+        let path = p.own.path.clone();
+        push_one(
+            store,
+            &p.own_codec,
+            p.own,
+            id,
+            Some(existing),
+            Some(p.encoded),
+        )
+        .await
+        .with_context(|| format!("refusing {}", path.display()))
     };
     let others = async {
         use futures_util::StreamExt;
         futures_util::stream::iter(ahead)
             .map(|(other, other_kind)| async move {
-                let r = push_one(store, codec, &other, &other_kind, id, None, None).await;
+                let r = match check_file(&other, other_kind) {
+                    Ok(checked) => push_one(store, codec, checked, id, None, None).await,
+                    Err(e) => Err(e),
+                };
                 (other, r)
             })
             .buffer_unordered(opts.concurrency.saturating_sub(1).max(1))
@@ -161,7 +160,8 @@ pub async fn run(store: &dyn Store, codec: &Codec, p: Prepared, opts: &Options) 
         match r {
             Ok(_) => {
                 // Only after the upload returned: a marker always means "stored".
-                let st = status
+                let st = p
+                    .status
                     .as_ref()
                     .expect("lookahead only with a status directory");
                 match st.mark(&opts.repo, &other_name) {
@@ -184,7 +184,7 @@ pub async fn run(store: &dyn Store, codec: &Codec, p: Prepared, opts: &Options) 
         } else {
             String::new()
         },
-        started.elapsed().as_millis()
+        p.started.elapsed().as_millis()
     );
     Ok(())
 }
@@ -197,21 +197,19 @@ fn file_name(path: &Path) -> Result<String> {
         .to_string())
 }
 
-/// Checks and stores one file; an identical copy already stored is success.
+/// Stores one checked file; an identical copy already stored is success.
 async fn push_one(
     store: &dyn Store,
     codec: &Codec,
-    path: &Path,
-    kind: &WalFile,
+    checked: Checked,
     identity: Option<&repo::RepoIdentity>,
     // The stored copy's trailer when already looked up.
     existing: Option<Result<Option<Trailer>, DecodeError>>,
     // The file already being encoded.
     encoded: Option<Encoding>,
 ) -> Result<Pushed> {
-    let name = file_name(path)?;
-    let checked = check_file(path, kind)?;
-    let key = super::key(&name);
+    let (path, name) = (checked.path.as_path(), checked.name.as_str());
+    let key = super::key(name);
     let file_sysid = match checked.sysid {
         Some(s) => Some(s),
         // History and backup files carry no identifier; the data directory does.
@@ -239,9 +237,7 @@ async fn push_one(
     let existing = match existing {
         Ok(e) => e,
         Err(DecodeError::Integrity(e)) => {
-            tracing::warn!(
-                "the stored copy of {name} is damaged ({e}); replacing it with this file"
-            );
+            replacing_damaged(name, &e);
             None
         }
         Err(e) => return Err(e.into()),
@@ -257,9 +253,7 @@ async fn push_one(
                     return Ok(Pushed { len });
                 }
                 Ok(None) => {}
-                Err(DecodeError::Integrity(e)) => tracing::warn!(
-                    "the stored copy of {name} is damaged ({e}); replacing it with this file"
-                ),
+                Err(DecodeError::Integrity(e)) => replacing_damaged(name, &e),
                 Err(e) => return Err(e.into()),
             }
         } else {
@@ -274,7 +268,7 @@ async fn push_one(
     }
 
     // History files are never expired: later timelines are found through them.
-    let class = match kind {
+    let class = match checked.kind {
         WalFile::History(_) => Class::Kept,
         _ => Class::Standard,
     };
@@ -285,9 +279,7 @@ async fn push_one(
                 .context("encoder task failed")?
                 .with_context(|| format!("encoding {}", path.display()))?;
             let stored_len = bytes.len() as u64;
-            store
-                .put_class(&key, Box::new(std::io::Cursor::new(bytes)), class)
-                .await?;
+            store.put_bytes(&key, bytes.into(), class).await?;
             (trailer.plain_len, stored_len)
         }
         None => {
@@ -301,6 +293,10 @@ async fn push_one(
     Ok(Pushed { len: plain_len })
 }
 
+fn replacing_damaged(name: &str, e: &impl std::fmt::Display) {
+    tracing::warn!("the stored copy of {name} is damaged ({e}); replacing it with this file");
+}
+
 /// sha256 and length of a file, off the async threads.
 async fn sha256_of_file(path: &Path) -> Result<([u8; 32], u64)> {
     let p = path.to_path_buf();
@@ -309,13 +305,15 @@ async fn sha256_of_file(path: &Path) -> Result<([u8; 32], u64)> {
         .with_context(|| format!("reading {}", path.display()))
 }
 
-fn check_file(path: &Path, kind: &WalFile) -> Result<Checked> {
+/// Checks that `path` is the WAL file its name says: a segment's header names
+/// it and its size is right; a history or backup history file parses.
+fn check_file(path: &Path, kind: WalFile) -> Result<Checked> {
     let meta =
         std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     if !meta.is_file() {
         bail!("not a regular file");
     }
-    match kind {
+    let (sysid, pg_version) = match &kind {
         WalFile::Segment(seg) | WalFile::Partial(seg) => {
             let mut b = [0u8; LONG_HEADER_LEN];
             let mut f = std::fs::File::open(path)?;
@@ -323,30 +321,28 @@ fn check_file(path: &Path, kind: &WalFile) -> Result<Checked> {
                 .map_err(|_| anyhow::anyhow!("file is too short to be a WAL segment"))?;
             let h = LongPageHeader::parse(&b)?;
             h.check(seg, meta.len())?;
-            Ok(Checked {
-                sysid: Some(h.sysid),
-                pg_version: h.pg_major(),
-            })
+            (Some(h.sysid), h.pg_major())
         }
         WalFile::History(_) => {
             let text = read_small_text(path, &meta)?;
             super::history::parse(&text).context("not a timeline history file")?;
-            Ok(Checked {
-                sysid: None,
-                pg_version: None,
-            })
+            (None, None)
         }
         WalFile::BackupHistory(..) => {
             let text = read_small_text(path, &meta)?;
             if !text.starts_with("START WAL LOCATION:") {
                 bail!("not a backup history file (no START WAL LOCATION line)");
             }
-            Ok(Checked {
-                sysid: None,
-                pg_version: None,
-            })
+            (None, None)
         }
-    }
+    };
+    Ok(Checked {
+        path: path.to_path_buf(),
+        name: file_name(path)?,
+        kind,
+        sysid,
+        pg_version,
+    })
 }
 
 fn read_small_text(path: &Path, meta: &std::fs::Metadata) -> Result<String> {
