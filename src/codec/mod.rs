@@ -9,7 +9,10 @@ pub mod keys;
 use crate::store::{Body, Class, Store};
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use envelope::{HashingWriter, Trailer, TrailerSplitReader, FLAG_ENCRYPTED, FLAG_ZSTD, HEADER_LEN};
+use envelope::{
+    HashingWriter, SideHashingWriter, Trailer, TrailerSplitReader, FLAG_ENCRYPTED, FLAG_ZSTD,
+    HEADER_LEN,
+};
 use sha2::{Digest, Sha256};
 use std::io::{self, BufReader, Read, Write};
 use std::path::PathBuf;
@@ -69,8 +72,9 @@ impl Codec {
         }
     }
 
-    /// This codec compressing each object with `workers` threads: for a lone
-    /// object, where the other cores would idle; not for many at once.
+    /// This codec using `workers` threads for each object (compressing with them;
+    /// decoding with sha256 on a second one): for a lone object, where the other
+    /// cores would idle; not for many at once.
     pub fn with_workers(&self, workers: u32) -> Codec {
         Codec {
             inner: self.inner.clone(),
@@ -166,7 +170,34 @@ impl Codec {
     /// `dest` may have received data even on error: write it somewhere temporary.
     pub fn decode(&self, src: &mut dyn Read, dest: &mut dyn Write) -> Result<Trailer, DecodeError> {
         let (mut env, flags) = Envelope::open(src)?;
-        let mut out = HashingWriter::new(dest);
+        // With workers (a lone restore), sha256 runs beside decompression.
+        let (plain_sha, plain_len) = if self.workers > 1 {
+            let mut out = SideHashingWriter::new(dest);
+            self.decode_body(&mut env, flags, &mut out)?;
+            let (_, sha, len) = out.finish();
+            (sha, len)
+        } else {
+            let mut out = HashingWriter::new(dest);
+            self.decode_body(&mut env, flags, &mut out)?;
+            let (_, sha, len) = out.finish();
+            (sha, len)
+        };
+        let (trailer, _) = env.finish()?;
+        if trailer.plain_len != plain_len || trailer.plain_sha256 != plain_sha {
+            return Err(DecodeError::Integrity(
+                "restored content does not match its recorded sha256".into(),
+            ));
+        }
+        Ok(trailer)
+    }
+
+    /// Decrypts (when encrypted) and decompresses the body into `out`.
+    fn decode_body(
+        &self,
+        env: &mut Envelope<'_>,
+        flags: u8,
+        out: &mut dyn Write,
+    ) -> Result<(), DecodeError> {
         let classify = |e| env.failed.classify(e);
         if flags & FLAG_ENCRYPTED != 0 {
             let ids = self.identities()?;
@@ -175,18 +206,11 @@ impl Codec {
             let mut plain = dec
                 .decrypt(ids.iter().map(|i| i as &dyn age::Identity))
                 .map_err(|e| age_error(e, &classify))?;
-            unzstd(&mut BufReader::new(&mut plain), &mut out).map_err(classify)?;
+            unzstd(&mut BufReader::new(&mut plain), out).map_err(classify)?;
         } else {
-            unzstd(&mut BufReader::new(&mut env.split), &mut out).map_err(classify)?;
+            unzstd(&mut BufReader::new(&mut env.split), out).map_err(classify)?;
         }
-        let (_, plain_sha, plain_len) = out.finish();
-        let (trailer, _) = env.finish()?;
-        if trailer.plain_len != plain_len || trailer.plain_sha256 != plain_sha {
-            return Err(DecodeError::Integrity(
-                "restored content does not match its recorded sha256".into(),
-            ));
-        }
-        Ok(trailer)
+        Ok(())
     }
 
     /// Encodes `src` and stores it under `key`.
@@ -612,6 +636,13 @@ mod tests {
         let (enc, _d) = keyed();
         assert_eq!(roundtrip(&enc, &enc, &data).unwrap(), data);
         assert_eq!(roundtrip(&enc, &enc, b"").unwrap(), b"");
+        // With workers: compressed on several threads, decoded with sha256 on a
+        // second one (a wrong digest or length there would fail the decode).
+        let (par, par_dec) = (enc.with_workers(2), enc.with_workers(2));
+        assert_eq!(roundtrip(&par, &par_dec, &data).unwrap(), data);
+        assert_eq!(roundtrip(&enc, &par_dec, &data).unwrap(), data);
+        assert_eq!(roundtrip(&par, &enc, &data).unwrap(), data);
+        assert_eq!(roundtrip(&par, &par_dec, b"").unwrap(), b"");
     }
 
     #[test]
@@ -632,7 +663,7 @@ mod tests {
         let data = sample(200_000);
         let (enc, _d) = keyed();
         let plain = Codec::new(1, vec![], None);
-        for codec in [&enc, &plain] {
+        for codec in [&enc, &plain, &enc.with_workers(2)] {
             let mut stored = Vec::new();
             codec.encode(&mut &data[..], &mut stored).unwrap();
             let step = (stored.len() / 97).max(1);

@@ -9,7 +9,8 @@ use super::names::{SegmentName, WalFile};
 use super::prefetch::Spool;
 use crate::codec::{Codec, DecodeError};
 use crate::repo;
-use crate::store::{fs::sync_dir, Store};
+use crate::store::fs::{sync_dir, WriteBehind};
+use crate::store::Store;
 use anyhow::{anyhow, Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -55,7 +56,10 @@ pub async fn run(
         }
         _ => None,
     };
-    let fetched = fetch_with_retries(store, codec, name, &key, &tmp, dest, &dir, retries).await;
+    // PostgreSQL waits for this one file: sha256 on the second core, beside
+    // decompression (the prefetcher's downloads already keep the cores busy).
+    let codec = codec.with_workers(2);
+    let fetched = fetch_with_retries(store, &codec, name, &key, &tmp, dest, &dir, retries).await;
     if let (Ok(Fetched::Restored), Some((spool, seg))) = (&fetched, &spool) {
         prefetch_after(spool, *seg, dest, prefetch);
     }
@@ -206,12 +210,13 @@ async fn fetch_once(
 ) -> Result<bool> {
     let file =
         std::fs::File::create(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    let Some((_, file)) = codec.download(store, key, file).await? else {
+    let Some((_, file)) = codec.download(store, key, WriteBehind::new(file)).await? else {
         let _ = std::fs::remove_file(tmp);
         return Ok(false);
     };
     let (tmp2, dest2, dir2) = (tmp.to_path_buf(), dest.to_path_buf(), dir.to_path_buf());
     tokio::task::spawn_blocking(move || -> Result<()> {
+        let file = file.into_inner();
         file.sync_all().context("fsync")?;
         drop(file);
         std::fs::rename(&tmp2, &dest2).with_context(|| format!("rename to {}", dest2.display()))?;

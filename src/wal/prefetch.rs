@@ -15,7 +15,8 @@
 
 use super::names::{segments_per_xlogid, SegmentName, WalFile};
 use crate::codec::Codec;
-use crate::store::{fs::sync_dir, Store};
+use crate::store::fs::{sync_dir, WriteBehind};
+use crate::store::Store;
 use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -129,7 +130,7 @@ impl Spool {
     async fn fill(&self, store: &dyn Store, codec: &Codec, name: &str) -> Result<bool> {
         let tmp = self.dir.join("wal").join(format!(".{name}.tmp"));
         let f = Crc32Writer {
-            inner: std::fs::File::create(&tmp)?,
+            inner: WriteBehind::new(std::fs::File::create(&tmp)?),
             crc: crc32fast::Hasher::new(),
             len: 0,
         };
@@ -137,7 +138,7 @@ impl Spool {
             let _ = std::fs::remove_file(&tmp);
             return Ok(false);
         };
-        f.inner.sync_all()?;
+        f.inner.into_inner().sync_all()?;
         let (crc, len) = (f.crc.finalize(), f.len);
         let mut side = std::fs::File::create(self.sidecar(name))?;
         write!(side, "{crc:08x} {len}")?;
@@ -255,7 +256,7 @@ impl Spool {
 
 /// Writes through, computing the CRC32 of what was written.
 struct Crc32Writer {
-    inner: std::fs::File,
+    inner: WriteBehind,
     crc: crc32fast::Hasher,
     len: u64,
 }
