@@ -121,8 +121,9 @@ pub struct SideHashingWriter<W> {
 
 impl<W: Write> SideHashingWriter<W> {
     pub fn new(inner: W) -> Self {
-        let (to_hasher, chunks) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
-        let (give_back, spare) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+        // At most 4 chunks exist: 2 queued, 1 being hashed, 1 being filled.
+        let (to_hasher, chunks) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
+        let (give_back, spare) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
         let hasher = std::thread::spawn(move || {
             let (mut h, mut count) = (Sha256::new(), 0u64);
             for chunk in chunks {
