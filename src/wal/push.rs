@@ -139,39 +139,40 @@ pub async fn run(store: &dyn Store, codec: &Codec, p: Prepared, opts: &Options) 
         .await
         .with_context(|| format!("refusing {}", path.display()))
     };
+    let status = p.status.as_ref();
     let others = async {
         use futures_util::StreamExt;
         futures_util::stream::iter(ahead)
             .map(|(other, other_kind)| async move {
-                let r = match check_file(&other, other_kind) {
+                let other_name = file_name(&other)?;
+                let pushed = match check_file(&other, other_kind) {
                     Ok(checked) => push_one(store, codec, checked, id, None, None).await,
                     Err(e) => Err(e),
                 };
-                (other, r)
+                if let Err(e) = pushed {
+                    tracing::warn!("{other_name}: not archived ahead ({e:#}); PostgreSQL's own call for it will retry");
+                    return Ok(false);
+                }
+                // Marked as soon as its upload returned (a marker always means
+                // "stored"): a call killed later in the batch keeps what is done.
+                let st = status.expect("lookahead only with a status directory");
+                match st.mark(&opts.repo, &other_name) {
+                    Ok(()) => Ok(true),
+                    Err(e) => {
+                        tracing::warn!("{other_name}: archived, but its marker could not be written ({e:#}); PostgreSQL's own call will check the repository");
+                        Ok(false)
+                    }
+                }
             })
             .buffer_unordered(opts.concurrency.saturating_sub(1).max(1))
-            .collect::<Vec<_>>()
+            .collect::<Vec<Result<bool>>>()
             .await
     };
     let (own, others) = tokio::join!(own, others);
     let mut ahead_done = 0;
-    for (other, r) in others {
-        let other_name = file_name(&other)?;
-        match r {
-            Ok(_) => {
-                // Only after the upload returned: a marker always means "stored".
-                let st = p
-                    .status
-                    .as_ref()
-                    .expect("lookahead only with a status directory");
-                match st.mark(&opts.repo, &other_name) {
-                    Ok(()) => ahead_done += 1,
-                    Err(e) => tracing::warn!("{other_name}: archived, but its marker could not be written ({e:#}); PostgreSQL's own call will check the repository"),
-                }
-            }
-            Err(e) => tracing::warn!(
-                "{other_name}: not archived ahead ({e:#}); PostgreSQL's own call for it will retry"
-            ),
+    for marked in others {
+        if marked? {
+            ahead_done += 1;
         }
     }
     let pushed = own?;
