@@ -144,37 +144,33 @@ pub async fn run(store: &dyn Store, codec: &Codec, p: Prepared, opts: &Options) 
         use futures_util::StreamExt;
         futures_util::stream::iter(ahead)
             .map(|(other, other_kind)| async move {
-                let other_name = file_name(&other)?;
+                // Nothing here fails the call: only the file asked for decides.
+                let other_name = other.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
                 let pushed = match check_file(&other, other_kind) {
                     Ok(checked) => push_one(store, codec, checked, id, None, None).await,
                     Err(e) => Err(e),
                 };
                 if let Err(e) = pushed {
                     tracing::warn!("{other_name}: not archived ahead ({e:#}); PostgreSQL's own call for it will retry");
-                    return Ok(false);
+                    return false;
                 }
                 // Marked as soon as its upload returned (a marker always means
                 // "stored"): a call killed later in the batch keeps what is done.
                 let st = status.expect("lookahead only with a status directory");
                 match st.mark(&opts.repo, &other_name) {
-                    Ok(()) => Ok(true),
+                    Ok(()) => true,
                     Err(e) => {
                         tracing::warn!("{other_name}: archived, but its marker could not be written ({e:#}); PostgreSQL's own call will check the repository");
-                        Ok(false)
+                        false
                     }
                 }
             })
             .buffer_unordered(opts.concurrency.saturating_sub(1).max(1))
-            .collect::<Vec<Result<bool>>>()
+            .collect::<Vec<bool>>()
             .await
     };
     let (own, others) = tokio::join!(own, others);
-    let mut ahead_done = 0;
-    for marked in others {
-        if marked? {
-            ahead_done += 1;
-        }
-    }
+    let ahead_done = others.into_iter().filter(|&marked| marked).count();
     let pushed = own?;
     tracing::info!(
         "archived {name} ({} bytes) to {}{} in {} ms",
