@@ -346,6 +346,7 @@ report names each failure), or when the drill could not start (bad input).")]
 #[derive(clap::Args, Debug)]
 pub struct TargetArgs {
     /// Recover to this time: RFC 3339 or PostgreSQL's form, with a zone
+    /// (rounded to the microsecond, as PostgreSQL reads it)
     #[arg(long, value_name = "TIME", conflicts_with_all = ["target_lsn", "target_xid", "target_name", "target"])]
     pub target_time: Option<String>,
     /// Recover to this WAL location (e.g. 0/3000A28)

@@ -2,7 +2,7 @@
 
 use crate::wal::names::Lsn;
 use anyhow::{bail, Result};
-use chrono::{DateTime, FixedOffset, NaiveDateTime, Utc};
+use chrono::{DateTime, Datelike, FixedOffset, NaiveDateTime, TimeDelta, Timelike, Utc};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Target {
@@ -42,8 +42,27 @@ impl Action {
 }
 
 /// Parses a time with its zone: RFC 3339 (2026-11-22T14:32:00Z) or PostgreSQL's
-/// form (2026-11-22 14:32:00.123+01, +0100, +01:00, or UTC).
+/// form (2026-11-22 14:32:00.123+01, +0100, +01:00, or UTC). The result is
+/// rounded to the microsecond, as PostgreSQL reads a timestamptz, so the time
+/// walvault checks against backups is the one the server stops at.
 pub fn parse_time(s: &str) -> Result<DateTime<Utc>> {
+    let t = to_micros(read_time(s)?);
+    // PostgreSQL has no year 0 and walvault writes years with four digits.
+    if !(1..=9999).contains(&t.year()) {
+        bail!("target time '{s}' is out of range; use a year from 0001 to 9999");
+    }
+    Ok(t)
+}
+
+/// Rounds as PostgreSQL does: the fraction as a double, times a million,
+/// rint (ties to even), so .0000005 gives 0 and .0000015 gives 2.
+fn to_micros(t: DateTime<Utc>) -> DateTime<Utc> {
+    let nanos = t.timestamp_subsec_nanos();
+    let micros = ((f64::from(nanos) / 1e9) * 1e6).round_ties_even() as i64;
+    t.with_nanosecond(0).unwrap_or(t) + TimeDelta::microseconds(micros)
+}
+
+fn read_time(s: &str) -> Result<DateTime<Utc>> {
     let t = s.trim();
     if let Ok(d) = DateTime::parse_from_rfc3339(t) {
         return Ok(d.with_timezone(&Utc));
@@ -125,6 +144,48 @@ mod tests {
         let frac = parse_time("2026-11-22 13:32:00.123456+00").unwrap();
         assert_eq!(frac.timestamp_subsec_micros(), 123456);
         assert_eq!(pg_time(&frac), "2026-11-22 13:32:00.123456+00");
+    }
+
+    #[test]
+    fn nanoseconds_round_to_the_microsecond() {
+        for (s, printed) in [
+            (
+                "2026-11-22T13:32:00.0000001Z",
+                "2026-11-22 13:32:00.000000+00",
+            ),
+            (
+                "2026-11-22T13:32:00.1234567Z",
+                "2026-11-22 13:32:00.123457+00",
+            ),
+            (
+                "2026-12-31 23:59:59.9999996+00",
+                "2027-01-01 00:00:00.000000+00",
+            ),
+            // A leap second is the next second's start, as PostgreSQL reads it.
+            ("2026-12-31T23:59:60Z", "2027-01-01 00:00:00.000000+00"),
+            // Ties go to even, as PostgreSQL's rint does.
+            (
+                "2026-11-22T13:32:00.0000005Z",
+                "2026-11-22 13:32:00.000000+00",
+            ),
+            (
+                "2026-11-22T13:32:00.0000015Z",
+                "2026-11-22 13:32:00.000002+00",
+            ),
+        ] {
+            let t = parse_time(s).unwrap();
+            assert_eq!(pg_time(&t), printed, "{s}");
+            assert_eq!(parse_time(printed).unwrap(), t, "{s}");
+        }
+    }
+
+    #[test]
+    fn refuses_years_postgres_cannot_read() {
+        for s in ["0000-01-01T00:00:00Z", "9999-12-31T23:59:59.9999999Z"] {
+            let e = parse_time(s).unwrap_err().to_string();
+            assert!(e.contains("out of range"), "{s}: {e}");
+        }
+        assert!(parse_time("0001-01-01 00:00:00+00").is_ok());
     }
 
     #[test]
