@@ -8,9 +8,14 @@ use proptest::prelude::*;
 use walvault::wal::header::{LongPageHeader, LONG_HEADER_LEN};
 use walvault::wal::names::{Lsn, SegmentName, WalFile};
 
+/// 2000 cases a run; PROPTEST_CASES asks for more when hunting by hand.
 fn config() -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
     ProptestConfig {
-        cases: 2000,
+        cases,
         ..ProptestConfig::default()
     }
 }
