@@ -82,6 +82,13 @@ impl Codec {
         }
     }
 
+    /// `with_workers` sized to this machine's cores, at most `most`: a 1-core
+    /// machine gets no worker threads, which would only take turns with the caller.
+    pub fn for_lone_object(&self, most: usize) -> Codec {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self.with_workers(cores.min(most) as u32)
+    }
+
     pub fn from_config(cfg: &crate::config::Config) -> Result<Codec> {
         let recipients = cfg
             .encryption

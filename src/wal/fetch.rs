@@ -58,7 +58,7 @@ pub async fn run(
     };
     // PostgreSQL waits for this one file: sha256 on the second core, beside
     // decompression (the prefetcher's downloads already keep the cores busy).
-    let codec = codec.with_workers(2);
+    let codec = codec.for_lone_object(2);
     let fetched = fetch_with_retries(store, &codec, name, &key, &tmp, dest, &dir, retries).await;
     if let (Ok(Fetched::Restored), Some((spool, seg))) = (&fetched, &spool) {
         prefetch_after(spool, *seg, dest, prefetch);

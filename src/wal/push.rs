@@ -89,8 +89,7 @@ pub fn prepare(codec: &Codec, path: &Path, opts: &Options) -> Result<Prepared> {
         _ => Vec::new(),
     };
     let own_codec = if candidates.is_empty() {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        codec.with_workers(cores.min(4) as u32)
+        codec.for_lone_object(4)
     } else {
         codec.clone()
     };
