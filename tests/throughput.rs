@@ -85,6 +85,15 @@ fn killed_parallel_push_marks_only_what_was_stored() {
     std::fs::create_dir_all(&scratch).unwrap();
     chown_pg(&scratch);
 
+    // Bound first, as `repo-init` does for a DBA: until a repository is bound a
+    // call pushes its own file alone, and a slow runner once killed every call
+    // before the first one had bound it, so no batch ever ran.
+    let pgdata = a.pgdata.to_str().unwrap();
+    for _ in 0..2 {
+        let init = walvault(&["repo-init", "--pgdata", pgdata], &src.env, None);
+        assert!(init.status.success(), "repo-init: {}", stderr(&init));
+    }
+
     let mut env = src.env.clone();
     env.insert("WALVAULT_PUSH_LOOKAHEAD".into(), "16".into());
     env.insert("WALVAULT_PUSH_CONCURRENCY".into(), "4".into());
@@ -100,7 +109,19 @@ fn killed_parallel_push_marks_only_what_was_stored() {
     };
     let mut marked_total = 0;
     let mut cut_mid_batch = 0;
-    for delay_ms in [40u64, 60, 80, 110, 150, 200, 270, 350] {
+    // Kills at fixed times land anywhere from process start to mid-batch, as the
+    // machine's load decides; kills at the first new marker land inside a batch
+    // on any machine (a loaded CI runner once had every fixed kill before the
+    // first upload).
+    let schedule = [
+        Kill::After(40),
+        Kill::After(90),
+        Kill::AtFirstMarker,
+        Kill::After(160),
+        Kill::AtFirstMarker,
+        Kill::After(350),
+    ];
+    for when in schedule {
         let before = marked_now().len();
         let unmarked = ready().iter().filter(|n| !markers.join(n).exists()).count();
         // As the archiver would: the oldest file without a marker, relative to PGDATA.
@@ -114,11 +135,26 @@ fn killed_parallel_push_marks_only_what_was_stored() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(delay_ms));
+        match when {
+            Kill::After(ms) => std::thread::sleep(Duration::from_millis(ms)),
+            Kill::AtFirstMarker => {
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                while marked_now().len() == before
+                    && child.try_wait().unwrap().is_none()
+                    && std::time::Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        }
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();
         // Every marker means: stored, with exactly this content.
         let marked = marked_now();
+        eprintln!(
+            "killed {when:?}: {before} marked before, {} after",
+            marked.len()
+        );
         // The batch: up to 16 files besides the one asked for.
         if marked.len() - before < 16.min(unmarked - 1) {
             cut_mid_batch += 1;
@@ -127,7 +163,7 @@ fn killed_parallel_push_marks_only_what_was_stored() {
             let local = std::fs::read(a.pgdata.join("pg_wal").join(name)).unwrap();
             assert!(
                 fetched(&src.env, &scratch, name) == local,
-                "{name} is marked but the repository does not hold it (killed after {delay_ms} ms)"
+                "{name} is marked but the repository does not hold it (killed {when:?})"
             );
         }
         marked_total = marked.len();
@@ -159,6 +195,15 @@ fn killed_parallel_push_marks_only_what_was_stored() {
     let left = marked_now();
     assert!(left.is_empty(), "markers left after the drain: {left:?}");
     s3.stop();
+}
+
+/// When test 2 kills a push.
+#[derive(Clone, Copy, Debug)]
+enum Kill {
+    /// This many milliseconds after the start.
+    After(u64),
+    /// As soon as a marker more than before the start is seen.
+    AtFirstMarker,
 }
 
 /// A directory laid out like a data directory's pg_wal, owned by postgres.
