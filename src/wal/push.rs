@@ -82,7 +82,8 @@ pub fn prepare(codec: &Codec, path: &Path, opts: &Options) -> Result<Prepared> {
     super::prefetch::clean_after_recovery(path);
     // Checked before anything is read into memory: only a file that passed
     // (a segment of its exact size, a small text file) is encoded.
-    let own = check_file(path, kind).with_context(|| format!("refusing {}", path.display()))?;
+    let own = check_file(path, name.clone(), kind)
+        .with_context(|| format!("refusing {}", path.display()))?;
     let status = super::archived::Status::beside(path);
     let candidates = match &status {
         Some(st) if opts.lookahead > 0 => st.ready_after(&name, opts.lookahead),
@@ -145,7 +146,7 @@ pub async fn run(store: &dyn Store, codec: &Codec, p: Prepared, opts: &Options) 
             .map(|(other, other_kind)| async move {
                 // Nothing here fails the call: only the file asked for decides.
                 let other_name = other.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-                let pushed = match check_file(&other, other_kind) {
+                let pushed = match check_file(&other, other_name.clone(), other_kind) {
                     Ok(checked) => push_one(store, codec, checked, id, None, None).await,
                     Err(e) => Err(e),
                 };
@@ -301,9 +302,10 @@ async fn sha256_of_file(path: &Path) -> Result<([u8; 32], u64)> {
         .with_context(|| format!("reading {}", path.display()))
 }
 
-/// Checks that `path` is the WAL file its name says: a segment's header names
-/// it and its size is right; a history or backup history file parses.
-fn check_file(path: &Path, kind: WalFile) -> Result<Checked> {
+/// Checks that `path` is the WAL file its name (`name`, parsed as `kind`) says: a
+/// segment's header names it and its size is right; a history or backup history
+/// file parses.
+fn check_file(path: &Path, name: String, kind: WalFile) -> Result<Checked> {
     let meta =
         std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     if !meta.is_file() {
@@ -334,7 +336,7 @@ fn check_file(path: &Path, kind: WalFile) -> Result<Checked> {
     };
     Ok(Checked {
         path: path.to_path_buf(),
-        name: file_name(path)?,
+        name,
         kind,
         sysid,
         pg_version,
