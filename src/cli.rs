@@ -28,6 +28,10 @@ pub struct Cli {
     /// Configuration file (default /etc/walvault/walvault.toml; may be absent)
     #[arg(long, global = true, env = "WALVAULT_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// A setting, over the config file and the environment (repeatable; never a secret:
+    /// command lines are visible to every user of the host)
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
     #[command(subcommand)]
     pub command: Command,
 }

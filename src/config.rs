@@ -531,6 +531,51 @@ pub fn env_name(key: &str) -> String {
     format!("WALVAULT_{}", key.replace('.', "_").to_ascii_uppercase())
 }
 
+/// `--set key=value` arguments, each naming a known key.
+pub fn parse_sets(sets: &[String]) -> Result<Vec<(String, String)>> {
+    sets.iter()
+        .map(|s| {
+            let (k, v) = s
+                .split_once('=')
+                .with_context(|| format!("--set '{s}': use KEY=VALUE, e.g. --set repo=s3://bucket/prefix"))?;
+            let k = k.trim();
+            if !KEYS.iter().any(|(key, _, _)| *key == k) {
+                bail!("--set '{s}': unknown setting {k} (see docs/configuration.md)");
+            }
+            Ok((k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// Settings that hold or may hold a secret: never carried onto a command line.
+const SECRET_KEYS: &[&str] = &["postgres.conninfo"];
+
+/// The settings this process took from outside its config file (WALVAULT_*
+/// variables, `--set`, and the AWS endpoint and region variables), as
+/// `key=value`, secrets left out: what a command that PostgreSQL runs later,
+/// with another environment, needs in order to find the same repository.
+pub fn carried_settings(sets: &[String]) -> Result<Vec<String>> {
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
+    for (key, _, _) in KEYS {
+        if let Ok(v) = std::env::var(env_name(key)) {
+            out.insert(key.to_string(), v);
+        }
+    }
+    for (k, v) in parse_sets(sets)? {
+        out.insert(k, v);
+    }
+    for (var, key) in [("AWS_ENDPOINT_URL", "s3.endpoint"), ("AWS_REGION", "s3.region")] {
+        if let Ok(v) = std::env::var(var) {
+            out.entry(key.to_string()).or_insert(v);
+        }
+    }
+    Ok(out
+        .into_iter()
+        .filter(|(k, _)| !SECRET_KEYS.contains(&k.as_str()))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect())
+}
+
 /// Where the file comes from: an explicit path must exist; the default may be absent.
 pub enum Source<'a> {
     Explicit(&'a Path),
@@ -581,11 +626,14 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Loads with the process environment.
-    pub fn load_from_process(explicit: Option<&Path>) -> Result<Config> {
-        let env: BTreeMap<String, String> = std::env::vars()
+    /// Loads with the process environment, then `sets` (`--set key=value`) over it.
+    pub fn load_from_process(explicit: Option<&Path>, sets: &[String]) -> Result<Config> {
+        let mut env: BTreeMap<String, String> = std::env::vars()
             .filter(|(k, _)| k.starts_with("WALVAULT_"))
             .collect();
+        for (key, value) in parse_sets(sets)? {
+            env.insert(env_name(&key), value);
+        }
         let source = match explicit {
             Some(p) => Source::Explicit(p),
             None => Source::Default,

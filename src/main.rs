@@ -13,6 +13,27 @@ fn main() -> ExitCode {
         _ => exit::FAILURE,
     };
     let name = command_name(&cli.command);
+    match cli.command {
+        // A panic exits 101, which PostgreSQL would read as "absent" and end
+        // recovery early: wal-fetch turns any panic, on any thread, into fatal.
+        Command::WalFetch { .. } => {
+            let default = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                default(info);
+                eprintln!("walvault wal-fetch: error: internal error (panic); recovery stops here");
+                std::process::exit(exit::FETCH_FATAL.into());
+            }));
+        }
+        // PostgreSQL's calls write nothing to stdout; a person's command piped
+        // into a pager that quits early ends quietly, as other tools do.
+        Command::WalPush { .. } | Command::WalPrefetch { .. } => {}
+        _ => unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        },
+    }
+    if std::env::var_os(PANIC_FOR_TESTS).is_some_and(|v| v == name) {
+        panic!("{PANIC_FOR_TESTS} asked for a panic in {name}");
+    }
     let report = |e: anyhow::Error| {
         // One line, the whole cause chain: PostgreSQL's log keeps it.
         eprintln!("walvault {name}: error: {e:#}");
@@ -26,7 +47,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    let cfg = match Config::load_from_process(cli.config.as_deref()) {
+    let cfg = match Config::load_from_process(cli.config.as_deref(), &cli.set) {
         Ok(c) => c,
         Err(e) => {
             report(e);
@@ -50,7 +71,11 @@ fn main() -> ExitCode {
         let p = PathBuf::from(walvault::config::DEFAULT_CONFIG_PATH);
         p.exists().then_some(p)
     });
-    match rt.block_on(dispatch(cli.command, cfg, config_file)) {
+    let ctx = Context {
+        config_file,
+        sets: cli.set,
+    };
+    match rt.block_on(dispatch(cli.command, cfg, ctx)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             report(e);
@@ -78,15 +103,25 @@ fn command_name(c: &Command) -> &'static str {
     }
 }
 
-async fn dispatch(
-    command: Command,
-    cfg: Config,
+/// Test hook: `_WALVAULT_PANIC_FOR_TESTS=<command>` makes that command panic
+/// at its start, so the tests can prove what a panic exits with. Its name is
+/// outside the WALVAULT_ settings on purpose.
+const PANIC_FOR_TESTS: &str = "_WALVAULT_PANIC_FOR_TESTS";
+
+/// What commands that start other walvault processes pass on to them.
+struct Context {
+    /// The config file in use (restore_command and the prefetcher name it).
     config_file: Option<PathBuf>,
-) -> anyhow::Result<u8> {
+    /// `--set` arguments of this run.
+    sets: Vec<String>,
+}
+
+async fn dispatch(command: Command, cfg: Config, ctx: Context) -> anyhow::Result<u8> {
+    let config_file = ctx.config_file.clone();
     // The fast paths of PostgreSQL's calls need neither key nor repository.
     let answered = match &command {
         Command::WalFetch { name, dest } => {
-            wal::fetch::from_spool(name, dest, &prefetch_settings(&cfg, &config_file))
+            wal::fetch::from_spool(name, dest, &prefetch_settings(&cfg, &ctx))
         }
         Command::WalPush { path } => wal::push::archived_ahead(path, &cfg.repo)?,
         _ => false,
@@ -142,7 +177,7 @@ async fn dispatch(
                 &name,
                 &dest,
                 cfg.fetch.retries as u32,
-                &prefetch_settings(&cfg, &config_file),
+                &prefetch_settings(&cfg, &ctx),
             )
             .await
             {
@@ -218,8 +253,10 @@ async fn dispatch(
                 port,
                 socket_dir,
                 tablespace_map: ts,
+                tablespace_root: None,
                 archive,
                 config_file,
+                carry: walvault::config::carried_settings(&ctx.sets)?,
             };
             walvault::recover::run(&cfg, store, &codec, opts).await?;
             Ok(exit::OK)
@@ -303,6 +340,7 @@ async fn dispatch(
                 amcheck: cfg.drill.amcheck && !no_amcheck,
                 operator,
                 config_file,
+                carry: walvault::config::carried_settings(&ctx.sets)?,
             };
             let passed = walvault::drill::run(&cfg, store, &codec, opts).await?;
             Ok(if passed { exit::OK } else { exit::FAILURE })
@@ -346,10 +384,11 @@ fn parse_target(
     Ok((target, timeline))
 }
 
-fn prefetch_settings(cfg: &Config, config_file: &Option<PathBuf>) -> wal::fetch::Prefetch {
+fn prefetch_settings(cfg: &Config, ctx: &Context) -> wal::fetch::Prefetch {
     wal::fetch::Prefetch {
         ahead: cfg.fetch.prefetch as usize,
         spool_dir: cfg.fetch.spool_dir.clone(),
-        config_file: config_file.clone(),
+        config_file: ctx.config_file.clone(),
+        sets: ctx.sets.clone(),
     }
 }

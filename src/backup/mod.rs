@@ -174,10 +174,15 @@ pub async fn read_manifest(store: &dyn Store, id: &str) -> Result<Manifest> {
     Ok(m)
 }
 
+/// The most a backup's file list may decode to (about 5 million files).
+pub const FILES_JSON_LIMIT: u64 = 1 << 30;
+/// The most a text object (label, tablespace map, timeline history) may decode to.
+pub const TEXT_LIMIT: u64 = 16 << 20;
+
 pub async fn read_files(store: &dyn Store, codec: &Codec, id: &str) -> Result<Vec<FileRecord>> {
     let key = format!("{}files.json", prefix(id));
     let bytes = codec
-        .download_small(store, &key)
+        .download_small(store, &key, FILES_JSON_LIMIT)
         .await?
         .with_context(|| format!("{} is missing", store.locate(&key)))?;
     serde_json::from_slice(&bytes).with_context(|| format!("{} is damaged", store.locate(&key)))
@@ -186,7 +191,7 @@ pub async fn read_files(store: &dyn Store, codec: &Codec, id: &str) -> Result<Ve
 /// Reads a small encoded text object.
 pub async fn read_text(store: &dyn Store, codec: &Codec, key: &str) -> Result<Option<String>> {
     codec
-        .download_small(store, key)
+        .download_small(store, key, TEXT_LIMIT)
         .await?
         .map(|b| String::from_utf8(b).with_context(|| format!("{} is not text", store.locate(key))))
         .transpose()

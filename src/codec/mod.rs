@@ -400,11 +400,80 @@ fn copy_large(src: &mut dyn Read, dst: &mut dyn Write) -> io::Result<u64> {
 impl Codec {
     /// A small object (a history file, a file list), decoded in memory;
     /// `None` when absent. Errors name the object.
-    pub async fn download_small(&self, store: &dyn Store, key: &str) -> Result<Option<Vec<u8>>> {
-        match self.download(store, key, Vec::new()).await {
-            Ok(found) => Ok(found.map(|(_, bytes)| bytes)),
+    /// Downloads a small object into memory; one that decodes to more than
+    /// `limit` bytes (a damaged or hostile repository) is refused on the way.
+    pub async fn download_small(
+        &self,
+        store: &dyn Store,
+        key: &str,
+        limit: u64,
+    ) -> Result<Option<Vec<u8>>> {
+        match self.download(store, key, Limited::new(Vec::new(), limit)).await {
+            Ok(found) => Ok(found.map(|(_, bytes)| bytes.into_inner())),
             Err(e) => Err(anyhow::Error::new(e).context(format!("reading {}", store.locate(key)))),
         }
+    }
+
+    /// A codec like this one that stores in clear (zstd and checksums only), for
+    /// objects that key-less jobs must read and that hold no data: timeline
+    /// histories. It still decrypts what was encrypted, with the identity.
+    pub fn clear(&self) -> Codec {
+        Codec {
+            inner: Arc::new(Inner {
+                level: self.inner.level,
+                recipients: Vec::new(),
+                identity_file: self.inner.identity_file.clone(),
+                identities: OnceLock::new(),
+            }),
+            workers: self.workers,
+        }
+    }
+}
+
+/// A writer that refuses to take more than its limit: decoding stops as soon
+/// as an object decodes to more than it may, before memory or disk fill.
+pub struct Limited<W> {
+    inner: W,
+    left: u64,
+    limit: u64,
+}
+
+impl<W> Limited<W> {
+    pub fn new(inner: W, limit: u64) -> Limited<W> {
+        Limited {
+            inner,
+            left: limit,
+            limit,
+        }
+    }
+    pub fn into_inner(self) -> W {
+        self.inner
+    }
+    pub fn get_ref(&self) -> &W {
+        &self.inner
+    }
+    /// Lowers the limit to `limit` bytes in all (once the content says its size).
+    pub fn set_limit(&mut self, limit: u64) {
+        let written = self.limit - self.left;
+        self.limit = limit;
+        self.left = limit.saturating_sub(written);
+    }
+}
+
+impl<W: Write> Write for Limited<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.len() as u64 > self.left {
+            return Err(io::Error::other(format!(
+                "the object decodes to more than {} bytes, more than it can hold: refusing it",
+                self.limit
+            )));
+        }
+        let n = self.inner.write(buf)?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }
 
@@ -694,6 +763,23 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_decompression_bomb_is_refused_within_its_limit() {
+        // 64 MiB of zeros compress to a few KiB.
+        let zeros = vec![0u8; 64 << 20];
+        let codec = Codec::new(3, vec![], None);
+        let mut stored = Vec::new();
+        codec.encode(&mut &zeros[..], &mut stored).unwrap();
+        assert!(stored.len() < 1 << 20, "{}", stored.len());
+        let mut out = Limited::new(Vec::new(), 1 << 20);
+        let e = codec.decode(&mut &stored[..], &mut out).unwrap_err();
+        assert!(e.to_string().contains("more than 1048576 bytes"), "{e}");
+        assert!(out.get_ref().len() <= 1 << 20);
+        let mut out = Limited::new(Vec::new(), 64 << 20);
+        codec.decode(&mut &stored[..], &mut out).unwrap();
+        assert_eq!(out.into_inner().len(), 64 << 20);
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub struct Options {
     pub amcheck: bool,
     pub operator: Option<String>,
     pub config_file: Option<PathBuf>,
+    /// Settings the scratch server's restore_command carries (see recover::Options).
+    pub carry: Vec<String>,
 }
 
 /// Time limit of one user check.
@@ -99,7 +101,7 @@ pub async fn run(
     };
 
     let scratch_dir = Scratch::path(&opts.scratch_root, &drill_id);
-    let mut ropts = recover::Options {
+    let ropts = recover::Options {
         pgdata: scratch_dir.join("data"),
         target: opts.target.clone(),
         timeline: opts.timeline,
@@ -112,19 +114,15 @@ pub async fn run(
         port: Some(free_port()?),
         socket_dir: Some(scratch_dir.join("socket")),
         tablespace_map: Default::default(),
+        tablespace_root: Some(scratch_dir.join("tablespaces")),
         archive: false,
         config_file: opts.config_file.clone(),
+        carry: opts.carry.clone(),
     };
     let t0 = Instant::now();
     // A backup that does not exist or cannot reach the target is bad input, not a
     // failed drill: a clear error and nothing written.
     let plan = recover::plan(store.as_ref(), codec, &ropts).await?;
-    for ts in &plan.backup.tablespaces {
-        ropts.tablespace_map.insert(
-            ts.oid.clone(),
-            scratch_dir.join("tablespaces").join(&ts.oid),
-        );
-    }
     let scratch = Scratch::create(scratch_dir)?;
     let outcome = tokio::select! {
         r = drill(cfg, store.clone(), codec, &ropts, &plan, &scratch, &user_checks, opts.amcheck, &mut rep, t0) => r,
@@ -282,11 +280,21 @@ async fn drill(
         timeline: end.timeline,
         last_replayed_commit: end.last_commit,
     });
+    // Where replay ended, against what was asked (the archive's end for latest).
+    let log = std::fs::read_to_string(recover::log_path(ropts)).unwrap_or_default();
+    let (status, detail) =
+        match recover::end::check(&ropts.target, ropts.exclusive, plan, &end, &log) {
+            Ok(what) => (
+                Status::Passed,
+                format!("ended at LSN {} on timeline {}: {what}", end.lsn, end.timeline),
+            ),
+            Err(e) => (Status::Failed, format!("{e:#}")),
+        };
     rep.checks.push(CheckResult::builtin(
         "server reaches the target and accepts connections".into(),
         None,
-        Status::Passed,
-        format!("ended at LSN {} on timeline {}", end.lsn, end.timeline),
+        status,
+        detail,
     ));
 
     let t3 = Instant::now();

@@ -3,6 +3,8 @@
 //!
 //! Everything that can be refused is refused before anything is written.
 
+pub mod end;
+pub mod settings;
 pub mod target;
 
 use crate::backup::{self, restore, Manifest};
@@ -33,16 +35,24 @@ pub struct Options {
     pub port: Option<u16>,
     pub socket_dir: Option<PathBuf>,
     pub tablespace_map: BTreeMap<String, PathBuf>,
+    /// Unmapped tablespaces go to `<root>/<oid>` instead of their original
+    /// location (drills restore everything inside their scratch directory).
+    pub tablespace_root: Option<PathBuf>,
     /// Keep archive_mode as in the backup (for a cluster that becomes the primary).
     pub archive: bool,
     /// The config file restore_command should name, when one is in use.
     pub config_file: Option<PathBuf>,
+    /// Settings restore_command carries (`key=value`, no secrets), so that the
+    /// server finds the repository whatever environment it is restarted with.
+    pub carry: Vec<String>,
 }
 
 pub struct Plan {
     pub backup: Manifest,
     pub timeline: u32,
     pub wal: Run,
+    /// Tablespace oid → the directory it is restored into.
+    pub tablespaces: BTreeMap<String, PathBuf>,
 }
 
 pub async fn run(cfg: &Config, store: Arc<dyn Store>, codec: &Codec, opts: Options) -> Result<()> {
@@ -78,6 +88,9 @@ pub async fn run(cfg: &Config, store: Arc<dyn Store>, codec: &Codec, opts: Optio
     }
     println!("target:   {}", opts.target.describe());
     println!("into:     {}", opts.pgdata.display());
+    for (oid, dir) in &plan.tablespaces {
+        println!("          tablespace {oid} into {}", dir.display());
+    }
     if opts.dry_run {
         println!("dry run: nothing written");
         return Ok(());
@@ -105,6 +118,14 @@ pub async fn run(cfg: &Config, store: Arc<dyn Store>, codec: &Codec, opts: Optio
         t1.elapsed().as_secs_f64(),
         t0.elapsed().as_secs_f64()
     );
+    if !opts.archive {
+        println!("isolated: archive_mode off, logical replication workers off (subscriptions do not run); --archive for a cluster that becomes the primary");
+    }
+    // Where replay ended, against what was asked: a mismatch is a failure.
+    let log = std::fs::read_to_string(log_path(&opts)).unwrap_or_default();
+    let reached = end::check(&opts.target, opts.exclusive, &plan, &end, &log)
+        .with_context(|| format!("PostgreSQL is still running in {}; its log is {}", opts.pgdata.display(), log_path(&opts).display()))?;
+    println!("checked:  {reached}");
     Ok(())
 }
 
@@ -132,26 +153,10 @@ pub async fn restore_into(
         &format!("{}tablespace_map", backup::prefix(&b.id)),
     )
     .await?;
-    let mut ts_dirs = BTreeMap::new();
-    for ts in &b.tablespaces {
-        let dir = opts
-            .tablespace_map
-            .get(&ts.oid)
-            .cloned()
-            .unwrap_or_else(|| PathBuf::from(&ts.path));
-        ensure_empty(
-            &dir,
-            opts.overwrite,
-            false,
-            &format!("tablespace {} directory", ts.oid),
-        )?;
-        ts_dirs.insert(ts.oid.clone(), dir);
-    }
-    // Nothing is refused past this point: now --overwrite may clear.
+    let ts_dirs = tablespace_dirs(opts, b)?;
+    // Nothing is refused past this point: now --overwrite may clear the data
+    // directory (and tablespace directories below it); never one outside it.
     ensure_empty(&opts.pgdata, opts.overwrite, true, "target directory")?;
-    for dir in ts_dirs.values() {
-        ensure_empty(dir, opts.overwrite, true, "tablespace directory")?;
-    }
     let target = Arc::new(restore::Target {
         dir: opts.pgdata.clone(),
         tablespaces: ts_dirs.clone(),
@@ -285,6 +290,7 @@ pub async fn plan(store: &dyn Store, codec: &Codec, opts: &Options) -> Result<Pl
         codec.check_key().context("the backup is encrypted")?;
     }
     let wal = inv.run_from(tli, chosen.start()?.segno(seg_size));
+    let tablespaces = tablespace_dirs(opts, &chosen)?;
     match &opts.target {
         Target::Time(t) => {
             if *t < chosen.stop_time {
@@ -313,7 +319,47 @@ pub async fn plan(store: &dyn Store, codec: &Codec, opts: &Options) -> Result<Pl
         backup: chosen,
         timeline: tli,
         wal,
+        tablespaces,
     })
+}
+
+/// Where each tablespace of `m` goes. A directory outside `--pgdata` is never
+/// cleared, so it must be empty or absent; an unmapped tablespace whose original
+/// location exists here is refused (it may be production's, under a running
+/// server), naming the `--tablespace-map` that would do.
+fn tablespace_dirs(opts: &Options, m: &Manifest) -> Result<BTreeMap<String, PathBuf>> {
+    let mut out = BTreeMap::new();
+    for ts in &m.tablespaces {
+        let dir = match (opts.tablespace_map.get(&ts.oid), &opts.tablespace_root) {
+            (Some(d), _) => d.clone(),
+            (None, Some(root)) => root.join(&ts.oid),
+            (None, None) => {
+                let original = PathBuf::from(&ts.path);
+                if std::fs::symlink_metadata(&original).is_ok() {
+                    bail!(
+                        "tablespace {} would be restored to its original location {}, which exists on this host (it may belong to a running cluster); add --tablespace-map {}=/an/empty/directory (or --tablespace-map {}={} to restore there once it is empty)",
+                        ts.oid, ts.path, ts.oid, ts.oid, ts.path
+                    );
+                }
+                original
+            }
+        };
+        if !is_within(&dir, &opts.pgdata) {
+            ensure_empty(&dir, false, false, &format!("tablespace {} directory", ts.oid))
+                .map_err(|_| anyhow::anyhow!(
+                    "tablespace {} directory {} is not empty; walvault never clears a directory outside --pgdata (not even with --overwrite): empty it yourself or give --tablespace-map {}=/an/empty/directory",
+                    ts.oid, dir.display(), ts.oid
+                ))?;
+        }
+        out.insert(ts.oid.clone(), dir);
+    }
+    Ok(out)
+}
+
+/// Whether `dir` lies inside `root` (both resolved as far as they exist).
+fn is_within(dir: &Path, root: &Path) -> bool {
+    let resolve = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    resolve(dir).starts_with(resolve(root))
 }
 
 /// Refuses a non-empty `dir` unless `overwrite`; with `clear`, also empties it
@@ -346,24 +392,21 @@ fn ensure_empty(dir: &Path, overwrite: bool, clear: bool, what: &str) -> Result<
     Ok(())
 }
 
-/// recovery.signal and the settings, appended to postgresql.auto.conf (it is read last).
+/// The recovery settings, as walvault's one block in postgresql.auto.conf (it
+/// is read last), and recovery.signal. Every recovery_target* key is written,
+/// the ones not asked for empty, so no setting in postgresql.conf adds a target.
 fn write_settings(opts: &Options, plan: &Plan) -> Result<()> {
-    let exe = std::env::current_exe().context("cannot locate the walvault binary")?;
-    let mut cmd = format!("\"{}\"", exe.display());
-    if let Some(c) = &opts.config_file {
-        let abs = std::fs::canonicalize(c).unwrap_or_else(|_| c.clone());
-        cmd.push_str(&format!(" --config \"{}\"", abs.display()));
-    }
+    let cmd = restore_command(opts)?;
     let end_cmd = format!("{cmd} wal-prefetch --clean");
-    cmd.push_str(" wal-fetch %f %p");
+    let fetch_cmd = format!("{cmd} wal-fetch %f %p");
     let mut lines = vec![
         format!(
-            "\n# walvault recover {}: backup {}, target {}",
+            "# {}: backup {}, target {}",
             Utc::now().to_rfc3339(),
             plan.backup.id,
             opts.target.describe()
         ),
-        format!("restore_command = {}", target::quote(&cmd)),
+        format!("restore_command = {}", target::quote(&fetch_cmd)),
         // The prefetch spool goes when recovery ends.
         format!("recovery_end_command = {}", target::quote(&end_cmd)),
         format!(
@@ -379,30 +422,40 @@ fn write_settings(opts: &Options, plan: &Plan) -> Result<()> {
     for (k, v) in opts.target.settings() {
         lines.push(format!("{k} = {v}"));
     }
-    if !matches!(opts.target, Target::Latest | Target::Immediate) {
-        lines.push(format!(
-            "recovery_target_inclusive = {}",
-            if opts.exclusive { "off" } else { "on" }
-        ));
-    }
-    if opts.target != Target::Latest {
-        lines.push(format!(
-            "recovery_target_action = {}",
-            target::quote(opts.action.as_str())
-        ));
-    }
+    lines.push(format!(
+        "recovery_target_inclusive = {}",
+        if opts.exclusive { "off" } else { "on" }
+    ));
+    lines.push(format!(
+        "recovery_target_action = {}",
+        target::quote(opts.action.as_str())
+    ));
     if !opts.archive {
-        // A restored copy must not push a new timeline into the production
-        // repository; --archive when this cluster becomes the primary.
+        // A restored copy must not act on production: no new timeline pushed
+        // into its repository, no subscription pulling from (and advancing the
+        // slots of) its publishers. --archive when this cluster becomes the primary.
         lines.push("archive_mode = off".into());
+        lines.push("max_logical_replication_workers = 0".into());
     }
-    let auto = opts.pgdata.join("postgresql.auto.conf");
-    let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
-    text.push_str(&lines.join("\n"));
-    text.push('\n');
-    std::fs::write(&auto, text)?;
-    std::fs::write(opts.pgdata.join("recovery.signal"), "")?;
-    Ok(())
+    settings::write(&opts.pgdata, &lines, "recovery.signal")
+}
+
+/// `walvault` as restore_command runs it: this binary, the config file in use
+/// and the settings this run took from its environment, each quoted for the
+/// shell. No secret: credentials come from the AWS chain or the identity file.
+fn restore_command(opts: &Options) -> Result<String> {
+    let exe = std::env::current_exe().context("cannot locate the walvault binary")?;
+    let mut words = vec![pg::ctl::shell_quote(&exe.display().to_string())];
+    if let Some(c) = &opts.config_file {
+        let abs = std::fs::canonicalize(c).unwrap_or_else(|_| c.clone());
+        words.push("--config".into());
+        words.push(pg::ctl::shell_quote(&abs.display().to_string()));
+    }
+    for kv in &opts.carry {
+        words.push("--set".into());
+        words.push(pg::ctl::shell_quote(kv));
+    }
+    Ok(words.join(" "))
 }
 
 pub struct End {

@@ -97,17 +97,30 @@ pub fn quote(s: &str) -> String {
 }
 
 impl Target {
-    /// The recovery_target* settings for this target.
+    /// Every recovery_target* setting naming a target: this target's value, the
+    /// others empty (so none set elsewhere in the configuration applies).
     pub fn settings(&self) -> Vec<(String, String)> {
-        let one = |k: &str, v: String| vec![(k.to_string(), quote(&v))];
-        match self {
-            Target::Time(t) => one("recovery_target_time", pg_time(t)),
-            Target::Lsn(l) => one("recovery_target_lsn", l.to_string()),
-            Target::Xid(x) => one("recovery_target_xid", x.to_string()),
-            Target::Name(n) => one("recovery_target_name", n.clone()),
-            Target::Immediate => one("recovery_target", "immediate".into()),
-            Target::Latest => vec![],
-        }
+        let (key, value) = match self {
+            Target::Time(t) => ("recovery_target_time", pg_time(t)),
+            Target::Lsn(l) => ("recovery_target_lsn", l.to_string()),
+            Target::Xid(x) => ("recovery_target_xid", x.to_string()),
+            Target::Name(n) => ("recovery_target_name", n.clone()),
+            Target::Immediate => ("recovery_target", "immediate".into()),
+            Target::Latest => ("", String::new()),
+        };
+        [
+            "recovery_target",
+            "recovery_target_lsn",
+            "recovery_target_name",
+            "recovery_target_time",
+            "recovery_target_xid",
+        ]
+        .iter()
+        .map(|k| {
+            let v = if *k == key { value.as_str() } else { "" };
+            (k.to_string(), quote(v))
+        })
+        .collect()
     }
 
     pub fn describe(&self) -> String {
@@ -199,12 +212,25 @@ mod tests {
 
     #[test]
     fn settings_are_quoted() {
-        let t = Target::Name("it's".into());
+        let set = |t: Target| -> Vec<String> {
+            t.settings()
+                .into_iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect()
+        };
         assert_eq!(
-            t.settings(),
-            vec![("recovery_target_name".into(), "'it''s'".into())]
+            set(Target::Name("it's".into())),
+            [
+                "recovery_target=''",
+                "recovery_target_lsn=''",
+                "recovery_target_name='it''s'",
+                "recovery_target_time=''",
+                "recovery_target_xid=''"
+            ]
         );
-        assert_eq!(Target::Immediate.settings()[0].1, "'immediate'");
-        assert!(Target::Latest.settings().is_empty());
+        assert_eq!(set(Target::Immediate)[0], "recovery_target='immediate'");
+        // Latest: every target key written, all empty.
+        assert!(set(Target::Latest).iter().all(|s| s.ends_with("=''")));
+        assert_eq!(Target::Latest.settings().len(), 5);
     }
 }

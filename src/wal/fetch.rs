@@ -5,9 +5,10 @@
 //! says so for an object of a repository that exists; every other failure is
 //! retried and then reported as fatal (exit 128), which stops recovery.
 
+use super::header::check_segment_file;
 use super::names::{SegmentName, WalFile};
 use super::prefetch::Spool;
-use crate::codec::{Codec, DecodeError};
+use crate::codec::{Codec, DecodeError, Limited};
 use crate::repo;
 use crate::store::fs::{sync_dir, WriteBehind};
 use crate::store::Store;
@@ -31,6 +32,8 @@ pub struct Prefetch {
     pub ahead: usize,
     pub spool_dir: Option<PathBuf>,
     pub config_file: Option<PathBuf>,
+    /// `--set` arguments the prefetcher is started with, as wal-fetch was.
+    pub sets: Vec<String>,
 }
 
 pub async fn run(
@@ -59,7 +62,13 @@ pub async fn run(
     // PostgreSQL waits for this one file: sha256 on the second core, beside
     // decompression (the prefetcher's downloads already keep the cores busy).
     let codec = codec.for_lone_object(2);
-    let fetched = fetch_with_retries(store, &codec, name, &key, &tmp, dest, &dir, retries).await;
+    let to = Place {
+        tmp: &tmp,
+        dest,
+        dir: &dir,
+        kind: &kind,
+    };
+    let fetched = fetch_with_retries(store, &codec, name, &key, &to, retries).await;
     if let (Ok(Fetched::Restored), Some((spool, seg))) = (&fetched, &spool) {
         prefetch_after(spool, *seg, dest, prefetch);
     }
@@ -131,27 +140,70 @@ fn prefetch_after(spool: &Spool, seg: SegmentName, dest: &Path, p: &Prefetch) {
         Ok(room) => missing.truncate(room),
         Err(e) => tracing::warn!("{e:#}"),
     }
-    if let Err(e) = spool.spawn(p.config_file.as_deref(), seg.tli, &missing) {
+    if let Err(e) = spool.spawn(p.config_file.as_deref(), &p.sets, seg.tli, &missing) {
         tracing::warn!("prefetch not started: {e:#}");
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Where a fetched file goes: `tmp` first, then `dest` in `dir` once checked.
+struct Place<'a> {
+    tmp: &'a Path,
+    dest: &'a Path,
+    dir: &'a Path,
+    kind: &'a WalFile,
+}
+
+/// The most a segment may decode to: the largest WAL segment size.
+const SEGMENT_LIMIT: u64 = 1 << 30;
+
 async fn fetch_with_retries(
     store: &dyn Store,
     codec: &Codec,
     name: &str,
     key: &str,
-    tmp: &Path,
-    dest: &Path,
-    dir: &Path,
+    to: &Place<'_>,
     retries: u32,
 ) -> Result<Fetched, Fatal> {
     let attempts = retries + 1;
     let mut last = None;
+    let tmp = to.tmp;
+    let segment = match to.kind {
+        WalFile::Segment(s) | WalFile::Partial(s) => Some(*s),
+        _ => None,
+    };
     for attempt in 1..=attempts {
-        match fetch_once(store, codec, key, tmp, dest, dir).await {
-            Ok(true) => return Ok(Fetched::Restored),
+        // The repository's identity, for the segment's header check, beside the download.
+        let identity = async {
+            match segment {
+                Some(_) => Some(repo::load(store).await),
+                None => None,
+            }
+        };
+        let (got, identity) = tokio::join!(fetch_once(store, codec, key, to), identity);
+        match got {
+            Ok(true) => {
+                let sysid = match identity {
+                    Some(Ok(Some(id))) => Some(id.sysid().map_err(Fatal)?),
+                    Some(Ok(None)) => {
+                        let _ = std::fs::remove_file(tmp);
+                        return Err(Fatal(anyhow!(
+                            "{} holds {name} but no repository identity ({}); check the repo setting",
+                            store.locate(""),
+                            repo::KEY
+                        )));
+                    }
+                    Some(Err(e)) => {
+                        let _ = std::fs::remove_file(tmp);
+                        return Err(Fatal(e.context(format!(
+                            "cannot read the repository's identity to check {name}"
+                        ))));
+                    }
+                    None => None,
+                };
+                return place(store, key, name, segment, sysid, to)
+                    .await
+                    .map(|()| Fetched::Restored);
+            }
             Ok(false) => return absent(store, name).await,
             Err(e) => {
                 let _ = std::fs::remove_file(tmp);
@@ -198,31 +250,54 @@ async fn absent(store: &dyn Store, name: &str) -> Result<Fetched, Fatal> {
     }
 }
 
-/// Downloads into `tmp` and renames it over `dest` once verified and durable.
-/// `Ok(false)`: the store has no such object.
-async fn fetch_once(
-    store: &dyn Store,
-    codec: &Codec,
-    key: &str,
-    tmp: &Path,
-    dest: &Path,
-    dir: &Path,
-) -> Result<bool> {
+/// Downloads into `tmp`, verified (checksums) and durable; the object may not
+/// decode to more than its kind can hold. `Ok(false)`: no such object.
+async fn fetch_once(store: &dyn Store, codec: &Codec, key: &str, to: &Place<'_>) -> Result<bool> {
+    let tmp = to.tmp;
+    let limit = match to.kind {
+        WalFile::Segment(_) | WalFile::Partial(_) => SEGMENT_LIMIT,
+        _ => crate::backup::TEXT_LIMIT,
+    };
     let file =
         std::fs::File::create(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    let Some((_, file)) = codec.download(store, key, WriteBehind::new(file)).await? else {
+    let out = Limited::new(WriteBehind::new(file), limit);
+    let Some((_, file)) = codec.download(store, key, out).await? else {
         let _ = std::fs::remove_file(tmp);
         return Ok(false);
     };
-    let (tmp2, dest2, dir2) = (tmp.to_path_buf(), dest.to_path_buf(), dir.to_path_buf());
-    tokio::task::spawn_blocking(move || -> Result<()> {
-        let file = file.into_inner();
-        file.sync_all().context("fsync")?;
-        drop(file);
-        std::fs::rename(&tmp2, &dest2).with_context(|| format!("rename to {}", dest2.display()))?;
-        sync_dir(&dir2).context("fsync directory")?;
-        Ok(())
-    })
-    .await??;
+    tokio::task::spawn_blocking(move || file.into_inner().into_inner().sync_all())
+        .await?
+        .context("fsync")?;
     Ok(true)
+}
+
+/// Checks that a downloaded segment is the one asked for (page address,
+/// timeline-independent segment number, the repository's system identifier),
+/// then renames it into place. A mismatch is fatal: PostgreSQL would take the
+/// wrong page address for the end of WAL and end recovery early.
+async fn place(
+    store: &dyn Store,
+    key: &str,
+    name: &str,
+    segment: Option<SegmentName>,
+    sysid: Option<u64>,
+    to: &Place<'_>,
+) -> Result<(), Fatal> {
+    if let Some(seg) = segment {
+        if let Err(e) = check_segment_file(to.tmp, &seg, sysid) {
+            let _ = std::fs::remove_file(to.tmp);
+            return Err(Fatal(anyhow!(
+                "the object stored as {} is not {name}: {e:#}; recovery stops here rather than replaying the wrong WAL (restore the right object from a bucket version or a copy)",
+                store.locate(key)
+            )));
+        }
+    }
+    let (tmp, dest, dir) = (to.tmp.to_path_buf(), to.dest.to_path_buf(), to.dir.to_path_buf());
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        std::fs::rename(&tmp, &dest).with_context(|| format!("rename to {}", dest.display()))?;
+        sync_dir(&dir).context("fsync directory")
+    })
+    .await
+    .map_err(|e| Fatal(e.into()))?
+    .map_err(Fatal)
 }

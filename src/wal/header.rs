@@ -113,6 +113,40 @@ impl LongPageHeader {
     }
 }
 
+/// Checks that the file at `path` is segment `name` of the cluster `sysid`
+/// (when known): what `wal-fetch` and the prefetch spool hand to PostgreSQL,
+/// which would take a wrong page address for the end of WAL and stop early.
+/// The error names the segment the file really holds.
+pub fn check_segment_file(path: &std::path::Path, name: &SegmentName, sysid: Option<u64>) -> Result<()> {
+    use std::io::Read;
+    let mut b = [0u8; LONG_HEADER_LEN];
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    f.read_exact(&mut b)
+        .map_err(|_| anyhow::anyhow!("{len} bytes: too short to be WAL segment {name}"))?;
+    let h = LongPageHeader::parse(&b)?;
+    let held = || {
+        let seg = h.seg_size as u64;
+        if valid_segment_size(seg) && h.tli > 0 {
+            SegmentName::from_segno(h.tli, h.pageaddr.segno(seg), seg).to_string()
+        } else {
+            format!("page address {}", h.pageaddr)
+        }
+    };
+    h.check(name, len)
+        .map_err(|e| anyhow::anyhow!("it holds {} instead of {name}: {e}", held()))?;
+    if let Some(want) = sysid {
+        if h.sysid != want {
+            bail!(
+                "it is {} of another cluster (system identifier {}, the repository's is {want})",
+                held(),
+                h.sysid
+            );
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 pub(crate) fn fake_header(
     magic: u16,

@@ -50,6 +50,15 @@ impl Spool {
             return Ok(false);
         }
         let result = (|| -> Result<()> {
+            // A spool may be shared or tampered with: only this cluster's copy of
+            // exactly this segment is served.
+            let WalFile::Segment(seg) = WalFile::parse(name)? else {
+                bail!("{name} is not a segment");
+            };
+            let sysid = crate::pg::control::pgdata_of_wal_path(dest)
+                .and_then(|d| crate::pg::control::system_identifier(&d).ok())
+                .context("the cluster restoring it cannot be told (no pg_control beside pg_wal)")?;
+            super::header::check_segment_file(&data, &seg, Some(sysid))?;
             let recorded = std::fs::read_to_string(&side).context("no checksum recorded")?;
             let (want, len) = recorded
                 .split_once(' ')
@@ -83,11 +92,44 @@ impl Spool {
     /// `walvault_prefetch` beside it when `dest` is in a pg_wal (restore_command's
     /// %p); none for a file fetched by hand elsewhere.
     pub fn for_dest(dest: &Path, configured: Option<&Path>) -> Option<Spool> {
-        if let Some(c) = configured {
-            return Some(Spool::at(c.to_path_buf()));
+        let spool = match configured {
+            Some(c) => Spool::at(c.to_path_buf()),
+            None => {
+                let dir = dest.parent()?;
+                if dir.file_name()? != "pg_wal" {
+                    return None;
+                }
+                Spool::at(dir.join(DIR))
+            }
+        };
+        match spool.check_private() {
+            Ok(()) => Some(spool),
+            Err(e) => {
+                tracing::warn!("prefetch off: {e:#}");
+                None
+            }
         }
-        let dir = dest.parent()?;
-        (dir.file_name()? == "pg_wal").then(|| Spool::at(dir.join(DIR)))
+    }
+
+    /// Another user who can write the spool could hand PostgreSQL any WAL: a
+    /// spool directory must be this user's alone (0700), or it is not used.
+    fn check_private(&self) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = match std::fs::symlink_metadata(&self.dir) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).with_context(|| format!("{}", self.dir.display())),
+        };
+        let uid = unsafe { libc::geteuid() };
+        if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o077 != 0 {
+            bail!(
+                "the spool directory {} is not private (mode {:o}, owner uid {}): make it a directory of uid {uid} with mode 0700 (fetch.spool_dir)",
+                self.dir.display(),
+                meta.mode() & 0o7777,
+                meta.uid()
+            );
+        }
+        Ok(())
     }
 
     /// Segments held, by name.
@@ -188,29 +230,43 @@ impl Spool {
         Ok((free / seg_size.max(1)).saturating_sub(1) as usize)
     }
 
-    /// The running prefetcher: pid and timeline.
+    /// The running prefetcher: pid and timeline. The pid file also records the
+    /// process's start time, so a pid reused by another process is not taken
+    /// (nor signalled) for the prefetcher.
     pub fn prefetcher(&self) -> Option<(i32, u32)> {
         let text = std::fs::read_to_string(self.dir.join(PID_FILE)).ok()?;
         let mut it = text.split_whitespace();
         let pid: i32 = it.next()?.parse().ok()?;
         let tli: u32 = it.next()?.parse().ok()?;
-        (unsafe { libc::kill(pid, 0) } == 0).then_some((pid, tli))
+        let started: u64 = it.next()?.parse().ok()?;
+        (process_start(pid) == Some(started)).then_some((pid, tli))
     }
 
     /// Starts a detached `walvault wal-prefetch` for `names` unless one runs.
     /// The binary is this very one (by /proc/self/exe), so a relative name or the
     /// wrapper in restore_command makes no difference; it inherits the environment.
-    pub fn spawn(&self, config_file: Option<&Path>, tli: u32, names: &[String]) -> Result<()> {
+    pub fn spawn(
+        &self,
+        config_file: Option<&Path>,
+        sets: &[String],
+        tli: u32,
+        names: &[String],
+    ) -> Result<()> {
         if names.is_empty() || self.prefetcher().is_some() {
             return Ok(());
         }
         std::fs::create_dir_all(&self.dir)
             .with_context(|| format!("creating {}", self.dir.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))?;
         let exe = std::env::current_exe().context("cannot locate the walvault binary")?;
         let log = std::fs::File::create(self.dir.join("prefetch.log"))?;
         let mut cmd = std::process::Command::new(exe);
         if let Some(c) = config_file {
             cmd.arg("--config").arg(c);
+        }
+        for kv in sets {
+            cmd.arg("--set").arg(kv);
         }
         cmd.arg("wal-prefetch")
             .arg("--spool")
@@ -313,7 +369,9 @@ pub async fn run(
             .create_new(true)
             .open(&pid_file)
             .context("another prefetcher started")?;
-        write!(f, "{} {tli}", std::process::id())?;
+        let me = std::process::id();
+        let started = process_start(me as i32).context("cannot read this process's start time")?;
+        write!(f, "{me} {tli} {started}")?;
     }
     let results: Vec<(String, Result<bool>)> = futures_util::stream::iter(names)
         .map(|name| async move {
@@ -346,6 +404,15 @@ pub async fn run(
         let _ = std::fs::remove_file(&pid_file);
     }
     Ok(())
+}
+
+/// When process `pid` started (clock ticks since boot, /proc/PID/stat field
+/// 22); None when there is no such process.
+fn process_start(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count from its closing paren.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// After recovery: a spool left in this pg_wal (no recovery_end_command) is
@@ -407,5 +474,65 @@ mod tests {
         );
         s.clean().unwrap();
         assert!(!s.dir.exists());
+    }
+
+    #[test]
+    fn a_spool_others_can_write_is_not_used() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let sp = d.path().join("spool");
+        std::fs::create_dir(&sp).unwrap();
+        let dest = d.path().join("pg_wal/RECOVERYXLOG");
+        std::fs::set_permissions(&sp, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(Spool::for_dest(&dest, Some(&sp)).is_none());
+        std::fs::set_permissions(&sp, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(Spool::for_dest(&dest, Some(&sp)).is_some());
+    }
+
+    #[test]
+    fn a_reused_pid_is_not_the_prefetcher() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Spool::at(d.path().to_path_buf());
+        let me = std::process::id();
+        let started = process_start(me as i32).unwrap();
+        let pid_file = d.path().join(PID_FILE);
+        std::fs::write(&pid_file, format!("{me} 3 {started}")).unwrap();
+        assert_eq!(s.prefetcher(), Some((me as i32, 3)));
+        // The same pid, but another process (started at another time).
+        std::fs::write(&pid_file, format!("{me} 3 {}", started + 1)).unwrap();
+        assert_eq!(s.prefetcher(), None);
+        std::fs::write(&pid_file, format!("{me} 3")).unwrap();
+        assert_eq!(s.prefetcher(), None);
+    }
+
+    #[test]
+    fn the_spool_serves_only_this_clusters_segment() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("global")).unwrap();
+        std::fs::create_dir_all(d.path().join("pg_wal")).unwrap();
+        std::fs::write(d.path().join("global/pg_control"), 42u64.to_le_bytes()).unwrap();
+        let dest = d.path().join("pg_wal/RECOVERYXLOG");
+        let s = Spool::for_dest(&dest, None).unwrap();
+        std::fs::create_dir_all(s.dir.join("wal")).unwrap();
+        let put = |name: &str, sysid: u64, pageaddr: u64| {
+            let mut data = crate::wal::header::fake_header(0xD110, 1, pageaddr, sysid, 16 << 20);
+            data.resize(16 << 20, 0);
+            std::fs::write(s.file(name), &data).unwrap();
+            let (crc, len) = crc32_of(&s.file(name)).unwrap();
+            std::fs::write(s.sidecar(name), format!("{crc:08x} {len}")).unwrap();
+        };
+        put("000000010000000000000003", 42, 0x3000000);
+        assert!(s.serve("000000010000000000000003", &dest).unwrap());
+        assert!(dest.exists());
+        std::fs::remove_file(&dest).unwrap();
+        // Segment 3's content under segment 4's name.
+        put("000000010000000000000004", 42, 0x3000000);
+        let e = s.serve("000000010000000000000004", &dest).unwrap_err();
+        assert!(format!("{e:#}").contains("000000010000000000000003"), "{e:#}");
+        // Another cluster's segment.
+        put("000000010000000000000005", 43, 0x5000000);
+        let e = s.serve("000000010000000000000005", &dest).unwrap_err();
+        assert!(format!("{e:#}").contains("another cluster"), "{e:#}");
+        assert!(!dest.exists());
     }
 }

@@ -89,11 +89,14 @@ pub fn prepare(codec: &Codec, path: &Path, opts: &Options) -> Result<Prepared> {
         Some(st) if opts.lookahead > 0 => st.ready_after(&name, opts.lookahead),
         _ => Vec::new(),
     };
-    let own_codec = if candidates.is_empty() {
-        codec.for_lone_object(4)
-    } else {
-        codec.clone()
-    };
+    let own_codec = for_kind(
+        &if candidates.is_empty() {
+            codec.for_lone_object(4)
+        } else {
+            codec.clone()
+        },
+        &own.kind,
+    );
     let (c, p) = (own_codec.clone(), path.to_path_buf());
     let encoded =
         tokio::task::spawn_blocking(move || c.encode_to_vec(&mut std::fs::File::open(&p)?));
@@ -282,12 +285,24 @@ async fn push_one(
         None => {
             let file = std::fs::File::open(path)
                 .with_context(|| format!("cannot open {}", path.display()))?;
-            let up = codec.upload_class(store, &key, file, class).await?;
+            let up = for_kind(codec, &checked.kind)
+                .upload_class(store, &key, file, class)
+                .await?;
             (up.trailer.plain_len, up.stored_len)
         }
     };
     tracing::debug!("stored {name} ({plain_len} bytes, {stored_len} stored)");
     Ok(Pushed { len: plain_len })
+}
+
+/// Timeline histories are stored in clear (compressed and checksummed): every
+/// job that needs no key (status, lists, verification, retention) reads them to
+/// follow timelines, and they hold only LSNs and the reason of each switch.
+fn for_kind(codec: &Codec, kind: &WalFile) -> Codec {
+    match kind {
+        WalFile::History(_) => codec.clear(),
+        _ => codec.clone(),
+    }
 }
 
 fn replacing_damaged(name: &str, e: &impl std::fmt::Display) {
