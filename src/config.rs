@@ -158,6 +158,11 @@ pub const KEYS: &[(&str, Kind, &str)] = &[
         "backup parts read, compressed and uploaded at once",
     ),
     (
+        "backup.wal_wait_seconds",
+        Kind::Int,
+        "how long backup-push waits for the backup's last WAL to reach the repository before it fails",
+    ),
+    (
         "restore.concurrency",
         Kind::Int,
         "backup parts downloaded and extracted at once",
@@ -341,6 +346,8 @@ pub struct Backup {
     pub part_size_mb: i64,
     #[serde(default = "default_concurrency")]
     pub concurrency: i64,
+    #[serde(default = "default_wal_wait")]
+    pub wal_wait_seconds: i64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -355,6 +362,7 @@ impl Default for Backup {
         Backup {
             part_size_mb: default_backup_part(),
             concurrency: default_concurrency(),
+            wal_wait_seconds: default_wal_wait(),
         }
     }
 }
@@ -369,6 +377,11 @@ impl Default for Restore {
 // still streams (memory stays at a few MiB per part whatever its size).
 fn default_backup_part() -> i64 {
     256
+}
+// PostgreSQL itself would wait for ever; ten minutes covers an archiver that
+// retries a slow store, not one that is failing.
+fn default_wal_wait() -> i64 {
+    600
 }
 // One part per core: compression and encryption are CPU-bound.
 fn default_concurrency() -> i64 {
@@ -705,6 +718,7 @@ impl Config {
             ("push.concurrency", self.push.concurrency, 1),
             ("backup.part_size_mb", self.backup.part_size_mb, 1),
             ("backup.concurrency", self.backup.concurrency, 1),
+            ("backup.wal_wait_seconds", self.backup.wal_wait_seconds, 1),
             ("restore.concurrency", self.restore.concurrency, 1),
             ("retention.keep_last", self.retention.keep_last, 0),
             ("retention.keep_days", self.retention.keep_days, 0),

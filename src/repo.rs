@@ -44,6 +44,17 @@ pub async fn load(store: &dyn Store) -> Result<Option<RepoIdentity>> {
     Ok(Some(id))
 }
 
+/// The identity of a repository that must exist: a mistyped path, bucket or
+/// prefix holds none, and every listing of it would look empty, not wrong.
+pub async fn require(store: &dyn Store) -> Result<RepoIdentity> {
+    load(store).await?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "{} holds no walvault repository (no {KEY}); check the repo setting (a mistyped path, bucket or prefix?), or archive into it first",
+            store.locate("")
+        )
+    })
+}
+
 /// The refusal when a file belongs to another cluster than the repository.
 pub fn mismatch(store: &dyn Store, repo: u64, file: u64) -> anyhow::Error {
     anyhow::anyhow!(

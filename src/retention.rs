@@ -57,8 +57,12 @@ pub fn plan_backups(
     let mut out = Vec::new();
     // Newest first: the order both policies count in.
     let mut free: Vec<(&Manifest, bool)> = Vec::new();
+    // Restorable means as recover means it: onto the current timeline. A
+    // backup left on a timeline that was branched away from before it ended
+    // cannot recover the cluster as it now is, so it does not count.
+    let tli = inv.latest_timeline();
     for m in listing.complete.iter().rev() {
-        let ok = crate::backup::restorable(inv, m);
+        let ok = crate::backup::restorable_on(inv, m, tli);
         match listing.keeps.get(&m.id).and_then(|k| k.reason(now)) {
             Some(why) => out.push(Verdict {
                 id: m.id.clone(),
@@ -108,12 +112,18 @@ pub fn plan_backups(
         } else if !ok && oldest_kept.is_some_and(|t| m.stop_time > t) {
             (
                 true,
-                "NOT RESTORABLE (its WAL is missing), newer than the oldest kept backup: kept for inspection".into(),
+                format!(
+                    "NOT RESTORABLE ({}), newer than the oldest kept backup: kept for inspection",
+                    why_not(inv, m, tli)
+                ),
             )
         } else if !ok {
             (
                 false,
-                "not restorable (its WAL is missing) and older than the kept backups".into(),
+                format!(
+                    "not restorable ({}) and older than the kept backups",
+                    why_not(inv, m, tli)
+                ),
             )
         } else {
             (false, outside(policy))
@@ -143,6 +153,18 @@ pub fn plan_backups(
     }
     out.sort_by(|a, b| a.id.cmp(&b.id));
     out
+}
+
+/// Why `m` cannot recover onto timeline `tli`.
+fn why_not(inv: &Inventory, m: &Manifest, tli: u32) -> String {
+    if crate::backup::restorable(inv, m) {
+        format!(
+            "it is on timeline {} past the point where the current timeline {tli} branched off",
+            m.timeline
+        )
+    } else {
+        "its WAL is missing".into()
+    }
 }
 
 fn outside(p: Policy) -> String {
@@ -482,6 +504,7 @@ mod tests {
             listing: Listing {
                 complete,
                 incomplete: vec![],
+                damaged: vec![],
                 keeps: BTreeMap::new(),
                 objects,
             },
@@ -587,6 +610,36 @@ mod tests {
         let v = plan(&r, 1, 0, now);
         assert_eq!(kept_ids(&v).len(), 5);
         assert!(wal_after(&r, &v).remove.is_empty());
+    }
+
+    #[test]
+    fn backups_past_a_timeline_branch_do_not_count() {
+        let now = Utc::now();
+        // A PITR branched timeline 2 off timeline 1 in segment 5: after b2
+        // (segment 4), before b3..b5, which cannot reach timeline 2.
+        let mut r = repo(now, &[]);
+        r.inv.histories.insert(
+            2,
+            crate::wal::history::parse("1\t0/5000100\tbefore the bad delete\n").unwrap(),
+        );
+        for n in 5..=7u64 {
+            let s = crate::wal::names::SegmentName::from_segno(2, n, MB16);
+            let o = meta(&format!("wal/{s}"), now);
+            r.inv.segments.insert(s, o.clone());
+            r.wal.push(o);
+        }
+        let v = plan(&r, 1, 0, now);
+        let b2 = v.iter().find(|x| x.id == "b2").unwrap();
+        assert!(b2.keep && b2.restorable, "{b2:?}");
+        assert!(!v.iter().find(|x| x.id == "b1").unwrap().keep);
+        for id in ["b3", "b4", "b5"] {
+            let x = v.iter().find(|x| x.id == id).unwrap();
+            assert!(!x.restorable && x.why.contains("timeline 1 past the point"), "{x:?}");
+        }
+        // The WAL b2 needs to reach timeline 2 stays.
+        let w = wal_after(&r, &v);
+        assert_eq!(w.keep_from, Some(4));
+        assert!(!names(&w).iter().any(|n| n.starts_with("00000002")));
     }
 
     #[test]

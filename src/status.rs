@@ -172,6 +172,7 @@ pub async fn run(cfg: &Config, store: &dyn Store, codec: &Codec, opts: Options) 
 }
 
 async fn read_repository(store: &dyn Store, codec: &Codec, st: &mut Status) -> Result<()> {
+    crate::repo::require(store).await?;
     let (listing, inv) = crate::backup::list_with_wal(store, codec).await?;
     // From the listings already made: no second walk of the repository.
     let backups: u64 = listing.objects.values().flatten().map(|o| o.size).sum();

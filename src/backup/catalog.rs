@@ -35,9 +35,7 @@ pub fn window(complete: &[Manifest], inv: &Inventory) -> Option<Window> {
     let tli = inv.latest_timeline();
     complete
         .iter()
-        .find(|m| {
-            super::restorable(inv, m) && m.stop().is_ok_and(|s| inv.reaches(tli, m.timeline, s))
-        })
+        .find(|m| super::restorable_on(inv, m, tli))
         .map(|m| {
             let run = inv.run_from(tli, m.start().map(|l| l.segno(inv.seg_size)).unwrap_or(0));
             Window {
@@ -57,9 +55,11 @@ struct Catalog<'a> {
     backups: Vec<Row<'a>>,
     window: Option<Window>,
     incomplete: Vec<String>,
+    damaged: Vec<(String, String)>,
 }
 
 pub async fn run(store: &dyn Store, codec: &Codec, json: bool) -> Result<()> {
+    crate::repo::require(store).await?;
     let (listing, inv) = super::list_with_wal(store, codec).await?;
     let mut rows = Vec::new();
     for m in &listing.complete {
@@ -77,6 +77,7 @@ pub async fn run(store: &dyn Store, codec: &Codec, json: bool) -> Result<()> {
         backups: rows,
         window,
         incomplete: listing.incomplete,
+        damaged: listing.damaged,
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&catalog)?);
@@ -142,6 +143,9 @@ pub async fn run(store: &dyn Store, codec: &Codec, json: bool) -> Result<()> {
             "incomplete (no manifest: a backup-push that did not finish): {}",
             catalog.incomplete.join(", ")
         );
+    }
+    for (id, why) in &catalog.damaged {
+        println!("DAMAGED: backup {id} cannot be used: {why}");
     }
     Ok(())
 }

@@ -94,6 +94,9 @@ pub struct FileRecord {
 pub struct Listing {
     pub complete: Vec<Manifest>,
     pub incomplete: Vec<String>,
+    /// Backups whose manifest exists but cannot be read: (id, why). Never
+    /// restored, never removed by retention; the others stay usable.
+    pub damaged: Vec<(String, String)>,
     pub keeps: BTreeMap<String, keep::Keep>,
     pub objects: BTreeMap<String, Vec<ObjectMeta>>,
 }
@@ -114,10 +117,25 @@ pub async fn list(store: &dyn Store) -> Result<Listing> {
     };
     let mut complete = Vec::new();
     let mut incomplete = Vec::new();
+    let mut damaged = Vec::new();
     let mut keeps = BTreeMap::new();
     for id in objects.keys() {
         if has(id, "manifest.json") {
-            complete.push(read_manifest(store, id).await?);
+            match read_manifest(store, id).await {
+                Ok(m) if m.id == *id => complete.push(m),
+                Ok(m) => damaged.push((
+                    id.clone(),
+                    format!("its manifest names another backup, {}", m.id),
+                )),
+                // Unreadable content is this backup's problem; an unreachable
+                // store is everyone's.
+                Err(e) if e.chain().any(|c| c.is::<serde_json::Error>()) => {
+                    tracing::warn!("backup {id}: {e:#}");
+                    damaged.push((id.clone(), format!("{e:#}")));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
             if has(id, "keep.json") {
                 if let Some(k) = keep::read(store, id).await? {
                     keeps.insert(id.clone(), k);
@@ -131,6 +149,7 @@ pub async fn list(store: &dyn Store) -> Result<Listing> {
     Ok(Listing {
         complete,
         incomplete,
+        damaged,
         keeps,
         objects,
     })
@@ -142,6 +161,13 @@ pub fn restorable(inv: &crate::wal::inventory::Inventory, m: &Manifest) -> bool 
         (Ok(a), Ok(z)) => inv.missing_between(m.timeline, a, z).is_none(),
         _ => false,
     }
+}
+
+/// Whether `m` can recover onto timeline `tli`: its own WAL is all there and it
+/// ended before `tli` branched from its timeline. The one rule recover,
+/// retention and the recoverable window share.
+pub fn restorable_on(inv: &crate::wal::inventory::Inventory, m: &Manifest, tli: u32) -> bool {
+    restorable(inv, m) && m.stop().is_ok_and(|s| inv.reaches(tli, m.timeline, s))
 }
 
 /// The backups and the WAL inventory together (the segment size from the backups;

@@ -78,6 +78,8 @@ pub async fn run(
             pgdata.display()
         );
     }
+    // One backup-push at a time per data directory (until this process exits).
+    let _lock = lock_pgdata(&pgdata)?;
     repo::ensure(store.as_ref(), sysid, Some(version as u32 / 10000)).await?;
 
     // The id is the start second; it must be fresh (a killed push may have left
@@ -169,10 +171,12 @@ pub async fn run(
     );
     progress.finish();
 
+    // PostgreSQL's own wait for the archiver has no end; walvault waits for the
+    // WAL in the repository itself, bounded (backup.wal_wait_seconds).
     let stop_sql = if version >= 150000 {
-        "select lsn::text, labelfile, spcmapfile from pg_backup_stop(true)"
+        "select lsn::text, labelfile, spcmapfile from pg_backup_stop(false)"
     } else {
-        "select lsn::text, labelfile, spcmapfile from pg_stop_backup(false, true)"
+        "select lsn::text, labelfile, spcmapfile from pg_stop_backup(false, false)"
     };
     tracing::info!(
         "backup {id}: files stored; stopping the backup and waiting for its WAL to be archived"
@@ -180,7 +184,7 @@ pub async fn run(
     let row = client
         .query_one(stop_sql, &[])
         .await
-        .context("pg_backup_stop failed (is the archive_command working?)")?;
+        .context("pg_backup_stop failed")?;
     let (stop_lsn, labelfile, spcmap): (String, String, Option<String>) =
         (row.get(0), row.get(1), row.get(2));
     let stopped: DateTime<Utc> = client
@@ -202,7 +206,13 @@ pub async fn run(
     if let Some(map) = spcmap.filter(|s| !s.is_empty()) {
         put_text(format!("{}tablespace_map", super::prefix(&id)), map).await?;
     }
-    wait_for_wal(store.as_ref(), timeline, start, stop, seg_size as u64).await?;
+    let wait = Duration::from_secs(cfg.backup.wal_wait_seconds as u64);
+    if let Err(e) = wait_for_wal(store.as_ref(), timeline, start, stop, seg_size as u64, wait).await {
+        return Err(e.context(format!(
+            "backup {id} is incomplete (not listed, never restored); {}",
+            archiver_report(&client).await
+        )));
+    }
 
     let (parts, records): (Vec<Part>, Vec<Vec<FileRecord>>) = parts
         .into_iter()
@@ -391,22 +401,70 @@ async fn wait_for_wal(
     start: Lsn,
     stop: Lsn,
     seg_size: u64,
+    wait: Duration,
 ) -> Result<()> {
     let last = Lsn(stop.0.saturating_sub(1)).segno(seg_size);
+    let t = Instant::now();
     for segno in start.segno(seg_size)..=last {
         let name = SegmentName::from_segno(tli, segno, seg_size);
         let key = crate::wal::key(&name.to_string());
-        let t = Instant::now();
         while store.head(&key).await?.is_none() {
-            if t.elapsed() > Duration::from_secs(60) {
+            if t.elapsed() > wait {
                 bail!(
-                    "WAL segment {name}, needed to restore this backup, is not in the repository; check the archive_command (pg_stat_archiver)"
+                    "WAL segment {name}, needed to restore this backup, did not reach the repository within {} s (backup.wal_wait_seconds)",
+                    wait.as_secs()
                 );
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
     Ok(())
+}
+
+/// Takes an exclusive lock on the data directory itself (flock, released when
+/// the process ends however it ends): two backup-push runs of one cluster would
+/// otherwise race for one backup id.
+fn lock_pgdata(pgdata: &std::path::Path) -> Result<std::fs::File> {
+    use std::os::unix::io::AsRawFd;
+    let dir = std::fs::File::open(pgdata)
+        .with_context(|| format!("cannot open {}", pgdata.display()))?;
+    if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            bail!(
+                "another walvault backup-push is running on {}; wait for it to finish",
+                pgdata.display()
+            );
+        }
+        return Err(e).with_context(|| format!("cannot lock {}", pgdata.display()));
+    }
+    Ok(dir)
+}
+
+/// What PostgreSQL says of its archiver, for a backup whose WAL never came.
+async fn archiver_report(client: &tokio_postgres::Client) -> String {
+    let row = client
+        .query_one(
+            "select failed_count, coalesce(last_failed_wal, ''), \
+             coalesce(to_char(last_failed_time, 'YYYY-MM-DD HH24:MI:SSOF'), ''), \
+             coalesce(last_archived_wal, ''), current_setting('archive_command') \
+             from pg_stat_archiver",
+            &[],
+        )
+        .await;
+    match row {
+        Ok(r) => {
+            let (failed, last_failed, at, last_ok, cmd): (i64, String, String, String, String) =
+                (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+            format!(
+                "PostgreSQL's archiver reports {failed} failed attempts (last failed {}{}), last archived {}, archive_command '{cmd}': check that archive_command is executing properly (PostgreSQL's log says why it fails)",
+                if last_failed.is_empty() { "none" } else { &last_failed },
+                if at.is_empty() { String::new() } else { format!(" at {at}") },
+                if last_ok.is_empty() { "none" } else { &last_ok },
+            )
+        }
+        Err(e) => format!("pg_stat_archiver could not be read ({e})"),
+    }
 }
 
 #[cfg(test)]

@@ -24,6 +24,17 @@ pub struct Target {
 }
 
 impl Target {
+    /// The directory `path` (a backup path) is restored under.
+    fn root_of(&self, path: &str) -> PathBuf {
+        if let Some(rest) = path.strip_prefix("pg_tblspc/") {
+            let oid = rest.split('/').next().unwrap_or(rest);
+            if let Some(dir) = self.tablespaces.get(oid) {
+                return dir.clone();
+            }
+        }
+        self.dir.clone()
+    }
+
     fn dest(&self, path: &str) -> Result<PathBuf> {
         let p = Path::new(path);
         if p.components().any(|c| !matches!(c, Component::Normal(_))) {
@@ -43,9 +54,25 @@ impl Target {
     }
 }
 
+/// A symbolic link of the backup, made only once every part is extracted.
+pub struct Link {
+    pub part: String,
+    pub path: String,
+    pub dest: PathBuf,
+    pub points_to: PathBuf,
+}
+
+/// What one part held: the files written (or checked), their bytes, and the
+/// links still to make.
+pub struct PartRead {
+    pub files: Vec<String>,
+    pub bytes: u64,
+    pub links: Vec<Link>,
+}
+
 /// Downloads one part and walks its tar stream: every file checked against
 /// `index` (size and sha256), and written below `target` unless it is `None`
-/// (verification only). Returns the files seen and their bytes.
+/// (verification only).
 pub async fn read_part(
     store: Arc<dyn Store>,
     codec: Codec,
@@ -53,10 +80,12 @@ pub async fn read_part(
     index: Arc<HashMap<String, FileRecord>>,
     target: Option<Arc<Target>>,
     progress: Arc<Progress>,
-) -> Result<(Vec<String>, u64)> {
+) -> Result<PartRead> {
     let (reader, writer) = io::pipe()?;
-    let extract =
-        tokio::task::spawn_blocking(move || extract(reader, target.as_deref(), &index, &progress));
+    let part = key.clone();
+    let extract = tokio::task::spawn_blocking(move || {
+        extract(reader, &part, target.as_deref(), &index, &progress)
+    });
     // The decoder hands the pipe's writer back: drop it at once so the
     // extractor sees the end of the stream.
     let download = codec
@@ -112,10 +141,12 @@ pub async fn restore(
     }
     let mut seen: HashSet<String> = HashSet::new();
     let mut bytes = 0;
+    let mut links = Vec::new();
     while let Some(r) = tasks.join_next().await {
-        let (paths, b) = r.context("restore task failed")??;
-        seen.extend(paths);
-        bytes += b;
+        let read = r.context("restore task failed")??;
+        seen.extend(read.files);
+        bytes += read.bytes;
+        links.extend(read.links);
     }
     progress.finish();
     if let Some(missing) = index.keys().find(|p| !seen.contains(*p)) {
@@ -129,21 +160,56 @@ pub async fn restore(
         std::fs::create_dir_all(&p)?;
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700))?;
     }
+    make_links(&target, links)?;
     Ok(Restored {
         files: seen.len() as u64,
         bytes,
     })
 }
 
-/// Extracts one tar stream; returns the files written and their bytes.
+/// Makes the backup's symbolic links, after every file is written: no file of
+/// the backup can then be written through one of them. A link where the backup
+/// also wrote a file or directory, or below another link, is refused by name.
+fn make_links(target: &Target, mut links: Vec<Link>) -> Result<()> {
+    links.sort_by(|a, b| a.path.cmp(&b.path));
+    for l in links {
+        let refuse = |why: &str| {
+            anyhow::anyhow!(
+                "refusing entry '{}' of {}: a symbolic link to {} {why}; a backup may not make a restore write outside its directories",
+                l.path,
+                l.part,
+                l.points_to.display()
+            )
+        };
+        if std::fs::symlink_metadata(&l.dest).is_ok() {
+            return Err(refuse("where the backup also holds a file or directory"));
+        }
+        let root = target.root_of(&l.path);
+        let mut p = l.dest.parent();
+        while let Some(dir) = p.filter(|d| d.starts_with(&root) && *d != root) {
+            if std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Err(refuse("below another symbolic link"));
+            }
+            p = dir.parent();
+        }
+        std::os::unix::fs::symlink(&l.points_to, &l.dest)
+            .with_context(|| format!("cannot create link {}", l.dest.display()))?;
+    }
+    Ok(())
+}
+
+/// Extracts one tar stream (part `part`): files written and checked; links
+/// returned to be made last.
 fn extract(
     reader: io::PipeReader,
+    part: &str,
     target: Option<&Target>,
     index: &HashMap<String, FileRecord>,
     progress: &Progress,
-) -> Result<(Vec<String>, u64)> {
+) -> Result<PartRead> {
     let mut ar = tar::Archive::new(reader);
     let mut done = Vec::new();
+    let mut links = Vec::new();
     let mut bytes = 0u64;
     let mut buf = vec![0u8; 1 << 20];
     for entry in ar.entries()? {
@@ -169,12 +235,16 @@ fn extract(
                 std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode | 0o700))?;
             }
             tar::EntryType::Symlink => {
-                let link = entry
+                let points_to = entry
                     .link_name()?
                     .context("symlink without target")?
                     .to_path_buf();
-                std::os::unix::fs::symlink(&link, &dest)
-                    .with_context(|| format!("cannot create link {}", dest.display()))?;
+                links.push(Link {
+                    part: part.to_string(),
+                    path,
+                    dest,
+                    points_to,
+                });
             }
             tar::EntryType::Regular => {
                 let rec = index
@@ -195,7 +265,11 @@ fn extract(
     }
     // Drain: the decoder must see the whole part consumed (end-of-archive blocks).
     io::copy(&mut ar.into_inner(), &mut io::sink())?;
-    Ok((done, bytes))
+    Ok(PartRead {
+        files: done,
+        bytes,
+        links,
+    })
 }
 
 /// Copies one tar entry to `out`, checking its size and sha256 against `rec`.
@@ -214,9 +288,13 @@ fn hash_entry(
         if n == 0 {
             break;
         }
+        total += n as u64;
+        if total > rec.size {
+            // A tar header may claim any size: stop at the recorded one.
+            bail!("{path}: longer than the {} bytes recorded at backup", rec.size);
+        }
         h.update(&buf[..n]);
         out.write_all(&buf[..n])?;
-        total += n as u64;
         progress.add(n as u64);
     }
     if total != rec.size || hex::encode(h.finalize()) != rec.sha256 {
@@ -247,5 +325,106 @@ mod tests {
         assert!(t.dest("../etc/passwd").is_err());
         assert!(t.dest("/etc/passwd").is_err());
         assert!(t.dest("base/../../x").is_err());
+    }
+
+    fn tar_of(entries: &[(&str, Option<&str>, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, link, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o600);
+            match link {
+                Some(to) => {
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    h.set_size(0);
+                    b.append_link(&mut h, path, to).unwrap();
+                }
+                None => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_size(data.len() as u64);
+                    b.append_data(&mut h, path, *data).unwrap();
+                }
+            }
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn record(path: &str, data: &[u8]) -> (String, FileRecord) {
+        let rec = FileRecord {
+            path: path.into(),
+            size: data.len() as u64,
+            sha256: hex::encode(Sha256::digest(data)),
+            part: 0,
+        };
+        (path.to_string(), rec)
+    }
+
+    fn run_extract(
+        t: &Target,
+        tar: Vec<u8>,
+        index: &HashMap<String, FileRecord>,
+    ) -> Result<PartRead> {
+        let (reader, mut writer) = io::pipe().unwrap();
+        let feed = std::thread::spawn(move || {
+            let _ = writer.write_all(&tar);
+        });
+        let r = extract(reader, "part-0000.tar", Some(t), index, &Progress::new("t", 0));
+        feed.join().unwrap();
+        r
+    }
+
+    #[test]
+    fn nothing_is_written_through_a_link_of_the_backup() {
+        let outside = tempfile::tempdir().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let t = Target {
+            dir: root.path().to_path_buf(),
+            tablespaces: BTreeMap::new(),
+        };
+        let out = outside.path().to_str().unwrap();
+        let index: HashMap<_, _> = [record("x/evil", b"owned")].into();
+        let tar = tar_of(&[("x", Some(out), b""), ("x/evil", None, b"owned")]);
+        let read = run_extract(&t, tar, &index).unwrap();
+        let e = make_links(&t, read.links).unwrap_err().to_string();
+        assert!(e.contains("refusing entry 'x' of part-0000.tar"), "{e}");
+        assert!(!outside.path().join("evil").exists());
+        // A link below another link.
+        let root2 = tempfile::tempdir().unwrap();
+        let t2 = Target {
+            dir: root2.path().to_path_buf(),
+            tablespaces: BTreeMap::new(),
+        };
+        let tar = tar_of(&[("a", Some(out), b""), ("a/b", Some("/etc"), b"")]);
+        let read = run_extract(&t2, tar, &HashMap::new()).unwrap();
+        let e = make_links(&t2, read.links).unwrap_err().to_string();
+        assert!(e.contains("'a/b'") && e.contains("below another"), "{e}");
+        assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none());
+        // An ordinary link is made.
+        let root3 = tempfile::tempdir().unwrap();
+        let t3 = Target {
+            dir: root3.path().to_path_buf(),
+            tablespaces: BTreeMap::new(),
+        };
+        let read = run_extract(&t3, tar_of(&[("log", Some(out), b"")]), &HashMap::new()).unwrap();
+        make_links(&t3, read.links).unwrap();
+        assert_eq!(std::fs::read_link(root3.path().join("log")).unwrap(), outside.path());
+    }
+
+    #[test]
+    fn an_entry_longer_than_recorded_is_cut_short() {
+        let root = tempfile::tempdir().unwrap();
+        let t = Target {
+            dir: root.path().to_path_buf(),
+            tablespaces: BTreeMap::new(),
+        };
+        let big = vec![7u8; 3 << 20];
+        let (k, mut rec) = record("base/1/1", &big);
+        rec.size = 1 << 20;
+        let index: HashMap<_, _> = [(k, rec)].into();
+        let e = run_extract(&t, tar_of(&[("base/1/1", None, &big)]), &index)
+            .err()
+            .unwrap();
+        assert!(format!("{e:#}").contains("longer than the 1048576 bytes"), "{e:#}");
+        let written = std::fs::metadata(root.path().join("base/1/1")).unwrap().len();
+        assert!(written <= 1 << 20, "{written}");
     }
 }

@@ -282,7 +282,9 @@ async fn check(
     }
     match (job.what, index) {
         (What::Part, Some(index)) => {
-            let (files, _) = read_part(store, codec, job.key.clone(), index, None, inner).await?;
+            let files = read_part(store, codec, job.key.clone(), index, None, inner)
+                .await?
+                .files;
             Ok(files)
         }
         _ => match codec

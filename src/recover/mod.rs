@@ -239,11 +239,7 @@ pub async fn plan(store: &dyn Store, codec: &Codec, opts: &Options) -> Result<Pl
     let reachable: Vec<&Manifest> = listing
         .complete
         .iter()
-        .filter(|m| m.stop().is_ok_and(|s| inv.reaches(tli, m.timeline, s)))
-        .filter(|m| match (m.start(), m.stop()) {
-            (Ok(a), Ok(z)) => inv.missing_between(m.timeline, a, z).is_none(),
-            _ => false,
-        })
+        .filter(|m| backup::restorable_on(&inv, m, tli))
         .collect();
     let chosen: Manifest = match &opts.backup {
         Some(id) => {

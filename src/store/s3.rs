@@ -118,8 +118,52 @@ fn s3_endpoint(cfg: &config::S3, shared: &aws_types::SdkConfig) -> Option<String
         .or_else(|| shared.endpoint_url().map(str::to_string))
 }
 
-fn sdk_err<E: std::error::Error + 'static, R: std::fmt::Debug>(e: SdkError<E, R>) -> anyhow::Error {
-    anyhow!("{}", DisplayErrorContext(&e))
+/// One line from an SDK error: the S3 code and message and the HTTP status,
+/// or what kept the request from an answer, with what to check. The raw
+/// response (kilobytes of headers) goes to debug logging only.
+fn sdk_err<E>(e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> anyhow::Error
+where
+    E: std::error::Error + aws_sdk_s3::error::ProvideErrorMetadata + 'static,
+{
+    tracing::debug!("S3 error in full: {}", DisplayErrorContext(&e));
+    match &e {
+        SdkError::ServiceError(ctx) => {
+            let status = ctx.raw().status().as_u16();
+            let err = ctx.err();
+            let code = err.code().map(str::to_string).unwrap_or_else(|| match status {
+                403 => "AccessDenied".into(),
+                404 => "NotFound".into(),
+                _ => format!("HTTP{status}"),
+            });
+            let message = err.message().unwrap_or("no message");
+            let hint = match code.as_str() {
+                "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken"
+                | "InvalidToken" | "AccessDenied" => {
+                    "; check the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, profile or role) and the bucket policy"
+                }
+                "NoSuchBucket" => "; check the bucket in the repo setting",
+                "PermanentRedirect" | "AuthorizationHeaderMalformed" => {
+                    "; check s3.region (AWS_REGION)"
+                }
+                _ => "",
+            };
+            anyhow!("S3 error {code}: {message} (HTTP {status}){hint}")
+        }
+        SdkError::TimeoutError(_) => {
+            anyhow!("S3 request timed out (s3.timeout_seconds); check the endpoint and the network")
+        }
+        SdkError::DispatchFailure(_) | SdkError::ConstructionFailure(_) | SdkError::ResponseError(_) => {
+            // The innermost cause says it plainly (connection refused, DNS, TLS).
+            let mut cause: &dyn std::error::Error = &e;
+            while let Some(next) = cause.source() {
+                cause = next;
+            }
+            anyhow!(
+                "S3 request failed: {cause}; check s3.endpoint (AWS_ENDPOINT_URL) and that the S3 service is reachable"
+            )
+        }
+        _ => anyhow!("{}", DisplayErrorContext(&e)),
+    }
 }
 
 impl S3Store {
@@ -500,11 +544,14 @@ impl Store for S3Store {
                 .and_then(|c| c.object_lock_enabled())
                 .is_some_and(|e| e.as_str() == "Enabled")),
             Err(e) => {
-                let text = format!("{}", DisplayErrorContext(&e));
-                if text.contains("ObjectLockConfigurationNotFound") {
+                use aws_sdk_s3::error::ProvideErrorMetadata;
+                if e.code() == Some("ObjectLockConfigurationNotFoundError")
+                    || format!("{}", DisplayErrorContext(&e))
+                        .contains("ObjectLockConfigurationNotFound")
+                {
                     Ok(false)
                 } else {
-                    Err(anyhow!("{text}")).with_context(|| {
+                    Err(sdk_err(e)).with_context(|| {
                         format!("asking whether bucket {} has Object Lock", self.bucket)
                     })
                 }
