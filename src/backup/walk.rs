@@ -28,6 +28,9 @@ const SKIP_TOP_FILES: &[&str] = &[
     "standby.signal",
     "current_logfiles",
     "backup_manifest",
+    // The server log of a cluster walvault recovered and started: it would
+    // read as the next recovery's own words.
+    crate::recover::LOG_FILE,
 ];
 
 /// `global/pg_control` is read last, after every other file (as pg_basebackup does).

@@ -205,13 +205,23 @@ pub async fn start(opts: &Options, plan: &Plan, extra: &[String]) -> Result<End>
     for setting in extra {
         server_opts.push_str(&format!("-c {} ", pg::ctl::shell_quote(setting)));
     }
+    // The log is read for where replay stopped: only this start's lines.
+    match std::fs::remove_file(log_path(opts)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("cannot remove {}", log_path(opts).display()))
+        }
+        _ => {}
+    }
     pg::ctl::start(&pg_ctl, &opts.pgdata, &log_path(opts), server_opts.trim())?;
     wait(opts, &log_path(opts)).await
 }
 
+/// The server log of a restored cluster started by walvault, in its data directory.
+pub const LOG_FILE: &str = "walvault-recover.log";
+
 /// The server log of a restored cluster started by walvault.
 pub fn log_path(opts: &Options) -> PathBuf {
-    opts.pgdata.join("walvault-recover.log")
+    opts.pgdata.join(LOG_FILE)
 }
 
 /// Chooses the backup and checks that the target can be reached; writes nothing.

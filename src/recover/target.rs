@@ -108,7 +108,9 @@ impl Target {
             Target::Immediate => ("recovery_target", "immediate".into()),
             Target::Latest => ("", String::new()),
         };
-        [
+        // The server refuses a second target as soon as one is set, even an
+        // empty one: the empty ones first, the target last.
+        let mut out: Vec<(String, String)> = [
             "recovery_target",
             "recovery_target_lsn",
             "recovery_target_name",
@@ -116,11 +118,13 @@ impl Target {
             "recovery_target_xid",
         ]
         .iter()
-        .map(|k| {
-            let v = if *k == key { value.as_str() } else { "" };
-            (k.to_string(), quote(v))
-        })
-        .collect()
+        .filter(|k| **k != key)
+        .map(|k| (k.to_string(), quote("")))
+        .collect();
+        if !key.is_empty() {
+            out.push((key.to_string(), quote(&value)));
+        }
+        out
     }
 
     pub fn describe(&self) -> String {
@@ -223,12 +227,12 @@ mod tests {
             [
                 "recovery_target=''",
                 "recovery_target_lsn=''",
-                "recovery_target_name='it''s'",
                 "recovery_target_time=''",
-                "recovery_target_xid=''"
+                "recovery_target_xid=''",
+                "recovery_target_name='it''s'",
             ]
         );
-        assert_eq!(set(Target::Immediate)[0], "recovery_target='immediate'");
+        assert_eq!(set(Target::Immediate)[4], "recovery_target='immediate'");
         // Latest: every target key written, all empty.
         assert!(set(Target::Latest).iter().all(|s| s.ends_with("=''")));
         assert_eq!(Target::Latest.settings().len(), 5);
