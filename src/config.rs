@@ -548,9 +548,9 @@ pub fn env_name(key: &str) -> String {
 pub fn parse_sets(sets: &[String]) -> Result<Vec<(String, String)>> {
     sets.iter()
         .map(|s| {
-            let (k, v) = s
-                .split_once('=')
-                .with_context(|| format!("--set '{s}': use KEY=VALUE, e.g. --set repo=s3://bucket/prefix"))?;
+            let (k, v) = s.split_once('=').with_context(|| {
+                format!("--set '{s}': use KEY=VALUE, e.g. --set repo=s3://bucket/prefix")
+            })?;
             let k = k.trim();
             if !KEYS.iter().any(|(key, _, _)| *key == k) {
                 bail!("--set '{s}': unknown setting {k} (see docs/configuration.md)");
@@ -577,7 +577,10 @@ pub fn carried_settings(sets: &[String]) -> Result<Vec<String>> {
     for (k, v) in parse_sets(sets)? {
         out.insert(k, v);
     }
-    for (var, key) in [("AWS_ENDPOINT_URL", "s3.endpoint"), ("AWS_REGION", "s3.region")] {
+    for (var, key) in [
+        ("AWS_ENDPOINT_URL", "s3.endpoint"),
+        ("AWS_REGION", "s3.region"),
+    ] {
         if let Ok(v) = std::env::var(var) {
             out.entry(key.to_string()).or_insert(v);
         }

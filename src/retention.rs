@@ -634,7 +634,10 @@ mod tests {
         assert!(!v.iter().find(|x| x.id == "b1").unwrap().keep);
         for id in ["b3", "b4", "b5"] {
             let x = v.iter().find(|x| x.id == id).unwrap();
-            assert!(!x.restorable && x.why.contains("timeline 1 past the point"), "{x:?}");
+            assert!(
+                !x.restorable && x.why.contains("timeline 1 past the point"),
+                "{x:?}"
+            );
         }
         // The WAL b2 needs to reach timeline 2 stays.
         let w = wal_after(&r, &v);

@@ -32,7 +32,11 @@ fn a_panic_in_wal_fetch_stops_recovery_and_a_closed_pipe_is_quiet() {
     panicky.insert("_WALVAULT_PANIC_FOR_TESTS".into(), "wal-fetch".into());
     let dest = root.path().join("RECOVERYXLOG");
     let out = walvault(
-        &["wal-fetch", "000000010000000000000003", dest.to_str().unwrap()],
+        &[
+            "wal-fetch",
+            "000000010000000000000003",
+            dest.to_str().unwrap(),
+        ],
         &panicky,
         None,
     );
@@ -63,7 +67,10 @@ fn a_path_without_a_repository_is_named_not_listed_as_empty() {
         let out = walvault(args, &env, None);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         let text = format!("{}{}", stderr(&out), String::from_utf8_lossy(&out.stdout));
-        assert!(text.contains("holds no walvault repository"), "{args:?}: {text}");
+        assert!(
+            text.contains("holds no walvault repository"),
+            "{args:?}: {text}"
+        );
     }
 }
 
@@ -87,7 +94,11 @@ fn a_decompression_bomb_under_a_history_name_is_refused() {
         None,
     );
     assert_eq!(out.status.code(), Some(128), "{}", stderr(&out));
-    assert!(stderr(&out).contains("decodes to more than"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("decodes to more than"),
+        "{}",
+        stderr(&out)
+    );
     assert!(!dest.exists());
     let leftovers: Vec<_> = std::fs::read_dir(root.path())
         .unwrap()
@@ -118,7 +129,12 @@ fn damaged_objects_concurrent_backups_and_a_failing_archiver() {
     let outs = [x.wait_with_output().unwrap(), y.wait_with_output().unwrap()];
     let won: Vec<_> = outs.iter().filter(|o| o.status.success()).collect();
     let lost: Vec<_> = outs.iter().filter(|o| !o.status.success()).collect();
-    assert_eq!(won.len(), 1, "{:?}", outs.iter().map(stderr).collect::<Vec<_>>());
+    assert_eq!(
+        won.len(),
+        1,
+        "{:?}",
+        outs.iter().map(stderr).collect::<Vec<_>>()
+    );
     assert!(
         one_line(lost[0]).contains("another walvault backup-push is running"),
         "{}",
@@ -132,7 +148,11 @@ fn damaged_objects_concurrent_backups_and_a_failing_archiver() {
 
     // One damaged manifest: named by backup-list, the other backup recovers.
     let repo = s.root.path().join("repo");
-    std::fs::write(repo.join(format!("backups/{bk1}/manifest.json")), b"{ not json").unwrap();
+    std::fs::write(
+        repo.join(format!("backups/{bk1}/manifest.json")),
+        b"{ not json",
+    )
+    .unwrap();
     let out = walvault(&["backup-list"], &s.env, None);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "{}", stderr(&out));
@@ -189,7 +209,9 @@ fn damaged_objects_concurrent_backups_and_a_failing_archiver() {
     assert!(t.elapsed() < Duration::from_secs(90), "{:?}", t.elapsed());
     let e = one_line(&out);
     assert!(
-        e.contains("within 5 s") && e.contains("failed attempts") && e.contains("archive_command 'false'"),
+        e.contains("within 5 s")
+            && e.contains("failed attempts")
+            && e.contains("archive_command 'false'"),
         "{e}"
     );
     s.a.psql("alter system reset archive_command");
@@ -206,12 +228,18 @@ fn s3_errors_are_one_readable_line() {
     let out = walvault(&["backup-list"], &env, None);
     assert_eq!(out.status.code(), Some(1));
     let e = one_line(&out);
-    assert!(e.contains("S3 error") && e.contains("SignatureDoesNotMatch"), "{e}");
+    assert!(
+        e.contains("S3 error") && e.contains("SignatureDoesNotMatch"),
+        "{e}"
+    );
     assert!(e.contains("check the credentials"), "{e}");
     assert!(e.len() < 600, "{} bytes: {e}", e.len());
 
     let mut env = weed.walvault_env("errors");
-    env.insert("WALVAULT_REPO".into(), format!("s3://no-such-bucket-{}/x", std::process::id()));
+    env.insert(
+        "WALVAULT_REPO".into(),
+        format!("s3://no-such-bucket-{}/x", std::process::id()),
+    );
     let out = walvault(&["backup-list"], &env, None);
     let e = one_line(&out);
     assert!(e.contains("NoSuchBucket") && e.len() < 600, "{e}");
@@ -222,7 +250,11 @@ fn s3_errors_are_one_readable_line() {
     let root = pg_tempdir();
     let dest = root.path().join("x");
     let out = walvault(
-        &["wal-fetch", "000000010000000000000001", dest.to_str().unwrap()],
+        &[
+            "wal-fetch",
+            "000000010000000000000001",
+            dest.to_str().unwrap(),
+        ],
         &env,
         None,
     );

@@ -45,7 +45,11 @@ fn a_recovered_server_restarted_with_an_empty_environment_finds_its_archive() {
     let s = source(|root| {
         let mut env = fs_repo(root);
         let idfile = root.join("identity.txt");
-        let out = walvault(&["keygen", "-o", idfile.to_str().unwrap()], &base_env(), None);
+        let out = walvault(
+            &["keygen", "-o", idfile.to_str().unwrap()],
+            &base_env(),
+            None,
+        );
         assert!(out.status.success(), "{}", stderr(&out));
         chown_pg(&idfile);
         env.insert(
@@ -90,7 +94,10 @@ fn a_recovered_server_restarted_with_an_empty_environment_finds_its_archive() {
     );
     start_bare(&mut b);
     b.wait_promoted(Duration::from_secs(60));
-    assert_eq!(b.psql("select count(*) || ':' || sum(i) from t"), "250:31375");
+    assert_eq!(
+        b.psql("select count(*) || ':' || sum(i) from t"),
+        "250:31375"
+    );
 }
 
 #[test]
@@ -112,7 +119,10 @@ fn a_side_copy_cannot_touch_production() {
     let ts_dir = root.path().join("prod-ts");
     std::fs::create_dir(&ts_dir).unwrap();
     chown_pg(&ts_dir);
-    prod.psql(&format!("create tablespace ts1 location '{}'", ts_dir.display()));
+    prod.psql(&format!(
+        "create tablespace ts1 location '{}'",
+        ts_dir.display()
+    ));
     let oid = prod.psql("select oid from pg_tablespace where spcname = 'ts1'");
     prod.psql("create table lots(id int) tablespace ts1");
     prod.psql("insert into lots select generate_series(1, 1000)");
@@ -122,9 +132,11 @@ fn a_side_copy_cannot_touch_production() {
         publisher.sockdir.display(),
         publisher.port
     ));
-    wait_for("the subscription's first copy", Duration::from_secs(60), || {
-        prod.psql("select count(*) from items") == "10"
-    });
+    wait_for(
+        "the subscription's first copy",
+        Duration::from_secs(60),
+        || prod.psql("select count(*) from items") == "10",
+    );
     let out = walvault(&["backup-push", "--fast"], &prod.pg_env(&env), None);
     assert!(out.status.success(), "{}", stderr(&out));
     // Production goes on: more rows in its tablespace, and its subscription
@@ -174,7 +186,11 @@ fn a_side_copy_cannot_touch_production() {
         None,
     );
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("never clears a directory outside --pgdata"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("never clears a directory outside --pgdata"),
+        "{}",
+        stderr(&out)
+    );
     assert!(busy.join("keep-me").exists());
     // Production's tablespace is whole, also after a restart.
     prod.stop();
@@ -187,7 +203,11 @@ fn a_side_copy_cannot_touch_production() {
     let map = format!("{oid}={}", root.path().join("copy-ts").display());
     // At the end of the backup: the subscription was still enabled then.
     args.extend(["--target", "immediate", "--tablespace-map", &map].map(String::from));
-    let out = walvault(&args.iter().map(String::as_str).collect::<Vec<_>>(), &env, None);
+    let out = walvault(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &env,
+        None,
+    );
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "{}\n{text}", stderr(&out));
     assert!(text.contains("isolated:"), "{text}");
@@ -205,7 +225,11 @@ fn a_side_copy_cannot_touch_production() {
     );
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(5) {
-        assert_eq!(slot_active(), "f", "the copy pulled from production's publisher");
+        assert_eq!(
+            slot_active(),
+            "f",
+            "the copy pulled from production's publisher"
+        );
         assert_eq!(
             copy.psql("select count(*) from pg_stat_subscription where pid is not null"),
             "0"

@@ -23,7 +23,9 @@ fn ok(out: &std::process::Output, what: &str) -> String {
 }
 
 fn now_utc(c: &Cluster) -> String {
-    c.psql("select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'")
+    c.psql(
+        "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'",
+    )
 }
 
 fn insert(c: &Cluster, from: i64, to: i64) {
@@ -165,7 +167,10 @@ fn a_cluster_through_failover_retention_a_crash_and_drills() {
     assert_eq!(ids, [&b1, &b2, &c1, &c2]);
     assert_eq!(v["window"]["timeline"], 2);
     ok(&walvault(&["wal-verify"], &keyless, None), "wal-verify");
-    ok(&walvault(&["verify", "--wal"], &keyless, None), "verify --wal");
+    ok(
+        &walvault(&["verify", "--wal"], &keyless, None),
+        "verify --wal",
+    );
     let del = walvault(&["delete", "--keep-last", "1", "--confirm"], &keyless, None);
     let text = ok(&del, "delete --keep-last 1 --confirm");
     let list = walvault(&["backup-list", "--json"], &keyless, None);
@@ -178,7 +183,9 @@ fn a_cluster_through_failover_retention_a_crash_and_drills() {
         .collect();
     assert_eq!(left, [&c2], "{text}");
     assert!(
-        weed.list("life/wal/").iter().any(|k| k.ends_with("00000002.history")),
+        weed.list("life/wal/")
+            .iter()
+            .any(|k| k.ends_with("00000002.history")),
         "history files stay"
     );
 

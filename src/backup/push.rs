@@ -207,7 +207,8 @@ pub async fn run(
         put_text(format!("{}tablespace_map", super::prefix(&id)), map).await?;
     }
     let wait = Duration::from_secs(cfg.backup.wal_wait_seconds as u64);
-    if let Err(e) = wait_for_wal(store.as_ref(), timeline, start, stop, seg_size as u64, wait).await {
+    if let Err(e) = wait_for_wal(store.as_ref(), timeline, start, stop, seg_size as u64, wait).await
+    {
         return Err(e.context(format!(
             "backup {id} is incomplete (not listed, never restored); {}",
             archiver_report(&client).await
@@ -426,8 +427,8 @@ async fn wait_for_wal(
 /// otherwise race for one backup id.
 fn lock_pgdata(pgdata: &std::path::Path) -> Result<std::fs::File> {
     use std::os::unix::io::AsRawFd;
-    let dir = std::fs::File::open(pgdata)
-        .with_context(|| format!("cannot open {}", pgdata.display()))?;
+    let dir =
+        std::fs::File::open(pgdata).with_context(|| format!("cannot open {}", pgdata.display()))?;
     if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let e = std::io::Error::last_os_error();
         if e.raw_os_error() == Some(libc::EWOULDBLOCK) {

@@ -291,7 +291,10 @@ fn hash_entry(
         total += n as u64;
         if total > rec.size {
             // A tar header may claim any size: stop at the recorded one.
-            bail!("{path}: longer than the {} bytes recorded at backup", rec.size);
+            bail!(
+                "{path}: longer than the {} bytes recorded at backup",
+                rec.size
+            );
         }
         h.update(&buf[..n]);
         out.write_all(&buf[..n])?;
@@ -367,7 +370,13 @@ mod tests {
         let feed = std::thread::spawn(move || {
             let _ = writer.write_all(&tar);
         });
-        let r = extract(reader, "part-0000.tar", Some(t), index, &Progress::new("t", 0));
+        let r = extract(
+            reader,
+            "part-0000.tar",
+            Some(t),
+            index,
+            &Progress::new("t", 0),
+        );
         feed.join().unwrap();
         r
     }
@@ -406,7 +415,10 @@ mod tests {
         };
         let read = run_extract(&t3, tar_of(&[("log", Some(out), b"")]), &HashMap::new()).unwrap();
         make_links(&t3, read.links).unwrap();
-        assert_eq!(std::fs::read_link(root3.path().join("log")).unwrap(), outside.path());
+        assert_eq!(
+            std::fs::read_link(root3.path().join("log")).unwrap(),
+            outside.path()
+        );
     }
 
     #[test]
@@ -423,8 +435,13 @@ mod tests {
         let e = run_extract(&t, tar_of(&[("base/1/1", None, &big)]), &index)
             .err()
             .unwrap();
-        assert!(format!("{e:#}").contains("longer than the 1048576 bytes"), "{e:#}");
-        let written = std::fs::metadata(root.path().join("base/1/1")).unwrap().len();
+        assert!(
+            format!("{e:#}").contains("longer than the 1048576 bytes"),
+            "{e:#}"
+        );
+        let written = std::fs::metadata(root.path().join("base/1/1"))
+            .unwrap()
+            .len();
         assert!(written <= 1 << 20, "{written}");
     }
 }

@@ -408,7 +408,10 @@ impl Codec {
         key: &str,
         limit: u64,
     ) -> Result<Option<Vec<u8>>> {
-        match self.download(store, key, Limited::new(Vec::new(), limit)).await {
+        match self
+            .download(store, key, Limited::new(Vec::new(), limit))
+            .await
+        {
             Ok(found) => Ok(found.map(|(_, bytes)| bytes.into_inner())),
             Err(e) => Err(anyhow::Error::new(e).context(format!("reading {}", store.locate(key)))),
         }

@@ -286,7 +286,10 @@ async fn drill(
         match recover::end::check(&ropts.target, ropts.exclusive, plan, &end, &log) {
             Ok(what) => (
                 Status::Passed,
-                format!("ended at LSN {} on timeline {}: {what}", end.lsn, end.timeline),
+                format!(
+                    "ended at LSN {} on timeline {}: {what}",
+                    end.lsn, end.timeline
+                ),
             ),
             Err(e) => (Status::Failed, format!("{e:#}")),
         };

@@ -23,7 +23,13 @@ fn quoted_after<'a>(line: &'a str, after: &str) -> Option<&'a str> {
 }
 
 /// Checks the end of replay; returns what was confirmed, for the operator.
-pub fn check(target: &Target, exclusive: bool, plan: &Plan, end: &End, log: &str) -> Result<String> {
+pub fn check(
+    target: &Target,
+    exclusive: bool,
+    plan: &Plan,
+    end: &End,
+    log: &str,
+) -> Result<String> {
     let stop = stopping_line(log);
     let ended = Lsn::parse(&end.lsn).ok();
     let commit = end
@@ -188,10 +194,38 @@ mod tests {
         let p = plan();
         let t = Target::Time(super::super::target::parse_time("2026-11-01 10:00:00+00").unwrap());
         let log = "2026 LOG:  recovery stopping before commit of transaction 740, time 2026-11-01 10:00:01+00\n";
-        assert!(check(&t, false, &p, &end("0/3000000", Some("2026-11-01 09:59:59+00")), log).is_ok());
-        assert!(check(&t, false, &p, &end("0/3000000", Some("2026-11-01 10:00:00+00")), log).is_ok());
-        assert!(check(&t, true, &p, &end("0/3000000", Some("2026-11-01 10:00:00+00")), log).is_err());
-        assert!(check(&t, false, &p, &end("0/3000000", Some("2026-11-01 10:00:02+00")), log).is_err());
+        assert!(check(
+            &t,
+            false,
+            &p,
+            &end("0/3000000", Some("2026-11-01 09:59:59+00")),
+            log
+        )
+        .is_ok());
+        assert!(check(
+            &t,
+            false,
+            &p,
+            &end("0/3000000", Some("2026-11-01 10:00:00+00")),
+            log
+        )
+        .is_ok());
+        assert!(check(
+            &t,
+            true,
+            &p,
+            &end("0/3000000", Some("2026-11-01 10:00:00+00")),
+            log
+        )
+        .is_err());
+        assert!(check(
+            &t,
+            false,
+            &p,
+            &end("0/3000000", Some("2026-11-01 10:00:02+00")),
+            log
+        )
+        .is_err());
         assert!(check(&t, false, &p, &end("0/3000000", None), "").is_err());
     }
 
@@ -200,15 +234,64 @@ mod tests {
         let p = plan();
         let e = end("0/3000000", None);
         let lsn = Target::Lsn(Lsn::parse("0/3000100").unwrap());
-        assert!(check(&lsn, false, &p, &e, "LOG:  recovery stopping after WAL location (LSN) \"0/3000100\"").is_ok());
-        assert!(check(&lsn, false, &p, &e, "LOG:  recovery stopping after WAL location (LSN) \"0/3000000\"").is_err());
+        assert!(check(
+            &lsn,
+            false,
+            &p,
+            &e,
+            "LOG:  recovery stopping after WAL location (LSN) \"0/3000100\""
+        )
+        .is_ok());
+        assert!(check(
+            &lsn,
+            false,
+            &p,
+            &e,
+            "LOG:  recovery stopping after WAL location (LSN) \"0/3000000\""
+        )
+        .is_err());
         let xid = Target::Xid((1u64 << 32) + 750);
-        assert!(check(&xid, false, &p, &e, "LOG:  recovery stopping after commit of transaction 750, time x").is_ok());
-        assert!(check(&xid, false, &p, &e, "LOG:  recovery stopping after commit of transaction 7501, time x").is_err());
+        assert!(check(
+            &xid,
+            false,
+            &p,
+            &e,
+            "LOG:  recovery stopping after commit of transaction 750, time x"
+        )
+        .is_ok());
+        assert!(check(
+            &xid,
+            false,
+            &p,
+            &e,
+            "LOG:  recovery stopping after commit of transaction 7501, time x"
+        )
+        .is_err());
         let name = Target::Name("a".into());
-        assert!(check(&name, false, &p, &e, "LOG:  recovery stopping at restore point \"a\", time x").is_ok());
-        assert!(check(&name, false, &p, &e, "LOG:  recovery stopping at restore point \"ab\", time x").is_err());
-        assert!(check(&Target::Immediate, false, &p, &e, "LOG:  recovery stopping after reaching consistency").is_ok());
+        assert!(check(
+            &name,
+            false,
+            &p,
+            &e,
+            "LOG:  recovery stopping at restore point \"a\", time x"
+        )
+        .is_ok());
+        assert!(check(
+            &name,
+            false,
+            &p,
+            &e,
+            "LOG:  recovery stopping at restore point \"ab\", time x"
+        )
+        .is_err());
+        assert!(check(
+            &Target::Immediate,
+            false,
+            &p,
+            &e,
+            "LOG:  recovery stopping after reaching consistency"
+        )
+        .is_ok());
         assert!(check(&Target::Immediate, false, &p, &e, "").is_err());
     }
 }

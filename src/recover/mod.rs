@@ -123,8 +123,14 @@ pub async fn run(cfg: &Config, store: Arc<dyn Store>, codec: &Codec, opts: Optio
     }
     // Where replay ended, against what was asked: a mismatch is a failure.
     let log = std::fs::read_to_string(log_path(&opts)).unwrap_or_default();
-    let reached = end::check(&opts.target, opts.exclusive, &plan, &end, &log)
-        .with_context(|| format!("PostgreSQL is still running in {}; its log is {}", opts.pgdata.display(), log_path(&opts).display()))?;
+    let reached =
+        end::check(&opts.target, opts.exclusive, &plan, &end, &log).with_context(|| {
+            format!(
+                "PostgreSQL is still running in {}; its log is {}",
+                opts.pgdata.display(),
+                log_path(&opts).display()
+            )
+        })?;
     println!("checked:  {reached}");
     Ok(())
 }

@@ -153,8 +153,18 @@ mod tests {
         )
         .unwrap();
         std::fs::write(d.path().join("standby.signal"), "").unwrap();
-        write(d.path(), &["restore_command = 'one'".into()], "recovery.signal").unwrap();
-        write(d.path(), &["restore_command = 'two'".into()], "recovery.signal").unwrap();
+        write(
+            d.path(),
+            &["restore_command = 'one'".into()],
+            "recovery.signal",
+        )
+        .unwrap();
+        write(
+            d.path(),
+            &["restore_command = 'two'".into()],
+            "recovery.signal",
+        )
+        .unwrap();
         let text = std::fs::read_to_string(d.path().join("postgresql.auto.conf")).unwrap();
         assert_eq!(text, format!("{BEGIN}\nrestore_command = 'two'\n{END}\n"));
         assert!(!d.path().join("standby.signal").exists());

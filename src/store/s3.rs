@@ -130,11 +130,14 @@ where
         SdkError::ServiceError(ctx) => {
             let status = ctx.raw().status().as_u16();
             let err = ctx.err();
-            let code = err.code().map(str::to_string).unwrap_or_else(|| match status {
-                403 => "AccessDenied".into(),
-                404 => "NotFound".into(),
-                _ => format!("HTTP{status}"),
-            });
+            let code = err
+                .code()
+                .map(str::to_string)
+                .unwrap_or_else(|| match status {
+                    403 => "AccessDenied".into(),
+                    404 => "NotFound".into(),
+                    _ => format!("HTTP{status}"),
+                });
             let message = err.message().unwrap_or("no message");
             let hint = match code.as_str() {
                 "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken"
@@ -152,7 +155,9 @@ where
         SdkError::TimeoutError(_) => {
             anyhow!("S3 request timed out (s3.timeout_seconds); check the endpoint and the network")
         }
-        SdkError::DispatchFailure(_) | SdkError::ConstructionFailure(_) | SdkError::ResponseError(_) => {
+        SdkError::DispatchFailure(_)
+        | SdkError::ConstructionFailure(_)
+        | SdkError::ResponseError(_) => {
             // The innermost cause says it plainly (connection refused, DNS, TLS).
             let mut cause: &dyn std::error::Error = &e;
             while let Some(next) = cause.source() {

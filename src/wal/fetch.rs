@@ -292,7 +292,11 @@ async fn place(
             )));
         }
     }
-    let (tmp, dest, dir) = (to.tmp.to_path_buf(), to.dest.to_path_buf(), to.dir.to_path_buf());
+    let (tmp, dest, dir) = (
+        to.tmp.to_path_buf(),
+        to.dest.to_path_buf(),
+        to.dir.to_path_buf(),
+    );
     tokio::task::spawn_blocking(move || -> Result<()> {
         std::fs::rename(&tmp, &dest).with_context(|| format!("rename to {}", dest.display()))?;
         sync_dir(&dir).context("fsync directory")

@@ -117,7 +117,11 @@ impl LongPageHeader {
 /// (when known): what `wal-fetch` and the prefetch spool hand to PostgreSQL,
 /// which would take a wrong page address for the end of WAL and stop early.
 /// The error names the segment the file really holds.
-pub fn check_segment_file(path: &std::path::Path, name: &SegmentName, sysid: Option<u64>) -> Result<()> {
+pub fn check_segment_file(
+    path: &std::path::Path,
+    name: &SegmentName,
+    sysid: Option<u64>,
+) -> Result<()> {
     use std::io::Read;
     let mut b = [0u8; LONG_HEADER_LEN];
     let mut f = std::fs::File::open(path)?;

@@ -528,7 +528,10 @@ mod tests {
         // Segment 3's content under segment 4's name.
         put("000000010000000000000004", 42, 0x3000000);
         let e = s.serve("000000010000000000000004", &dest).unwrap_err();
-        assert!(format!("{e:#}").contains("000000010000000000000003"), "{e:#}");
+        assert!(
+            format!("{e:#}").contains("000000010000000000000003"),
+            "{e:#}"
+        );
         // Another cluster's segment.
         put("000000010000000000000005", 43, 0x5000000);
         let e = s.serve("000000010000000000000005", &dest).unwrap_err();
