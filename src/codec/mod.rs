@@ -399,9 +399,8 @@ fn copy_large(src: &mut dyn Read, dst: &mut dyn Write) -> io::Result<u64> {
 
 impl Codec {
     /// A small object (a history file, a file list), decoded in memory;
-    /// `None` when absent. Errors name the object.
-    /// Downloads a small object into memory; one that decodes to more than
-    /// `limit` bytes (a damaged or hostile repository) is refused on the way.
+    /// `None` when absent. Errors name the object. One that decodes to more
+    /// than `limit` bytes (a damaged or hostile repository) is refused on the way.
     pub async fn download_small(
         &self,
         store: &dyn Store,
@@ -454,12 +453,6 @@ impl<W> Limited<W> {
     }
     pub fn get_ref(&self) -> &W {
         &self.inner
-    }
-    /// Lowers the limit to `limit` bytes in all (once the content says its size).
-    pub fn set_limit(&mut self, limit: u64) {
-        let written = self.limit - self.left;
-        self.limit = limit;
-        self.left = limit.saturating_sub(written);
     }
 }
 

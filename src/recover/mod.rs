@@ -159,7 +159,8 @@ pub async fn restore_into(
         &format!("{}tablespace_map", backup::prefix(&b.id)),
     )
     .await?;
-    let ts_dirs = tablespace_dirs(opts, b)?;
+    // Chosen and checked by plan, before anything was written.
+    let ts_dirs = plan.tablespaces.clone();
     // Nothing is refused past this point: now --overwrite may clear the data
     // directory (and tablespace directories below it); never one outside it.
     ensure_empty(&opts.pgdata, opts.overwrite, true, "target directory")?;
