@@ -209,10 +209,10 @@ pub async fn run(
     let wait = Duration::from_secs(cfg.backup.wal_wait_seconds as u64);
     if let Err(e) = wait_for_wal(store.as_ref(), timeline, start, stop, seg_size as u64, wait).await
     {
-        return Err(e.context(format!(
-            "backup {id} is incomplete (not listed, never restored); {}",
+        bail!(
+            "{e:#}; {}; backup {id} stays incomplete (never listed, never restored)",
             archiver_report(&client).await
-        )));
+        );
     }
 
     let (parts, records): (Vec<Part>, Vec<Vec<FileRecord>>) = parts

@@ -252,6 +252,7 @@ async fn drill(
         restored.bytes >> 20,
         t1.elapsed().as_secs_f64()
     );
+    println!("isolated: no network listener, archive_mode off, logical replication workers off (subscriptions do not run)");
 
     let t2 = Instant::now();
     let end = recover::start(ropts, plan, &scratch_settings(scratch)).await?;
