@@ -125,8 +125,19 @@ fn damaged_objects_concurrent_backups_and_a_failing_archiver() {
             .spawn()
             .unwrap()
     };
-    let (x, y) = (spawn(), spawn());
-    let outs = [x.wait_with_output().unwrap(), y.wait_with_output().unwrap()];
+    // The second starts once the first holds the lock (it logs "starting" then).
+    let mut x = spawn();
+    let mut first_err = String::new();
+    {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(x.stderr.as_mut().unwrap());
+        while lines.read_line(&mut first_err).unwrap() > 0 && !first_err.contains(": starting (") {}
+    }
+    let y = spawn();
+    let second = y.wait_with_output().unwrap();
+    let mut first = x.wait_with_output().unwrap();
+    first.stderr = [first_err.into_bytes(), first.stderr].concat();
+    let outs = [first, second];
     let won: Vec<_> = outs.iter().filter(|o| o.status.success()).collect();
     let lost: Vec<_> = outs.iter().filter(|o| !o.status.success()).collect();
     assert_eq!(
