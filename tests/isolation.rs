@@ -45,17 +45,7 @@ fn a_recovered_server_restarted_with_an_empty_environment_finds_its_archive() {
     let s = source(|root| {
         let mut env = fs_repo(root);
         let idfile = root.join("identity.txt");
-        let out = walvault(
-            &["keygen", "-o", idfile.to_str().unwrap()],
-            &base_env(),
-            None,
-        );
-        assert!(out.status.success(), "{}", stderr(&out));
-        chown_pg(&idfile);
-        env.insert(
-            "WALVAULT_ENCRYPTION_RECIPIENTS".into(),
-            String::from_utf8(out.stdout).unwrap().trim().to_string(),
-        );
+        env.insert("WALVAULT_ENCRYPTION_RECIPIENTS".into(), keygen(&idfile));
         env.insert(
             "WALVAULT_ENCRYPTION_IDENTITY_FILE".into(),
             idfile.display().to_string(),

@@ -60,13 +60,7 @@ fn a_cluster_through_failover_retention_a_crash_and_drills() {
     let weed = Seaweed::start();
     let root = pg_tempdir();
     let idfile = root.path().join("identity.txt");
-    let out = walvault(
-        &["keygen", "-o", idfile.to_str().unwrap()],
-        &base_env(),
-        None,
-    );
-    let recipient = ok(&out, "keygen").trim().to_string();
-    chown_pg(&idfile);
+    let recipient = keygen(&idfile);
     // The database hosts hold only the recipient; restores hold the identity too.
     let mut keyless = weed.walvault_env("life");
     keyless.insert("WALVAULT_ENCRYPTION_RECIPIENTS".into(), recipient);

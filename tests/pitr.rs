@@ -319,16 +319,7 @@ fn refusals_are_clear_and_write_nothing() {
     let mut s = source(|root| {
         let mut env = fs_repo(root);
         let idfile = root.join("identity.txt");
-        let out = walvault(
-            &["keygen", "-o", idfile.to_str().unwrap()],
-            &base_env(),
-            None,
-        );
-        assert!(out.status.success());
-        env.insert(
-            "WALVAULT_ENCRYPTION_RECIPIENTS".into(),
-            String::from_utf8(out.stdout).unwrap().trim().to_string(),
-        );
+        env.insert("WALVAULT_ENCRYPTION_RECIPIENTS".into(), keygen(&idfile));
         *root_id.borrow_mut() = idfile;
         env
     });

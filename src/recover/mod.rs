@@ -213,12 +213,7 @@ pub async fn start(opts: &Options, plan: &Plan, extra: &[String]) -> Result<End>
         server_opts.push_str(&format!("-c {} ", pg::ctl::shell_quote(setting)));
     }
     // The log is read for where replay stopped: only this start's lines.
-    match std::fs::remove_file(log_path(opts)) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(e).with_context(|| format!("cannot remove {}", log_path(opts).display()))
-        }
-        _ => {}
-    }
+    crate::store::fs::remove_if_present(&log_path(opts))?;
     pg::ctl::start(&pg_ctl, &opts.pgdata, &log_path(opts), server_opts.trim())?;
     wait(opts, &log_path(opts)).await
 }

@@ -7,7 +7,7 @@
 //! old target stop the next recovery early, so every recovery setting is
 //! removed first, whoever wrote it, and the signal files the backup holds go.
 
-use crate::store::fs::write_file_atomically;
+use crate::store::fs::{remove_if_present, write_file_atomically};
 use anyhow::{Context, Result};
 use std::path::Path;
 
@@ -102,12 +102,7 @@ pub fn write(pgdata: &Path, lines: &[String], signal: &str) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&auto, std::fs::Permissions::from_mode(0o600))?;
     for s in ["recovery.signal", "standby.signal"] {
-        match std::fs::remove_file(pgdata.join(s)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(e).with_context(|| format!("cannot remove {s}"))
-            }
-            _ => {}
-        }
+        remove_if_present(&pgdata.join(s))?;
     }
     std::fs::write(pgdata.join(signal), "")
         .with_context(|| format!("cannot write {}", pgdata.join(signal).display()))?;

@@ -89,6 +89,16 @@ impl std::io::Write for WriteBehind {
 /// Writes a small local file all or nothing: a hidden temporary file beside it
 /// (`.<name>.tmp.<pid>`, which no reader of the directory mistakes for the
 /// real one), fsync, rename, fsync of the directory.
+/// Removes `path`; a file already absent is not an error.
+pub fn remove_if_present(path: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(anyhow::Error::new(e).context(format!("cannot remove {}", path.display())))
+        }
+        _ => Ok(()),
+    }
+}
+
 pub fn write_file_atomically(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     use anyhow::Context;
     use std::io::Write;

@@ -239,6 +239,14 @@ pub fn fetched(env: &BTreeMap<String, String>, dir: &Path, name: &str) -> Vec<u8
     data
 }
 
+/// A new age identity file at `path` (the postgres user's); returns its recipient.
+pub fn keygen(path: &Path) -> String {
+    let out = walvault(&["keygen", "-o", path.to_str().unwrap()], &base_env(), None);
+    assert!(out.status.success(), "keygen: {}", stderr(&out));
+    chown_pg(path);
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
 }
