@@ -478,12 +478,13 @@ fn wrapper_loads_the_environment_file() {
             .output()
             .unwrap()
     };
+    // The repository the file names was used: it holds none yet, and says so.
     let out = run(&env);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
-        text.contains(&format!("no complete backups in {}", repo.display())),
-        "{text}"
+        stderr(&out).contains(&format!("{}/ holds no walvault repository", repo.display())),
+        "{}",
+        stderr(&out)
     );
     std::fs::write(&env_file, "export WALVAULT_REPO\n").unwrap();
     let out = run(&env);
