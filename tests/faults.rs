@@ -260,7 +260,8 @@ impl Tmpfs {
                 "-t",
                 "tmpfs",
                 "-o",
-                &format!("size={mib}m,mode=0755"),
+                // A spool is used only when private (0700, the user's own).
+                &format!("size={mib}m,mode=0700"),
                 "tmpfs",
             ])
             .arg(path)
