@@ -207,9 +207,13 @@ enum Kill {
 }
 
 /// A directory laid out like a data directory's pg_wal, owned by postgres.
-fn fake_pgdata(root: &Path) -> PathBuf {
+/// A data directory as restore_command sees it: pg_wal, and the cluster's
+/// pg_control (the spool serves only that cluster's segments).
+fn fake_pgdata(root: &Path, of: &Path) -> PathBuf {
     let d = root.join("fake");
     std::fs::create_dir_all(d.join("pg_wal")).unwrap();
+    std::fs::create_dir_all(d.join("global")).unwrap();
+    std::fs::copy(of.join("global/pg_control"), d.join("global/pg_control")).unwrap();
     chown_pg(&d);
     d
 }
@@ -240,7 +244,7 @@ fn prefetch_serves_verified_copies_and_follows_timelines() {
     src.flush_archive();
 
     // 1. The spool, by hand, as restore_command runs it (cwd = the data directory).
-    let fake = fake_pgdata(src.root.path());
+    let fake = fake_pgdata(src.root.path(), &a.pgdata);
     let spool = fake.join("pg_wal/walvault_prefetch/wal");
     let scratch = src.root.path().join("scratch");
     std::fs::create_dir_all(&scratch).unwrap();

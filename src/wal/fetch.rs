@@ -186,11 +186,7 @@ async fn fetch_with_retries(
                     Some(Ok(Some(id))) => Some(id.sysid().map_err(Fatal)?),
                     Some(Ok(None)) => {
                         let _ = std::fs::remove_file(tmp);
-                        return Err(Fatal(anyhow!(
-                            "{} holds {name} but no repository identity ({}); check the repo setting",
-                            store.locate(""),
-                            repo::KEY
-                        )));
+                        return Err(Fatal(no_repository(store)));
                     }
                     Some(Err(e)) => {
                         let _ = std::fs::remove_file(tmp);
@@ -231,6 +227,15 @@ async fn fetch_with_retries(
     ))))
 }
 
+/// A fetch from where no repository is: fatal, never "absent".
+fn no_repository(store: &dyn Store) -> anyhow::Error {
+    anyhow!(
+        "{} holds no walvault repository (no {}); check the repo setting",
+        store.locate(""),
+        repo::KEY
+    )
+}
+
 /// Answers "absent" only for a repository that exists: a wrong bucket, prefix or
 /// path must stop recovery, not make every file look absent.
 async fn absent(store: &dyn Store, name: &str) -> Result<Fetched, Fatal> {
@@ -239,11 +244,7 @@ async fn absent(store: &dyn Store, name: &str) -> Result<Fetched, Fatal> {
             tracing::info!("{name} is not in the archive");
             Ok(Fetched::Absent)
         }
-        Ok(None) => Err(Fatal(anyhow!(
-            "{} holds no walvault repository (no {}); check the repo setting",
-            store.locate(""),
-            repo::KEY
-        ))),
+        Ok(None) => Err(Fatal(no_repository(store))),
         Err(e) => Err(Fatal(
             e.context(format!("cannot tell whether {name} exists")),
         )),
