@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the real parts the tests use, when missing: PostgreSQL 15 server and
-# client binaries (initdb, pg_ctl, pg_basebackup, pgbench), and SeaweedFS (weed)
-# as the S3 server. Prints the directory holding `weed` on its last line.
+# client binaries (initdb, pg_ctl, pg_basebackup, pgbench), the server binaries of
+# the other supported majors (13, 14, 16, 17, 18) into a cache directory, and
+# SeaweedFS (weed) as the S3 server. Prints the directory holding `weed` on its
+# last line.
 set -euo pipefail
 
 if [ ! -x /usr/lib/postgresql/15/bin/initdb ] || [ ! -x /usr/lib/postgresql/15/bin/pg_basebackup ] \
@@ -23,6 +25,8 @@ if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
 fi
 
 [ "${1:-}" = "--postgres-only" ] && exit 0
+
+scripts/install-test-postgres-majors.sh >&2
 
 weed_dir() {
   local w

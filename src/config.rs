@@ -148,6 +148,41 @@ pub const KEYS: &[(&str, Kind, &str)] = &[
         "libpq connection string for backup-push (else PGHOST, PGPORT, PGUSER, ...)",
     ),
     (
+        "postgres.bin_dir",
+        Kind::Str,
+        "recover, drill: directory of pg_ctl and postgres for every major; {major} in it becomes the major needed",
+    ),
+    (
+        "postgres.bin_dir_13",
+        Kind::Str,
+        "recover, drill: directory of PostgreSQL 13's pg_ctl and postgres (before postgres.bin_dir)",
+    ),
+    (
+        "postgres.bin_dir_14",
+        Kind::Str,
+        "recover, drill: directory of PostgreSQL 14's pg_ctl and postgres (before postgres.bin_dir)",
+    ),
+    (
+        "postgres.bin_dir_15",
+        Kind::Str,
+        "recover, drill: directory of PostgreSQL 15's pg_ctl and postgres (before postgres.bin_dir)",
+    ),
+    (
+        "postgres.bin_dir_16",
+        Kind::Str,
+        "recover, drill: directory of PostgreSQL 16's pg_ctl and postgres (before postgres.bin_dir)",
+    ),
+    (
+        "postgres.bin_dir_17",
+        Kind::Str,
+        "recover, drill: directory of PostgreSQL 17's pg_ctl and postgres (before postgres.bin_dir)",
+    ),
+    (
+        "postgres.bin_dir_18",
+        Kind::Str,
+        "recover, drill: directory of PostgreSQL 18's pg_ctl and postgres (before postgres.bin_dir)",
+    ),
+    (
         "backup.part_size_mb",
         Kind::Int,
         "raw size of one backup part (a tar stream) in MiB",
@@ -337,6 +372,38 @@ fn default_pending_seconds() -> i64 {
 #[serde(deny_unknown_fields)]
 pub struct Postgres {
     pub conninfo: Option<String>,
+    pub bin_dir: Option<String>,
+    pub bin_dir_13: Option<PathBuf>,
+    pub bin_dir_14: Option<PathBuf>,
+    pub bin_dir_15: Option<PathBuf>,
+    pub bin_dir_16: Option<PathBuf>,
+    pub bin_dir_17: Option<PathBuf>,
+    pub bin_dir_18: Option<PathBuf>,
+}
+
+impl Postgres {
+    /// Where the server programs of `major` were configured, with the key that
+    /// said so: the per-major setting first, then `bin_dir` (its `{major}` filled in).
+    pub fn bin_dir_for(&self, major: u32) -> Option<(String, PathBuf)> {
+        let per_major = match major {
+            13 => &self.bin_dir_13,
+            14 => &self.bin_dir_14,
+            15 => &self.bin_dir_15,
+            16 => &self.bin_dir_16,
+            17 => &self.bin_dir_17,
+            18 => &self.bin_dir_18,
+            _ => &None,
+        };
+        if let Some(dir) = per_major {
+            return Some((format!("postgres.bin_dir_{major}"), dir.clone()));
+        }
+        self.bin_dir.as_ref().map(|d| {
+            (
+                "postgres.bin_dir".to_string(),
+                PathBuf::from(d.replace("{major}", &major.to_string())),
+            )
+        })
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -257,6 +257,7 @@ async fn dispatch(command: Command, cfg: Config, ctx: Context) -> anyhow::Result
                 archive,
                 config_file,
                 carry: walvault::config::carried_settings(&ctx.sets)?,
+                postgres: cfg.postgres.clone(),
             };
             walvault::recover::run(&cfg, store, &codec, opts).await?;
             Ok(exit::OK)

@@ -11,45 +11,6 @@ use common::*;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-fn ok(out: &std::process::Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what}: exit {:?}\n{}\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        stderr(out)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-fn now_utc(c: &Cluster) -> String {
-    c.psql(
-        "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'",
-    )
-}
-
-fn insert(c: &Cluster, from: i64, to: i64) {
-    for i in from..=to {
-        c.psql(&format!("insert into t values ({i}, 'row {i}')"));
-    }
-}
-
-/// The ids in t as "count:sum:min:max".
-fn summary(c: &Cluster) -> String {
-    c.psql("select count(*) || ':' || coalesce(sum(i), 0) || ':' || coalesce(min(i), 0) || ':' || coalesce(max(i), 0) from t")
-}
-
-fn expected(ranges: &[(i64, i64)]) -> String {
-    let ids: Vec<i64> = ranges.iter().flat_map(|(a, b)| *a..=*b).collect();
-    format!(
-        "{}:{}:{}:{}",
-        ids.len(),
-        ids.iter().sum::<i64>(),
-        ids.iter().min().unwrap(),
-        ids.iter().max().unwrap()
-    )
-}
-
 fn backup_of(c: &Cluster, env: &BTreeMap<String, String>) -> String {
     let out = walvault(&["backup-push", "--fast"], &c.pg_env(env), None);
     ok(&out, "backup-push").trim().to_string()

@@ -60,6 +60,12 @@ pub async fn run(
         row.get(4),
         row.get(5),
     );
+    // Before anything is started or copied: a major whose WAL walvault cannot
+    // archive would leave a backup waiting for WAL that never arrives.
+    pg::majors::require(
+        pg::majors::of_version_num(version.into()),
+        &format!("the server's server_version_num is {version}"),
+    )?;
     if in_recovery {
         bail!("the server is a standby; run backup-push against the primary");
     }

@@ -118,6 +118,7 @@ pub async fn run(
         archive: false,
         config_file: opts.config_file.clone(),
         carry: opts.carry.clone(),
+        postgres: cfg.postgres.clone(),
     };
     let t0 = Instant::now();
     // A backup that does not exist or cannot reach the target is bad input, not a

@@ -3,3 +3,4 @@
 pub mod conn;
 pub mod control;
 pub mod ctl;
+pub mod majors;

@@ -164,6 +164,8 @@ mod tests {
                 gap: None,
             },
             tablespaces: Default::default(),
+            major: 15,
+            bin_dir: Err("not needed".into()),
         }
     }
 

@@ -45,6 +45,8 @@ pub struct Options {
     /// Settings restore_command carries (`key=value`, no secrets), so that the
     /// server finds the repository whatever environment it is restarted with.
     pub carry: Vec<String>,
+    /// Where the server programs of each major are (`postgres.bin_dir*`).
+    pub postgres: crate::config::Postgres,
 }
 
 pub struct Plan {
@@ -53,6 +55,11 @@ pub struct Plan {
     pub wal: Run,
     /// Tablespace oid → the directory it is restored into.
     pub tablespaces: BTreeMap<String, PathBuf>,
+    /// The backup's PostgreSQL major.
+    pub major: u32,
+    /// The directory of that major's pg_ctl and postgres (checked); always
+    /// found with `--start`, else when it can be.
+    pub bin_dir: Result<PathBuf, String>,
 }
 
 pub async fn run(cfg: &Config, store: Arc<dyn Store>, codec: &Codec, opts: Options) -> Result<()> {
@@ -88,6 +95,9 @@ pub async fn run(cfg: &Config, store: Arc<dyn Store>, codec: &Codec, opts: Optio
     }
     println!("target:   {}", opts.target.describe());
     println!("into:     {}", opts.pgdata.display());
+    if let Ok(dir) = &plan.bin_dir {
+        println!("server:   PostgreSQL {} from {}", plan.major, dir.display());
+    }
     for (oid, dir) in &plan.tablespaces {
         println!("          tablespace {oid} into {}", dir.display());
     }
@@ -104,7 +114,10 @@ pub async fn run(cfg: &Config, store: Arc<dyn Store>, codec: &Codec, opts: Optio
         restore_secs
     );
     if !opts.start {
-        println!("next:     pg_ctl -D {} start   (as the cluster's OS user, with walvault's settings in its environment)", opts.pgdata.display());
+        match &plan.bin_dir {
+            Ok(dir) => println!("next:     {} -D {} start   (as the cluster's OS user, with walvault's settings in its environment)", dir.join("pg_ctl").display(), opts.pgdata.display()),
+            Err(e) => println!("next:     pg_ctl of PostgreSQL {} -D {} start   (as the cluster's OS user, with walvault's settings in its environment); {e}", plan.major, opts.pgdata.display()),
+        }
         return Ok(());
     }
     let t1 = Instant::now();
@@ -197,8 +210,11 @@ pub async fn restore_into(
 /// Starts PostgreSQL on the restored directory (with `extra` server options,
 /// each `name=value`) and waits until recovery has reached its target.
 pub async fn start(opts: &Options, plan: &Plan, extra: &[String]) -> Result<End> {
-    let major = plan.backup.pg_version_num / 10000;
-    let pg_ctl = pg::ctl::find_bin("pg_ctl", major)?;
+    let pg_ctl = plan
+        .bin_dir
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .join("pg_ctl");
     let mut server_opts = String::new();
     if let Some(p) = opts.port {
         server_opts.push_str(&format!("-p {p} "));
@@ -215,7 +231,7 @@ pub async fn start(opts: &Options, plan: &Plan, extra: &[String]) -> Result<End>
     // The log is read for where replay stopped: only this start's lines.
     crate::store::fs::remove_if_present(&log_path(opts))?;
     pg::ctl::start(&pg_ctl, &opts.pgdata, &log_path(opts), server_opts.trim())?;
-    wait(opts, &log_path(opts)).await
+    wait(opts, &log_path(opts), plan.major).await
 }
 
 /// The server log of a restored cluster started by walvault, in its data directory.
@@ -299,6 +315,15 @@ pub async fn plan(store: &dyn Store, codec: &Codec, opts: &Options) -> Result<Pl
     }
     let wal = inv.run_from(tli, chosen.start()?.segno(seg_size));
     let tablespaces = tablespace_dirs(opts, &chosen)?;
+    // The server that will run the restored directory: its major is the backup's.
+    let major = pg::majors::of_version_num(chosen.pg_version_num.into());
+    pg::majors::require(major, &format!("backup {}", chosen.id))?;
+    let bin_dir = pg::ctl::server_bin_dir(major, &opts.postgres)
+        .with_context(|| format!("backup {} is of PostgreSQL {major}", chosen.id));
+    if opts.start {
+        bin_dir.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    }
+    let bin_dir = bin_dir.map_err(|e| format!("{e:#}"));
     match &opts.target {
         Target::Time(t) => {
             if *t < chosen.stop_time {
@@ -328,6 +353,8 @@ pub async fn plan(store: &dyn Store, codec: &Codec, opts: &Options) -> Result<Pl
         timeline: tli,
         wal,
         tablespaces,
+        major,
+        bin_dir,
     })
 }
 
@@ -474,7 +501,14 @@ pub struct End {
 
 /// Waits until recovery has reached its target (per the action), or fails with
 /// the server's own words when it stopped.
-async fn wait(opts: &Options, log: &Path) -> Result<End> {
+async fn wait(opts: &Options, log: &Path, major: u32) -> Result<End> {
+    // pg_get_wal_replay_pause_state() came in 14; 13 has only the boolean, set
+    // once replay has paused at the target.
+    let pause_state = if major >= 14 {
+        "pg_get_wal_replay_pause_state()"
+    } else {
+        "case when pg_is_wal_replay_paused() then 'paused' else 'not paused' end"
+    };
     // Where the server listens: our overrides, else what its configuration says.
     let sock = opts.socket_dir.clone().unwrap_or_else(|| {
         conf_value(&opts.pgdata, "unix_socket_directories")
@@ -511,17 +545,15 @@ async fn wait(opts: &Options, log: &Path) -> Result<End> {
             }
             continue;
         };
-        let row = client
-            .query_one(
-                "select pg_is_in_recovery(), \
-                 case when pg_is_in_recovery() then pg_get_wal_replay_pause_state() else 'promoted' end, \
-                 coalesce(pg_last_wal_replay_lsn(), pg_current_wal_lsn())::text, \
-                 pg_last_xact_replay_timestamp(), \
-                 case when pg_is_in_recovery() then (select timeline_id from pg_control_checkpoint()) \
-                      else ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int end",
-                &[],
-            )
-            .await?;
+        let sql = format!(
+            "select pg_is_in_recovery(), \
+             case when pg_is_in_recovery() then {pause_state} else 'promoted' end, \
+             coalesce(pg_last_wal_replay_lsn(), pg_current_wal_lsn())::text, \
+             pg_last_xact_replay_timestamp(), \
+             case when pg_is_in_recovery() then (select timeline_id from pg_control_checkpoint()) \
+                  else ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int end"
+        );
+        let row = client.query_one(&sql, &[]).await?;
         let (in_recovery, state): (bool, String) = (row.get(0), row.get(1));
         let done = match opts.action {
             Action::Pause if opts.target != Target::Latest => state == "paused",

@@ -19,14 +19,18 @@ use anyhow::{bail, Result};
 pub const LONG_HEADER_LEN: usize = 40;
 const XLP_LONG_HEADER: u16 = 0x0002;
 
-/// WAL page magic of each supported major version.
+/// WAL page magic (XLOG_PAGE_MAGIC) of each supported major version.
 pub const MAGICS: &[(u16, u32)] = &[
     (0xD106, 13),
     (0xD10D, 14),
     (0xD110, 15),
     (0xD113, 16),
     (0xD116, 17),
+    (0xD118, 18),
 ];
+
+/// Magics of majors walvault does not support, so a refusal can name them.
+const OLDER_MAGICS: &[(u16, u32)] = &[(0xD093, 9), (0xD097, 10), (0xD098, 11), (0xD101, 12)];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LongPageHeader {
@@ -69,13 +73,32 @@ impl LongPageHeader {
             .map(|(_, v)| *v)
     }
 
+    /// The refusal of a magic no supported major writes, naming the major
+    /// where it can: an older one by its magic, a newer one as "newer than".
+    fn unsupported(&self) -> anyhow::Error {
+        let magic = format!("page magic {:#06X}", self.magic);
+        let newest = MAGICS[MAGICS.len() - 1].0;
+        if let Some((_, major)) = OLDER_MAGICS.iter().find(|(m, _)| *m == self.magic) {
+            crate::pg::majors::refusal(*major, &format!("WAL {magic}"))
+        } else if self.magic > newest && self.magic >> 8 == newest >> 8 {
+            anyhow::anyhow!(
+                "a WAL segment of a PostgreSQL newer than {} ({magic}) is not supported: walvault {} supports PostgreSQL {}; a newer walvault may support it",
+                crate::pg::majors::NEWEST,
+                env!("CARGO_PKG_VERSION"),
+                crate::pg::majors::known()
+            )
+        } else {
+            anyhow::anyhow!(
+                "not a WAL segment of PostgreSQL {} ({magic})",
+                crate::pg::majors::known()
+            )
+        }
+    }
+
     /// Checks that this is the first page of segment `name`, `file_len` bytes long.
     pub fn check(&self, name: &SegmentName, file_len: u64) -> Result<()> {
         if self.pg_major().is_none() {
-            bail!(
-                "not a WAL segment of a supported PostgreSQL (page magic {:#06X}; known: 13 to 17)",
-                self.magic
-            );
+            return Err(self.unsupported());
         }
         if self.info & XLP_LONG_HEADER == 0 {
             bail!("first page lacks the long header flag: not the start of a WAL segment");
@@ -237,5 +260,35 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("long header"), "{e}");
         assert!(LongPageHeader::parse(b"short").is_err());
+    }
+
+    #[test]
+    fn knows_every_supported_major_and_names_the_others() {
+        let name = SegmentName {
+            tli: 1,
+            log: 0,
+            seg: 3,
+        };
+        let check = |magic: u16| {
+            LongPageHeader::parse(&fake_header(magic, 1, 0x3000000, 1, MB16))
+                .unwrap()
+                .check(&name, MB16 as u64)
+        };
+        for (magic, major) in MAGICS {
+            assert!(crate::pg::majors::supported(*major));
+            check(*magic).unwrap();
+        }
+        let majors: Vec<u32> = MAGICS.iter().map(|(_, v)| *v).collect();
+        assert_eq!(majors, (13..=18).collect::<Vec<_>>());
+        let e = check(0xD101).unwrap_err().to_string();
+        assert!(e.contains("PostgreSQL 12 (WAL page magic 0xD101)"), "{e}");
+        assert!(e.contains("supports PostgreSQL 13 to 18"), "{e}");
+        let e = check(0xD11B).unwrap_err().to_string();
+        assert!(e.contains("newer than 18 (page magic 0xD11B)"), "{e}");
+        let e = check(0x1234).unwrap_err().to_string();
+        assert!(
+            e.contains("not a WAL segment of PostgreSQL 13 to 18"),
+            "{e}"
+        );
     }
 }

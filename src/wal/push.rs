@@ -317,6 +317,20 @@ async fn sha256_of_file(path: &Path) -> Result<([u8; 32], u64)> {
         .with_context(|| format!("reading {}", path.display()))
 }
 
+/// The refusal naming the cluster's major (its data directory's PG_VERSION)
+/// when that major is one walvault does not support: more exact than what the
+/// page magic alone can say.
+fn unsupported_cluster(path: &Path, magic: u16) -> Option<anyhow::Error> {
+    let pgdata = pg::control::pgdata_of_wal_path(path)?;
+    let major = pg::majors::of_data_directory(&pgdata).ok()?;
+    (!pg::majors::supported(major)).then(|| {
+        pg::majors::refusal(
+            major,
+            &format!("PG_VERSION of the data directory; WAL page magic {magic:#06X}"),
+        )
+    })
+}
+
 /// Checks that `path` is the WAL file its name (`name`, parsed as `kind`) says: a
 /// segment's header names it and its size is right; a history or backup history
 /// file parses.
@@ -333,6 +347,11 @@ fn check_file(path: &Path, name: String, kind: WalFile) -> Result<Checked> {
             f.read_exact(&mut b)
                 .map_err(|_| anyhow::anyhow!("file is too short to be a WAL segment"))?;
             let h = LongPageHeader::parse(&b)?;
+            if h.pg_major().is_none() {
+                if let Some(refusal) = unsupported_cluster(path, h.magic) {
+                    return Err(refusal);
+                }
+            }
             h.check(seg, meta.len())?;
             (Some(h.sysid), h.pg_major())
         }

@@ -728,9 +728,32 @@ pub fn tail(path: &Path, lines: usize) -> String {
 
 // ---------------------------------------------------------------- PostgreSQL
 
+/// Every major walvault supports; each has its own test run in tests/majors.rs.
+pub const MAJORS: [u32; 6] = [13, 14, 15, 16, 17, 18];
+
+/// The directory of PostgreSQL `major`'s server programs: Debian's for 15, the
+/// cache scripts/install-test-postgres-majors.sh fills for the others.
+pub fn server_bin(major: u32) -> PathBuf {
+    let dir = if major == 15 {
+        PathBuf::from(PG_BIN)
+    } else {
+        let cache = std::env::var("WALVAULT_TEST_CACHE")
+            .unwrap_or_else(|_| "/var/tmp/walvault-test-cache".into());
+        PathBuf::from(cache).join(format!("postgresql/{major}/bin"))
+    };
+    require(
+        dir.join("postgres").to_str().unwrap(),
+        &format!("PostgreSQL {major}'s server"),
+    );
+    dir
+}
+
 pub struct Cluster {
     pub root: PathBuf,
     pub pgdata: PathBuf,
+    /// The server programs (initdb, pg_ctl, postgres) of this cluster's major;
+    /// clients (psql, pgbench, pg_basebackup) are always PostgreSQL 15's.
+    pub bin: PathBuf,
     pub port: u16,
     pub sockdir: PathBuf,
     pub env: BTreeMap<String, String>,
@@ -738,13 +761,17 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// A new cluster made by initdb below `root` (a `pg_tempdir`).
+    /// A new PostgreSQL 15 cluster made by initdb below `root` (a `pg_tempdir`).
     pub fn init(root: &Path, name: &str) -> Cluster {
-        require(&format!("{PG_BIN}/initdb"), "PostgreSQL 15 (postgresql-15)");
-        let c = Cluster::at(root, name);
+        Cluster::init_major(root, name, 15)
+    }
+
+    /// A new cluster of PostgreSQL `major` made by initdb below `root`.
+    pub fn init_major(root: &Path, name: &str, major: u32) -> Cluster {
+        let c = Cluster::at_major(root, name, major);
         std::fs::create_dir_all(&c.sockdir).unwrap();
         chown_pg(&c.sockdir);
-        let out = pg_command(&format!("{PG_BIN}/initdb"), &BTreeMap::new())
+        let out = pg_command(c.bin.join("initdb").to_str().unwrap(), &BTreeMap::new())
             .args([
                 "-A",
                 "trust",
@@ -766,9 +793,14 @@ impl Cluster {
 
     /// A cluster whose data directory will be filled by other means (a restore).
     pub fn at(root: &Path, name: &str) -> Cluster {
+        Cluster::at_major(root, name, 15)
+    }
+
+    pub fn at_major(root: &Path, name: &str, major: u32) -> Cluster {
         Cluster {
             root: root.to_path_buf(),
             pgdata: root.join(name),
+            bin: server_bin(major),
             port: free_port(),
             sockdir: root.join(format!("{name}-sock")),
             env: base_env(),
@@ -817,7 +849,7 @@ impl Cluster {
         std::fs::create_dir_all(&self.sockdir).unwrap();
         chown_pg(&self.sockdir);
         let _ = std::fs::remove_file(self.pgdata.join("postmaster.pid"));
-        let mut c = pg_command(&format!("{PG_BIN}/pg_ctl"), env);
+        let mut c = pg_command(self.bin.join("pg_ctl").to_str().unwrap(), env);
         c.arg("-D")
             .arg(&self.pgdata)
             .arg("-l")
@@ -1120,6 +1152,51 @@ pub fn under_load<T>(a: &Cluster, during: impl FnOnce() -> T) -> T {
         assert!(load.join().expect("pgbench thread") > 0);
         r
     })
+}
+
+// ---------------------------------------------------------------- rows and results
+
+/// The stdout of a command that must succeed; its output otherwise.
+pub fn ok(out: &std::process::Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what}: exit {:?}\n{}\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        stderr(out)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// The server's clock now, in UTC, as a recovery target time.
+pub fn now_utc(c: &Cluster) -> String {
+    c.psql(
+        "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'",
+    )
+}
+
+/// Inserts rows `from..=to` into `t(i bigint primary key, note text)`, one commit each.
+pub fn insert(c: &Cluster, from: i64, to: i64) {
+    for i in from..=to {
+        c.psql(&format!("insert into t values ({i}, 'row {i}')"));
+    }
+}
+
+/// The ids in t as "count:sum:min:max".
+pub fn summary(c: &Cluster) -> String {
+    c.psql("select count(*) || ':' || coalesce(sum(i), 0) || ':' || coalesce(min(i), 0) || ':' || coalesce(max(i), 0) from t")
+}
+
+/// The `summary` of a table holding exactly the ids in `ranges`.
+pub fn expected(ranges: &[(i64, i64)]) -> String {
+    let ids: Vec<i64> = ranges.iter().flat_map(|(a, b)| *a..=*b).collect();
+    format!(
+        "{}:{}:{}:{}",
+        ids.len(),
+        ids.iter().sum::<i64>(),
+        ids.iter().min().unwrap(),
+        ids.iter().max().unwrap()
+    )
 }
 
 // ---------------------------------------------------------------- a source cluster

