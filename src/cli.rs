@@ -344,6 +344,27 @@ report names each failure), or when the drill could not start (bad input).")]
         #[arg(long, env = "PGDATA")]
         pgdata: PathBuf,
     },
+    /// After a major upgrade: bind a new repository to the upgraded cluster and switch to it
+    #[command(after_help = "\
+pg_upgrade (or a dump and restore) gives the cluster a new system identifier, and a
+repository belongs to one cluster. Run this once the upgraded data directory exists and
+before the upgraded cluster archives (as the config file's owner):
+
+    walvault repo-switch --to s3://bucket/prod-main-pg18 --pgdata /var/lib/postgresql/18/main
+
+It binds the new repository to the upgraded cluster, links the two repositories both
+ways (backup-list shows the link), and sets `repo` in the config file to the new one.
+The old repository is left as it was: recover from it to any time before the upgrade
+(with the old major's binaries: postgres.bin_dir_N) using --set repo=OLD, and keep
+running retention on it. Then take a base backup of the upgraded cluster at once.")]
+    RepoSwitch {
+        /// The new repository (a new prefix or directory), in the `repo` setting's form
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// The upgraded cluster's data directory
+        #[arg(long, env = "PGDATA")]
+        pgdata: PathBuf,
+    },
 }
 
 /// Where recovery stops; shared by `recover` and `drill`.

@@ -15,6 +15,7 @@ pub mod pg;
 pub mod progress;
 pub mod recover;
 pub mod repo;
+pub mod repo_switch;
 pub mod retention;
 pub mod status;
 pub mod store;

@@ -91,6 +91,7 @@ fn command_name(c: &Command) -> &'static str {
         Command::WalPrefetch { .. } => "wal-prefetch",
         Command::Keygen { .. } => "keygen",
         Command::RepoInit { .. } => "repo-init",
+        Command::RepoSwitch { .. } => "repo-switch",
         Command::BackupPush { .. } => "backup-push",
         Command::BackupList { .. } => "backup-list",
         Command::Recover { .. } => "recover",
@@ -197,6 +198,25 @@ async fn dispatch(command: Command, cfg: Config, ctx: Context) -> anyhow::Result
                 store.locate(""),
                 id.system_identifier
             );
+            Ok(exit::OK)
+        }
+        Command::RepoSwitch { to, pgdata } => {
+            use walvault::repo_switch::{self, RepoSource};
+            let repo_source = if ctx.sets.iter().any(|s| s.starts_with("repo=")) {
+                RepoSource::Elsewhere("a --set argument".into())
+            } else if std::env::var_os("WALVAULT_REPO").is_some() {
+                RepoSource::Elsewhere("WALVAULT_REPO in the environment".into())
+            } else if let Some(file) = config_file {
+                RepoSource::File(file)
+            } else {
+                RepoSource::Elsewhere("the default (there is no config file)".into())
+            };
+            let opts = repo_switch::Options {
+                to,
+                pgdata,
+                repo_source,
+            };
+            repo_switch::run(&cfg, store.as_ref(), opts).await?;
             Ok(exit::OK)
         }
         Command::BackupPush {

@@ -17,6 +17,42 @@ pub struct RepoIdentity {
     pub pg_version: Option<u32>,
     pub created: DateTime<Utc>,
     pub created_by: String,
+    /// The repository of the cluster this one was upgraded from (repo-switch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Link>,
+}
+
+/// One end of a major-version upgrade: a repository and the cluster it belongs to.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Link {
+    pub repo: String,
+    pub system_identifier: String,
+    pub pg_version: Option<u32>,
+    /// When repo-switch linked the two repositories.
+    pub at: DateTime<Utc>,
+}
+
+impl Link {
+    pub fn describe(&self) -> String {
+        let major = self
+            .pg_version
+            .map(|v| format!(", PostgreSQL {v}"))
+            .unwrap_or_default();
+        format!(
+            "{} (cluster {}{major}, since {})",
+            self.repo,
+            self.system_identifier,
+            self.at.format("%Y-%m-%d %H:%M UTC")
+        )
+    }
+}
+
+/// Written into the old repository by repo-switch: where its cluster's
+/// successor (after pg_upgrade, or a dump and restore) archives now.
+pub const SUCCESSOR_KEY: &str = "walvault-successor.json";
+
+pub async fn successor(store: &dyn Store) -> Result<Option<Link>> {
+    crate::store::get_json::<Link>(store, SUCCESSOR_KEY, "a walvault successor link").await
 }
 
 impl RepoIdentity {
@@ -55,12 +91,33 @@ pub async fn require(store: &dyn Store) -> Result<RepoIdentity> {
     })
 }
 
-/// The refusal when a file belongs to another cluster than the repository.
-pub fn mismatch(store: &dyn Store, repo: u64, file: u64) -> anyhow::Error {
+/// The refusal when a file belongs to another cluster than the repository;
+/// when that cluster is the one the repository was switched to after an
+/// upgrade, the refusal says where it archives now.
+pub async fn mismatch(store: &dyn Store, repo: u64, file: u64) -> anyhow::Error {
+    if let Ok(Some(next)) = successor(store).await {
+        if next.system_identifier == file.to_string() {
+            return anyhow::anyhow!(
+                "this file belongs to cluster {file}, which archives to {} since repo-switch; the repository {} keeps cluster {repo}'s history only: set repo = \"{}\" where this walvault reads it",
+                next.repo,
+                store.locate(""),
+                next.repo
+            );
+        }
+    }
     anyhow::anyhow!(
-        "this file belongs to the cluster with system identifier {file}, but the repository {} belongs to cluster {repo}; give each cluster its own repository (another prefix or directory)",
+        "this file belongs to the cluster with system identifier {file}, but the repository {} belongs to cluster {repo}; give each cluster its own repository (another prefix or directory; after pg_upgrade: walvault repo-switch --to NEW)",
         store.locate("")
     )
+}
+
+/// Stores `id` as the repository's identity.
+pub async fn write(store: &dyn Store, id: &RepoIdentity) -> Result<()> {
+    let json = serde_json::to_vec_pretty(id)?;
+    // The repository's identity outlives every backup.
+    store
+        .put_class(KEY, Box::new(std::io::Cursor::new(json)), Class::Kept)
+        .await
 }
 
 /// Writes the identity when the repository has none; checks it when it has one.
@@ -71,7 +128,7 @@ pub async fn ensure(
 ) -> Result<RepoIdentity> {
     if let Some(id) = load(store).await? {
         if id.sysid()? != sysid {
-            return Err(mismatch(store, id.sysid()?, sysid));
+            return Err(mismatch(store, id.sysid()?, sysid).await);
         }
         return Ok(id);
     }
@@ -81,12 +138,9 @@ pub async fn ensure(
         pg_version,
         created: Utc::now(),
         created_by: format!("walvault {}", env!("CARGO_PKG_VERSION")),
+        previous: None,
     };
-    let json = serde_json::to_vec_pretty(&id)?;
-    // The repository's identity outlives every backup.
-    store
-        .put_class(KEY, Box::new(std::io::Cursor::new(json)), Class::Kept)
-        .await?;
+    write(store, &id).await?;
     tracing::info!(
         "initialised repository {} for cluster {sysid}",
         store.locate("")

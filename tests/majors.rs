@@ -304,3 +304,220 @@ fn postgresql_17() {
 fn postgresql_18() {
     a_cluster_of(18);
 }
+
+/// PostgreSQL 12 (older than walvault supports): its WAL is refused at wal-push
+/// and backup-push refuses the server before anything is stored; both name 12
+/// and the majors walvault knows.
+#[test]
+fn an_unsupported_major_is_refused_before_anything_is_stored() {
+    let root = pg_tempdir();
+    let env = fs_repo(root.path());
+    let repo = root.path().join("repo");
+    let mut a = Cluster::init_major(root.path(), "a", 12);
+    a.archive_to_walvault();
+    a.start(&env);
+    a.psql("create table t(i int)");
+    let seg = a.switch_wal();
+    wait_for("a failed push", Duration::from_secs(60), || {
+        a.archiver_failed_count() > 0
+    });
+    let last_failed = a.psql("select last_failed_wal from pg_stat_archiver");
+    assert!(last_failed.as_str() <= seg.as_str(), "{last_failed} {seg}");
+    let log = std::fs::read_to_string(a.log_path()).unwrap();
+    assert!(
+        log.contains(
+            "PostgreSQL 12 (PG_VERSION of the data directory; WAL page magic 0xD101) is not supported: walvault"
+        ) && log.contains("supports PostgreSQL 13 to 18"),
+        "{}",
+        a.log_tail()
+    );
+    let out = walvault(&["backup-push", "--fast"], &a.pg_env(&env), None);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains("PostgreSQL 12 (the server's server_version_num is 12")
+            && err.contains("supports PostgreSQL 13 to 18"),
+        "{err}"
+    );
+    let stored: Vec<_> = std::fs::read_dir(&repo).unwrap().collect();
+    assert!(stored.is_empty(), "nothing stored: {stored:?}");
+    a.stop();
+}
+
+/// A major upgrade, 14 to 18: a new cluster with a new system identifier (made
+/// here by a dump and restore, which is what pg_upgrade's new cluster is to
+/// walvault), switched to a new repository with one command. The old repository
+/// stays recoverable to any time before the upgrade, with 14's binaries, under
+/// its own retention; each repository names the other.
+#[test]
+fn an_upgrade_switches_to_a_new_repository_and_the_old_stays_recoverable() {
+    let root = pg_tempdir();
+    let (old_repo, new_repo) = (root.path().join("old-repo"), root.path().join("new-repo"));
+    for d in [&old_repo, &new_repo] {
+        std::fs::create_dir_all(d).unwrap();
+        chown_pg(d);
+    }
+    let (old_url, new_url) = (
+        format!("file://{}", old_repo.display()),
+        format!("file://{}", new_repo.display()),
+    );
+    let config = root.path().join("walvault.toml");
+    std::fs::write(
+        &config,
+        format!("# the database host's settings\nrepo = \"{old_url}\"  # archive here\n\n[fetch]\nretries = 1\n"),
+    )
+    .unwrap();
+    chown_pg(&config);
+    let mut env = base_env();
+    env.insert("WALVAULT_CONFIG".into(), config.display().to_string());
+    for major in [14, 18] {
+        env.insert(
+            format!("WALVAULT_POSTGRES_BIN_DIR_{major}"),
+            server_bin(major).display().to_string(),
+        );
+    }
+    let old = ["--set", &format!("repo={old_url}")].map(String::from);
+    let with_old = |args: &[&str]| -> Vec<String> {
+        let mut v = old.to_vec();
+        v.extend(args.iter().map(|s| s.to_string()));
+        v
+    };
+    let run = |args: &[String], env: &BTreeMap<String, String>| {
+        walvault(
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+            env,
+            None,
+        )
+    };
+
+    // The PostgreSQL 14 cluster: two backups and rows around a noted time.
+    let mut a = Cluster::init_major(root.path(), "a", 14);
+    a.archive_to_walvault();
+    a.conf("track_commit_timestamp = on");
+    a.start(&env);
+    a.psql("create table t(i bigint primary key, note text)");
+    insert(&a, 1, 10);
+    ok(
+        &walvault(&["backup-push", "--fast"], &a.pg_env(&env), None),
+        "backup 1",
+    );
+    insert(&a, 11, 15);
+    ok(
+        &walvault(&["backup-push", "--fast"], &a.pg_env(&env), None),
+        "backup 2",
+    );
+    insert(&a, 16, 20);
+    std::thread::sleep(Duration::from_millis(50));
+    let before_upgrade = now_utc(&a);
+    std::thread::sleep(Duration::from_millis(50));
+    insert(&a, 21, 30);
+    a.flush_archive();
+    assert_eq!(a.archiver_failed_count(), 0);
+    let dump = root.path().join("dump.sql");
+    let out = pg_command(&format!("{PG_BIN}/pg_dump"), &BTreeMap::new())
+        .args(["-U", "postgres", "-d", "postgres", "-h"])
+        .arg(&a.sockdir)
+        .args(["-p", &a.port.to_string(), "-f"])
+        .arg(&dump)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pg_dump: {}", stderr(&out));
+    a.stop();
+
+    // The upgraded cluster exists (initdb of 18), not yet archiving: one command.
+    let mut b = Cluster::init_major(root.path(), "b", 18);
+    b.archive_to_walvault();
+    let out = walvault(
+        &[
+            "repo-switch",
+            "--to",
+            &new_url,
+            "--pgdata",
+            b.pgdata.to_str().unwrap(),
+        ],
+        &env,
+        None,
+    );
+    let text = ok(&out, "repo-switch");
+    assert!(text.contains("PostgreSQL 14) stays as it is"), "{text}");
+    assert!(text.contains("PostgreSQL 18)"), "{text}");
+    assert_eq!(
+        std::fs::read_to_string(&config).unwrap(),
+        format!("# the database host's settings\nrepo = \"{new_url}\"  # archive here\n\n[fetch]\nretries = 1\n"),
+        "only the repo line changed"
+    );
+    b.start(&env);
+    b.psql(&format!("\\i {}", dump.display()));
+    assert_eq!(summary(&b), expected(&[(1, 30)]), "the data came over");
+    insert(&b, 31, 40);
+    ok(
+        &walvault(&["backup-push", "--fast"], &b.pg_env(&env), None),
+        "backup of 18",
+    );
+    insert(&b, 41, 45);
+    b.flush_archive();
+    assert_eq!(b.archiver_failed_count(), 0, "{}", b.log_tail());
+
+    // The old repository refuses the new cluster's WAL and says where it goes now.
+    let seg = b.psql("select last_archived_wal from pg_stat_archiver");
+    let seg_path = b.pgdata.join("pg_wal").join(&seg);
+    let out = run(&with_old(&["wal-push", seg_path.to_str().unwrap()]), &env);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!("which archives to {new_url} since repo-switch")),
+        "{}",
+        stderr(&out)
+    );
+    let listed = ok(&run(&with_old(&["backup-list"]), &env), "old list");
+    assert!(
+        listed.contains(&format!("SWITCHED to: {new_url}")),
+        "{listed}"
+    );
+    let listed = ok(&walvault(&["backup-list"], &env, None), "new list");
+    assert!(
+        listed.contains(&format!("upgraded from: {old_url}")),
+        "{listed}"
+    );
+
+    // Retention goes on in the old repository, and it still recovers to before the upgrade.
+    ok(
+        &run(
+            &with_old(&["delete", "--keep-last", "1", "--confirm"]),
+            &env,
+        ),
+        "retention in the old repository",
+    );
+    let json: serde_json::Value = serde_json::from_str(&ok(
+        &run(&with_old(&["backup-list", "--json"]), &env),
+        "list",
+    ))
+    .unwrap();
+    assert_eq!(json["backups"].as_array().unwrap().len(), 1, "{json}");
+    let mut p = Cluster::at_major(root.path(), "p", 14);
+    let mut args = with_old(&[]);
+    args.extend(p.recover_args());
+    args.extend(["--target-time".to_string(), before_upgrade.clone()]);
+    let text = ok(&run(&args, &env), "recover from the old repository");
+    assert!(text.contains("server:   PostgreSQL 14 from"), "{text}");
+    p.adopt();
+    p.wait_promoted(Duration::from_secs(60));
+    assert_eq!(
+        summary(&p),
+        expected(&[(1, 20)]),
+        "before the upgrade, exactly"
+    );
+    p.stop();
+
+    // The new repository recovers the upgraded cluster with 18's binaries.
+    b.stop();
+    let mut q = Cluster::at_major(root.path(), "q", 18);
+    let mut args = q.recover_args();
+    args.extend(["--target".to_string(), "latest".to_string()]);
+    let text = ok(&run(&args, &env), "recover from the new repository");
+    assert!(text.contains("server:   PostgreSQL 18 from"), "{text}");
+    q.adopt();
+    q.wait_promoted(Duration::from_secs(60));
+    assert_eq!(summary(&q), expected(&[(1, 45)]));
+    q.stop();
+}

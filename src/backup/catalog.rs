@@ -52,6 +52,10 @@ pub fn window(complete: &[Manifest], inv: &Inventory) -> Option<Window> {
 
 #[derive(Serialize)]
 struct Catalog<'a> {
+    /// The repository of the cluster this one was upgraded from (repo-switch).
+    previous: Option<crate::repo::Link>,
+    /// Where this repository's cluster archives since an upgrade (repo-switch).
+    successor: Option<crate::repo::Link>,
     backups: Vec<Row<'a>>,
     window: Option<Window>,
     incomplete: Vec<String>,
@@ -59,7 +63,8 @@ struct Catalog<'a> {
 }
 
 pub async fn run(store: &dyn Store, codec: &Codec, json: bool) -> Result<()> {
-    crate::repo::require(store).await?;
+    let identity = crate::repo::require(store).await?;
+    let successor = crate::repo::successor(store).await?;
     let (listing, inv) = super::list_with_wal(store, codec).await?;
     let mut rows = Vec::new();
     for m in &listing.complete {
@@ -74,6 +79,8 @@ pub async fn run(store: &dyn Store, codec: &Codec, json: bool) -> Result<()> {
     }
     let window = window(&listing.complete, &inv);
     let catalog = Catalog {
+        previous: identity.previous,
+        successor,
         backups: rows,
         window,
         incomplete: listing.incomplete,
@@ -87,8 +94,9 @@ pub async fn run(store: &dyn Store, codec: &Codec, json: bool) -> Result<()> {
         println!("no complete backups in {}", store.locate(""));
     } else {
         println!(
-            "{:<17} {:<20} {:<20} {:>12} {:>12} {:>4} {:>9} {:>9} {:>8}  WAL",
+            "{:<17} {:>3} {:<20} {:<20} {:>12} {:>12} {:>4} {:>9} {:>9} {:>8}  WAL",
             "ID",
+            "PG",
             "START (UTC)",
             "STOP (UTC)",
             "START LSN",
@@ -101,8 +109,9 @@ pub async fn run(store: &dyn Store, codec: &Codec, json: bool) -> Result<()> {
         for r in &catalog.backups {
             let m = r.manifest;
             println!(
-                "{:<17} {:<20} {:<20} {:>12} {:>12} {:>4} {:>9} {:>9} {:>8.1}  {}",
+                "{:<17} {:>3} {:<20} {:<20} {:>12} {:>12} {:>4} {:>9} {:>9} {:>8.1}  {}",
                 m.id,
+                m.pg_version_num / 10000,
                 m.start_time.format("%Y-%m-%d %H:%M:%S"),
                 m.stop_time.format("%Y-%m-%d %H:%M:%S"),
                 m.start_lsn,
@@ -146,6 +155,15 @@ pub async fn run(store: &dyn Store, codec: &Codec, json: bool) -> Result<()> {
     }
     for (id, why) in &catalog.damaged {
         println!("DAMAGED: backup {id} cannot be used: {why}");
+    }
+    if let Some(p) = &catalog.previous {
+        println!("upgraded from: {}", p.describe());
+    }
+    if let Some(n) = &catalog.successor {
+        println!(
+            "SWITCHED to: {}; this repository keeps the history before the upgrade",
+            n.describe()
+        );
     }
     Ok(())
 }

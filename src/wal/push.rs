@@ -218,7 +218,7 @@ async fn push_one(
     };
     match (identity, file_sysid) {
         (Some(id), Some(s)) if id.sysid()? != s => {
-            return Err(repo::mismatch(store, id.sysid()?, s));
+            return Err(repo::mismatch(store, id.sysid()?, s).await);
         }
         (Some(_), _) => {}
         (None, Some(s)) => {
