@@ -107,6 +107,16 @@ fn a_cluster_of(major: u32) {
         .unwrap_or_else(|| panic!("{backup} not in {listing}"));
     assert_eq!(b["pg_version_num"].as_u64().unwrap() as u32, version);
 
+    // The checks a DBA runs against this major's server and repository.
+    let status = ok(&walvault(&["status"], &a.pg_env(&env), None), "status");
+    assert!(
+        status.contains(&format!("archiver       last archived {last}"))
+            && status.contains("; 0 failure(s)"),
+        "{status}"
+    );
+    ok(&walvault(&["wal-verify"], &env, None), "wal-verify");
+    ok(&walvault(&["verify"], &env, None), "verify");
+
     // Two commits with a noted time between them.
     insert(&a, 41, 41);
     std::thread::sleep(Duration::from_millis(50));
