@@ -7,6 +7,9 @@
 # which survives between runs and is readable by the postgres OS user).
 # Clients (psql, pgbench, pg_basebackup) come from PostgreSQL 15: they work
 # against every server.
+# The upgrade test needs a whole installation of a newer major (pg_upgrade,
+# pg_resetwal, initdb): PostgreSQL 16 from the PyPI package pgserver, unpacked
+# into $WALVAULT_TEST_CACHE/postgresql/16-full.
 set -euo pipefail
 
 cache="${WALVAULT_TEST_CACHE:-/var/tmp/walvault-test-cache}/postgresql"
@@ -44,9 +47,34 @@ PY
   rm -rf "$tmp"
 }
 
+install_full() {
+  local wheel_version=0.1.4 major=16
+  local dir="$cache/$major-full"
+  if [ -x "$dir/pgserver/pginstall/bin/pg_upgrade" ] && [ "$(cat "$dir/VERSION" 2>/dev/null)" = "$wheel_version" ]; then
+    return 0
+  fi
+  echo "installing a whole PostgreSQL $major (pgserver $wheel_version) into $dir ..." >&2
+  local tmp
+  tmp=$(mktemp -d "$cache/.install-full-XXXXXX")
+  python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+    -d "$tmp" "pgserver==$wheel_version" >&2
+  mkdir "$tmp/unpacked"
+  python3 -m zipfile -e "$tmp"/pgserver-*.whl "$tmp/unpacked"
+  echo "$wheel_version" > "$tmp/unpacked/VERSION"
+  chmod -R a+rX "$tmp/unpacked"
+  chmod a+x "$tmp/unpacked/pgserver/pginstall/bin/"*
+  "$tmp/unpacked/pgserver/pginstall/bin/pg_upgrade" --version | grep -q "(PostgreSQL) $major\." \
+    || { echo "pgserver's pg_upgrade does not run after unpacking ($tmp)" >&2; return 1; }
+  rm -rf "$dir"
+  mv "$tmp/unpacked" "$dir"
+  rm -rf "$tmp"
+}
+
 mkdir -p "$cache"
 chmod a+rx "$cache" "$(dirname "$cache")"
 pids=()
 for v in "${versions[@]}"; do install_major "$v" & pids+=($!); done
+install_full & pids+=($!)
 for p in "${pids[@]}"; do wait "$p"; done
 for v in "${versions[@]}"; do "$cache/${v%%.*}/bin/postgres" --version >&2; done
+"$cache/16-full/pgserver/pginstall/bin/pg_upgrade" --version >&2

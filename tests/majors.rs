@@ -355,13 +355,13 @@ fn an_unsupported_major_is_refused_before_anything_is_stored() {
     a.stop();
 }
 
-/// A major upgrade, 14 to 18: a new cluster with a new system identifier (made
-/// here by a dump and restore, which is what pg_upgrade's new cluster is to
-/// walvault), switched to a new repository with one command. The old repository
-/// stays recoverable to any time before the upgrade, with 14's binaries, under
-/// its own retention; each repository names the other.
+/// A major upgrade by pg_upgrade, 15 to 16: the upgraded cluster has a new
+/// system identifier, and one command switches it to a new repository. The old
+/// repository stays recoverable to any time before the upgrade, with 15's
+/// binaries, under its own retention; each repository names the other.
 #[test]
-fn an_upgrade_switches_to_a_new_repository_and_the_old_stays_recoverable() {
+fn pg_upgrade_switches_to_a_new_repository_and_the_old_stays_recoverable() {
+    let new_bin = upgrade_bin();
     let root = pg_tempdir();
     let (old_repo, new_repo) = (root.path().join("old-repo"), root.path().join("new-repo"));
     for d in [&old_repo, &new_repo] {
@@ -373,36 +373,32 @@ fn an_upgrade_switches_to_a_new_repository_and_the_old_stays_recoverable() {
         format!("file://{}", new_repo.display()),
     );
     let config = root.path().join("walvault.toml");
-    std::fs::write(
-        &config,
-        format!("# the database host's settings\nrepo = \"{old_url}\"  # archive here\n\n[fetch]\nretries = 1\n"),
-    )
-    .unwrap();
+    let config_text = |repo: &str| {
+        format!("# the database host's settings\nrepo = \"{repo}\"  # archive here\n\n[fetch]\nretries = 1\n")
+    };
+    std::fs::write(&config, config_text(&old_url)).unwrap();
     chown_pg(&config);
     let mut env = base_env();
     env.insert("WALVAULT_CONFIG".into(), config.display().to_string());
-    for major in [14, 18] {
-        env.insert(
-            format!("WALVAULT_POSTGRES_BIN_DIR_{major}"),
-            server_bin(major).display().to_string(),
-        );
-    }
-    let old = ["--set", &format!("repo={old_url}")].map(String::from);
+    env.insert(
+        "WALVAULT_POSTGRES_BIN_DIR_16".into(),
+        new_bin.display().to_string(),
+    );
     let with_old = |args: &[&str]| -> Vec<String> {
-        let mut v = old.to_vec();
+        let mut v = vec!["--set".to_string(), format!("repo={old_url}")];
         v.extend(args.iter().map(|s| s.to_string()));
         v
     };
-    let run = |args: &[String], env: &BTreeMap<String, String>| {
+    let run = |args: &[String]| {
         walvault(
             &args.iter().map(String::as_str).collect::<Vec<_>>(),
-            env,
+            &env,
             None,
         )
     };
 
-    // The PostgreSQL 14 cluster: two backups and rows around a noted time.
-    let mut a = Cluster::init_major(root.path(), "a", 14);
+    // The PostgreSQL 15 cluster: two backups and rows around a noted time.
+    let mut a = Cluster::init(root.path(), "a");
     a.archive_to_walvault();
     a.conf("track_commit_timestamp = on");
     a.start(&env);
@@ -424,19 +420,57 @@ fn an_upgrade_switches_to_a_new_repository_and_the_old_stays_recoverable() {
     insert(&a, 21, 30);
     a.flush_archive();
     assert_eq!(a.archiver_failed_count(), 0);
-    let dump = root.path().join("dump.sql");
-    let out = pg_command(&format!("{PG_BIN}/pg_dump"), &BTreeMap::new())
-        .args(["-U", "postgres", "-d", "postgres", "-h"])
-        .arg(&a.sockdir)
-        .args(["-p", &a.port.to_string(), "-f"])
-        .arg(&dump)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "pg_dump: {}", stderr(&out));
     a.stop();
 
-    // The upgraded cluster exists (initdb of 18), not yet archiving: one command.
-    let mut b = Cluster::init_major(root.path(), "b", 18);
+    // pg_upgrade into a new PostgreSQL 16 cluster.
+    let mut b = Cluster::init_with(root.path(), "b", &new_bin);
+    let out = pg_command(
+        new_bin.join("pg_upgrade").to_str().unwrap(),
+        &BTreeMap::new(),
+    )
+    .current_dir(root.path())
+    .args([
+        "-U",
+        "postgres",
+        "-p",
+        &free_port().to_string(),
+        "-P",
+        &free_port().to_string(),
+    ])
+    .arg("-b")
+    .arg(&a.bin)
+    .arg("-B")
+    .arg(&new_bin)
+    .arg("-d")
+    .arg(&a.pgdata)
+    .arg("-D")
+    .arg(&b.pgdata)
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "pg_upgrade: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+    let sysid = |c: &Cluster| {
+        let out = pg_command(&format!("{PG_BIN}/pg_controldata"), &BTreeMap::new())
+            .arg(&c.pgdata)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.lines()
+            .find(|l| l.starts_with("Database system identifier:"))
+            .unwrap_or_else(|| panic!("{text}"))
+            .to_string()
+    };
+    assert_ne!(
+        sysid(&a),
+        sysid(&b),
+        "pg_upgrade gives a new system identifier"
+    );
+
+    // Before the upgraded cluster archives: one command.
     b.archive_to_walvault();
     let out = walvault(
         &[
@@ -450,20 +484,37 @@ fn an_upgrade_switches_to_a_new_repository_and_the_old_stays_recoverable() {
         None,
     );
     let text = ok(&out, "repo-switch");
-    assert!(text.contains("PostgreSQL 14) stays as it is"), "{text}");
-    assert!(text.contains("PostgreSQL 18)"), "{text}");
+    assert!(text.contains("PostgreSQL 15) stays as it is"), "{text}");
+    assert!(text.contains("PostgreSQL 16)"), "{text}");
     assert_eq!(
         std::fs::read_to_string(&config).unwrap(),
-        format!("# the database host's settings\nrepo = \"{new_url}\"  # archive here\n\n[fetch]\nretries = 1\n"),
+        config_text(&new_url),
         "only the repo line changed"
     );
+    let again = ok(
+        &walvault(
+            &[
+                "repo-switch",
+                "--to",
+                &new_url,
+                "--pgdata",
+                b.pgdata.to_str().unwrap(),
+            ],
+            &env,
+            None,
+        ),
+        "repo-switch again",
+    );
+    assert!(
+        again.contains("PostgreSQL 16)"),
+        "a rerun is harmless: {again}"
+    );
     b.start(&env);
-    b.psql(&format!("\\i {}", dump.display()));
     assert_eq!(summary(&b), expected(&[(1, 30)]), "the data came over");
     insert(&b, 31, 40);
     ok(
         &walvault(&["backup-push", "--fast"], &b.pg_env(&env), None),
-        "backup of 18",
+        "backup of 16",
     );
     insert(&b, 41, 45);
     b.flush_archive();
@@ -472,14 +523,14 @@ fn an_upgrade_switches_to_a_new_repository_and_the_old_stays_recoverable() {
     // The old repository refuses the new cluster's WAL and says where it goes now.
     let seg = b.psql("select last_archived_wal from pg_stat_archiver");
     let seg_path = b.pgdata.join("pg_wal").join(&seg);
-    let out = run(&with_old(&["wal-push", seg_path.to_str().unwrap()]), &env);
+    let out = run(&with_old(&["wal-push", seg_path.to_str().unwrap()]));
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains(&format!("which archives to {new_url} since repo-switch")),
         "{}",
         stderr(&out)
     );
-    let listed = ok(&run(&with_old(&["backup-list"]), &env), "old list");
+    let listed = ok(&run(&with_old(&["backup-list"])), "old list");
     assert!(
         listed.contains(&format!("SWITCHED to: {new_url}")),
         "{listed}"
@@ -489,27 +540,35 @@ fn an_upgrade_switches_to_a_new_repository_and_the_old_stays_recoverable() {
         listed.contains(&format!("upgraded from: {old_url}")),
         "{listed}"
     );
+    // A second, different switch is refused; nothing changes.
+    let out = run(&with_old(&[
+        "repo-switch",
+        "--to",
+        &format!("{new_url}-again"),
+        "--pgdata",
+        b.pgdata.to_str().unwrap(),
+    ]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("was already switched to"),
+        "{}",
+        stderr(&out)
+    );
 
-    // Retention goes on in the old repository, and it still recovers to before the upgrade.
+    // Retention goes on in the old repository, which still recovers to before the upgrade.
     ok(
-        &run(
-            &with_old(&["delete", "--keep-last", "1", "--confirm"]),
-            &env,
-        ),
+        &run(&with_old(&["delete", "--keep-last", "1", "--confirm"])),
         "retention in the old repository",
     );
-    let json: serde_json::Value = serde_json::from_str(&ok(
-        &run(&with_old(&["backup-list", "--json"]), &env),
-        "list",
-    ))
-    .unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&run(&with_old(&["backup-list", "--json"])), "list")).unwrap();
     assert_eq!(json["backups"].as_array().unwrap().len(), 1, "{json}");
-    let mut p = Cluster::at_major(root.path(), "p", 14);
+    let mut p = Cluster::at(root.path(), "p");
     let mut args = with_old(&[]);
     args.extend(p.recover_args());
     args.extend(["--target-time".to_string(), before_upgrade.clone()]);
-    let text = ok(&run(&args, &env), "recover from the old repository");
-    assert!(text.contains("server:   PostgreSQL 14 from"), "{text}");
+    let text = ok(&run(&args), "recover from the old repository");
+    assert!(text.contains("server:   PostgreSQL 15 from"), "{text}");
     p.adopt();
     p.wait_promoted(Duration::from_secs(60));
     assert_eq!(
@@ -519,13 +578,20 @@ fn an_upgrade_switches_to_a_new_repository_and_the_old_stays_recoverable() {
     );
     p.stop();
 
-    // The new repository recovers the upgraded cluster with 18's binaries.
+    // The new repository recovers the upgraded cluster with 16's binaries.
     b.stop();
-    let mut q = Cluster::at_major(root.path(), "q", 18);
+    let mut q = Cluster::at(root.path(), "q");
+    q.bin = new_bin.clone();
     let mut args = q.recover_args();
     args.extend(["--target".to_string(), "latest".to_string()]);
-    let text = ok(&run(&args, &env), "recover from the new repository");
-    assert!(text.contains("server:   PostgreSQL 18 from"), "{text}");
+    let text = ok(&run(&args), "recover from the new repository");
+    assert!(
+        text.contains(&format!(
+            "server:   PostgreSQL 16 from {}",
+            new_bin.display()
+        )),
+        "{text}"
+    );
     q.adopt();
     q.wait_promoted(Duration::from_secs(60));
     assert_eq!(summary(&q), expected(&[(1, 45)]));

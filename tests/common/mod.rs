@@ -728,6 +728,23 @@ pub fn tail(path: &Path, lines: usize) -> String {
 
 // ---------------------------------------------------------------- PostgreSQL
 
+fn test_cache() -> PathBuf {
+    std::env::var("WALVAULT_TEST_CACHE")
+        .unwrap_or_else(|_| "/var/tmp/walvault-test-cache".into())
+        .into()
+}
+
+/// A whole PostgreSQL 16 installation (pg_upgrade, pg_resetwal, initdb, the
+/// server): what the upgrade test upgrades PostgreSQL 15 to.
+pub fn upgrade_bin() -> PathBuf {
+    let dir = test_cache().join("postgresql/16-full/pgserver/pginstall/bin");
+    require(
+        dir.join("pg_upgrade").to_str().unwrap(),
+        "a whole PostgreSQL 16 (pg_upgrade)",
+    );
+    dir
+}
+
 /// Every major walvault supports; each has its own test run in tests/majors.rs.
 pub const MAJORS: [u32; 6] = [13, 14, 15, 16, 17, 18];
 
@@ -737,9 +754,7 @@ pub fn server_bin(major: u32) -> PathBuf {
     let dir = if major == 15 {
         PathBuf::from(PG_BIN)
     } else {
-        let cache = std::env::var("WALVAULT_TEST_CACHE")
-            .unwrap_or_else(|_| "/var/tmp/walvault-test-cache".into());
-        PathBuf::from(cache).join(format!("postgresql/{major}/bin"))
+        test_cache().join(format!("postgresql/{major}/bin"))
     };
     require(
         dir.join("postgres").to_str().unwrap(),
@@ -768,7 +783,13 @@ impl Cluster {
 
     /// A new cluster of PostgreSQL `major` made by initdb below `root`.
     pub fn init_major(root: &Path, name: &str, major: u32) -> Cluster {
-        let c = Cluster::at_major(root, name, major);
+        Cluster::init_with(root, name, &server_bin(major))
+    }
+
+    /// A new cluster made by the initdb in `bin`, whose server programs it then uses.
+    pub fn init_with(root: &Path, name: &str, bin: &Path) -> Cluster {
+        let mut c = Cluster::at(root, name);
+        c.bin = bin.to_path_buf();
         std::fs::create_dir_all(&c.sockdir).unwrap();
         chown_pg(&c.sockdir);
         let out = pg_command(c.bin.join("initdb").to_str().unwrap(), &BTreeMap::new())
