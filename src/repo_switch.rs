@@ -32,10 +32,31 @@ pub enum RepoSource {
 }
 
 pub async fn run(cfg: &Config, old: &dyn Store, opts: Options) -> Result<()> {
-    let old_id = repo::require(old).await?;
     let sysid = pg::control::system_identifier(&opts.pgdata)?;
     let major = pg::majors::of_data_directory(&opts.pgdata)?;
     pg::majors::require(major, &format!("PG_VERSION of {}", opts.pgdata.display()))?;
+    if opts.to.trim_end_matches('/') == cfg.repo.trim_end_matches('/') {
+        // A rerun after the config file was changed: done already.
+        if let Some(id) = repo::load(old).await? {
+            if id.sysid()? == sysid {
+                let from = id
+                    .previous
+                    .as_ref()
+                    .map(|p| format!(", upgraded from {}", p.describe()));
+                println!(
+                    "already switched: {} belongs to cluster {sysid} (PostgreSQL {major}){}",
+                    old.locate(""),
+                    from.unwrap_or_default()
+                );
+                return Ok(());
+            }
+        }
+        bail!(
+            "--to names the repository in use ({}); give a new prefix or directory",
+            cfg.repo
+        );
+    }
+    let old_id = repo::require(old).await?;
     if old_id.sysid()? == sysid {
         bail!(
             "{} is cluster {sysid}, which {} already belongs to: nothing to switch (after pg_upgrade, give the upgraded data directory)",
