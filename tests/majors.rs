@@ -47,6 +47,7 @@ fn recover(
 
 /// The whole life of one cluster of PostgreSQL `major`.
 fn a_cluster_of(major: u32) {
+    let t0 = std::time::Instant::now();
     let root = pg_tempdir();
     let mut env = keyed_repo(root.path());
     // Debian's 15 is found where Debian puts it; the others are configured, as
@@ -156,6 +157,34 @@ fn a_cluster_of(major: u32) {
         "names both majors: {err}"
     );
     assert!(!refused.exists(), "nothing written");
+
+    // With no setting and PostgreSQL 15's pg_ctl first on PATH (as on a host
+    // where a plain `pg_ctl` is 15), another major's backup is not started with it.
+    if major != 15 {
+        let path15 = root.path().join("path15");
+        std::fs::create_dir_all(&path15).unwrap();
+        for prog in ["pg_ctl", "postgres"] {
+            std::os::unix::fs::symlink(format!("{PG_BIN}/{prog}"), path15.join(prog)).unwrap();
+        }
+        let mut plain = env.clone();
+        plain.remove(&format!("WALVAULT_POSTGRES_BIN_DIR_{major}"));
+        plain.insert("PATH".into(), format!("{}:/usr/bin:/bin", path15.display()));
+        let out = walvault(
+            &["recover", "--pgdata", refused.to_str().unwrap(), "--start"],
+            &plain,
+            None,
+        );
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        let err = stderr(&out);
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        assert!(
+            err.contains(&format!("PostgreSQL {major}'s pg_ctl and postgres not found: looked in /usr/lib/postgresql/{major}/bin (none)"))
+                && err.contains(&format!("{} (PostgreSQL 15)", path15.display()))
+                && err.contains(&format!("set postgres.bin_dir_{major}")),
+            "{err}"
+        );
+        assert!(!refused.exists(), "nothing written");
+    }
 
     // Exact to the row between the two commits: paused there (watched through
     // each major's own pause function), and promoted.
@@ -283,6 +312,10 @@ fn a_cluster_of(major: u32) {
         );
     }
     assert_eq!(report["target"]["timeline"], 2, "{report}");
+    eprintln!(
+        "PostgreSQL {major} (server_version_num {version}): the whole scenario passed in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
 }
 
 #[test]

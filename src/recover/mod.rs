@@ -95,8 +95,9 @@ pub async fn run(cfg: &Config, store: Arc<dyn Store>, codec: &Codec, opts: Optio
     }
     println!("target:   {}", opts.target.describe());
     println!("into:     {}", opts.pgdata.display());
-    if let Ok(dir) = &plan.bin_dir {
-        println!("server:   PostgreSQL {} from {}", plan.major, dir.display());
+    match &plan.bin_dir {
+        Ok(dir) => println!("server:   PostgreSQL {} from {}", plan.major, dir.display()),
+        Err(e) => println!("server:   {e}"),
     }
     for (oid, dir) in &plan.tablespaces {
         println!("          tablespace {oid} into {}", dir.display());
