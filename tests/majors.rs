@@ -45,6 +45,21 @@ fn recover(
     (c, text)
 }
 
+/// `recover --start` into `dir` that must be refused in one line, writing
+/// nothing; the line.
+fn recover_refused(dir: &Path, env: &BTreeMap<String, String>) -> String {
+    let out = walvault(
+        &["recover", "--pgdata", dir.to_str().unwrap(), "--start"],
+        env,
+        None,
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(!dir.exists(), "nothing written");
+    err
+}
+
 /// The whole life of one cluster of PostgreSQL `major`.
 fn a_cluster_of(major: u32) {
     let t0 = std::time::Instant::now();
@@ -136,27 +151,12 @@ fn a_cluster_of(major: u32) {
         format!("WALVAULT_POSTGRES_BIN_DIR_{major}"),
         server_bin(other).display().to_string(),
     );
-    let out = walvault(
-        &[
-            "recover",
-            "--pgdata",
-            refused.to_str().unwrap(),
-            "--start",
-            "--target",
-            "latest",
-        ],
-        &wrong,
-        None,
-    );
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let err = stderr(&out);
-    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    let err = recover_refused(&refused, &wrong);
     assert!(
         err.contains(&format!("is of PostgreSQL {major}"))
             && err.contains(&format!("holds PostgreSQL {other}'s server")),
         "names both majors: {err}"
     );
-    assert!(!refused.exists(), "nothing written");
 
     // With no setting and PostgreSQL 15's pg_ctl first on PATH (as on a host
     // where a plain `pg_ctl` is 15), another major's backup is not started with it.
@@ -169,21 +169,13 @@ fn a_cluster_of(major: u32) {
         let mut plain = env.clone();
         plain.remove(&format!("WALVAULT_POSTGRES_BIN_DIR_{major}"));
         plain.insert("PATH".into(), format!("{}:/usr/bin:/bin", path15.display()));
-        let out = walvault(
-            &["recover", "--pgdata", refused.to_str().unwrap(), "--start"],
-            &plain,
-            None,
-        );
-        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-        let err = stderr(&out);
-        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        let err = recover_refused(&refused, &plain);
         assert!(
             err.contains(&format!("PostgreSQL {major}'s pg_ctl and postgres not found: looked in /usr/lib/postgresql/{major}/bin (none)"))
                 && err.contains(&format!("{} (PostgreSQL 15)", path15.display()))
                 && err.contains(&format!("set postgres.bin_dir_{major}")),
             "{err}"
         );
-        assert!(!refused.exists(), "nothing written");
     }
 
     // Exact to the row between the two commits: paused there (watched through
