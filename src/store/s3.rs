@@ -73,8 +73,8 @@ pub async fn client(cfg: &config::S3) -> Client {
     let shared = loader.load().await;
     let mut conf = aws_sdk_s3::config::Builder::from(&shared)
         .force_path_style(cfg.force_path_style)
-        // Objects carry their own sha256 (codec); per-request CRC trailers add cost
-        // and are not understood by every S3-compatible store.
+        // Writes send their CRC32 as a header value (see crc32): never as an
+        // aws-chunked trailer, which not every S3-compatible store understands.
         .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
         .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired);
     if s3_endpoint(cfg, &shared).is_some_and(|e| e.to_ascii_lowercase().starts_with("http://")) {
@@ -83,6 +83,13 @@ pub async fn client(cfg: &config::S3) -> Client {
         conf = conf.http_client(https_client(tls::TrustStore::empty()));
     }
     Client::from_conf(conf.build())
+}
+
+/// The CRC32 of a request body as S3's `x-amz-checksum-crc32` carries it
+/// (base64 of the big-endian value). Sent with every write, so S3 checks each
+/// body on arrival, and Object Lock writes, which require a checksum, have one.
+fn crc32(data: &[u8]) -> String {
+    aws_smithy_types::base64::encode(crc32fast::hash(data).to_be_bytes())
 }
 
 fn https_client(roots: tls::TrustStore) -> aws_sdk_s3::config::SharedHttpClient {
@@ -209,12 +216,6 @@ impl S3Store {
         })
     }
 
-    /// S3 requires a content checksum on writes that carry Object Lock settings;
-    /// otherwise none is asked for (objects carry their own sha256).
-    fn checksum(&self) -> Option<ChecksumAlgorithm> {
-        self.lock.as_ref().map(|_| ChecksumAlgorithm::Crc32)
-    }
-
     /// The `x-amz-tagging` value for a new object of `class`.
     fn tagging(&self, class: Class) -> Option<String> {
         self.class_tags
@@ -223,6 +224,7 @@ impl S3Store {
 
     async fn put_single(&self, key: &str, data: bytes::Bytes, class: Class) -> Result<()> {
         let len = data.len() as i64;
+        let crc = crc32(&data);
         self.client
             .put_object()
             .bucket(&self.bucket)
@@ -234,7 +236,8 @@ impl S3Store {
             .set_storage_class(self.storage_class.clone())
             .set_object_lock_mode(self.lock_mode())
             .set_object_lock_retain_until_date(self.retain_until())
-            .set_checksum_algorithm(self.checksum())
+            .checksum_algorithm(ChecksumAlgorithm::Crc32)
+            .checksum_crc32(crc)
             .set_tagging(self.tagging(class))
             .send()
             .await
@@ -259,7 +262,7 @@ impl S3Store {
             .set_storage_class(self.storage_class.clone())
             .set_object_lock_mode(self.lock_mode())
             .set_object_lock_retain_until_date(self.retain_until())
-            .set_checksum_algorithm(self.checksum())
+            .checksum_algorithm(ChecksumAlgorithm::Crc32)
             .set_tagging(self.tagging(class))
             .send()
             .await
@@ -274,6 +277,7 @@ impl S3Store {
             loop {
                 let number = parts.len() as i32 + 1;
                 let len = chunk.len() as i64;
+                let crc = crc32(&chunk);
                 let out = self
                     .client
                     .upload_part()
@@ -282,7 +286,8 @@ impl S3Store {
                     .upload_id(&upload_id)
                     .part_number(number)
                     .content_length(len)
-                    .set_checksum_algorithm(self.checksum())
+                    .checksum_algorithm(ChecksumAlgorithm::Crc32)
+                    .checksum_crc32(crc.clone())
                     .body(ByteStream::from(chunk))
                     .send()
                     .await
@@ -291,7 +296,7 @@ impl S3Store {
                 parts.push(
                     CompletedPart::builder()
                         .set_e_tag(out.e_tag().map(str::to_string))
-                        .set_checksum_crc32(out.checksum_crc32().map(str::to_string))
+                        .checksum_crc32(crc)
                         .part_number(number)
                         .build(),
                 );
@@ -596,5 +601,15 @@ impl Store for S3Store {
 
     fn locate(&self, key: &str) -> String {
         format!("s3://{}/{}", self.bucket, self.full(key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn checksum_header_value() {
+        // x-amz-checksum-crc32: base64 of the big-endian CRC32 (AWS's example form).
+        assert_eq!(super::crc32(b"hello world"), "DUoRhQ==");
+        assert_eq!(super::crc32(b""), "AAAAAA==");
     }
 }

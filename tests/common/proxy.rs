@@ -2,7 +2,9 @@
 //! fault tests. It carries one request per client connection (it asks the server
 //! to close after each response), so a fault can be chosen for each request:
 //! refuse connections, answer 500/503 SlowDown, stall past the client's timeout,
-//! or cut a response half way. A thread of the test process, stopped on drop.
+//! or cut a response half way. It can also record every request it passes
+//! (head and body), so a test can check what walvault puts on the wire. A
+//! thread of the test process, stopped on drop.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -27,7 +29,35 @@ pub enum Fault {
     Cut(f64),
 }
 
+/// One request as it went to the server.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub method: String,
+    /// Path and query, as on the request line.
+    pub target: String,
+    /// Header names in lower case, in the order sent.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The query parameter names of the target (`?uploads`, `?partNumber=1&uploadId=x`).
+    pub fn query_has(&self, name: &str) -> bool {
+        self.target
+            .split_once('?')
+            .is_some_and(|(_, q)| q.split('&').any(|kv| kv.split('=').next() == Some(name)))
+    }
+}
+
 struct Shared {
+    record: Mutex<Option<Vec<Recorded>>>,
     fault: Mutex<(Fault, u64)>,
     stop: AtomicBool,
     requests: AtomicU64,
@@ -46,6 +76,7 @@ impl FaultProxy {
         let port = super::free_port();
         let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the proxy port");
         let shared = Arc::new(Shared {
+            record: Mutex::new(None),
             fault: Mutex::new((Fault::None, 0x9E37_79B9_7F4A_7C15)),
             stop: AtomicBool::new(false),
             requests: AtomicU64::new(0),
@@ -66,6 +97,21 @@ impl FaultProxy {
 
     pub fn set(&self, fault: Fault) {
         self.shared.fault.lock().unwrap().0 = fault;
+    }
+
+    /// Starts recording every request passed on (and forgets earlier ones).
+    pub fn record(&self) {
+        *self.shared.record.lock().unwrap() = Some(Vec::new());
+    }
+
+    /// The requests recorded so far.
+    pub fn recorded(&self) -> Vec<Recorded> {
+        self.shared
+            .record
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or_default()
     }
 
     /// Requests seen and requests given a fault so far.
@@ -227,6 +273,16 @@ fn serve(mut client: TcpStream, upstream: &str, s: &Shared) -> std::io::Result<(
             }
             Ok(())
         }
+        Fault::None if s.record.lock().unwrap().is_some() => {
+            let (head, body) = read_body(&mut client, head, rest)?;
+            record(s, &head, &body);
+            let mut up = TcpStream::connect(upstream)?;
+            up.write_all(&closing(&head))?;
+            up.write_all(&body)?;
+            std::io::copy(&mut up, &mut client)?;
+            let _ = client.shutdown(Shutdown::Both);
+            Ok(())
+        }
         Fault::None | Fault::Cut(_) | Fault::Refuse => {
             let mut up = TcpStream::connect(upstream)?;
             up.write_all(&closing(&head))?;
@@ -246,6 +302,59 @@ fn serve(mut client: TcpStream, upstream: &str, s: &Shared) -> std::io::Result<(
             let _ = body.join();
             r
         }
+    }
+}
+
+/// The whole request body (by Content-Length). A client waiting for
+/// `100 Continue` gets it from the proxy, and the Expect header is dropped.
+fn read_body(
+    client: &mut TcpStream,
+    head: Vec<u8>,
+    mut body: Vec<u8>,
+) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
+    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let head = if text.contains("\r\nexpect: 100-continue") {
+        client.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+        let kept: Vec<&str> = std::str::from_utf8(&head)
+            .unwrap_or("")
+            .split("\r\n")
+            .filter(|l| !l.to_ascii_lowercase().starts_with("expect:"))
+            .collect();
+        kept.join("\r\n").into_bytes()
+    } else {
+        head
+    };
+    let want = content_length(&head).unwrap_or(0);
+    let mut chunk = [0u8; 65536];
+    while body.len() < want {
+        let n = client.read(&mut chunk[..(want - body.len()).min(65536)])?;
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    Ok((head, body))
+}
+
+fn record(s: &Shared, head: &[u8], body: &[u8]) {
+    let text = String::from_utf8_lossy(head);
+    let mut lines = text.split("\r\n");
+    let mut first = lines.next().unwrap_or("").split(' ');
+    let (method, target) = (
+        first.next().unwrap_or("").to_string(),
+        first.next().unwrap_or("").to_string(),
+    );
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    if let Some(r) = s.record.lock().unwrap().as_mut() {
+        r.push(Recorded {
+            method,
+            target,
+            headers,
+            body: body.to_vec(),
+        });
     }
 }
 
