@@ -64,12 +64,6 @@ pub async fn run(cfg: &Config, old: &dyn Store, opts: Options) -> Result<()> {
             old.locate("")
         );
     }
-    if opts.to.trim_end_matches('/') == cfg.repo.trim_end_matches('/') {
-        bail!(
-            "--to names the repository in use ({}); give a new prefix or directory",
-            cfg.repo
-        );
-    }
     let mut new_cfg = cfg.clone();
     new_cfg.repo = opts.to.clone();
     let new = store::open(&new_cfg).await.context("--to")?;
@@ -92,9 +86,10 @@ pub async fn run(cfg: &Config, old: &dyn Store, opts: Options) -> Result<()> {
             );
         }
     }
-    // Checked before anything is written: the config file must be writable.
+    // Checked before anything is written: the config file must be writable TOML.
     if let RepoSource::File(file) = &opts.repo_source {
         writable(file)?;
+        config_document(file)?;
     }
 
     let now = Utc::now();
@@ -178,14 +173,22 @@ fn writable(file: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The config file as an editable TOML document (an absent file is empty).
+fn config_document(file: &Path) -> Result<toml_edit::DocumentMut> {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", file.display())),
+    };
+    text.parse()
+        .with_context(|| format!("{} is not valid TOML", file.display()))
+}
+
 /// Sets the top-level `repo` of the TOML config file, keeping every other line
 /// and comment; the file is replaced atomically with its mode and owner.
 fn set_repo(file: &Path, to: &str) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let text = std::fs::read_to_string(file).unwrap_or_default();
-    let mut doc: toml_edit::DocumentMut = text
-        .parse()
-        .with_context(|| format!("{} is not valid TOML", file.display()))?;
+    let mut doc = config_document(file)?;
     match doc.get_mut("repo").and_then(|i| i.as_value_mut()) {
         Some(v) => {
             // The comment after the value stays.
