@@ -497,18 +497,17 @@ fn pg_upgrade_switches_to_a_new_repository_and_the_old_stays_recoverable() {
 
     // Before the upgraded cluster archives: one command.
     b.archive_to_walvault();
-    let out = walvault(
-        &[
+    let switch = || {
+        let args = [
             "repo-switch",
             "--to",
             &new_url,
             "--pgdata",
             b.pgdata.to_str().unwrap(),
-        ],
-        &env,
-        None,
-    );
-    let text = ok(&out, "repo-switch");
+        ];
+        ok(&walvault(&args, &env, None), "repo-switch")
+    };
+    let text = switch();
     assert!(text.contains("PostgreSQL 15) stays as it is"), "{text}");
     assert!(text.contains("PostgreSQL 16)"), "{text}");
     assert_eq!(
@@ -516,22 +515,10 @@ fn pg_upgrade_switches_to_a_new_repository_and_the_old_stays_recoverable() {
         config_text(&new_url),
         "only the repo line changed"
     );
-    let again = ok(
-        &walvault(
-            &[
-                "repo-switch",
-                "--to",
-                &new_url,
-                "--pgdata",
-                b.pgdata.to_str().unwrap(),
-            ],
-            &env,
-            None,
-        ),
-        "repo-switch again",
-    );
+    let again = switch();
     assert!(
-        again.contains("PostgreSQL 16)"),
+        again.starts_with("already switched:")
+            && again.contains(&format!("upgraded from {old_url}")),
         "a rerun is harmless: {again}"
     );
     b.start(&env);
