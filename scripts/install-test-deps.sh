@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the real parts the tests use, when missing: PostgreSQL 15 server and
 # client binaries (initdb, pg_ctl, pg_basebackup, pgbench), the server binaries of
-# the other supported majors (13, 14, 16, 17, 18) into a cache directory, and
-# SeaweedFS (weed) as the S3 server. Prints the directory holding `weed` on its
+# the other supported majors (13, 14, 16, 17, 18) into a cache directory,
+# SeaweedFS (weed) as the S3 server, and moto's S3 server as the second one
+# (signatures checked). Prints the directory holding `weed` on its
 # last line.
 set -euo pipefail
 
@@ -27,6 +28,7 @@ fi
 [ "${1:-}" = "--postgres-only" ] && exit 0
 
 scripts/install-test-postgres-majors.sh >&2
+scripts/install-test-s3-servers.sh >&2
 
 weed_dir() {
   local w

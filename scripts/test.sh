@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need, checks formatting and lints,
-# then runs every test (unit and integration, against real PostgreSQL 15 and SeaweedFS,
+# then runs every test (unit and integration, against real PostgreSQL 15, SeaweedFS and
+# moto's S3 server with signatures checked,
 # and each major from 13 to 18 in tests/majors.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."

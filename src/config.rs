@@ -93,6 +93,11 @@ pub const KEYS: &[(&str, Kind, &str)] = &[
         "tag every object pushed walvault-class=standard, for the bucket's lifecycle rules",
     ),
     (
+        "s3.create_only",
+        Kind::Bool,
+        "write every object with If-None-Match: * so a stored object is never replaced; false only for stores that refuse conditional writes",
+    ),
+    (
         "s3.part_size_mb",
         Kind::Int,
         "multipart part size in MiB (5 to 5120); larger objects are uploaded in parts",
@@ -485,6 +490,8 @@ pub struct S3 {
     pub object_lock_days: i64,
     #[serde(default)]
     pub class_tags: bool,
+    #[serde(default = "default_true")]
+    pub create_only: bool,
     #[serde(default = "default_part_size_mb")]
     pub part_size_mb: i64,
     #[serde(default = "default_max_attempts")]
@@ -588,6 +595,7 @@ impl Default for S3 {
             object_lock_mode: None,
             object_lock_days: default_lock_days(),
             class_tags: false,
+            create_only: true,
             part_size_mb: default_part_size_mb(),
             max_attempts: default_max_attempts(),
             timeout_seconds: default_timeout(),

@@ -117,7 +117,8 @@ pub async fn write(store: &dyn Store, id: &RepoIdentity) -> Result<()> {
     // The repository's identity outlives every backup.
     store
         .put_class(KEY, Box::new(std::io::Cursor::new(json)), Class::Kept)
-        .await
+        .await?;
+    Ok(())
 }
 
 /// Writes the identity when the repository has none; checks it when it has one.
@@ -140,7 +141,18 @@ pub async fn ensure(
         created_by: format!("walvault {}", env!("CARGO_PKG_VERSION")),
         previous: None,
     };
-    write(store, &id).await?;
+    if let Err(e) = write(store, &id).await {
+        // Another push initialised it first (create-only write): check theirs.
+        if crate::store::already_stored(&e) {
+            if let Some(theirs) = load(store).await? {
+                if theirs.sysid()? != sysid {
+                    return Err(mismatch(store, theirs.sysid()?, sysid).await);
+                }
+                return Ok(theirs);
+            }
+        }
+        return Err(e);
+    }
     tracing::info!(
         "initialised repository {} for cluster {sysid}",
         store.locate("")

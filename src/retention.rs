@@ -443,6 +443,7 @@ mod tests {
             size: 100,
             modified: Some(modified),
             retain_until: None,
+            version: None,
         }
     }
 

@@ -1,6 +1,15 @@
 # Least privilege: the database host archives and restores but cannot delete;
 # the retention job lists and deletes but never reads data.
 #
+# Create-only (require_create_only): the host may create objects but never
+# replace one. Every PutObject and CompleteMultipartUpload must carry
+# If-None-Match (walvault's s3.create_only, on by default), so a compromised
+# host cannot overwrite WAL or backups it already stored. The multipart start
+# and its parts take no conditional header and are exempt through
+# s3:ObjectCreationOperation; keep marks (backup-mark) are replaced on purpose.
+# A damaged stored copy is then not mended by wal-push: an administrator
+# removes it (docs/runbook.md).
+#
 # PutObjectTagging lets the host tag what it writes (s3.class_tags) and run
 # backup-mark. Re-tagging a permanent backup as standard could make the
 # standard-class rule expire it: Object Lock (object_lock_mode) is what makes
@@ -32,6 +41,25 @@ data "aws_iam_policy_document" "database_host" {
     sid       = "ObjectLockStatus"
     actions   = ["s3:GetBucketObjectLockConfiguration"]
     resources = [aws_s3_bucket.repo.arn]
+  }
+  dynamic "statement" {
+    for_each = var.require_create_only ? [1] : []
+    content {
+      sid           = "CreateOnly"
+      effect        = "Deny"
+      actions       = ["s3:PutObject"]
+      not_resources = ["${aws_s3_bucket.repo.arn}/${local.repo}backups/*/keep.json"]
+      condition {
+        test     = "Null"
+        variable = "s3:if-none-match"
+        values   = ["true"]
+      }
+      condition {
+        test     = "Bool"
+        variable = "s3:ObjectCreationOperation"
+        values   = ["true"]
+      }
+    }
   }
   dynamic "statement" {
     for_each = var.kms_key_arn == null ? [] : [var.kms_key_arn]

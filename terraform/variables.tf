@@ -31,6 +31,12 @@ variable "object_lock_mode" {
   }
 }
 
+variable "require_create_only" {
+  description = "Deny the database host any PutObject or CompleteMultipartUpload without If-None-Match (the s3:if-none-match condition key), keep marks aside: it can create objects, never replace them. Needs walvault's s3.create_only = true (the default)."
+  type        = bool
+  default     = true
+}
+
 variable "object_lock_days" {
   description = "Default Object Lock retention in days (set the same in walvault's s3.object_lock_days)."
   type        = number

@@ -178,6 +178,18 @@ fn every_write_carries_what_aws_requires() {
             .set_class("wal/small", walvault::store::Class::Permanent)
             .await
             .unwrap();
+        // Create-only: the server refuses to replace what is stored.
+        let e = codec
+            .upload(&store, "wal/small", std::io::Cursor::new(noise(1000, 7)))
+            .await
+            .unwrap_err();
+        assert!(walvault::store::already_stored(&e), "{e:#}");
+        let (_, kept) = codec
+            .download(&store, "wal/small", Vec::new())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(kept == noise(300_000, 5), "the stored object is untouched");
         let (_, back) = codec
             .download(&store, "backups/big", Vec::new())
             .await
@@ -251,6 +263,7 @@ fn every_write_carries_what_aws_requires() {
                 puts += 1;
                 with_body_checksum(r);
                 lock_sse_tags();
+                assert_eq!(h("if-none-match"), "*", "{what}: create-only");
             }
             "POST" if r.query_has("uploads") => {
                 starts += 1;
@@ -259,6 +272,7 @@ fn every_write_carries_what_aws_requires() {
             }
             "POST" if r.query_has("uploadId") => {
                 completes += 1;
+                assert_eq!(h("if-none-match"), "*", "{what}: create-only");
                 let xml = String::from_utf8_lossy(&r.body);
                 for (n, sum) in part_crcs.iter().enumerate() {
                     assert!(
@@ -275,8 +289,8 @@ fn every_write_carries_what_aws_requires() {
     }
     assert_eq!(
         (puts, starts, parts, completes, taggings),
-        (1, 1, 3, 1, 1),
-        "one single PUT, one multipart upload of three parts, one tagging: {:?}",
+        (2, 1, 3, 1, 1),
+        "two single PUTs (one refused), one multipart upload of three parts, one tagging: {:?}",
         requests
             .iter()
             .map(|r| format!("{} {}", r.method, r.target))

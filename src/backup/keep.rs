@@ -6,7 +6,7 @@
 //! versioned, locked bucket where deleting would only hide the mark.
 
 use super::{prefix, read_manifest, Manifest};
-use crate::store::{Class, Store};
+use crate::store::{Class, Mode, Store};
 use crate::wal::names::{Lsn, SegmentName, WalFile};
 use anyhow::{bail, Context, Result};
 use chrono::{DateTime, NaiveDate, Utc};
@@ -81,8 +81,14 @@ pub async fn run(store: &dyn Store, id: &str, mark: Mark, note: Option<String>) 
         marked_by: crate::pg::conn::os_user(),
     };
     let text = serde_json::to_vec_pretty(&keep)?;
+    // The one object walvault replaces on purpose: a mark changes.
     store
-        .put(&key(id), Box::new(std::io::Cursor::new(text)))
+        .write(
+            &key(id),
+            Box::new(std::io::Cursor::new(text)),
+            Class::Standard,
+            Mode::Replace,
+        )
         .await?;
     match keep.reason(now) {
         Some(r) => println!("backup {id}: {r}; no retention policy removes it"),

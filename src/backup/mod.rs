@@ -21,6 +21,7 @@ use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 pub const MANIFEST_FORMAT: u32 = 1;
 
@@ -37,6 +38,10 @@ pub struct Part {
     pub files: u64,
     pub raw_bytes: u64,
     pub stored_bytes: u64,
+    /// The version id the store gave this part (versioned buckets): `verify`
+    /// tells a part replaced since from the one the backup wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -67,9 +72,32 @@ pub struct Manifest {
     pub tablespaces: Vec<Tablespace>,
     pub encrypted: bool,
     pub created_by: String,
+    /// Version ids of the backup's other objects (label, tablespace map, file
+    /// list) on a versioned bucket, by key.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub versions: BTreeMap<String, String>,
 }
 
 impl Manifest {
+    /// `store` with this backup's objects read at the versions it wrote: what a
+    /// restore reads even if a key was overwritten since.
+    pub fn pinned(&self, store: Arc<dyn Store>) -> Arc<dyn Store> {
+        let versions = self
+            .recorded_versions()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()));
+        crate::store::Pinned::over(store, versions)
+    }
+
+    /// Every object of the backup whose version id the store gave, with it.
+    pub fn recorded_versions(&self) -> Vec<(&str, &str)> {
+        let parts = self
+            .parts
+            .iter()
+            .filter_map(|p| Some((p.key.as_str(), p.version.as_deref()?)));
+        let others = self.versions.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        parts.chain(others).collect()
+    }
     pub fn start(&self) -> Result<Lsn> {
         Lsn::parse(&self.start_lsn)
     }

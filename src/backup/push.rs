@@ -9,12 +9,13 @@ use super::{FileRecord, Manifest, Part, Tablespace, MANIFEST_FORMAT};
 use crate::codec::Codec;
 use crate::config::Config;
 use crate::progress::Progress;
-use crate::store::{Class, Store};
+use crate::store::{Class, Mode, Store};
 use crate::wal::names::{Lsn, SegmentName};
 use crate::{pg, repo};
 use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -208,9 +209,14 @@ pub async fn run(
                 .await
         }
     };
-    put_text(format!("{}backup_label", super::prefix(&id)), labelfile).await?;
+    let mut versions = BTreeMap::new();
+    let label_key = format!("{}backup_label", super::prefix(&id));
+    let up = put_text(label_key.clone(), labelfile).await?;
+    versions.extend(up.version.map(|v| (label_key, v)));
     if let Some(map) = spcmap.filter(|s| !s.is_empty()) {
-        put_text(format!("{}tablespace_map", super::prefix(&id)), map).await?;
+        let map_key = format!("{}tablespace_map", super::prefix(&id));
+        let up = put_text(map_key.clone(), map).await?;
+        versions.extend(up.version.map(|v| (map_key, v)));
     }
     let wait = Duration::from_secs(cfg.backup.wal_wait_seconds as u64);
     if let Err(e) = wait_for_wal(store.as_ref(), timeline, start, stop, seg_size as u64, wait).await
@@ -227,13 +233,11 @@ pub async fn run(
         .unzip();
     let records: Vec<FileRecord> = records.into_iter().flatten().collect();
     let files_json = serde_json::to_vec(&records)?;
-    codec
-        .upload(
-            store.as_ref(),
-            &format!("{}files.json", super::prefix(&id)),
-            io::Cursor::new(files_json),
-        )
+    let files_key = format!("{}files.json", super::prefix(&id));
+    let up = codec
+        .upload(store.as_ref(), &files_key, io::Cursor::new(files_json))
         .await?;
+    versions.extend(up.version.map(|v| (files_key, v)));
     let manifest = Manifest {
         format: MANIFEST_FORMAT,
         id: id.clone(),
@@ -261,6 +265,7 @@ pub async fn run(
             .collect(),
         encrypted: codec.encrypts(),
         created_by: format!("walvault {}", env!("CARGO_PKG_VERSION")),
+        versions,
     };
     // Last: from this moment the backup exists.
     let json = serde_json::to_vec_pretty(&manifest)?;
@@ -302,7 +307,7 @@ async fn upload_part(
 ) -> Result<(Part, Vec<FileRecord>)> {
     let key = format!("{}part-{index:04}.tar", super::prefix(id));
     let (up, records) = codec
-        .upload_from(store, &key, Class::Standard, move |w| {
+        .upload_from(store, &key, Class::Standard, Mode::Create, move |w| {
             write_tar(&entries, index, w, &progress)
         })
         .await?;
@@ -312,6 +317,7 @@ async fn upload_part(
             files: records.len() as u64,
             raw_bytes: up.trailer.plain_len,
             stored_bytes: up.stored_len,
+            version: up.version,
         },
         records,
     ))

@@ -135,7 +135,7 @@ pub async fn run(store: Arc<dyn Store>, codec: &Codec, opts: Options) -> Result<
             }
         }
         if full && problems.len() == before {
-            match read_files(store.as_ref(), codec, &m.id).await {
+            match read_files(m.pinned(store.clone()).as_ref(), codec, &m.id).await {
                 Ok(files) => {
                     indexes.insert(
                         m.id.clone(),
@@ -146,6 +146,26 @@ pub async fn run(store: Arc<dyn Store>, codec: &Codec, opts: Options) -> Result<
                     owner: m.id.clone(),
                     text: format!("DAMAGED file list: {e:#}"),
                 }),
+            }
+        }
+    }
+    // On a versioned bucket the backup recorded the version it wrote of each
+    // object: one that was replaced since (by a host holding only the public
+    // recipient, its content can still decode cleanly) serves another version.
+    for m in &chosen {
+        for (key, wrote) in m.recorded_versions() {
+            let Some(now) = store.head(key).await? else {
+                continue; // reported MISSING above
+            };
+            if now.version.as_deref() != Some(wrote) {
+                problems.push(Problem {
+                    owner: m.id.clone(),
+                    text: format!(
+                        "REPLACED {}: the backup wrote version {wrote}, the bucket now serves version {}; recover and verify read version {wrote} while the bucket keeps it (docs/runbook.md, scenario 4)",
+                        store.locate(key),
+                        now.version.as_deref().unwrap_or("none")
+                    ),
+                });
             }
         }
     }
@@ -162,6 +182,10 @@ pub async fn run(store: Arc<dyn Store>, codec: &Codec, opts: Options) -> Result<
         }
     }
 
+    let pinned: HashMap<String, Arc<dyn Store>> = chosen
+        .iter()
+        .map(|m| (m.id.clone(), m.pinned(store.clone())))
+        .collect();
     let total: u64 = jobs.iter().map(|j| j.size).sum();
     let progress = Arc::new(Progress::new("verify", total));
     let inner = Arc::new(Progress::hidden());
@@ -174,6 +198,8 @@ pub async fn run(store: Arc<dyn Store>, codec: &Codec, opts: Options) -> Result<
                 inner.clone(),
             );
             let index = indexes.get(&job.owner).cloned();
+            // What a restore reads: the versions the backup wrote.
+            let store = pinned.get(&job.owner).cloned().unwrap_or(store);
             async move {
                 let r = check(store, codec, &job, index, full, inner).await;
                 progress.add(job.size);

@@ -6,7 +6,7 @@
 pub mod envelope;
 pub mod keys;
 
-use crate::store::{Body, Class, Store};
+use crate::store::{Body, Class, Mode, Store};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use envelope::{
@@ -227,20 +227,22 @@ impl Codec {
         key: &str,
         src: R,
     ) -> Result<Uploaded> {
-        self.upload_class(store, key, src, Class::Standard).await
+        self.upload_class(store, key, src, Class::Standard, Mode::Create)
+            .await
     }
 
-    /// `upload` into a lifecycle class other than the daily one.
+    /// `upload` into a lifecycle class other than the daily one, or replacing.
     pub async fn upload_class<R: Read + Send + 'static>(
         &self,
         store: &dyn Store,
         key: &str,
         src: R,
         class: Class,
+        mode: Mode,
     ) -> Result<Uploaded> {
         let mut src = src;
         Ok(self
-            .upload_from(store, key, class, move |w| {
+            .upload_from(store, key, class, mode, move |w| {
                 copy_large(&mut src, w).map(|_| ())
             })
             .await?
@@ -255,6 +257,7 @@ impl Codec {
         store: &dyn Store,
         key: &str,
         class: Class,
+        mode: Mode,
         produce: F,
     ) -> Result<(Uploaded, T)>
     where
@@ -280,6 +283,7 @@ impl Codec {
                     Uploaded {
                         trailer,
                         stored_len: w.sent,
+                        version: None,
                     },
                     t,
                 )),
@@ -294,12 +298,18 @@ impl Codec {
             rx.recv().await.map(|item| (item, rx))
         });
         let body: Body = Box::new(tokio_util::io::StreamReader::new(Box::pin(stream)));
-        let stored = store.put_class(key, body, class).await;
+        let stored = store.write(key, body, class, mode).await;
         let encoded = encoder.await.context("encoder task failed")?;
         match (encoded, stored) {
             (Err(e), _) => Err(e).with_context(|| format!("encoding {}", store.locate(key))),
             (Ok(_), Err(e)) => Err(e),
-            (Ok(r), Ok(())) => Ok(r),
+            (Ok((up, t)), Ok(stored)) => Ok((
+                Uploaded {
+                    version: stored.version,
+                    ..up
+                },
+                t,
+            )),
         }
     }
 
@@ -329,11 +339,13 @@ impl Codec {
 }
 
 /// What an upload stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Uploaded {
     pub trailer: Trailer,
     /// Bytes stored (header, body and trailer).
     pub stored_len: u64,
+    /// The stored object's version id on a versioned bucket.
+    pub version: Option<String>,
 }
 
 enum Compressed<W: Write> {

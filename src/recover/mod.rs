@@ -159,6 +159,8 @@ pub async fn restore_into(
     plan: &Plan,
 ) -> Result<restore::Restored> {
     let b = &plan.backup;
+    // The versions the backup wrote, whatever replaced them since.
+    let store = b.pinned(store);
     let files = backup::read_files(store.as_ref(), codec, &b.id).await?;
     let label = backup::read_text(
         store.as_ref(),

@@ -2,9 +2,11 @@
 //!
 //! Each object is a file. A write goes to a hidden temporary file in the same
 //! directory, is fsync'd, renamed over the key and the directory fsync'd: a crash
-//! leaves either the old object or the new one, never a part.
+//! leaves either the old object or the new one, never a part. A create-only write
+//! links the temporary file to the key instead: the kernel refuses a taken name
+//! atomically, so two writers of one key cannot both succeed.
 
-use super::{Body, ObjectMeta, Store};
+use super::{AlreadyStored, Body, Class, Mode, ObjectMeta, Store, Stored};
 use anyhow::{Context, Result};
 use async_trait::async_trait;
 use std::io::ErrorKind;
@@ -123,7 +125,7 @@ pub fn write_file_atomically(path: &Path, data: &[u8]) -> anyhow::Result<()> {
 
 #[async_trait]
 impl Store for FsStore {
-    async fn put(&self, key: &str, mut body: Body) -> Result<()> {
+    async fn write(&self, key: &str, mut body: Body, _: Class, mode: Mode) -> Result<Stored> {
         let dest = self.path(key);
         let dir = dest
             .parent()
@@ -150,14 +152,29 @@ impl Store for FsStore {
                 .await
                 .with_context(|| format!("fsync {}", tmp.display()))?;
             drop(f);
-            tokio::fs::rename(&tmp, &dest)
-                .await
-                .with_context(|| format!("rename to {}", dest.display()))?;
+            match mode {
+                Mode::Replace => tokio::fs::rename(&tmp, &dest)
+                    .await
+                    .with_context(|| format!("rename to {}", dest.display()))?,
+                Mode::Create => {
+                    let linked = tokio::fs::hard_link(&tmp, &dest).await;
+                    let _ = tokio::fs::remove_file(&tmp).await;
+                    match linked {
+                        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                            return Err(AlreadyStored {
+                                location: dest.display().to_string(),
+                            }
+                            .into())
+                        }
+                        r => r.with_context(|| format!("link to {}", dest.display()))?,
+                    }
+                }
+            }
             let d = dir.clone();
             tokio::task::spawn_blocking(move || sync_dir(&d))
                 .await?
                 .with_context(|| format!("fsync directory {}", dir.display()))?;
-            Ok(())
+            Ok(Stored::default())
         }
         .await;
         if result.is_err() {
@@ -198,6 +215,7 @@ impl Store for FsStore {
                 size: m.len(),
                 modified: m.modified().ok().map(Into::into),
                 retain_until: None,
+                version: None,
             })),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("cannot stat {}", p.display())),
@@ -262,6 +280,7 @@ fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<ObjectMeta>) -> Res
                 size: m.len(),
                 modified: m.modified().ok().map(Into::into),
                 retain_until: None,
+                version: None,
             });
         }
     }
@@ -317,6 +336,27 @@ mod tests {
         s.delete("wal/a").await.unwrap();
         s.delete("wal/a").await.unwrap();
         assert!(s.head("wal/a").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_create_only_write_never_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FsStore::new(dir.path().to_path_buf());
+        s.put("wal/a", body(b"first")).await.unwrap();
+        let e = s.put("wal/a", body(b"second")).await.unwrap_err();
+        assert!(super::super::already_stored(&e), "{e:#}");
+        assert!(format!("{e:#}").contains("already exists"), "{e:#}");
+        let read = |s: &FsStore| std::fs::read(s.path("wal/a")).unwrap();
+        assert_eq!(read(&s), b"first");
+        s.write("wal/a", body(b"third"), Class::Standard, Mode::Replace)
+            .await
+            .unwrap();
+        assert_eq!(read(&s), b"third");
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("wal")).unwrap().count(),
+            1,
+            "no temporary file left behind"
+        );
     }
 
     #[tokio::test]

@@ -23,25 +23,85 @@ pub struct ObjectMeta {
     pub modified: Option<DateTime<Utc>>,
     /// Object Lock: the object cannot be deleted before this time (HEAD on S3 only).
     pub retain_until: Option<DateTime<Utc>>,
+    /// The current version's id on a versioned bucket (HEAD on S3 only).
+    pub version: Option<String>,
+}
+
+/// How a write treats an object already stored under its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Create only: a key already taken is refused with [`AlreadyStored`], by the
+    /// store itself and atomically (S3 `If-None-Match: *`, a hard link locally), so
+    /// a compromised host cannot rewrite history it already stored.
+    Create,
+    /// Replace what is there: marks that change, a damaged copy being mended.
+    Replace,
+}
+
+/// What a write stored.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stored {
+    /// The object's version id on a versioned bucket: what `verify` later
+    /// compares with the current version to tell a replaced object.
+    pub version: Option<String>,
+}
+
+/// A create-only write found its key taken: callers branch on it (a WAL push
+/// compares the stored copy with its file).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{location} already exists (walvault writes create-only and never replaces a stored object)"
+)]
+pub struct AlreadyStored {
+    pub location: String,
+}
+
+/// Whether `e` (at any depth of its context) is a create-only refusal.
+pub fn already_stored(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<AlreadyStored>())
 }
 
 #[async_trait]
 pub trait Store: Send + Sync {
-    /// Stores `body` under `key`, replacing any object there. Returns once durable.
-    async fn put(&self, key: &str, body: Body) -> Result<()>;
-    /// `put` in a lifecycle class (S3 with `s3.class_tags`: the object's tag).
-    async fn put_class(&self, key: &str, body: Body, _class: Class) -> Result<()> {
-        self.put(key, body).await
-    }
-    /// `put_class` of bytes already in memory (S3 sends them without copying them again).
-    async fn put_bytes(&self, key: &str, data: bytes::Bytes, class: Class) -> Result<()> {
-        self.put_class(key, Box::new(std::io::Cursor::new(data)), class)
+    /// Stores `body` under `key` in a lifecycle class (S3 with `s3.class_tags`:
+    /// the object's tag), as `mode` says. Returns once durable.
+    async fn write(&self, key: &str, body: Body, class: Class, mode: Mode) -> Result<Stored>;
+    /// `write` of bytes already in memory (S3 sends them without copying them again).
+    async fn write_bytes(
+        &self,
+        key: &str,
+        data: bytes::Bytes,
+        class: Class,
+        mode: Mode,
+    ) -> Result<Stored> {
+        self.write(key, Box::new(std::io::Cursor::new(data)), class, mode)
             .await
+    }
+    /// Stores a new object under `key`; a key already taken is [`AlreadyStored`].
+    async fn put(&self, key: &str, body: Body) -> Result<Stored> {
+        self.write(key, body, Class::Standard, Mode::Create).await
+    }
+    /// `put` in a lifecycle class.
+    async fn put_class(&self, key: &str, body: Body, class: Class) -> Result<Stored> {
+        self.write(key, body, class, Mode::Create).await
+    }
+    /// `put_class` of bytes already in memory.
+    async fn put_bytes(&self, key: &str, data: bytes::Bytes, class: Class) -> Result<Stored> {
+        self.write_bytes(key, data, class, Mode::Create).await
     }
     /// Opens `key` for reading; `None` when the store says it does not exist.
     async fn get(&self, key: &str) -> Result<Option<Body>>;
     /// The last `n` bytes of `key` (all of it when shorter); `None` when absent.
     async fn get_tail(&self, key: &str, n: u64) -> Result<Option<Vec<u8>>>;
+    /// `get` of one version of `key` (versioned buckets); stores without
+    /// versions have only the one.
+    async fn get_version(&self, key: &str, _version: &str) -> Result<Option<Body>> {
+        self.get(key).await
+    }
+    /// `get_tail` of one version of `key`.
+    async fn get_tail_version(&self, key: &str, n: u64, _version: &str) -> Result<Option<Vec<u8>>> {
+        self.get_tail(key, n).await
+    }
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>>;
     /// Every object whose key starts with `prefix`, in key order.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
@@ -59,6 +119,67 @@ pub trait Store: Send + Sync {
     }
     /// Where `key` lives, for messages: `s3://bucket/prefix/key` or a path.
     fn locate(&self, key: &str) -> String;
+}
+
+/// A store whose reads of some keys are pinned to a version: a backup's objects
+/// at the versions its manifest recorded, so that a restore or a verify reads
+/// what the backup wrote even if the key was overwritten since. Writes and
+/// listings go to the store as they are.
+pub struct Pinned {
+    inner: Arc<dyn Store>,
+    versions: std::collections::HashMap<String, String>,
+}
+
+impl Pinned {
+    /// `inner` itself when nothing is pinned.
+    pub fn over(
+        inner: Arc<dyn Store>,
+        versions: impl IntoIterator<Item = (String, String)>,
+    ) -> Arc<dyn Store> {
+        let versions: std::collections::HashMap<String, String> = versions.into_iter().collect();
+        if versions.is_empty() {
+            inner
+        } else {
+            Arc::new(Pinned { inner, versions })
+        }
+    }
+}
+
+#[async_trait]
+impl Store for Pinned {
+    async fn write(&self, key: &str, body: Body, class: Class, mode: Mode) -> Result<Stored> {
+        self.inner.write(key, body, class, mode).await
+    }
+    async fn get(&self, key: &str) -> Result<Option<Body>> {
+        match self.versions.get(key) {
+            Some(v) => self.inner.get_version(key, v).await,
+            None => self.inner.get(key).await,
+        }
+    }
+    async fn get_tail(&self, key: &str, n: u64) -> Result<Option<Vec<u8>>> {
+        match self.versions.get(key) {
+            Some(v) => self.inner.get_tail_version(key, n, v).await,
+            None => self.inner.get_tail(key, n).await,
+        }
+    }
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
+        self.inner.head(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.inner.delete(key).await
+    }
+    async fn object_lock(&self) -> Result<bool> {
+        self.inner.object_lock().await
+    }
+    async fn set_class(&self, key: &str, class: Class) -> Result<bool> {
+        self.inner.set_class(key, class).await
+    }
+    fn locate(&self, key: &str) -> String {
+        self.inner.locate(key)
+    }
 }
 
 /// Reads a small clear JSON object (identity, manifest, mark, report); `None`

@@ -5,7 +5,7 @@
 //! roles); `s3.endpoint`/`s3.region` override. The chain is lazy: when the
 //! environment gives region and keys, the instance metadata service is never asked.
 
-use super::{Body, Class, ObjectMeta, Store};
+use super::{AlreadyStored, Body, Class, Mode, ObjectMeta, Store, Stored};
 use crate::config;
 use anyhow::{anyhow, Context, Result};
 use async_trait::async_trait;
@@ -36,6 +36,8 @@ pub struct S3Store {
     lock: Option<(ObjectLockMode, i64)>,
     /// Tag every new object with its lifecycle class (s3.class_tags).
     class_tags: bool,
+    /// s3.create_only: `If-None-Match: *` on create-only writes.
+    create_only: bool,
     /// s3.timeout_seconds, also the longest wait for the next bytes of a body.
     timeout: Duration,
 }
@@ -152,6 +154,9 @@ where
                     "; check the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, profile or role) and the bucket policy"
                 }
                 "NoSuchBucket" => "; check the bucket in the repo setting",
+                "NotImplemented" => {
+                    "; a store without conditional writes (If-None-Match) needs s3.create_only = false"
+                }
                 "PermanentRedirect" | "AuthorizationHeaderMalformed" => {
                     "; check s3.region (AWS_REGION)"
                 }
@@ -178,6 +183,21 @@ where
     }
 }
 
+/// `sdk_err` for a write: a `412 Precondition Failed` answer to `If-None-Match: *`
+/// is the typed refusal [`AlreadyStored`], which callers branch on.
+fn write_err<E>(
+    e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    location: String,
+) -> anyhow::Error
+where
+    E: std::error::Error + aws_sdk_s3::error::ProvideErrorMetadata + 'static,
+{
+    if e.raw_response().is_some_and(|r| r.status().as_u16() == 412) {
+        return AlreadyStored { location }.into();
+    }
+    sdk_err(e)
+}
+
 impl S3Store {
     pub async fn connect(cfg: &config::S3, bucket: String, prefix: String) -> Result<S3Store> {
         Ok(S3Store {
@@ -197,6 +217,7 @@ impl S3Store {
                 .as_deref()
                 .map(|m| (ObjectLockMode::from(m), cfg.object_lock_days)),
             class_tags: cfg.class_tags,
+            create_only: cfg.create_only,
             timeout: Duration::from_secs(cfg.timeout_seconds as u64),
         })
     }
@@ -216,16 +237,28 @@ impl S3Store {
         })
     }
 
+    /// The `If-None-Match` header of a write.
+    fn condition(&self, mode: Mode) -> Option<String> {
+        (self.create_only && mode == Mode::Create).then(|| "*".to_string())
+    }
+
     /// The `x-amz-tagging` value for a new object of `class`.
     fn tagging(&self, class: Class) -> Option<String> {
         self.class_tags
             .then(|| format!("{}={}", Class::TAG, class.as_str()))
     }
 
-    async fn put_single(&self, key: &str, data: bytes::Bytes, class: Class) -> Result<()> {
+    async fn put_single(
+        &self,
+        key: &str,
+        data: bytes::Bytes,
+        class: Class,
+        mode: Mode,
+    ) -> Result<Stored> {
         let len = data.len() as i64;
         let crc = crc32(&data);
-        self.client
+        let out = self
+            .client
             .put_object()
             .bucket(&self.bucket)
             .key(self.full(key))
@@ -239,10 +272,13 @@ impl S3Store {
             .checksum_algorithm(ChecksumAlgorithm::Crc32)
             .checksum_crc32(crc)
             .set_tagging(self.tagging(class))
+            .set_if_none_match(self.condition(mode))
             .send()
             .await
-            .map_err(sdk_err)?;
-        Ok(())
+            .map_err(|e| write_err(e, self.locate(key)))?;
+        Ok(Stored {
+            version: out.version_id().map(str::to_string),
+        })
     }
 
     async fn put_multipart(
@@ -251,7 +287,8 @@ impl S3Store {
         first: bytes::Bytes,
         body: &mut Body,
         class: Class,
-    ) -> Result<()> {
+        mode: Mode,
+    ) -> Result<Stored> {
         let created = self
             .client
             .create_multipart_upload()
@@ -306,7 +343,8 @@ impl S3Store {
                 }
                 chunk = next;
             }
-            self.client
+            let done = self
+                .client
                 .complete_multipart_upload()
                 .bucket(&self.bucket)
                 .key(self.full(key))
@@ -316,10 +354,13 @@ impl S3Store {
                         .set_parts(Some(parts))
                         .build(),
                 )
+                .set_if_none_match(self.condition(mode))
                 .send()
                 .await
-                .map_err(sdk_err)?;
-            Ok(())
+                .map_err(|e| write_err(e, self.locate(key)))?;
+            Ok(Stored {
+                version: done.version_id().map(str::to_string),
+            })
         }
         .await;
         if result.is_err() {
@@ -335,6 +376,59 @@ impl S3Store {
                 .await;
         }
         result
+    }
+
+    /// GET of `key`, of one version when given (versioned buckets).
+    async fn get_at(&self, key: &str, version: Option<&str>) -> Result<Option<Body>> {
+        match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.full(key))
+            .set_version_id(version.map(str::to_string))
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(Box::new(IdleTimeout::new(
+                out.body.into_async_read(),
+                self.timeout,
+            )))),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
+            Err(e) => {
+                Err(sdk_err(e)).with_context(|| format!("S3 GET of {} failed", self.locate(key)))
+            }
+        }
+    }
+
+    async fn get_tail_at(
+        &self,
+        key: &str,
+        n: u64,
+        version: Option<&str>,
+    ) -> Result<Option<Vec<u8>>> {
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.full(key))
+            .set_version_id(version.map(str::to_string))
+            .range(format!("bytes=-{n}"))
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
+            Err(e) => {
+                return Err(sdk_err(e))
+                    .with_context(|| format!("S3 GET of {} failed", self.locate(key)))
+            }
+        };
+        let data = tokio::time::timeout(self.timeout, out.body.collect())
+            .await
+            .map_err(|_| anyhow!("no data for {:?}", self.timeout))
+            .and_then(|r| r.map_err(anyhow::Error::new))
+            .with_context(|| format!("reading {}", self.locate(key)))?;
+        Ok(Some(data.to_vec()))
     }
 }
 
@@ -399,76 +493,49 @@ async fn fill(body: &mut Body, limit: usize) -> Result<(bytes::Bytes, bool)> {
 
 #[async_trait]
 impl Store for S3Store {
-    async fn put(&self, key: &str, body: Body) -> Result<()> {
-        self.put_class(key, body, Class::Standard).await
-    }
-
-    async fn put_class(&self, key: &str, mut body: Body, class: Class) -> Result<()> {
+    async fn write(&self, key: &str, mut body: Body, class: Class, mode: Mode) -> Result<Stored> {
         let (first, ended) = fill(&mut body, self.part_size)
             .await
             .with_context(|| format!("reading the data for {}", self.locate(key)))?;
         let r = if ended {
-            self.put_single(key, first, class).await
+            self.put_single(key, first, class, mode).await
         } else {
-            self.put_multipart(key, first, &mut body, class).await
+            self.put_multipart(key, first, &mut body, class, mode).await
         };
         r.with_context(|| format!("S3 upload of {} failed", self.locate(key)))
     }
 
-    async fn put_bytes(&self, key: &str, data: bytes::Bytes, class: Class) -> Result<()> {
+    async fn write_bytes(
+        &self,
+        key: &str,
+        data: bytes::Bytes,
+        class: Class,
+        mode: Mode,
+    ) -> Result<Stored> {
         if data.len() > self.part_size {
             return self
-                .put_class(key, Box::new(std::io::Cursor::new(data)), class)
+                .write(key, Box::new(std::io::Cursor::new(data)), class, mode)
                 .await;
         }
-        self.put_single(key, data, class)
+        self.put_single(key, data, class, mode)
             .await
             .with_context(|| format!("S3 upload of {} failed", self.locate(key)))
     }
 
     async fn get(&self, key: &str) -> Result<Option<Body>> {
-        match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.full(key))
-            .send()
-            .await
-        {
-            Ok(out) => Ok(Some(Box::new(IdleTimeout::new(
-                out.body.into_async_read(),
-                self.timeout,
-            )))),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
-            Err(e) => {
-                Err(sdk_err(e)).with_context(|| format!("S3 GET of {} failed", self.locate(key)))
-            }
-        }
+        self.get_at(key, None).await
+    }
+
+    async fn get_version(&self, key: &str, version: &str) -> Result<Option<Body>> {
+        self.get_at(key, Some(version)).await
     }
 
     async fn get_tail(&self, key: &str, n: u64) -> Result<Option<Vec<u8>>> {
-        let out = match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.full(key))
-            .range(format!("bytes=-{n}"))
-            .send()
-            .await
-        {
-            Ok(out) => out,
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
-            Err(e) => {
-                return Err(sdk_err(e))
-                    .with_context(|| format!("S3 GET of {} failed", self.locate(key)))
-            }
-        };
-        let data = tokio::time::timeout(self.timeout, out.body.collect())
-            .await
-            .map_err(|_| anyhow!("no data for {:?}", self.timeout))
-            .and_then(|r| r.map_err(anyhow::Error::new))
-            .with_context(|| format!("reading {}", self.locate(key)))?;
-        Ok(Some(data.to_vec()))
+        self.get_tail_at(key, n, None).await
+    }
+
+    async fn get_tail_version(&self, key: &str, n: u64, version: &str) -> Result<Option<Vec<u8>>> {
+        self.get_tail_at(key, n, Some(version)).await
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
@@ -489,6 +556,7 @@ impl Store for S3Store {
                 retain_until: out
                     .object_lock_retain_until_date()
                     .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())),
+                version: out.version_id().map(str::to_string),
             })),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
             Err(e) => {
@@ -522,6 +590,7 @@ impl Store for S3Store {
                         .last_modified()
                         .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())),
                     retain_until: None,
+                    version: None,
                 });
             }
         }

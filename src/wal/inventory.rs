@@ -162,6 +162,7 @@ mod tests {
                         size: 1,
                         modified: None,
                         retain_until: None,
+                        version: None,
                     },
                 )
             })

@@ -7,7 +7,7 @@
 use super::header::{LongPageHeader, LONG_HEADER_LEN};
 use super::names::WalFile;
 use crate::codec::{self, envelope::Trailer, Codec, DecodeError};
-use crate::store::{Class, Store};
+use crate::store::{Class, Mode, Store};
 use crate::{pg, repo};
 use anyhow::{bail, Context, Result};
 use std::io::Read;
@@ -234,37 +234,19 @@ async fn push_one(
         Some(e) => e,
         None => codec::read_trailer(store, &key).await,
     };
-    let existing = match existing {
-        Ok(e) => e,
+    // Create-only, unless the stored copy is damaged or vanished and is mended.
+    let mut mode = Mode::Create;
+    match existing {
+        Ok(Some(stored)) => match settle(store, &key, name, path, &stored).await? {
+            Some(pushed) => return Ok(pushed),
+            None => mode = Mode::Replace,
+        },
+        Ok(None) => {}
         Err(DecodeError::Integrity(e)) => {
             replacing_damaged(name, &e);
-            None
+            mode = Mode::Replace;
         }
         Err(e) => return Err(e.into()),
-    };
-    if let Some(stored) = existing {
-        let (sha, len) = sha256_of_file(path).await?;
-        if sha == stored.plain_sha256 && len == stored.plain_len {
-            // PostgreSQL re-sends only after a failure: worth one read to be sure the
-            // stored copy is whole, and to mend it from the file while it still exists.
-            match codec::verify_stored(store, &key).await {
-                Ok(Some(_)) => {
-                    tracing::info!("{name} is already archived with identical content");
-                    return Ok(Pushed { len });
-                }
-                Ok(None) => {}
-                Err(DecodeError::Integrity(e)) => replacing_damaged(name, &e),
-                Err(e) => return Err(e.into()),
-            }
-        } else {
-            bail!(
-            "{name} is already archived at {} with DIFFERENT content (stored sha256 {}, {} bytes; this file sha256 {}, {len} bytes); refusing to overwrite. Two clusters may be archiving into one repository, or this cluster was restored without a new timeline: keep the repository and give this cluster its own",
-            store.locate(&key),
-            hex::encode(stored.plain_sha256),
-            stored.plain_len,
-            hex::encode(sha)
-        );
-        }
     }
 
     // History files are never expired: later timelines are found through them.
@@ -272,27 +254,90 @@ async fn push_one(
         WalFile::History(_) => Class::Kept,
         _ => Class::Standard,
     };
-    let (plain_len, stored_len) = match encoded {
+    let stored = match encoded {
         Some(task) => {
             let (trailer, bytes) = task
                 .await
                 .context("encoder task failed")?
                 .with_context(|| format!("encoding {}", path.display()))?;
             let stored_len = bytes.len() as u64;
-            store.put_bytes(&key, bytes.into(), class).await?;
-            (trailer.plain_len, stored_len)
+            store
+                .write_bytes(&key, bytes.into(), class, mode)
+                .await
+                .map(|_| (trailer.plain_len, stored_len))
         }
         None => {
             let file = std::fs::File::open(path)
                 .with_context(|| format!("cannot open {}", path.display()))?;
-            let up = for_kind(codec, &checked.kind)
-                .upload_class(store, &key, file, class)
-                .await?;
-            (up.trailer.plain_len, up.stored_len)
+            for_kind(codec, &checked.kind)
+                .upload_class(store, &key, file, class, mode)
+                .await
+                .map(|up| (up.trailer.plain_len, up.stored_len))
         }
+    };
+    let (plain_len, stored_len) = match stored {
+        Ok(s) => s,
+        Err(e) if crate::store::already_stored(&e) => {
+            // Stored by someone else since the check (a standby archiving the same
+            // segment, a retried request): the same comparison decides.
+            tracing::info!(
+                "{name} was stored by another push meanwhile (create-only write refused); comparing"
+            );
+            return match codec::read_trailer(store, &key).await {
+                Ok(Some(stored)) => match settle(store, &key, name, path, &stored).await? {
+                    Some(pushed) => Ok(pushed),
+                    None => bail!(
+                        "{name} was stored at {} by another push meanwhile, and that copy does not read back whole; the next attempt replaces it",
+                        store.locate(&key)
+                    ),
+                },
+                Ok(None) => Err(e),
+                Err(d) => Err(anyhow::Error::from(d).context(format!(
+                    "{name} was stored at {} by another push meanwhile",
+                    store.locate(&key)
+                ))),
+            };
+        }
+        Err(e) => return Err(e),
     };
     tracing::debug!("stored {name} ({plain_len} bytes, {stored_len} stored)");
     Ok(Pushed { len: plain_len })
+}
+
+/// Compares the copy stored under `key` with the file: `Some` when identical and
+/// whole (nothing to do), `None` when it must be replaced (damaged or gone), an
+/// error when it differs, which is never overwritten.
+async fn settle(
+    store: &dyn Store,
+    key: &str,
+    name: &str,
+    path: &Path,
+    stored: &Trailer,
+) -> Result<Option<Pushed>> {
+    let (sha, len) = sha256_of_file(path).await?;
+    if sha != stored.plain_sha256 || len != stored.plain_len {
+        bail!(
+            "{name} is already archived at {} with DIFFERENT content (stored sha256 {}, {} bytes; this file sha256 {}, {len} bytes); refusing to overwrite. Two clusters may be archiving into one repository, or this cluster was restored without a new timeline: keep the repository and give this cluster its own",
+            store.locate(key),
+            hex::encode(stored.plain_sha256),
+            stored.plain_len,
+            hex::encode(sha)
+        );
+    }
+    // PostgreSQL re-sends only after a failure: worth one read to be sure the
+    // stored copy is whole, and to mend it from the file while it still exists.
+    match codec::verify_stored(store, key).await {
+        Ok(Some(_)) => {
+            tracing::info!("{name} is already archived with identical content");
+            Ok(Some(Pushed { len }))
+        }
+        Ok(None) => Ok(None),
+        Err(DecodeError::Integrity(e)) => {
+            replacing_damaged(name, &e);
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Timeline histories are stored in clear (compressed and checksummed): every

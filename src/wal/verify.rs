@@ -352,6 +352,7 @@ mod tests {
                         size: 1,
                         modified: Some(now - Duration::seconds(*age)),
                         retain_until: None,
+                        version: None,
                     },
                 )
             })
@@ -455,6 +456,7 @@ mod tests {
                 size: 1,
                 modified: Some(now),
                 retain_until: None,
+                version: None,
             },
         );
         let r = analyse_now(&i, &[backup(2)], now);

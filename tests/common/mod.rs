@@ -3,6 +3,7 @@
 //! A missing part is a failure with instructions, never a silent skip.
 #![allow(dead_code)]
 
+pub mod moto;
 pub mod proxy;
 
 use std::collections::BTreeMap;
@@ -118,7 +119,7 @@ pub fn walvault_bin() -> &'static Path {
     })
 }
 
-fn require(path: &str, what: &str) {
+pub fn require(path: &str, what: &str) {
     assert!(
         Path::new(path).exists(),
         "{what} is missing ({path}); run the README's test command (scripts/test.sh), which installs it"
@@ -278,6 +279,75 @@ fn weed_binary() -> PathBuf {
     PathBuf::from(p)
 }
 
+/// What every S3 server of the tests offers: an endpoint and the test key,
+/// and from them a client, walvault's S3 settings and its environment.
+pub trait S3Server {
+    fn endpoint(&self) -> String;
+    /// Access key id and secret.
+    fn keys(&self) -> (String, String);
+
+    fn s3_config(&self) -> walvault::config::S3 {
+        walvault::config::S3 {
+            endpoint: Some(self.endpoint()),
+            region: Some("us-east-1".into()),
+            force_path_style: true,
+            max_attempts: 1,
+            ..Default::default()
+        }
+    }
+
+    /// Runs an S3 call against this server with the test credentials.
+    fn s3<T, F, Fut>(&self, f: F) -> T
+    where
+        F: FnOnce(aws_sdk_s3::Client) -> Fut,
+        Fut: std::future::Future<Output = T>,
+    {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let cfg = self.s3_config();
+        let (ak, sk) = self.keys();
+        rt.block_on(async move {
+            let base = walvault::store::s3::client(&cfg).await;
+            let creds = aws_sdk_s3::config::Credentials::new(ak, sk, None, None, "walvault-tests");
+            let conf = base
+                .config()
+                .to_builder()
+                .credentials_provider(creds)
+                .build();
+            f(aws_sdk_s3::Client::from_conf(conf)).await
+        })
+    }
+
+    /// The environment for `s3://bucket/prefix` on this server.
+    fn walvault_env_in(&self, bucket: &str, prefix: &str) -> BTreeMap<String, String> {
+        let (ak, sk) = self.keys();
+        let mut e = base_env();
+        for (k, v) in [
+            ("WALVAULT_REPO", format!("s3://{bucket}/{prefix}")),
+            ("WALVAULT_S3_FORCE_PATH_STYLE", "true".into()),
+            ("AWS_ENDPOINT_URL", self.endpoint()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID", ak),
+            ("AWS_SECRET_ACCESS_KEY", sk),
+        ] {
+            e.insert(k.into(), v);
+        }
+        e
+    }
+}
+
+impl S3Server for Seaweed {
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports[6])
+    }
+
+    fn keys(&self) -> (String, String) {
+        (self.access_key.clone(), self.secret_key.clone())
+    }
+}
+
 impl Seaweed {
     pub fn start() -> Seaweed {
         let dir = tempfile::Builder::new()
@@ -343,10 +413,6 @@ impl Seaweed {
         w.https = Some(port);
         w.restart();
         (w, port)
-    }
-
-    pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.ports[6])
     }
 
     pub fn pid(&self) -> Option<i32> {
@@ -465,40 +531,6 @@ impl Seaweed {
                 }
             }
         }
-    }
-
-    pub fn s3_config(&self) -> walvault::config::S3 {
-        walvault::config::S3 {
-            endpoint: Some(self.endpoint()),
-            region: Some("us-east-1".into()),
-            force_path_style: true,
-            max_attempts: 1,
-            ..Default::default()
-        }
-    }
-
-    /// Runs an S3 call against this server with the test credentials.
-    pub fn s3<T, F, Fut>(&self, f: F) -> T
-    where
-        F: FnOnce(aws_sdk_s3::Client) -> Fut,
-        Fut: std::future::Future<Output = T>,
-    {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let cfg = self.s3_config();
-        let (ak, sk) = (self.access_key.clone(), self.secret_key.clone());
-        rt.block_on(async move {
-            let base = walvault::store::s3::client(&cfg).await;
-            let creds = aws_sdk_s3::config::Credentials::new(ak, sk, None, None, "walvault-tests");
-            let conf = base
-                .config()
-                .to_builder()
-                .credentials_provider(creds)
-                .build();
-            f(aws_sdk_s3::Client::from_conf(conf)).await
-        })
     }
 
     fn create_bucket(&self, name: &str) {
@@ -629,22 +661,6 @@ impl Seaweed {
         self.walvault_env_in(BUCKET, prefix)
     }
 
-    /// The environment for `s3://bucket/prefix` on this server.
-    pub fn walvault_env_in(&self, bucket: &str, prefix: &str) -> BTreeMap<String, String> {
-        let mut e = base_env();
-        for (k, v) in [
-            ("WALVAULT_REPO", format!("s3://{bucket}/{prefix}")),
-            ("WALVAULT_S3_FORCE_PATH_STYLE", "true".into()),
-            ("AWS_ENDPOINT_URL", self.endpoint()),
-            ("AWS_REGION", "us-east-1".into()),
-            ("AWS_ACCESS_KEY_ID", self.access_key.clone()),
-            ("AWS_SECRET_ACCESS_KEY", self.secret_key.clone()),
-        ] {
-            e.insert(k.into(), v);
-        }
-        e
-    }
-
     pub fn log_tail(&self) -> String {
         tail(&self.dir.path().join("weed.log"), 30)
     }
@@ -728,7 +744,7 @@ pub fn tail(path: &Path, lines: usize) -> String {
 
 // ---------------------------------------------------------------- PostgreSQL
 
-fn test_cache() -> PathBuf {
+pub fn test_cache() -> PathBuf {
     std::env::var("TEST_PG_CACHE")
         .unwrap_or_else(|_| "/var/tmp/walvault-test-cache".into())
         .into()
