@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The S3 server the tests use beside SeaweedFS: moto's S3 server (PyPI moto[server],
+# The object stores the tests use beside SeaweedFS (and Azurite, below). moto's S3 server (PyPI moto[server],
 # pinned), in its own virtual environment $TEST_PG_CACHE/moto (default
 # /var/tmp/walvault-test-cache), so that its Python dependencies never meet the
 # host's. tests/servers/moto_signed.py starts it with request signatures checked.
@@ -17,3 +17,17 @@ if [ "$(cat "$venv/VERSION" 2>/dev/null)" != "$moto_version" ] || ! "$venv/bin/p
   echo "$moto_version" > "$venv/VERSION"
 fi
 "$venv/bin/python" -c 'import moto; print("moto", moto.__version__)' >&2
+
+# Azurite, Azure Storage's emulator (npm azurite, pinned), for the Azure Blob
+# backend's tests: $TEST_PG_CACHE/azurite/node_modules/.bin/azurite-blob.
+azurite_version=3.37.0
+adir="$cache/azurite"
+if [ "$(cat "$adir/VERSION" 2>/dev/null)" != "$azurite_version" ] || [ ! -x "$adir/node_modules/.bin/azurite-blob" ]; then
+  command -v npm >/dev/null || { echo "npm is needed to install Azurite (the Azure Blob emulator the tests use)" >&2; exit 1; }
+  echo "installing azurite@$azurite_version into $adir ..." >&2
+  rm -rf "$adir"
+  mkdir -p "$adir"
+  (cd "$adir" && npm install --silent --no-audit --no-fund --no-save "azurite@$azurite_version" >&2)
+  echo "$azurite_version" > "$adir/VERSION"
+fi
+echo "azurite $("$adir/node_modules/.bin/azurite-blob" --version)" >&2

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need, checks formatting and lints,
-# then runs every test (unit and integration, against real PostgreSQL 15, SeaweedFS and
-# moto's S3 server with signatures checked,
+# then runs every test (unit and integration, against real PostgreSQL 15, SeaweedFS,
+# moto's S3 server with signatures checked, Azurite for Azure Blob,
 # and each major from 13 to 18 in tests/majors.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."

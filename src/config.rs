@@ -118,6 +118,31 @@ pub const KEYS: &[(&str, Kind, &str)] = &[
         "time limit to open a connection to S3",
     ),
     (
+        "azure.endpoint",
+        Kind::Str,
+        "Azure Blob endpoint URL (sovereign clouds, Azurite); else https://ACCOUNT.blob.core.windows.net",
+    ),
+    (
+        "azure.part_size_mb",
+        Kind::Int,
+        "block size in MiB (1 to 4000); larger objects are staged as blocks",
+    ),
+    (
+        "azure.max_attempts",
+        Kind::Int,
+        "attempts per Azure request, with exponential backoff",
+    ),
+    (
+        "azure.timeout_seconds",
+        Kind::Int,
+        "longest wait for more bytes of an Azure response",
+    ),
+    (
+        "azure.connect_timeout_seconds",
+        Kind::Int,
+        "time limit to open a connection to Azure",
+    ),
+    (
         "push.lookahead",
         Kind::Int,
         "wal-push: other .ready files one call also pushes (0 = only the file asked for)",
@@ -278,6 +303,8 @@ pub struct Config {
     #[serde(default)]
     pub s3: S3,
     #[serde(default)]
+    pub azure: Azure,
+    #[serde(default)]
     pub fetch: Fetch,
     #[serde(default)]
     pub push: Push,
@@ -293,6 +320,32 @@ pub struct Config {
     pub verify: Verify,
     #[serde(default)]
     pub drill: Drill,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Azure {
+    pub endpoint: Option<String>,
+    #[serde(default = "default_part_size_mb")]
+    pub part_size_mb: i64,
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: i64,
+    #[serde(default = "default_timeout")]
+    pub timeout_seconds: i64,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_seconds: i64,
+}
+
+impl Default for Azure {
+    fn default() -> Self {
+        Azure {
+            endpoint: None,
+            part_size_mb: default_part_size_mb(),
+            max_attempts: default_max_attempts(),
+            timeout_seconds: default_timeout(),
+            connect_timeout_seconds: default_connect_timeout(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -777,7 +830,20 @@ impl Config {
                 self.s3.part_size_mb
             );
         }
+        if !(1..=4000).contains(&self.azure.part_size_mb) {
+            bail!(
+                "config key azure.part_size_mb: {} is out of range, use 1 to 4000",
+                self.azure.part_size_mb
+            );
+        }
         for (key, v, lo) in [
+            ("azure.max_attempts", self.azure.max_attempts, 1),
+            ("azure.timeout_seconds", self.azure.timeout_seconds, 1),
+            (
+                "azure.connect_timeout_seconds",
+                self.azure.connect_timeout_seconds,
+                1,
+            ),
             ("s3.max_attempts", self.s3.max_attempts, 1),
             ("s3.timeout_seconds", self.s3.timeout_seconds, 1),
             (

@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::azurite::Azurite;
 use common::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -251,9 +252,11 @@ fn main() {
     let a = args();
     let root = pg_tempdir();
     let (weed, https) = Seaweed::start_with_https();
+    let az = Azurite::start();
+    az.create_container(AZ_CONTAINER);
     let keys = Keys::new(root.path());
     if a.wants("calls") {
-        bench_calls(&a, root.path(), &weed, https, &keys);
+        bench_calls(&a, root.path(), &weed, &az, https, &keys);
     }
     if a.wants("drain") {
         println!("{}", bench_drain(&a, root.path(), &weed, https, &keys));
@@ -262,14 +265,17 @@ fn main() {
         println!("{}", bench_replay(&a, root.path(), &weed, https, &keys));
     }
     if a.wants("backups") {
-        let backups = bench_backups(&a, root.path(), &weed, https, &keys);
+        let backups = bench_backups(&a, root.path(), &weed, &az, https, &keys);
         println!("{backups}");
     }
     drop(weed);
 }
 
 /// One process per call, as PostgreSQL calls archive_command and restore_command.
-fn bench_calls(a: &Args, root: &Path, weed: &Seaweed, https: u16, keys: &Keys) {
+/// The Azurite container the Azure rows use.
+const AZ_CONTAINER: &str = "bench";
+
+fn bench_calls(a: &Args, root: &Path, weed: &Seaweed, az: &Azurite, https: u16, keys: &Keys) {
     eprintln!(
         "making {} segments of real WAL with pgbench ...",
         a.segments
@@ -338,11 +344,11 @@ fn bench_calls(a: &Args, root: &Path, weed: &Seaweed, https: u16, keys: &Keys) {
         );
         add("cp (baseline)   fetch".into(), &mut p);
 
-        for backend in ["local dir", "S3 (SeaweedFS)"] {
-            let mut env = if backend == "local dir" {
-                fs_env(&root.join(format!("repo-{run}")))
-            } else {
-                weed.walvault_env(&format!("bench-{run}"))
+        for backend in ["local dir", "S3 (SeaweedFS)", "Azure (Azurite)"] {
+            let mut env = match backend {
+                "local dir" => fs_env(&root.join(format!("repo-{run}"))),
+                "S3 (SeaweedFS)" => weed.walvault_env(&format!("bench-{run}")),
+                _ => az.walvault_env(AZ_CONTAINER, &format!("bench-{run}")),
             };
             keys.add_to(&mut env);
             let mut p = timed(
@@ -442,6 +448,15 @@ walvault against pgBackRest (S3, one process per call): push {:.2}x faster, fetc
         pp / wp,
         pf / wf
     );
+    let (ap, af) = (
+        med(&mut rows, "walvault Azure (Azurite) push"),
+        med(&mut rows, "walvault Azure (Azurite) fetch"),
+    );
+    println!(
+        "walvault on Azure (Azurite) against S3 (SeaweedFS): push {:.2}x the time, fetch {:.2}x the time",
+        ap / wp,
+        af / wf
+    );
 }
 
 /// Runs a walvault command as the postgres user under GNU time; returns
@@ -472,21 +487,33 @@ fn timed_pg(args: &[&str], env: &BTreeMap<String, String>) -> (f64, i64, String)
 
 /// backup-push and a full recover of a pgbench database on both backends, beside
 /// pg_basebackup to a local directory and pgBackRest backup/restore to the same S3.
-fn bench_backups(a: &Args, root: &Path, weed: &Seaweed, https: u16, keys: &Keys) -> String {
+fn bench_backups(
+    a: &Args,
+    root: &Path,
+    weed: &Seaweed,
+    az: &Azurite,
+    https: u16,
+    keys: &Keys,
+) -> String {
     let repo = root.join("backup-repo");
     std::fs::create_dir(&repo).unwrap();
     chown_pg(&repo);
     let mut fs = fs_env(&repo);
     let mut s3 = weed.walvault_env("backup-bench");
-    for e in [&mut fs, &mut s3] {
+    let mut azure = az.walvault_env(AZ_CONTAINER, "backup-bench");
+    for e in [&mut fs, &mut s3, &mut azure] {
         keys.add_to(e);
     }
-    // The source archives into both repositories (the S3 one named inline).
+    // The source archives into the three repositories (S3 and Azure named inline;
+    // the Azure key is Azurite's public development key).
     let mut src = Cluster::init(root, "backup-src");
     let bin = walvault_bin().display().to_string();
     src.conf(&format!(
-        "archive_mode = on\narchive_command = '\"{bin}\" wal-push %p && WALVAULT_REPO={} \"{bin}\" wal-push %p'\nmax_wal_size = 4GB",
-        s3["WALVAULT_REPO"]
+        "archive_mode = on\narchive_command = '\"{bin}\" wal-push %p && WALVAULT_REPO={} \"{bin}\" wal-push %p && WALVAULT_REPO={} WALVAULT_AZURE_ENDPOINT={} AZURE_STORAGE_ACCOUNT_KEY={} \"{bin}\" wal-push %p'\nmax_wal_size = 4GB",
+        s3["WALVAULT_REPO"],
+        azure["WALVAULT_REPO"],
+        azure["WALVAULT_AZURE_ENDPOINT"],
+        azure["AZURE_STORAGE_ACCOUNT_KEY"]
     ));
     let mut both = fs.clone();
     for k in [
@@ -535,7 +562,7 @@ fn bench_backups(a: &Args, root: &Path, weed: &Seaweed, https: u16, keys: &Keys)
         );
         std::fs::remove_dir_all(&dest).unwrap();
 
-        for (name, env) in [("local dir", &fs), ("S3", &s3)] {
+        for (name, env) in [("local dir", &fs), ("S3", &s3), ("Azure", &azure)] {
             let (secs, rss, _) = timed_pg(&["backup-push", "--fast"], &src.pg_env(env));
             add(&format!("walvault backup-push, {name}"), secs, rss);
             let mut b = Cluster::at(root, &format!("restored-{run}-{}", name.replace(' ', "")));
@@ -623,6 +650,11 @@ fn bench_backups(a: &Args, root: &Path, weed: &Seaweed, https: u16, keys: &Keys)
         "\nwalvault against pgBackRest (S3, process-max 2; its peak RSS is its largest process): backup {:.2}x faster, restore and recovery {:.2}x faster\n",
         med("pgBackRest backup, S3") / med("walvault backup-push, S3"),
         med("pgBackRest restore + recovery, S3") / med("walvault recover (latest), S3"),
+    ));
+    out.push_str(&format!(
+        "walvault on Azure (Azurite) against S3 (SeaweedFS): backup {:.2}x the time, restore and recovery {:.2}x the time\n",
+        med("walvault backup-push, Azure") / med("walvault backup-push, S3"),
+        med("walvault recover (latest), Azure") / med("walvault recover (latest), S3"),
     ));
     out
 }

@@ -10,16 +10,8 @@ mod common;
 use common::moto::Moto;
 use common::*;
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 const BUCKET: &str = "walvault-signed";
-
-/// The error line walvault printed (its last stderr line) and the exit code.
-fn failure(out: &std::process::Output) -> (Option<i32>, String) {
-    let err = stderr(out);
-    let line = err.trim().lines().last().unwrap_or_default().to_string();
-    (out.status.code(), line)
-}
 
 fn wal_fetch(
     env: &BTreeMap<String, String>,
@@ -73,29 +65,9 @@ fn the_whole_loop_on_a_second_s3_server_with_signatures_checked() {
     let s = source(|_| env.clone());
     let a = &s.a;
 
-    // Random bytes (pglz leaves them as they are): parts above 5 MiB, so multipart.
-    a.psql("create table t (i bigint primary key, note text)");
-    a.psql(
-        "create table bulk as select g, (select string_agg(decode(md5(random()::text || g || k), 'hex'), ''::bytea) from generate_series(1, 64) k) as b from generate_series(1, 12000) g",
-    );
-    insert(a, 1, 20);
-    let id = s.backup();
-    insert(a, 21, 40);
-    let target = now_utc(a);
-    insert(a, 41, 60);
-    let last = a.switch_wal();
-    a.wait_archived(&last, Duration::from_secs(120));
-
-    // The manifest: multipart parts, and the version id of every object the backup wrote.
-    let list = ok(
-        &walvault(&["backup-list", "--json"], &env, None),
-        "backup-list",
-    );
-    let json: serde_json::Value = serde_json::from_str(&list).unwrap();
-    let manifest = json["backups"]
-        .as_array()
-        .and_then(|b| b.iter().find(|m| m["id"] == id.as_str()))
-        .unwrap_or_else(|| panic!("{id} in {list}"));
+    // Parts above 5 MiB, so multipart.
+    let (id, target, last) = backup_then_target(&s, 12000);
+    let manifest = manifest_json(&env, &id);
     let parts = manifest["parts"].as_array().unwrap();
     assert!(
         parts

@@ -4,6 +4,7 @@
 //! Writes are all-or-nothing: an object becomes visible only once its whole body
 //! was read to a clean end and is durable; a body that ends in an error stores nothing.
 
+pub mod azure;
 pub mod fs;
 pub mod s3;
 
@@ -229,13 +230,21 @@ impl Class {
 #[derive(Clone, Debug, PartialEq)]
 pub enum RepoUrl {
     Fs(PathBuf),
-    S3 { bucket: String, prefix: String },
+    S3 {
+        bucket: String,
+        prefix: String,
+    },
+    Azure {
+        account: String,
+        container: String,
+        prefix: String,
+    },
 }
 
 impl RepoUrl {
     pub fn parse(s: &str) -> Result<RepoUrl> {
         let url = url::Url::parse(s).with_context(|| {
-            format!("'{s}' is not a URL; use file:///path or s3://bucket/prefix")
+            format!("'{s}' is not a URL; use file:///path, s3://bucket/prefix or az://account/container/prefix")
         })?;
         match url.scheme() {
             "file" => {
@@ -262,7 +271,26 @@ impl RepoUrl {
                 let prefix = url.path().trim_matches('/').to_string();
                 Ok(RepoUrl::S3 { bucket, prefix })
             }
-            other => bail!("'{s}': unsupported scheme '{other}', use file:// or s3://"),
+            "az" => {
+                let account = url
+                    .host_str()
+                    .filter(|a| !a.is_empty())
+                    .with_context(|| {
+                        format!("'{s}' names no storage account; use az://account/container/prefix")
+                    })?
+                    .to_string();
+                let path = url.path().trim_matches('/');
+                let (container, prefix) = path.split_once('/').unwrap_or((path, ""));
+                if container.is_empty() {
+                    bail!("'{s}' names no container; use az://account/container/prefix");
+                }
+                Ok(RepoUrl::Azure {
+                    account,
+                    container: container.to_string(),
+                    prefix: prefix.trim_matches('/').to_string(),
+                })
+            }
+            other => bail!("'{s}': unsupported scheme '{other}', use file://, s3:// or az://"),
         }
     }
 }
@@ -274,6 +302,13 @@ pub async fn open(cfg: &crate::config::Config) -> Result<Arc<dyn Store>> {
         RepoUrl::S3 { bucket, prefix } => Ok(Arc::new(
             s3::S3Store::connect(&cfg.s3, bucket, prefix).await?,
         )),
+        RepoUrl::Azure {
+            account,
+            container,
+            prefix,
+        } => Ok(Arc::new(azure::AzureStore::connect(
+            &cfg.azure, account, container, prefix,
+        )?)),
     }
 }
 
@@ -305,5 +340,15 @@ mod tests {
         assert!(RepoUrl::parse("file:///").is_err());
         assert!(RepoUrl::parse("s3:///x").is_err());
         assert!(RepoUrl::parse("gs://b/x").is_err());
+        assert_eq!(
+            RepoUrl::parse("az://acct/wal-repo/main/pg1").unwrap(),
+            RepoUrl::Azure {
+                account: "acct".into(),
+                container: "wal-repo".into(),
+                prefix: "main/pg1".into()
+            }
+        );
+        assert!(RepoUrl::parse("az://acct").is_err());
+        assert!(RepoUrl::parse("az:///c/p").is_err());
     }
 }

@@ -435,14 +435,14 @@ impl S3Store {
 /// A response body that fails when no byte arrives for `limit`. The SDK's
 /// attempt timeout ends at the response headers; a connection that stalls in the
 /// middle of a body must end in an error the caller retries, not hang replay.
-struct IdleTimeout<R> {
+pub(super) struct IdleTimeout<R> {
     inner: R,
     limit: Duration,
     deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
 }
 
 impl<R> IdleTimeout<R> {
-    fn new(inner: R, limit: Duration) -> Self {
+    pub(super) fn new(inner: R, limit: Duration) -> Self {
         IdleTimeout {
             inner,
             limit,
@@ -469,7 +469,7 @@ impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for IdleTimeout<R> {
             Poll::Pending => match this.deadline.as_mut().poll(cx) {
                 Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
-                    format!("no data from S3 for {:?} (s3.timeout_seconds)", this.limit),
+                    format!("no data for {:?} (the store's timeout_seconds)", this.limit),
                 ))),
                 Poll::Pending => Poll::Pending,
             },
@@ -478,7 +478,7 @@ impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for IdleTimeout<R> {
 }
 
 /// Reads up to `limit` bytes; the flag says whether the body ended.
-async fn fill(body: &mut Body, limit: usize) -> Result<(bytes::Bytes, bool)> {
+pub(super) async fn fill(body: &mut Body, limit: usize) -> Result<(bytes::Bytes, bool)> {
     let mut buf = BytesMut::with_capacity(limit.min(8 << 20));
     while buf.len() < limit {
         let want = (limit - buf.len()).min(1 << 20);

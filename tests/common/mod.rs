@@ -3,6 +3,7 @@
 //! A missing part is a failure with instructions, never a silent skip.
 #![allow(dead_code)]
 
+pub mod azurite;
 pub mod moto;
 pub mod proxy;
 
@@ -1194,6 +1195,47 @@ pub fn under_load<T>(a: &Cluster, during: impl FnOnce() -> T) -> T {
 // ---------------------------------------------------------------- rows and results
 
 /// The stdout of a command that must succeed; its output otherwise.
+/// The story the object-store suites share: rows 1 to 20 and `bulk_rows` KiB of
+/// random bytes (pglz leaves them whole, so backup parts are large), a backup,
+/// rows 21 to 40, a target time, rows 41 to 60, then a switched and archived
+/// segment. Returns the backup id, the target time and that segment.
+pub fn backup_then_target(s: &Source, bulk_rows: u32) -> (String, String, String) {
+    let a = &s.a;
+    a.psql("create table t (i bigint primary key, note text)");
+    a.psql(&format!(
+        "create table bulk as select g, (select string_agg(decode(md5(random()::text || g || k), 'hex'), ''::bytea) from generate_series(1, 64) k) as b from generate_series(1, {bulk_rows}) g"
+    ));
+    insert(a, 1, 20);
+    let id = s.backup();
+    insert(a, 21, 40);
+    let target = now_utc(a);
+    insert(a, 41, 60);
+    let last = a.switch_wal();
+    a.wait_archived(&last, Duration::from_secs(120));
+    (id, target, last)
+}
+
+/// Backup `id`'s manifest as `backup-list --json` shows it.
+pub fn manifest_json(env: &BTreeMap<String, String>, id: &str) -> serde_json::Value {
+    let list = ok(
+        &walvault(&["backup-list", "--json"], env, None),
+        "backup-list",
+    );
+    let json: serde_json::Value = serde_json::from_str(&list).unwrap();
+    json["backups"]
+        .as_array()
+        .and_then(|b| b.iter().find(|m| m["id"] == id))
+        .cloned()
+        .unwrap_or_else(|| panic!("{id} in {list}"))
+}
+
+/// A failed walvault run: its exit code and its error (the last stderr line).
+pub fn failure(out: &std::process::Output) -> (Option<i32>, String) {
+    let err = stderr(out);
+    let line = err.trim().lines().last().unwrap_or_default().to_string();
+    (out.status.code(), line)
+}
+
 pub fn ok(out: &std::process::Output, what: &str) -> String {
     assert!(
         out.status.success(),
