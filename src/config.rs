@@ -143,6 +143,16 @@ pub const KEYS: &[(&str, Kind, &str)] = &[
         "time limit to open a connection to Azure",
     ),
     (
+        "azure.immutability_mode",
+        Kind::Str,
+        "a time-based immutability policy on every blob written: Unlocked or Locked (the container needs version-level immutability support)",
+    ),
+    (
+        "azure.immutability_days",
+        Kind::Int,
+        "immutability period in days, with azure.immutability_mode",
+    ),
+    (
         "push.lookahead",
         Kind::Int,
         "wal-push: other .ready files one call also pushes (0 = only the file asked for)",
@@ -334,6 +344,9 @@ pub struct Azure {
     pub timeout_seconds: i64,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_seconds: i64,
+    pub immutability_mode: Option<String>,
+    #[serde(default = "default_lock_days")]
+    pub immutability_days: i64,
 }
 
 impl Default for Azure {
@@ -344,6 +357,8 @@ impl Default for Azure {
             max_attempts: default_max_attempts(),
             timeout_seconds: default_timeout(),
             connect_timeout_seconds: default_connect_timeout(),
+            immutability_mode: None,
+            immutability_days: default_lock_days(),
         }
     }
 }
@@ -828,6 +843,18 @@ impl Config {
             bail!(
                 "config key s3.part_size_mb: {} is out of range, use 5 to 5120",
                 self.s3.part_size_mb
+            );
+        }
+        match self.azure.immutability_mode.as_deref() {
+            None | Some("Unlocked") | Some("Locked") => {}
+            Some(other) => {
+                bail!("config key azure.immutability_mode: '{other}' is not Unlocked or Locked")
+            }
+        }
+        if !(1..=36_500).contains(&self.azure.immutability_days) {
+            bail!(
+                "config key azure.immutability_days: {} is out of range, use 1 to 36500",
+                self.azure.immutability_days
             );
         }
         if !(1..=4000).contains(&self.azure.part_size_mb) {

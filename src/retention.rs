@@ -357,7 +357,7 @@ pub async fn run(store: &dyn Store, codec: &crate::codec::Codec, opts: Options) 
     if !tally.locked.is_empty() {
         let latest = tally.locked.iter().filter_map(|(_, t)| *t).max();
         println!(
-            "skipped {} objects still under Object Lock (retention until {}), e.g. {}; they go on a later run",
+            "skipped {} objects still locked against deletion (Object Lock or immutability policy, until {}), e.g. {}; they go on a later run",
             tally.locked.len(),
             latest.map(|t| t.to_rfc3339()).unwrap_or_else(|| "unknown".into()),
             store.locate(&tally.locked[0].0)

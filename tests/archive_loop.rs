@@ -164,9 +164,6 @@ fn encrypted_repository() {
         !body.windows(16).any(|w| w == &original[8..24]),
         "no WAL header in clear"
     );
-    for line in secret.lines().filter(|l| l.starts_with("AGE-SECRET-KEY-")) {
-        assert!(!a.log_tail().contains(line), "secret in the server log");
-    }
 
     let dest = root.path().join("fetched");
     std::fs::create_dir(&dest).unwrap();
@@ -215,7 +212,62 @@ fn encrypted_repository() {
         1,
         "no temporary file left"
     );
+
+    // A backup of the encrypted repository, restored with the identity and
+    // started: the same data.
+    let mut said = vec![out];
+    let out = walvault(&["backup-push", "--fast"], &a.pg_env(&env), None);
+    assert!(out.status.success(), "backup-push: {}", stderr(&out));
+    said.push(out);
+    a.pgbench(&["-n", "-t", "200"]);
+    let bank = a.pgbench_checksum();
+    let last = a.switch_wal();
+    a.wait_archived(&last, Duration::from_secs(120));
+    let mut b = Cluster::at(root.path(), "b");
+    let out = walvault(
+        &b.recover_args()
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        &env,
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "recover --start with the identity: {}",
+        stderr(&out)
+    );
+    said.push(out);
+    b.adopt();
+    assert_eq!(b.pgbench_checksum(), bank, "every transaction back");
+    b.stop();
     a.stop();
+
+    // The identity's secret appears nowhere: not in either server's log, the
+    // recovery's log, or anything walvault printed.
+    let key = secret
+        .lines()
+        .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+        .expect("a secret key line")
+        .trim();
+    let mut texts = vec![
+        std::fs::read_to_string(a.log_path()).unwrap(),
+        // The restored server's log (walvault recover --start writes it there).
+        std::fs::read_to_string(b.pgdata.join("walvault-recover.log")).unwrap(),
+    ];
+    for o in &said {
+        texts.push(String::from_utf8_lossy(&o.stdout).into_owned());
+        texts.push(stderr(o));
+    }
+    assert!(
+        texts[0].len() > 1000 && texts[1].contains("redo starts at"),
+        "the logs searched are there"
+    );
+    for t in &texts {
+        assert!(!t.contains(key), "the secret key was written out");
+        // Its body alone, in case a prefix was cut or re-cased.
+        assert!(!t.to_ascii_uppercase().contains(&key[15..]));
+    }
 }
 
 /// Test 4: S3 outage while archiving, re-pushes, refusals, and fetch failures
@@ -323,7 +375,11 @@ fn s3_faults_and_refusals() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("page address"), "{}", stderr(&out));
 
-    // A segment of another cluster: refused by system identifier.
+    // A segment of another cluster: refused by system identifier, and the
+    // stored segment of that name keeps its bytes.
+    let first_key = format!("faults/wal/{FIRST}");
+    let (first_before, listed_before) = (weed.get(&first_key), weed.list("faults/wal/"));
+    assert!(!first_before.is_empty());
     let other = Cluster::init(root.path(), "other");
     let out = push(&wal(FIRST), &other.pgdata);
     assert_eq!(out.status.code(), Some(1));
@@ -332,7 +388,11 @@ fn s3_faults_and_refusals() {
         "{}",
         stderr(&out)
     );
-    assert!(!weed.list("faults/wal/").is_empty());
+    assert!(
+        weed.get(&first_key) == first_before,
+        "the stored {FIRST} was not touched"
+    );
+    assert_eq!(weed.list("faults/wal/"), listed_before, "nothing written");
 
     // .partial files are archived and fetched like segments.
     std::fs::copy(
@@ -356,11 +416,14 @@ fn s3_faults_and_refusals() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(std::fs::read(&dest).unwrap() == std::fs::read(pgdata.join(wal(&s3))).unwrap());
 
-    // Absent: exit 1, the ordinary answer.
+    // Absent: exit 1, the ordinary answer, and %p not created.
+    std::fs::remove_file(&dest).unwrap();
     let out = fetch("0000000100000000000000FF", &env);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(!dest.exists(), "an absent segment creates no file");
     let out = fetch("00000009.history", &env);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(!dest.exists(), "an absent history file creates no file");
 
     // A flipped byte: fatal, naming the object; never "absent".
     let mut bad = stored_before.clone();
@@ -430,6 +493,12 @@ fn configuration_errors_are_one_line() {
     assert!(err.contains("WALVAULT_COMPRESSION_LEVEL"), "{err}");
     let out = walvault(&["wal-push", "pg_wal/x"], &env, None);
     assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("WALVAULT_COMPRESSION_LEVEL") && err.contains("compression.level"),
+        "the line names the variable and the key: {err}"
+    );
     env.remove("WALVAULT_COMPRESSION_LEVEL");
     env.insert("WALVAULT_REPO".into(), "ftp://example/x".into());
     let out = walvault(&["wal-push", "pg_wal/x"], &env, None);

@@ -80,6 +80,31 @@ fn nothing_left(scratch: &Path) {
     }
 }
 
+fn lsn(text: &str) -> u64 {
+    let (hi, lo) = text.split_once('/').unwrap();
+    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+}
+
+/// The name of the 16 MiB segment holding `lsn` on timeline `tli`.
+fn segment_of(tli: u64, lsn: u64) -> String {
+    format!(
+        "{tli:08X}{:08X}{:08X}",
+        lsn >> 32,
+        (lsn & 0xffff_ffff) >> 24
+    )
+}
+
+fn time(v: &serde_json::Value) -> chrono::DateTime<chrono::Utc> {
+    serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{v}: {e}"))
+}
+
+/// A timestamptz as psql prints it (`2026-12-02 11:50:00.123456+00`).
+fn pg_time(text: &str) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_str(&format!("{text}00"), "%Y-%m-%d %H:%M:%S%.f%z")
+        .unwrap_or_else(|e| panic!("{text}: {e}"))
+        .with_timezone(&chrono::Utc)
+}
+
 fn clean(reports: &Path) {
     for e in std::fs::read_dir(reports).unwrap() {
         std::fs::remove_file(e.unwrap().path()).unwrap();
@@ -100,7 +125,10 @@ fn drill_proves_restores_and_reports_failures() {
     );
     let backup = src.backup();
     a.psql("insert into orders (id) select g from generate_series(501, 700) g");
+    let last_insert_lsn = a.psql("select pg_current_wal_lsn()");
+    let last_insert_at = a.psql("select pg_xact_commit_timestamp(xmin) from orders where id = 700");
     src.flush_archive();
+    let last_commit_at = a.psql("select timestamp from pg_last_committed_xact()");
 
     let scratch = src.root.path().join("scratch");
     let reports = src.root.path().join("reports");
@@ -175,6 +203,59 @@ fn drill_proves_restores_and_reports_failures() {
             );
         }
     }
+    // The figures are the repository's and the server's own.
+    let listed = walvault(&["backup-list", "--json"], &src.env, None);
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let m = &listed["backups"][0];
+    assert_eq!(m["id"], backup.as_str());
+    for k in [
+        "timeline",
+        "start_lsn",
+        "stop_lsn",
+        "raw_bytes",
+        "stored_bytes",
+    ] {
+        assert_eq!(j["backup"][k], m[k], "report backup.{k}");
+    }
+    assert_eq!(
+        time(&j["backup"]["stop_time"]),
+        time(&m["stop_time"]),
+        "report backup.stop_time"
+    );
+    let tli = m["timeline"].as_u64().unwrap();
+    assert_eq!(
+        j["wal"]["first_segment"].as_str().unwrap(),
+        segment_of(tli, lsn(m["start_lsn"].as_str().unwrap())),
+        "the segment of the backup's start"
+    );
+    assert_eq!(j["wal"]["end_lsn"], listed["window"]["end_lsn"]);
+    let wal_end = lsn(j["wal"]["end_lsn"].as_str().unwrap());
+    assert_eq!(
+        j["wal"]["last_segment"].as_str().unwrap(),
+        segment_of(tli, wal_end - 1),
+        "the segment the archive ends in"
+    );
+    assert_eq!(
+        j["target"]["description"],
+        "the end of the archived WAL (latest)"
+    );
+    // The source's timeline was followed; the scratch copy promoted onto the next.
+    let source_tli: u64 = a
+        .psql("select timeline_id from pg_control_checkpoint()")
+        .parse()
+        .unwrap();
+    assert_eq!(j["target"]["timeline"], source_tli);
+    assert_eq!(j["recovered"]["timeline"], source_tli + 1);
+    let ended = lsn(j["recovered"]["end_lsn"].as_str().unwrap());
+    assert!(
+        ended >= lsn(&last_insert_lsn) && ended <= wal_end,
+        "recovery ended at {ended:X}: after the last insert ({last_insert_lsn}), within the archive"
+    );
+    let replayed = time(&j["recovered"]["last_replayed_commit"]);
+    assert!(
+        replayed >= pg_time(&last_insert_at) && replayed <= pg_time(&last_commit_at),
+        "last replayed commit {replayed}: the last insert's ({last_insert_at}) or a later one archived by {last_commit_at}"
+    );
     assert_eq!(j["objectives"]["rto_met"], true);
     assert_eq!(j["objectives"]["rpo_met"], true);
     for k in [
@@ -325,12 +406,27 @@ fn drill_proves_restores_and_reports_failures() {
     let (j, _, _) = newest_report(&reports);
     assert_eq!(j["result"], "passed");
     assert!(j["rpo"]["target_gap_seconds"].as_f64().is_some());
-    assert!(
-        j["tables"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|r| r["table"] == "public.order_lines" && r["rows"] == 2000),
+    // Every user table, with exactly the rows of then: the orphan is not there.
+    let mut tables: Vec<(String, String, i64)> = j["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["database"].as_str().unwrap().to_string(),
+                r["table"].as_str().unwrap().to_string(),
+                r["rows"].as_i64().unwrap(),
+            )
+        })
+        .filter(|(_, t, _)| !t.starts_with("pg_catalog.") && !t.starts_with("information_schema."))
+        .collect();
+    tables.sort();
+    assert_eq!(
+        tables,
+        vec![
+            ("postgres".into(), "public.order_lines".into(), 2000),
+            ("postgres".into(), "public.orders".into(), 700),
+        ],
         "{:#}",
         j["tables"]
     );
@@ -467,14 +563,24 @@ fn drill_proves_restores_and_reports_failures() {
         std::fs::read_to_string(pgdata.join("walvault-recover.log"))
             .is_ok_and(|l| l.contains("database system is ready to accept connections"))
     });
-    std::thread::sleep(Duration::from_secs(2));
-    let server_pid: i32 = std::fs::read_to_string(pgdata.join("postmaster.pid"))
+    let pidfile: Vec<String> = std::fs::read_to_string(pgdata.join("postmaster.pid"))
         .unwrap()
         .lines()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+        .map(str::to_string)
+        .collect();
+    let server_pid: i32 = pidfile[0].parse().unwrap();
+    // The slow check's query is running on the scratch server (its port and
+    // private socket directory are lines 4 and 5 of the pid file).
+    wait_for("the slow check running", Duration::from_secs(120), || {
+        let out = pg_command(&format!("{PG_BIN}/psql"), &BTreeMap::new())
+            .args(["-X", "-A", "-t", "-U", "postgres", "-d", "postgres", "-h"])
+            .arg(&pidfile[4])
+            .args(["-p", &pidfile[3], "-c"])
+            .arg("select count(*) from pg_stat_activity where query like '%pg_sleep(60)%' and pid <> pg_backend_pid()")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim() == "1"
+    });
     unsafe { libc::kill(pid, libc::SIGINT) };
     let out = child.wait_with_output().unwrap();
     assert!(

@@ -415,6 +415,33 @@ fn recovery_faults_stop_instead_of_promoting() {
     proxy.set(Fault::None);
     completes(&mut d, &env, &expected);
 
+    // S3 refusing connections for less time than the default retries take
+    // (fetch.retries = 3, waits of 0.5, 1 and 2 s; the other tests set 1):
+    // recovery rides it out and ends where it should.
+    let mut patient = env.clone();
+    patient.remove("WALVAULT_FETCH_RETRIES");
+    let mut f = restored(&src, "f", &patient);
+    proxy.set(Fault::Refuse);
+    f.start_opts(&patient, false);
+    wait_for("a fetch retried", Duration::from_secs(60), || {
+        std::fs::read_to_string(f.log_path())
+            .is_ok_and(|l| l.contains("(attempt 1 of 4; retrying in 500ms)"))
+    });
+    proxy.set(Fault::None);
+    f.wait_promoted(Duration::from_secs(120));
+    assert_eq!(
+        f.pgbench_checksum(),
+        expected,
+        "recovery through the outage"
+    );
+    let log = std::fs::read_to_string(f.log_path()).unwrap();
+    assert!(
+        !log.contains("giving up after") && !log.contains("could not restore file"),
+        "the retries bridged the outage:\n{}",
+        f.log_tail()
+    );
+    f.stop();
+
     // An object corrupted in the repository, in the middle of what replay needs.
     let range = segment_range(&after_backup, &last[..24]);
     let victim = range[range.len() / 2].clone();

@@ -103,8 +103,19 @@ fn pitr_lands_exactly_on_each_target_kind() {
 
     let list = walvault(&["backup-list"], &s.env, None);
     let text = String::from_utf8_lossy(&list.stdout);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("{id} listed: {text}"));
+    assert!(row.ends_with("  complete"), "{row}");
+    // The window opens where the backup ends, on timeline 1.
+    let json = walvault(&["backup-list", "--json"], &s.env, None);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let stop: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(v["backups"][0]["stop_time"].clone()).unwrap();
+    assert_eq!(v["window"]["timeline"], 1);
     assert!(
-        text.contains(&id) && text.contains("complete") && text.contains("recoverable window:"),
+        text.contains(&format!("recoverable window: {} .. ", stop.to_rfc3339())),
         "{text}"
     );
     s.a.stop();
@@ -150,7 +161,7 @@ fn recovery_follows_a_new_timeline() {
     let mut s = source(fs_repo);
     s.a.psql("create table t(i bigint primary key)");
     insert_rows(&s.a, 1..=3);
-    s.backup();
+    let first = s.backup();
     insert_rows(&s.a, 4..=6);
     s.flush_archive();
     s.a.stop();
@@ -167,6 +178,17 @@ fn recovery_follows_a_new_timeline() {
     let repo = s.root.path().join("repo/wal");
     assert!(repo.join("00000002.history").exists(), "history archived");
     let t = between(&b, &rows[2].1, &rows[3].1);
+    // A backup taken on timeline 2, and more rows after it.
+    let out = walvault(&["backup-push", "--fast"], &b.pg_env(&s.env), None);
+    assert!(
+        out.status.success(),
+        "backup-push on timeline 2: {}",
+        stderr(&out)
+    );
+    let on_tl2 = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    insert_rows(&b, 106..=108);
+    let seg = b.switch_wal();
+    b.wait_archived(&seg, Duration::from_secs(120));
     b.stop();
 
     let c = s.recover("on_tl2", &["--target-time", &t]);
@@ -180,6 +202,47 @@ fn recovery_follows_a_new_timeline() {
     // Timeline 1 explicitly: the rows of timeline 2 are not there.
     let c = s.recover("on_tl1", &["--target-timeline", "1"]);
     assert_eq!(ids(&c, "t"), range(1, 6));
+    drop(c);
+
+    // The timeline-2 backup, restored and promoted: timeline 3, archived.
+    let json = walvault(&["backup-list", "--json"], &s.env, None);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let listed = v["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == on_tl2.as_str())
+        .unwrap_or_else(|| panic!("{on_tl2} listed: {v:#}"));
+    assert_eq!(listed["timeline"], 2, "{listed:#}");
+    let mut d = s.recover("tl3", &["--backup", &on_tl2, "--archive"]);
+    assert_eq!(
+        d.psql("select timeline_id from pg_control_checkpoint()"),
+        "3"
+    );
+    let tl2_rows = [range(1, 6), range(100, 108)].concat();
+    assert_eq!(ids(&d, "t"), tl2_rows, "the end of timeline 2");
+    d.psql("checkpoint");
+    insert_rows(&d, 200..=202);
+    let seg = d.switch_wal();
+    d.wait_archived(&seg, Duration::from_secs(120));
+    assert!(repo.join("00000003.history").exists(), "history archived");
+    d.stop();
+    // Latest follows timeline 3 through both history files, from either backup.
+    let all = [tl2_rows.clone(), range(200, 202)].concat();
+    let e = s.recover("across_tl3", &[]);
+    assert_eq!(ids(&e, "t"), all, "from the newest backup, on timeline 3");
+    drop(e);
+    let e = s.recover("tl1_backup_to_tl3", &["--backup", &first]);
+    assert_eq!(
+        ids(&e, "t"),
+        all,
+        "from timeline 1's backup, across 2 and 3"
+    );
+    let log = std::fs::read_to_string(e.pgdata.join("walvault-recover.log")).unwrap();
+    assert!(
+        log.contains("restored log file \"00000003.history\""),
+        "history used: {log}"
+    );
 }
 
 /// Test 4 and 5: a backup under pgbench load restores to the same data, and a
@@ -214,7 +277,10 @@ fn backup_under_load_with_a_tablespace() {
             assert!(out.status.success(), "pgbench: {}", stderr(&out));
         })
     };
-    std::thread::sleep(Duration::from_secs(2));
+    // The backup starts while both pgbench clients are connected and writing.
+    wait_for("pgbench running", Duration::from_secs(30), || {
+        s.a.psql("select count(*) from pg_stat_activity where application_name = 'pgbench' and xact_start is not null") == "2"
+    });
     s.backup();
     load.join().unwrap();
     s.a.psql("select pg_create_restore_point('after_load')");
@@ -307,7 +373,10 @@ fn killed_backup_is_never_listed() {
     assert_eq!(v["backups"].as_array().unwrap().len(), 1);
     assert_eq!(v["backups"][0]["id"], id.as_str());
     assert_eq!(v["backups"][0]["wal_complete"], true);
-    assert!(v["window"]["from"].is_string());
+    assert_eq!(
+        v["window"]["from"], v["backups"][0]["stop_time"],
+        "the window opens where the only complete backup ends"
+    );
     assert_eq!(v["incomplete"].as_array().unwrap().len(), 1);
     s.a.stop();
 }
@@ -358,6 +427,39 @@ fn refusals_are_clear_and_write_nothing() {
     assert!(e.contains("does not exist"), "{e}");
     let e = s.recover_fails(&["--target-lsn", "banana"]);
     assert!(e.contains("not an LSN"), "{e}");
+
+    // A time inside a backup (after its start, before its end): that backup
+    // cannot stop there (PostgreSQL must replay to its end first), so naming it
+    // is refused; left to choose, walvault takes the backup before and lands
+    // exactly.
+    let inside_id = s.backup();
+    // A commit after it, archived: a time target stops at the first commit past it.
+    insert_rows(&s.a, 5..=5);
+    s.flush_archive();
+    let json = walvault(&["backup-list", "--json"], &s.env, None);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let m = v["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == inside_id.as_str())
+        .unwrap();
+    let at = |k: &str| -> chrono::DateTime<chrono::Utc> {
+        serde_json::from_value(m[k].clone()).unwrap()
+    };
+    let (start, stop) = (at("start_time"), at("stop_time"));
+    assert!(stop > start, "{m:#}");
+    let inside = (start + (stop - start) / 2)
+        .format("%Y-%m-%d %H:%M:%S%.6f+00")
+        .to_string();
+    let e = s.recover_fails(&["--backup", &inside_id, "--target-time", &inside]);
+    assert!(
+        e.contains(&format!("is before backup {inside_id} ended")),
+        "{e}"
+    );
+    let b = s.recover("inside", &["--target-time", &inside]);
+    assert_eq!(ids(&b, "t"), range(1, 4), "from the backup before");
+    drop(b);
 
     // A non-empty directory is refused and left as it was.
     let busy = s.root.path().join("busy");

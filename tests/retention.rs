@@ -63,12 +63,24 @@ fn run_fails(args: &[&str], env: &BTreeMap<String, String>) -> String {
 }
 
 /// Tests 1 and 2: "keep 2" leaves exactly the 2 newest plus a permanent backup
-/// older than all of them; each still recovers; WAL no kept backup needs is gone.
+/// older than all of them; each still recovers; WAL no kept backup needs is gone,
+/// but the history file of a timeline switch older than every backup stays.
 #[test]
 fn retention_keeps_what_the_policy_promises_and_permanent_backups() {
     let weed = Seaweed::start();
-    let s = source(|_| weed.walvault_env("ret"));
+    let mut s = source(|_| weed.walvault_env("ret"));
     s.a.psql("create table marks(i int)");
+    s.flush_archive();
+    // A recovery promoted with archiving: timeline 2 and its history file,
+    // older than every backup below, which all follow it (the first backup,
+    // on timeline 1, goes with the policy).
+    let b0 = s.backup();
+    s.a.stop();
+    s.a = s.recover("tl2", &["--archive"]);
+    assert_eq!(
+        s.a.psql("select timeline_id from pg_control_checkpoint()"),
+        "2"
+    );
     s.flush_archive();
     let mut ids = Vec::new();
     for i in 1..=4 {
@@ -117,7 +129,7 @@ fn retention_keeps_what_the_policy_promises_and_permanent_backups() {
         wal_before,
         "a dry run removes nothing"
     );
-    assert_eq!(backups(&s.env).len(), 4);
+    assert_eq!(backups(&s.env).len(), 5);
 
     let done = run_ok(&["delete", "--keep-last", "2", "--confirm"], &s.env);
     assert!(done.contains("removed "), "{done}");
@@ -127,10 +139,12 @@ fn retention_keeps_what_the_policy_promises_and_permanent_backups() {
         left_ids,
         vec![ids[0].as_str(), ids[2].as_str(), ids[3].as_str()]
     );
-    assert!(
-        weed.list(&format!("ret/backups/{}/", ids[1])).is_empty(),
-        "every object of the removed backup is gone"
-    );
+    for gone in [&b0, &ids[1]] {
+        assert!(
+            weed.list(&format!("ret/backups/{gone}/")).is_empty(),
+            "every object of the removed backup {gone} is gone"
+        );
+    }
 
     // WAL: the permanent backup's own range, and everything from the oldest kept
     // non-permanent backup on; nothing else.
@@ -152,22 +166,35 @@ fn retention_keeps_what_the_policy_promises_and_permanent_backups() {
         before.len(),
         wal_after.len()
     );
+    let histories: Vec<&String> = wal_before
+        .iter()
+        .filter(|k| k.ends_with(".history"))
+        .collect();
     assert!(
-        weed.list("ret/wal/")
-            .iter()
-            .any(|k| k.ends_with(".history"))
-            || !wal_before.iter().any(|k| k.ends_with(".history"))
+        histories.iter().any(|k| k.ends_with("00000002.history")),
+        "the timeline switch is archived: {wal_before:?}"
     );
+    let wal_left = weed.list("ret/wal/");
+    for h in histories {
+        assert!(wal_left.contains(h), "history file {h} removed");
+    }
 
     // The archive is still whole from the oldest kept backup on.
     run_ok(&["wal-verify"], &s.env);
 
-    // Every remaining backup recovers, to exactly its own contents.
+    // Every remaining backup recovers, to exactly its own contents: marks 1 to
+    // n, and the 100 filler rows written after each earlier backup.
     for (n, id) in [(1, &ids[0]), (3, &ids[2]), (4, &ids[3])] {
         let mut b = s.recover(&format!("r{n}"), &["--backup", id, "--target", "immediate"]);
+        let marks: Vec<String> = (1..=n).map(|i| i.to_string()).collect();
         assert_eq!(
-            b.psql("select max(i) from marks"),
-            n.to_string(),
+            b.psql("select string_agg(i::text, ',' order by i) from marks where i > 0"),
+            marks.join(","),
+            "backup {id}"
+        );
+        assert_eq!(
+            b.psql("select count(*) from marks"),
+            (n + (n - 1) * 100).to_string(),
             "backup {id}"
         );
         b.stop();
@@ -268,7 +295,7 @@ fn object_lock_protects_the_archive_and_retention_skips_locked_objects() {
     assert!(out.contains(&format!("backup {b1:<17} keep")), "{out}");
     assert!(out.contains("under Object Lock until"), "{out}");
     assert!(
-        out.contains("still under Object Lock"),
+        out.contains("still locked against deletion (Object Lock"),
         "locked WAL reported: {out}"
     );
     let left: Vec<String> = backups(&s.env).into_iter().map(|b| b.0).collect();
@@ -444,7 +471,12 @@ fn status_textfile_shows_the_backlog_when_s3_is_down() {
     wait_for("a failed push", Duration::from_secs(60), || {
         s.a.archiver_failed_count() > 0
     });
-    std::thread::sleep(Duration::from_secs(1));
+    wait_for("three segments waiting", Duration::from_secs(60), || {
+        s.a.psql("select count(*) from pg_ls_archive_statusdir() where name like '%.ready'")
+            .parse::<u32>()
+            .unwrap()
+            >= 3
+    });
     let out = walvault(&["status", "--prometheus", p], &env, None);
     assert_eq!(
         out.status.code(),

@@ -24,11 +24,15 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 #[test]
 fn multipart_round_trip_abort_and_listing() {
     let weed = Seaweed::start();
+    // Through a recording proxy: the parts are counted and measured on the wire.
+    let proxy = proxy::FaultProxy::start(weed.endpoint().trim_start_matches("http://"));
     let mut cfg = weed.s3_config();
+    cfg.endpoint = Some(proxy.endpoint());
     cfg.part_size_mb = 5;
     cfg.max_attempts = 3;
     let creds = (weed.access_key.clone(), weed.secret_key.clone());
-    weed.s3(|_| async move {
+    proxy.record();
+    let parts = weed.s3(|_| async move {
         // The store reads keys from the AWS chain, as in production.
         std::env::set_var("AWS_ACCESS_KEY_ID", &creds.0);
         std::env::set_var("AWS_SECRET_ACCESS_KEY", &creds.1);
@@ -56,6 +60,17 @@ fn multipart_round_trip_abort_and_listing() {
         assert!(out == data, "multipart object differs");
         let tail = store.get_tail("backups/big", 80).await.unwrap().unwrap();
         assert_eq!(&tail[72..], b"WVTRAILR");
+        let parts: Vec<usize> = proxy
+            .recorded()
+            .iter()
+            .filter(|r| r.method == "PUT" && r.query_has("partNumber"))
+            .map(|r| r.body.len())
+            .collect();
+        assert_eq!(
+            parts,
+            vec![5 << 20, 5 << 20, meta.size as usize - (10 << 20)],
+            "three parts of 5, 5 and the rest MiB, in order"
+        );
 
         // A source that fails after two parts: nothing is stored.
         struct FailAfter(Vec<u8>, usize);
@@ -76,6 +91,22 @@ fn multipart_round_trip_abort_and_listing() {
             .unwrap_err();
         assert!(format!("{e:#}").contains("disk failed mid-read"), "{e:#}");
         assert!(store.head("backups/broken").await.unwrap().is_none());
+        let recorded = proxy.recorded();
+        let started = recorded
+            .iter()
+            .filter(|r| r.method == "POST" && r.query_has("uploads") && r.target.contains("broken"))
+            .count();
+        let aborted = recorded
+            .iter()
+            .filter(|r| {
+                r.method == "DELETE" && r.query_has("uploadId") && r.target.contains("broken")
+            })
+            .count();
+        assert_eq!(
+            (started, aborted),
+            (1, 1),
+            "the failed upload was started, then aborted"
+        );
 
         // Listing is relative to the prefix and sorted.
         store
@@ -114,7 +145,23 @@ fn multipart_round_trip_abort_and_listing() {
             .unwrap()
             .unwrap();
         assert!(back == noise(1 << 20, 3));
+        parts
     });
+    assert_eq!(parts.len(), 3);
+    // No multipart upload left open anywhere in the bucket (an open one is
+    // billed storage that no listing of objects shows).
+    let open = weed.s3(|c| async move {
+        c.list_multipart_uploads()
+            .bucket(BUCKET)
+            .send()
+            .await
+            .unwrap()
+            .uploads()
+            .iter()
+            .map(|u| u.key().unwrap_or("").to_string())
+            .collect::<Vec<_>>()
+    });
+    assert!(open.is_empty(), "multipart uploads left open: {open:?}");
     let sse = weed.s3(|c| async move {
         c.head_object()
             .bucket(BUCKET)

@@ -155,8 +155,10 @@ fn killed_parallel_push_marks_only_what_was_stored() {
             "killed {when:?}: {before} marked before, {} after",
             marked.len()
         );
-        // The batch: up to 16 files besides the one asked for.
-        if marked.len() - before < 16.min(unmarked - 1) {
+        // The batch: up to 16 files besides the one asked for. Inside it means
+        // some of it stored and some not; a kill before the first upload is not.
+        let stored_now = marked.len() - before;
+        if stored_now > 0 && stored_now < 16.min(unmarked - 1) {
             cut_mid_batch += 1;
         }
         for name in &marked {
@@ -172,7 +174,10 @@ fn killed_parallel_push_marks_only_what_was_stored() {
         marked_total > 0,
         "no batch got as far as one upload before the kill"
     );
-    assert!(cut_mid_batch > 0, "no kill landed inside a batch");
+    assert!(
+        cut_mid_batch > 0,
+        "no kill landed after some but not all of a batch was stored"
+    );
 
     // Archiving fixed: PostgreSQL drains the backlog, using the markers.
     a.psql("alter system reset archive_command");

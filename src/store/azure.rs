@@ -15,6 +15,7 @@
 //! checks the name first (WAL segments are far below the part size; larger
 //! objects belong to a new backup id).
 
+use super::azure_policy::Immutability;
 use super::s3::{fill, IdleTimeout};
 use super::{AlreadyStored, Body, Class, Mode, ObjectMeta, Store, Stored};
 use crate::config;
@@ -37,6 +38,8 @@ pub struct AzureStore {
     prefix: String,
     part_size: usize,
     timeout: Duration,
+    /// Set on every blob written, when `azure.immutability_mode` is.
+    immutability: Option<Immutability>,
 }
 
 /// What a connection string holds that walvault uses.
@@ -96,42 +99,35 @@ fn az_err(op: &str, location: &str, e: object_store::Error) -> anyhow::Error {
 /// and message and the HTTP status when the response carried them (the rest is
 /// the request and the raw body), else the message on one line.
 fn answer(text: &str) -> String {
-    let between = |open: &str, close: &str| {
-        let start = text.find(open)? + open.len();
-        let end = text[start..].find(close).map_or(text.len(), |e| start + e);
-        Some(
-            text[start..end]
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" "),
-        )
-    };
     let status = text
         .find("status code: ")
         .and_then(|i| text[i + 13..].get(..3))
-        .filter(|s| s.bytes().all(|b| b.is_ascii_digit()));
-    match (between("<Code>", "</Code>"), status) {
-        (Some(code), Some(status)) => {
-            let message = text
-                .find("<Message>")
-                .map(|i| &text[i + 9..])
-                .and_then(|m| m.lines().next())
-                .map(|m| {
-                    m.split("</Message>")
-                        .next()
-                        .unwrap_or("")
-                        .trim()
-                        .to_string()
-                })
-                .filter(|m| !m.is_empty())
-                .unwrap_or_else(|| "no message".into());
-            format!("{code}: {message} (HTTP {status})")
-        }
+        .and_then(|s| s.parse::<u16>().ok());
+    match status {
+        Some(status) if text.contains("<Code>") => service_answer(text, status),
         _ => {
             let one: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
             one.chars().take(300).collect()
         }
     }
+}
+
+/// `Code: message (HTTP status)` from an Azure error body (the message's
+/// first line: the rest is the request id and time).
+pub(super) fn service_answer(body: &str, status: u16) -> String {
+    let between = |open: &str, close: &str| {
+        let start = body.find(open)? + open.len();
+        let end = body[start..].find(close).map_or(body.len(), |e| start + e);
+        Some(body[start..end].to_string())
+    };
+    let code = between("<Code>", "</Code>")
+        .map(|c| c.split_whitespace().collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "no error code".into());
+    let message = between("<Message>", "</Message>")
+        .and_then(|m| m.lines().next().map(|l| l.trim().to_string()))
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| "no message".into());
+    format!("{code}: {message} (HTTP {status})")
 }
 
 impl AzureStore {
@@ -164,6 +160,10 @@ impl AzureStore {
             }
             endpoint = endpoint.or(cs.endpoint);
         }
+        // object_store's own environment names for the endpoint.
+        endpoint = endpoint
+            .or_else(|| std::env::var("AZURE_STORAGE_ENDPOINT").ok())
+            .or_else(|| std::env::var("AZURE_ENDPOINT").ok());
         let mut options = ClientOptions::new()
             .with_connect_timeout(Duration::from_secs(cfg.connect_timeout_seconds as u64))
             // A whole-request limit would cut long transfers: a limit between
@@ -194,8 +194,25 @@ impl AzureStore {
                         .join(" ")
                 )
             })?;
+        let immutability = match &cfg.immutability_mode {
+            Some(mode) => Some(Immutability::new(
+                client.credentials().clone(),
+                &account,
+                endpoint.as_deref(),
+                &container,
+                mode,
+                cfg.immutability_days,
+                cfg.max_attempts.max(1) as u32,
+                (
+                    Duration::from_secs(cfg.connect_timeout_seconds as u64),
+                    Duration::from_secs(cfg.timeout_seconds as u64),
+                ),
+            )?),
+            None => None,
+        };
         Ok(AzureStore {
             client,
+            immutability,
             account,
             container,
             prefix: if prefix.is_empty() {
@@ -212,6 +229,25 @@ impl AzureStore {
         Path::from(format!("{}{key}", self.prefix))
     }
 
+    /// Puts the immutability policy on a blob this store just wrote. A failure
+    /// fails the write: the caller (PostgreSQL's archiver) tries again, and
+    /// the retry meets the blob in place and protects it then (`protect`).
+    async fn protect(&self, key: &str, stored: Stored) -> Result<Stored> {
+        if let Some(p) = &self.immutability {
+            let blob = format!("{}{key}", self.prefix);
+            p.set(&blob, stored.version.as_deref(), &self.locate(key))
+                .await?;
+        }
+        Ok(stored)
+    }
+
+    fn already_stored(&self, key: &str) -> Result<Stored> {
+        Err(AlreadyStored {
+            location: self.locate(key),
+        }
+        .into())
+    }
+
     async fn put_single(&self, key: &str, data: bytes::Bytes, mode: Mode) -> Result<Stored> {
         let opts = PutOptions {
             mode: match mode {
@@ -225,11 +261,8 @@ impl AzureStore {
             .put_opts(&self.path(key), PutPayload::from_bytes(data), opts)
             .await
         {
-            Ok(r) => Ok(Stored { version: r.version }),
-            Err(object_store::Error::AlreadyExists { .. }) => Err(AlreadyStored {
-                location: self.locate(key),
-            }
-            .into()),
+            Ok(r) => self.protect(key, Stored { version: r.version }).await,
+            Err(object_store::Error::AlreadyExists { .. }) => self.already_stored(key),
             Err(e) => Err(az_err("upload", &self.locate(key), e)),
         }
     }
@@ -242,10 +275,7 @@ impl AzureStore {
         mode: Mode,
     ) -> Result<Stored> {
         if mode == Mode::Create && self.head(key).await?.is_some() {
-            return Err(AlreadyStored {
-                location: self.locate(key),
-            }
-            .into());
+            return self.already_stored(key);
         }
         let location = self.locate(key);
         let mut upload = self
@@ -273,11 +303,14 @@ impl AzureStore {
             Ok(Stored { version: r.version })
         }
         .await;
-        if result.is_err() {
-            // Uncommitted blocks are invisible and dropped by the service within a week.
-            let _ = upload.abort().await;
+        match result {
+            Ok(stored) => self.protect(key, stored).await,
+            Err(e) => {
+                // Uncommitted blocks are invisible and dropped by the service within a week.
+                let _ = upload.abort().await;
+                Err(e)
+            }
         }
-        result
     }
 
     async fn get_with(
@@ -383,13 +416,22 @@ impl Store for AzureStore {
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
         match self.client.head(&self.path(key)).await {
-            Ok(m) => Ok(Some(ObjectMeta {
-                key: key.to_string(),
-                size: m.size,
-                modified: Some(m.last_modified),
-                retain_until: None,
-                version: m.version,
-            })),
+            Ok(m) => {
+                let retain_until = match &self.immutability {
+                    Some(p) => {
+                        p.until(&format!("{}{key}", self.prefix), &self.locate(key))
+                            .await?
+                    }
+                    None => None,
+                };
+                Ok(Some(ObjectMeta {
+                    key: key.to_string(),
+                    size: m.size,
+                    modified: Some(m.last_modified),
+                    retain_until,
+                    version: m.version,
+                }))
+            }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(az_err("HEAD", &self.locate(key), e)),
         }
@@ -431,6 +473,18 @@ impl Store for AzureStore {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(az_err("DELETE", &self.locate(key), e)),
         }
+    }
+
+    async fn object_lock(&self) -> Result<bool> {
+        Ok(self.immutability.is_some())
+    }
+
+    async fn protect(&self, key: &str) -> Result<()> {
+        if let Some(p) = &self.immutability {
+            p.set(&format!("{}{key}", self.prefix), None, &self.locate(key))
+                .await?;
+        }
+        Ok(())
     }
 
     fn locate(&self, key: &str) -> String {

@@ -5,6 +5,7 @@
 //! was read to a clean end and is durable; a body that ends in an error stores nothing.
 
 pub mod azure;
+mod azure_policy;
 pub mod fs;
 pub mod s3;
 
@@ -112,6 +113,13 @@ pub trait Store: Send + Sync {
     async fn object_lock(&self) -> Result<bool> {
         Ok(false)
     }
+    /// Makes an object found already stored as protected as a write of it
+    /// now would make it: where protection is a second request after the
+    /// write (Azure's immutability policy), a push that failed between the two
+    /// left it unprotected, and its retry finds it in place.
+    async fn protect(&self, _key: &str) -> Result<()> {
+        Ok(())
+    }
     /// Puts `key` in a lifecycle class (the S3 tag `walvault-class`), which the
     /// bucket's lifecycle rules act on. Returns false where there are no classes
     /// (a local directory keeps everything until `delete` removes it).
@@ -177,6 +185,9 @@ impl Store for Pinned {
     }
     async fn set_class(&self, key: &str, class: Class) -> Result<bool> {
         self.inner.set_class(key, class).await
+    }
+    async fn protect(&self, key: &str) -> Result<()> {
+        self.inner.protect(key).await
     }
     fn locate(&self, key: &str) -> String {
         self.inner.locate(key)

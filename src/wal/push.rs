@@ -328,6 +328,7 @@ async fn settle(
     // stored copy is whole, and to mend it from the file while it still exists.
     match codec::verify_stored(store, key).await {
         Ok(Some(_)) => {
+            store.protect(key).await?;
             tracing::info!("{name} is already archived with identical content");
             Ok(Some(Pushed { len }))
         }

@@ -886,7 +886,15 @@ impl Cluster {
         self.env = env.clone();
         std::fs::create_dir_all(&self.sockdir).unwrap();
         chown_pg(&self.sockdir);
-        let _ = std::fs::remove_file(self.pgdata.join("postmaster.pid"));
+        // A pid file left behind means the last stop (by the test or by
+        // walvault) was not clean: that is a finding, never tidied away.
+        let stale = self.pgdata.join("postmaster.pid");
+        assert!(
+            !stale.exists(),
+            "{} holds a postmaster.pid before start: the server was not stopped cleanly:\n{}",
+            self.pgdata.display(),
+            std::fs::read_to_string(&stale).unwrap_or_default()
+        );
         let mut c = pg_command(self.bin.join("pg_ctl").to_str().unwrap(), env);
         c.arg("-D")
             .arg(&self.pgdata)

@@ -3,8 +3,9 @@
 //! to close after each response), so a fault can be chosen for each request:
 //! refuse connections, answer 500/503 SlowDown, stall past the client's timeout,
 //! or cut a response half way. It can also record every request it passes
-//! (head and body), so a test can check what walvault puts on the wire. A
-//! thread of the test process, stopped on drop.
+//! (head and body), so a test can check what walvault puts on the wire, answer
+//! chosen requests itself (a service feature the emulator lacks), and add a
+//! header to HEAD responses. A thread of the test process, stopped on drop.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -56,8 +57,15 @@ impl Recorded {
     }
 }
 
+/// A request the proxy answers itself: status and body.
+type Answer = (String, u16, String);
+
 struct Shared {
     record: Mutex<Option<Vec<Recorded>>>,
+    /// Requests whose target contains the first field get this answer.
+    answers: Mutex<Vec<Answer>>,
+    /// A header line added to every HEAD response.
+    head_header: Mutex<Option<String>>,
     fault: Mutex<(Fault, u64)>,
     stop: AtomicBool,
     requests: AtomicU64,
@@ -77,6 +85,8 @@ impl FaultProxy {
         let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the proxy port");
         let shared = Arc::new(Shared {
             record: Mutex::new(None),
+            answers: Mutex::new(Vec::new()),
+            head_header: Mutex::new(None),
             fault: Mutex::new((Fault::None, 0x9E37_79B9_7F4A_7C15)),
             stop: AtomicBool::new(false),
             requests: AtomicU64::new(0),
@@ -112,6 +122,29 @@ impl FaultProxy {
             .unwrap()
             .clone()
             .unwrap_or_default()
+    }
+
+    /// Answers every request whose target contains `target` with `status` and
+    /// `body` (XML) instead of passing it on; a later call for the same
+    /// `target` replaces the answer. Such requests are recorded too.
+    pub fn answer(&self, target: &str, status: u16, body: &str) {
+        let mut a = self.shared.answers.lock().unwrap();
+        a.retain(|(t, _, _)| t != target);
+        a.push((target.to_string(), status, body.to_string()));
+    }
+
+    /// Passes requests whose target contains `target` on again.
+    pub fn pass(&self, target: &str) {
+        self.shared
+            .answers
+            .lock()
+            .unwrap()
+            .retain(|(t, _, _)| t != target);
+    }
+
+    /// Adds `name: value` to every HEAD response passed on (`None`: stop).
+    pub fn head_header(&self, header: Option<(&str, &str)>) {
+        *self.shared.head_header.lock().unwrap() = header.map(|(k, v)| format!("{k}: {v}"));
     }
 
     /// Requests seen and requests given a fault so far.
@@ -231,6 +264,48 @@ fn serve(mut client: TcpStream, upstream: &str, s: &Shared) -> std::io::Result<(
         return Ok(());
     };
     s.requests.fetch_add(1, Ordering::Relaxed);
+    let first_line = String::from_utf8_lossy(&head)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    let answer = s
+        .answers
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(t, _, _)| first_line.contains(t.as_str()))
+        .cloned();
+    if let Some((_, status, text)) = answer {
+        let (head, body) = read_body(&mut client, head, rest)?;
+        record(s, &head, &body);
+        let resp = format!(
+            "HTTP/1.1 {status} Answered\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+            text.len()
+        );
+        client.write_all(resp.as_bytes())?;
+        let _ = client.shutdown(Shutdown::Both);
+        return Ok(());
+    }
+    let add = s
+        .head_header
+        .lock()
+        .unwrap()
+        .clone()
+        .filter(|_| first_line.starts_with("HEAD "));
+    if let Some(line) = add {
+        let mut up = TcpStream::connect(upstream)?;
+        up.write_all(&closing(&head))?;
+        up.write_all(&rest)?;
+        if let Some((resp, more)) = read_head(&mut up)? {
+            let text = String::from_utf8_lossy(&resp);
+            let text = text.trim_end_matches("\r\n");
+            client.write_all(format!("{text}\r\n{line}\r\n\r\n").as_bytes())?;
+            client.write_all(&more)?;
+        }
+        let _ = client.shutdown(Shutdown::Both);
+        return Ok(());
+    }
     let fault = pick(s);
     if fault != Fault::None {
         s.faulted.fetch_add(1, Ordering::Relaxed);
