@@ -63,6 +63,39 @@ fn skip_name(name: &str) -> bool {
     name == "pg_internal.init" || name.starts_with("pgsql_tmp")
 }
 
+/// The relfilenode and fork of a relation file: `16384` → ("16384", ""),
+/// `16384_fsm.2` → ("16384", "fsm"). None for any other name.
+fn relation_file(name: &str) -> Option<(&str, &str)> {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let (base, segment) = name.split_once('.').unwrap_or((name, "0"));
+    let (node, fork) = base.split_once('_').unwrap_or((base, ""));
+    (digits(node) && digits(segment) && matches!(fork, "" | "fsm" | "vm" | "init"))
+        .then_some((node, fork))
+}
+
+/// A temporary relation's file, `t<backend>_<relfilenode>[_fork][.segment]`:
+/// its session's, gone at any restart.
+fn temporary_relation(name: &str) -> bool {
+    name.strip_prefix('t')
+        .and_then(|rest| rest.split_once('_'))
+        .is_some_and(|(backend, file)| {
+            !backend.is_empty()
+                && backend.bytes().all(|b| b.is_ascii_digit())
+                && relation_file(file).is_some()
+        })
+}
+
+/// A database's directory: `base/<oid>`, or `pg_tblspc/<oid>/<version dir>/<oid>`.
+fn database_dir(rel: &str) -> bool {
+    let parts: Vec<&str> = rel.split('/').collect();
+    let oid = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    match parts.as_slice() {
+        ["base", db] => oid(db),
+        ["pg_tblspc", ts, _, db] => oid(ts) && oid(db),
+        _ => false,
+    }
+}
+
 pub fn walk(pgdata: &Path) -> Result<Walked> {
     let mut out = Walked {
         entries: Vec::new(),
@@ -80,6 +113,23 @@ fn walk_dir(dir: &Path, rel: &str, out: &mut Walked) -> Result<()> {
         Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
     };
     names.sort_by_key(|e| e.file_name());
+    // As pg_basebackup: in a database's directory, an unlogged relation (one
+    // with an init fork) keeps only its init fork, from which recovery makes
+    // it anew and empty; temporary relations' files are left out.
+    let in_database = database_dir(rel);
+    let unlogged: std::collections::HashSet<String> = if in_database {
+        names
+            .iter()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().to_string();
+                relation_file(&name)
+                    .filter(|(_, fork)| *fork == "init")
+                    .map(|(node, _)| node.to_string())
+            })
+            .collect()
+    } else {
+        Default::default()
+    };
     for entry in names {
         let name = entry.file_name().to_string_lossy().to_string();
         let path = if rel.is_empty() {
@@ -88,6 +138,13 @@ fn walk_dir(dir: &Path, rel: &str, out: &mut Walked) -> Result<()> {
             format!("{rel}/{name}")
         };
         if skip_name(&name) || (rel.is_empty() && SKIP_TOP_FILES.contains(&name.as_str())) {
+            continue;
+        }
+        if in_database
+            && (temporary_relation(&name)
+                || relation_file(&name)
+                    .is_some_and(|(node, fork)| fork != "init" && unlogged.contains(node)))
+        {
             continue;
         }
         let source = entry.path();
@@ -226,6 +283,72 @@ mod tests {
         assert_eq!(
             w.tablespaces,
             vec![("16389".to_string(), ts.path().to_path_buf())]
+        );
+    }
+
+    #[test]
+    fn unlogged_and_temporary_relations_as_pg_basebackup() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        std::fs::create_dir_all(p.join("base/5")).unwrap();
+        std::fs::create_dir_all(p.join("global")).unwrap();
+        let ts = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(ts.path().join("PG_15_1/5")).unwrap();
+        std::fs::create_dir_all(p.join("pg_tblspc")).unwrap();
+        std::os::unix::fs::symlink(ts.path(), p.join("pg_tblspc/16389")).unwrap();
+        for f in [
+            // unlogged: only the init fork stays
+            "base/5/16384",
+            "base/5/16384.1",
+            "base/5/16384_fsm",
+            "base/5/16384_vm",
+            "base/5/16384_init",
+            // logged
+            "base/5/16385",
+            "base/5/16385.1",
+            "base/5/16385_fsm",
+            // temporary
+            "base/5/t3_16390",
+            "base/5/t3_16390_fsm",
+            "base/5/t12_16391.1",
+            // not relation files: kept
+            "base/5/PG_VERSION",
+            "base/5/pg_filenode.map",
+            "base/5/16384_init_copy",
+            // a global file named like an init fork is not in a database
+            "global/16400",
+            "global/16400_init",
+        ] {
+            std::fs::write(p.join(f), "x").unwrap();
+        }
+        for f in [
+            "PG_15_1/5/16500",
+            "PG_15_1/5/16500_init",
+            "PG_15_1/5/t4_16501",
+        ] {
+            std::fs::write(ts.path().join(f), "x").unwrap();
+        }
+        let w = walk(p).unwrap();
+        let files: Vec<&str> = w
+            .entries
+            .iter()
+            .filter(|e| e.kind == Kind::File)
+            .map(|e| e.path.as_str())
+            .collect();
+        assert_eq!(
+            files,
+            vec![
+                "base/5/16384_init",
+                "base/5/16384_init_copy",
+                "base/5/16385",
+                "base/5/16385.1",
+                "base/5/16385_fsm",
+                "base/5/PG_VERSION",
+                "base/5/pg_filenode.map",
+                "global/16400",
+                "global/16400_init",
+                "pg_tblspc/16389/PG_15_1/5/16500_init",
+            ]
         );
     }
 }

@@ -803,8 +803,17 @@ impl Cluster {
         Cluster::init_with(root, name, &server_bin(major))
     }
 
+    /// A new PostgreSQL 15 cluster with more initdb options (`-k`, `--wal-segsize`).
+    pub fn init_args(root: &Path, name: &str, extra: &[&str]) -> Cluster {
+        Cluster::init_full(root, name, &server_bin(15), extra)
+    }
+
     /// A new cluster made by the initdb in `bin`, whose server programs it then uses.
     pub fn init_with(root: &Path, name: &str, bin: &Path) -> Cluster {
+        Cluster::init_full(root, name, bin, &[])
+    }
+
+    fn init_full(root: &Path, name: &str, bin: &Path, extra: &[&str]) -> Cluster {
         let mut c = Cluster::at(root, name);
         c.bin = bin.to_path_buf();
         std::fs::create_dir_all(&c.sockdir).unwrap();
@@ -819,8 +828,9 @@ impl Cluster {
                 "-E",
                 "UTF8",
                 "--locale=C",
-                "-D",
             ])
+            .args(extra)
+            .arg("-D")
             .arg(&c.pgdata)
             .output()
             .unwrap();
