@@ -17,4 +17,5 @@ else
     echo "terraform is not installed: terraform fmt -check NOT run on terraform/" >&2
 fi
 cargo clippy --release --all-targets --quiet -- -D warnings
-cargo test --release
+# Every test, the suites side by side on one shared build.
+scripts/run-suites.sh

@@ -58,6 +58,11 @@ pub const KEYS: &[(&str, Kind, &str)] = &[
         "S3 region (else AWS_REGION or the AWS profile)",
     ),
     (
+        "s3.ca_file",
+        Kind::Str,
+        "PEM file of the CA certificates trusted instead of the system's roots, for an HTTPS endpoint signed by a private CA",
+    ),
+    (
         "s3.force_path_style",
         Kind::Bool,
         "path-style addressing (SeaweedFS, MinIO, many S3-compatible stores)",
@@ -548,6 +553,7 @@ pub struct Encryption {
 pub struct S3 {
     pub endpoint: Option<String>,
     pub region: Option<String>,
+    pub ca_file: Option<PathBuf>,
     #[serde(default)]
     pub force_path_style: bool,
     pub sse: Option<String>,
@@ -656,6 +662,7 @@ impl Default for S3 {
         S3 {
             endpoint: None,
             region: None,
+            ca_file: None,
             force_path_style: false,
             sse: None,
             sse_kms_key_id: None,

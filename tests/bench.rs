@@ -1,9 +1,13 @@
-//! Benchmark (not part of the test run): `scripts/bench.sh [--runs N] [--segments N]`.
+//! Benchmark (not part of the test run): `scripts/bench.sh [--only calls,drain,replay,backups] [--runs N] ...`.
 //!
-//! Makes real WAL with pgbench, then pushes and fetches it one process call at a
-//! time, as PostgreSQL does, on the local-directory and S3 backends, with zstd
-//! and age encryption on. Baseline in the same invocation: `cp`, the archive
-//! command of PostgreSQL's documentation. Prints medians and ratios.
+//! Real WAL and databases from pgbench; walvault against pgBackRest like for
+//! like: the same S3 endpoint over HTTPS (certificate checked against the same
+//! private CA), zstd-1 and encryption on both, both started the same way, rows
+//! at the same parallelism and prefetch depth beside rows at each tool's best
+//! settings, the order of the tools alternated between runs, every fetched
+//! segment compared with its original. Baselines in the same invocation: `cp`
+//! (PostgreSQL's documented archive command) and pg_basebackup. Prints medians
+//! and ratios.
 
 mod common;
 
@@ -162,13 +166,6 @@ fn run_measured(c: &mut Command) -> (bool, String, i64) {
     )
 }
 
-/// `run_measured` with its wall time: (seconds when it succeeded, stderr, peak RSS KiB).
-fn measured_secs(c: &mut Command) -> (Option<f64>, String, i64) {
-    let t = Instant::now();
-    let (ok, err, rss) = run_measured(c);
-    (ok.then(|| t.elapsed().as_secs_f64()), err, rss)
-}
-
 fn timed(mut cmds: impl FnMut(usize) -> Command, n: usize) -> Pass {
     let mut per_call_ms = Vec::with_capacity(n);
     let mut peak_rss_kb = 0;
@@ -188,10 +185,260 @@ fn timed(mut cmds: impl FnMut(usize) -> Command, n: usize) -> Pass {
     }
 }
 
-fn walvault_cmd(args: &[&str], env: &BTreeMap<String, String>) -> Command {
-    let mut c = Command::new(walvault_bin());
-    c.envs(env).args(args);
-    c
+/// Where the tools' settings live, the same way for both: walvault reads a
+/// configuration file (`--config`), pgBackRest its own (`--config`); the secrets
+/// (S3 keys, the Azure account key) are in the process environment, as a DBA's
+/// service unit has them. Every call of either tool starts the same way:
+/// `runuser -u postgres -- env ... PROGRAM` (tests/common `pg_command`).
+struct Setup {
+    root: PathBuf,
+    /// The age key pair every walvault repository is encrypted with.
+    recipient: String,
+    idfile: PathBuf,
+    /// The private CA that signed SeaweedFS's HTTPS certificate: both tools verify it.
+    ca: PathBuf,
+    https_endpoint: String,
+    https_port: u16,
+    http_endpoint: String,
+    /// S3 keys and the Azure account key: the environment of every call.
+    secrets: BTreeMap<String, String>,
+    azure_endpoint: String,
+    azure_repo_base: String,
+    access_key: String,
+    secret_key: String,
+}
+
+/// The repositories the benchmark writes to.
+#[derive(Clone, Copy, PartialEq)]
+enum Backend {
+    Local,
+    S3Https,
+    S3Http,
+    Azure,
+}
+
+impl Backend {
+    fn label(self) -> &'static str {
+        match self {
+            Backend::Local => "local dir",
+            Backend::S3Https => "S3 HTTPS",
+            Backend::S3Http => "S3 HTTP",
+            Backend::Azure => "Azure HTTP",
+        }
+    }
+}
+
+impl Setup {
+    fn new(root: &Path, weed: &Seaweed, az: &Azurite) -> Setup {
+        let idfile = root.join("identity.txt");
+        let out = Command::new(walvault_bin())
+            .args(["keygen", "-o", idfile.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        chown_pg(&idfile);
+        let (https_endpoint, ca) = weed.https_endpoint(root);
+        let https_port = https_endpoint.rsplit(':').next().unwrap().parse().unwrap();
+        let s3 = weed.walvault_env("x");
+        let azure = az.walvault_env(AZ_CONTAINER, "x");
+        let mut secrets: BTreeMap<String, String> = base_env()
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with("WALVAULT_"))
+            .collect();
+        for k in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+            secrets.insert(k.into(), s3[k].clone());
+        }
+        secrets.insert(
+            "AZURE_STORAGE_ACCOUNT_KEY".into(),
+            azure["AZURE_STORAGE_ACCOUNT_KEY"].clone(),
+        );
+        Setup {
+            root: root.to_path_buf(),
+            recipient: String::from_utf8(out.stdout).unwrap().trim().to_string(),
+            idfile,
+            ca,
+            https_endpoint,
+            https_port,
+            http_endpoint: weed.endpoint(),
+            secrets,
+            azure_endpoint: azure["WALVAULT_AZURE_ENDPOINT"].clone(),
+            azure_repo_base: azure["WALVAULT_REPO"].trim_end_matches("/x").to_string(),
+            access_key: weed.access_key.clone(),
+            secret_key: weed.secret_key.clone(),
+        }
+    }
+
+    /// A walvault configuration file for a repository named `name` on `backend`:
+    /// zstd-1 and age encryption on, as pgBackRest gets zstd-1 and AES; `extra`
+    /// sets more keys (`("push.concurrency", "2")`). One fetch attempt for an
+    /// absent file, as pgBackRest's archive-get answers at once.
+    fn config(&self, backend: Backend, name: &str, extra: &[(&str, &str)]) -> PathBuf {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static FILES: AtomicUsize = AtomicUsize::new(0);
+        let repo = match backend {
+            Backend::Local => {
+                let dir = self.root.join(format!("repo-{name}"));
+                std::fs::create_dir_all(&dir).unwrap();
+                chown_pg(&dir);
+                format!("file://{}", dir.display())
+            }
+            Backend::S3Https | Backend::S3Http => format!("s3://{BUCKET}/{name}"),
+            Backend::Azure => format!("{}/{name}", self.azure_repo_base),
+        };
+        let q = |v: &str| format!("\"{v}\"");
+        let mut keys: Vec<(String, String)> = vec![
+            ("repo".into(), q(&repo)),
+            ("log_level".into(), q("warn")),
+            ("compression.level".into(), "1".into()),
+            (
+                "encryption.recipients".into(),
+                format!("[{}]", q(&self.recipient)),
+            ),
+            (
+                "encryption.identity_file".into(),
+                q(&self.idfile.display().to_string()),
+            ),
+            ("fetch.retries".into(), "1".into()),
+        ];
+        match backend {
+            Backend::Local => {}
+            Backend::S3Https | Backend::S3Http => {
+                let https = backend == Backend::S3Https;
+                let endpoint = if https {
+                    &self.https_endpoint
+                } else {
+                    &self.http_endpoint
+                };
+                keys.push(("s3.endpoint".into(), q(endpoint)));
+                keys.push(("s3.region".into(), q("us-east-1")));
+                keys.push(("s3.force_path_style".into(), "true".into()));
+                if https {
+                    keys.push(("s3.ca_file".into(), q(&self.ca.display().to_string())));
+                }
+            }
+            Backend::Azure => keys.push(("azure.endpoint".into(), q(&self.azure_endpoint))),
+        }
+        keys.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        // TOML: top-level keys first, then one table per section.
+        let mut sections: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for (k, v) in &keys {
+            let (section, key) = k.split_once('.').unwrap_or(("", k));
+            sections
+                .entry(section)
+                .or_default()
+                .push(format!("{key} = {v}"));
+        }
+        let mut text = String::new();
+        for (section, lines) in sections {
+            if !section.is_empty() {
+                text.push_str(&format!("[{section}]\n"));
+            }
+            text.push_str(&(lines.join("\n") + "\n"));
+        }
+        let path = self.root.join(format!(
+            "walvault-{name}-{}.toml",
+            FILES.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&path, text).unwrap();
+        chown_pg(&path);
+        path
+    }
+
+    /// A walvault call, started as every pgBackRest call is.
+    fn walvault(&self, conf: &Path, args: &[&str]) -> Command {
+        let mut c = pg_command(walvault_bin().to_str().unwrap(), &self.secrets);
+        c.arg("--config").arg(conf).args(args);
+        c
+    }
+
+    /// The archive_command / restore_command text for walvault `verb`.
+    fn walvault_line(&self, conf: &Path, verb: &str) -> String {
+        format!(
+            "\"{}\" --config {} {verb}",
+            walvault_bin().display(),
+            conf.display()
+        )
+    }
+}
+
+fn main() {
+    let a = args();
+    let root = pg_tempdir();
+    let (weed, _) = Seaweed::start_with_https();
+    let az = Azurite::start();
+    az.create_container(AZ_CONTAINER);
+    let s = Setup::new(root.path(), &weed, &az);
+    println!(
+        "walvault benchmark: zstd-1 and encryption on both tools (walvault age, pgBackRest aes-256-cbc); \
+         both over HTTPS to the same SeaweedFS endpoint, certificate verified against the same private CA; \
+         both started as `runuser -u postgres -- env ... PROGRAM --config FILE`; \
+         runs alternate which tool goes first; every fetched segment compared with the original."
+    );
+    if a.wants("calls") {
+        bench_calls(&a, &s);
+    }
+    if a.wants("drain") {
+        println!("{}", bench_drain(&a, &s));
+    }
+    if a.wants("replay") {
+        println!("{}", bench_replay(&a, &s));
+    }
+    if a.wants("backups") {
+        println!("{}", bench_backups(&a, &s));
+    }
+    drop(az);
+    drop(weed);
+}
+
+/// The Azurite container the Azure rows use.
+const AZ_CONTAINER: &str = "bench";
+
+/// Runs the walvault side and the pgBackRest side of one run, walvault first
+/// in odd runs (1, 3, ...) and pgBackRest first in even ones; both record into `t`.
+fn alternated<T>(
+    run: usize,
+    t: &mut T,
+    mut walvault_side: impl FnMut(&mut T),
+    mut pgbackrest_side: impl FnMut(&mut T),
+) {
+    if run % 2 == 0 {
+        walvault_side(t);
+        pgbackrest_side(t);
+    } else {
+        pgbackrest_side(t);
+        walvault_side(t);
+    }
+}
+
+/// The SHA-256 of a file.
+fn sha256_file(p: &Path) -> [u8; 32] {
+    use sha2::Digest;
+    let mut f = std::fs::File::open(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let mut h = sha2::Sha256::new();
+    std::io::copy(&mut f, &mut h).unwrap();
+    h.finalize().into()
+}
+
+/// Every fetched file (named as its segment, in `dir`) against the original's
+/// hash; then the directory goes.
+fn compare_fetched(what: &str, dir: &Path, originals: &BTreeMap<String, [u8; 32]>) {
+    for (name, want) in originals {
+        let got = sha256_file(&dir.join(name));
+        assert!(
+            got == *want,
+            "{what}: fetched {name} differs from the original"
+        );
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A directory the postgres user owns, for one pass's fetched files.
+fn fetch_dir(root: &Path, name: &str) -> PathBuf {
+    let d = root.join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    chown_pg(&d);
+    d
 }
 
 struct Row {
@@ -202,80 +449,9 @@ struct Row {
     rss_kb: i64,
 }
 
-/// The age key pair every walvault repository of the benchmark is encrypted with.
-struct Keys {
-    recipient: String,
-    idfile: PathBuf,
-}
-
-impl Keys {
-    fn new(root: &Path) -> Keys {
-        let idfile = root.join("identity.txt");
-        let out = Command::new(walvault_bin())
-            .args(["keygen", "-o", idfile.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        // Restores run as the postgres user.
-        chown_pg(&idfile);
-        Keys {
-            recipient: String::from_utf8(out.stdout).unwrap().trim().to_string(),
-            idfile,
-        }
-    }
-
-    fn add_to(&self, env: &mut BTreeMap<String, String>) {
-        env.insert(
-            "WALVAULT_ENCRYPTION_RECIPIENTS".into(),
-            self.recipient.clone(),
-        );
-        env.insert(
-            "WALVAULT_ENCRYPTION_IDENTITY_FILE".into(),
-            self.idfile.display().to_string(),
-        );
-        env.insert("WALVAULT_LOG_LEVEL".into(), "warn".into());
-    }
-}
-
-/// S3 settings and keys of `env` as `K=V ` words, for an archive or restore
-/// command run by a server whose environment has none.
-fn inline_env(env: &BTreeMap<String, String>) -> String {
-    env.iter()
-        .filter(|(k, _)| k.starts_with("AWS_") || k.starts_with("WALVAULT_"))
-        .filter(|(k, _)| !k.ends_with("_FILE") || k.starts_with("WALVAULT_ENCRYPTION"))
-        .filter(|(k, _)| *k != "WALVAULT_CONFIG")
-        .map(|(k, v)| format!("{k}={v} "))
-        .collect()
-}
-
-fn main() {
-    let a = args();
-    let root = pg_tempdir();
-    let (weed, https) = Seaweed::start_with_https();
-    let az = Azurite::start();
-    az.create_container(AZ_CONTAINER);
-    let keys = Keys::new(root.path());
-    if a.wants("calls") {
-        bench_calls(&a, root.path(), &weed, &az, https, &keys);
-    }
-    if a.wants("drain") {
-        println!("{}", bench_drain(&a, root.path(), &weed, https, &keys));
-    }
-    if a.wants("replay") {
-        println!("{}", bench_replay(&a, root.path(), &weed, https, &keys));
-    }
-    if a.wants("backups") {
-        let backups = bench_backups(&a, root.path(), &weed, &az, https, &keys);
-        println!("{backups}");
-    }
-    drop(weed);
-}
-
 /// One process per call, as PostgreSQL calls archive_command and restore_command.
-/// The Azurite container the Azure rows use.
-const AZ_CONTAINER: &str = "bench";
-
-fn bench_calls(a: &Args, root: &Path, weed: &Seaweed, az: &Azurite, https: u16, keys: &Keys) {
+fn bench_calls(a: &Args, s: &Setup) {
+    let root = &s.root;
     eprintln!(
         "making {} segments of real WAL with pgbench ...",
         a.segments
@@ -283,14 +459,18 @@ fn bench_calls(a: &Args, root: &Path, weed: &Seaweed, az: &Azurite, https: u16, 
     let (segs, mut src) = make_segments(root, a.segments);
     // One pgBackRest repository per run (stanza-create needs the cluster up).
     let pgbr: Vec<PgBackRest> = (0..a.runs)
-        .map(|run| PgBackRest::new(root, weed, https, &format!("seq{run}"), &src))
+        .map(|run| PgBackRest::new(s, &format!("seq{run}"), &src))
         .collect();
     src.stop();
     let raw_mb = segs.len() as f64 * 16.0 * 1.048576;
-
     let names: Vec<String> = segs
         .iter()
         .map(|p| p.file_name().unwrap().to_string_lossy().to_string())
+        .collect();
+    let originals: BTreeMap<String, [u8; 32]> = segs
+        .iter()
+        .zip(&names)
+        .map(|(p, n)| (n.clone(), sha256_file(p)))
         .collect();
     let mut rows: Vec<Row> = Vec::new();
     let mut stored_ratio = 0.0;
@@ -313,15 +493,16 @@ fn bench_calls(a: &Args, root: &Path, weed: &Seaweed, az: &Azurite, https: u16, 
         row.mbps.push(raw_mb / pass.wall.as_secs_f64());
         row.rss_kb = row.rss_kb.max(pass.peak_rss_kb);
     };
+    // Every call runs as postgres through the same wrapper, the baseline's too.
+    let as_pg = |program: &str| pg_command(program, &BTreeMap::new());
 
     for run in 0..a.runs {
         eprintln!("run {} of {} ...", run + 1, a.runs);
         // Baseline: cp, as in PostgreSQL's documentation (no compression, no fsync).
-        let cp_dir = root.join(format!("cp-{run}"));
-        std::fs::create_dir(&cp_dir).unwrap();
+        let cp_dir = fetch_dir(root, &format!("cp-{run}"));
         let mut p = timed(
             |i| {
-                let mut c = Command::new("sh");
+                let mut c = as_pg("sh");
                 c.arg("-c").arg(format!(
                     "test ! -f '{0}/{1}' && cp '{2}' '{0}/{1}'",
                     cp_dir.display(),
@@ -332,88 +513,133 @@ fn bench_calls(a: &Args, root: &Path, weed: &Seaweed, az: &Azurite, https: u16, 
             },
             segs.len(),
         );
-        add("cp (baseline)   push".into(), &mut p);
-        let dest = root.join("RECOVERYXLOG");
+        add(format!("{:<28} push", "cp (baseline)"), &mut p);
+        let dest = fetch_dir(root, "fetched");
         let mut p = timed(
             |i| {
-                let mut c = Command::new("cp");
-                c.arg(cp_dir.join(&names[i])).arg(&dest);
+                let mut c = as_pg("cp");
+                c.arg(cp_dir.join(&names[i])).arg(dest.join(&names[i]));
                 c
             },
             segs.len(),
         );
-        add("cp (baseline)   fetch".into(), &mut p);
+        compare_fetched("cp", &dest, &originals);
+        add(format!("{:<28} fetch", "cp (baseline)"), &mut p);
 
-        for backend in ["local dir", "S3 (SeaweedFS)", "Azure (Azurite)"] {
-            let mut env = match backend {
-                "local dir" => fs_env(&root.join(format!("repo-{run}"))),
-                "S3 (SeaweedFS)" => weed.walvault_env(&format!("bench-{run}")),
-                _ => az.walvault_env(AZ_CONTAINER, &format!("bench-{run}")),
-            };
-            keys.add_to(&mut env);
-            let mut p = timed(
-                |i| walvault_cmd(&["wal-push", segs[i].to_str().unwrap()], &env),
-                segs.len(),
-            );
-            add(format!("walvault {backend:<7} push"), &mut p);
-            let mut p = timed(
-                |i| walvault_cmd(&["wal-fetch", &names[i], dest.to_str().unwrap()], &env),
-                segs.len(),
-            );
-            add(format!("walvault {backend:<7} fetch"), &mut p);
-            assert!(
-                std::fs::read(&dest).unwrap() == std::fs::read(segs.last().unwrap()).unwrap(),
-                "fetched bytes differ"
-            );
-            if backend == "local dir" {
-                let stored: u64 = std::fs::read_dir(root.join(format!("repo-{run}/wal")))
-                    .unwrap()
-                    .filter_map(|e| e.ok())
-                    .map(|e| e.metadata().unwrap().len())
-                    .sum();
+        let mut walvault_rows = Vec::new();
+        let mut pgbackrest_rows = Vec::new();
+        alternated(
+            run,
+            &mut (),
+            |_| {
+                for backend in [
+                    Backend::S3Https,
+                    Backend::S3Http,
+                    Backend::Local,
+                    Backend::Azure,
+                ] {
+                    // No prefetch: one call, one segment, as pgBackRest's sync
+                    // archive-get (the in-order part measures prefetching).
+                    let conf = s.config(
+                        backend,
+                        &format!("calls-{}-{run}", backend.label().replace(' ', "-")),
+                        &[("fetch.prefetch", "0")],
+                    );
+                    let push = timed(
+                        |i| s.walvault(&conf, &["wal-push", segs[i].to_str().unwrap()]),
+                        segs.len(),
+                    );
+                    let dest = fetch_dir(root, "fetched");
+                    let fetch = timed(
+                        |i| {
+                            let to = dest.join(&names[i]);
+                            s.walvault(&conf, &["wal-fetch", &names[i], to.to_str().unwrap()])
+                        },
+                        segs.len(),
+                    );
+                    compare_fetched(&format!("walvault {}", backend.label()), &dest, &originals);
+                    walvault_rows.push((backend, push, fetch));
+                }
+            },
+            |_| {
+                let push = timed(
+                    |i| pgbr[run].cmd(&["archive-push", segs[i].to_str().unwrap()]),
+                    segs.len(),
+                );
+                let dest = fetch_dir(root, "fetched");
+                let fetch = timed(
+                    |i| {
+                        let to = dest.join(&names[i]);
+                        pgbr[run].cmd(&["archive-get", &names[i], to.to_str().unwrap()])
+                    },
+                    segs.len(),
+                );
+                compare_fetched("pgBackRest", &dest, &originals);
+                pgbackrest_rows.push((push, fetch));
+            },
+        );
+        for (backend, mut push, mut fetch) in walvault_rows {
+            let label = format!("walvault {}", backend.label());
+            add(format!("{label:<28} push"), &mut push);
+            add(format!("{label:<28} fetch"), &mut fetch);
+            if backend == Backend::Local {
+                let stored: u64 =
+                    std::fs::read_dir(root.join(format!("repo-calls-local-dir-{run}/wal")))
+                        .unwrap()
+                        .filter_map(|e| e.ok())
+                        .map(|e| e.metadata().unwrap().len())
+                        .sum();
                 stored_ratio = stored as f64 / (raw_mb * 1e6);
             }
         }
-        // pgBackRest, sync, one process per call like walvault.
-        let mut p = timed(
-            |i| pgbr[run].cmd(&["archive-push", segs[i].to_str().unwrap()]),
-            segs.len(),
-        );
-        add("pgBackRest S3 (sync) push".into(), &mut p);
-        // pgBackRest runs as postgres: its destination lies in a directory it owns.
-        let pg_dest_dir = root.join(format!("pgbr-dest-{run}"));
-        std::fs::create_dir(&pg_dest_dir).unwrap();
-        chown_pg(&pg_dest_dir);
-        let pg_dest = pg_dest_dir.join("RECOVERYXLOG");
-        let mut p = timed(
-            |i| pgbr[run].cmd(&["archive-get", &names[i], pg_dest.to_str().unwrap()]),
-            segs.len(),
-        );
-        assert!(
-            std::fs::read(&pg_dest).unwrap() == std::fs::read(segs.last().unwrap()).unwrap(),
-            "pgBackRest fetched bytes differ"
-        );
-        add("pgBackRest S3 (sync) fetch".into(), &mut p);
+        for (mut push, mut fetch) in pgbackrest_rows {
+            add(
+                format!("{:<28} push", "pgBackRest S3 HTTPS (sync)"),
+                &mut push,
+            );
+            add(
+                format!("{:<28} fetch", "pgBackRest S3 HTTPS (sync)"),
+                &mut fetch,
+            );
+        }
     }
 
     println!(
-        "\nwalvault benchmark: {} real 16 MiB WAL segments from pgbench, one process per call; zstd-1, age encryption on; {} runs",
+        "\nper call: {} real 16 MiB WAL segments from pgbench, one process per call (walvault's fetch without prefetch, as pgBackRest's sync archive-get); {} runs",
         segs.len(),
         a.runs
     );
-    println!("stored size: {:.1}% of raw WAL\n", stored_ratio * 100.0);
     println!(
-        "{:<28} {:>14} {:>10} {:>10} {:>12} {:>14}",
+        "walvault's stored size: {:.1}% of raw WAL\n",
+        stored_ratio * 100.0
+    );
+    println!(
+        "{:<34} {:>14} {:>10} {:>10} {:>12} {:>14}",
         "", "median ms/seg", "p90 ms", "raw MB/s", "x cp time", "peak RSS MiB"
     );
-    let base = |op: &str, rows: &mut Vec<Row>| -> f64 {
-        let r = rows
-            .iter_mut()
-            .find(|r| r.label == format!("cp (baseline)   {op}"))
-            .unwrap();
-        median(&mut r.ms)
+    let mut med = |label: &str| -> f64 {
+        median(
+            &mut rows
+                .iter_mut()
+                .find(|r| r.label == label)
+                .unwrap_or_else(|| panic!("no row {label}"))
+                .ms,
+        )
     };
-    let (push_base, fetch_base) = (base("push", &mut rows), base("fetch", &mut rows));
+    let push_base = med(&format!("{:<28} push", "cp (baseline)"));
+    let fetch_base = med(&format!("{:<28} fetch", "cp (baseline)"));
+    let wp = med(&format!("{:<28} push", "walvault S3 HTTPS"));
+    let pp = med(&format!("{:<28} push", "pgBackRest S3 HTTPS (sync)"));
+    let wf = med(&format!("{:<28} fetch", "walvault S3 HTTPS"));
+    let pf = med(&format!("{:<28} fetch", "pgBackRest S3 HTTPS (sync)"));
+    let (ap, af) = (
+        med(&format!("{:<28} push", "walvault Azure HTTP")),
+        med(&format!("{:<28} fetch", "walvault Azure HTTP")),
+    );
+    let (hp, hf) = (
+        med(&format!("{:<28} push", "walvault S3 HTTP")),
+        med(&format!("{:<28} fetch", "walvault S3 HTTP")),
+    );
     for r in rows.iter_mut() {
         let ms = median(&mut r.ms);
         let b = if r.label.ends_with("push") {
@@ -422,7 +648,7 @@ fn bench_calls(a: &Args, root: &Path, weed: &Seaweed, az: &Azurite, https: u16, 
             fetch_base
         };
         println!(
-            "{:<28} {:>14.1} {:>10.1} {:>10.0} {:>12.2} {:>14.1}",
+            "{:<34} {:>14.1} {:>10.1} {:>10.0} {:>12.2} {:>14.1}",
             r.label,
             ms,
             median(&mut r.p90),
@@ -431,51 +657,39 @@ fn bench_calls(a: &Args, root: &Path, weed: &Seaweed, az: &Azurite, https: u16, 
             r.rss_kb as f64 / 1024.0
         );
     }
-    let med = |rows: &mut Vec<Row>, label: &str| -> f64 {
-        median(&mut rows.iter_mut().find(|r| r.label == label).unwrap().ms)
-    };
-    let (wp, pp) = (
-        med(&mut rows, "walvault S3 (SeaweedFS) push"),
-        med(&mut rows, "pgBackRest S3 (sync) push"),
-    );
-    let (wf, pf) = (
-        med(&mut rows, "walvault S3 (SeaweedFS) fetch"),
-        med(&mut rows, "pgBackRest S3 (sync) fetch"),
-    );
     println!(
-        "
-walvault against pgBackRest (S3, one process per call): push {:.2}x faster, fetch {:.2}x faster",
+        "\nwalvault against pgBackRest (S3 over HTTPS, one process per call): push {:.2}x faster, fetch {:.2}x faster",
         pp / wp,
         pf / wf
     );
-    let (ap, af) = (
-        med(&mut rows, "walvault Azure (Azurite) push"),
-        med(&mut rows, "walvault Azure (Azurite) fetch"),
-    );
     println!(
-        "walvault on Azure (Azurite) against S3 (SeaweedFS): push {:.2}x the time, fetch {:.2}x the time",
-        ap / wp,
-        af / wf
+        "walvault over plain HTTP against HTTPS: push {:.2}x the time, fetch {:.2}x the time; on Azure (Azurite, HTTP) against S3 HTTP: push {:.2}x, fetch {:.2}x",
+        hp / wp,
+        hf / wf,
+        ap / hp,
+        af / hf
     );
 }
 
-/// Runs a walvault command as the postgres user under GNU time; returns
-/// (seconds, peak RSS KiB, stdout).
-fn timed_pg(args: &[&str], env: &BTreeMap<String, String>) -> (f64, i64, String) {
+/// Runs a command under GNU time; returns (seconds, peak RSS KiB, stdout); panics on failure.
+fn timed_ok(c: Command, what: &str) -> (f64, i64, String) {
     let rss_file =
-        std::env::temp_dir().join(format!("walvault-bench-pg-rss.{}", std::process::id()));
+        std::env::temp_dir().join(format!("walvault-bench-rss-out.{}", std::process::id()));
     let _ = std::fs::remove_file(&rss_file);
-    let mut c = pg_command("/usr/bin/time", env);
-    c.args(["-q", "-f", "%M", "-o"])
+    let mut w = Command::new("/usr/bin/time");
+    w.args(["-q", "-f", "%M", "-o"])
         .arg(&rss_file)
-        .arg(walvault_bin())
-        .args(args);
+        .arg(c.get_program())
+        .args(c.get_args());
+    if let Some(d) = c.get_current_dir() {
+        w.current_dir(d);
+    }
     let t = Instant::now();
-    let out = c.output().expect("run walvault");
+    let out = w.output().expect("run /usr/bin/time");
     let secs = t.elapsed().as_secs_f64();
     assert!(
         out.status.success(),
-        "walvault {args:?}: {}",
+        "{what}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let rss = std::fs::read_to_string(&rss_file)
@@ -485,55 +699,77 @@ fn timed_pg(args: &[&str], env: &BTreeMap<String, String>) -> (f64, i64, String)
     (secs, rss, String::from_utf8_lossy(&out.stdout).to_string())
 }
 
-/// backup-push and a full recover of a pgbench database on both backends, beside
-/// pg_basebackup to a local directory and pgBackRest backup/restore to the same S3.
-fn bench_backups(
-    a: &Args,
-    root: &Path,
-    weed: &Seaweed,
-    az: &Azurite,
-    https: u16,
-    keys: &Keys,
-) -> String {
-    let repo = root.join("backup-repo");
-    std::fs::create_dir(&repo).unwrap();
-    chown_pg(&repo);
-    let mut fs = fs_env(&repo);
-    let mut s3 = weed.walvault_env("backup-bench");
-    let mut azure = az.walvault_env(AZ_CONTAINER, "backup-bench");
-    for e in [&mut fs, &mut s3, &mut azure] {
-        keys.add_to(e);
+/// Rows of (label, seconds per run, peak RSS KiB).
+#[derive(Default)]
+struct Table(Vec<(String, Vec<f64>, i64)>);
+
+impl Table {
+    fn add(&mut self, label: &str, secs: f64, rss: i64) {
+        match self.0.iter_mut().find(|r| r.0 == label) {
+            Some(r) => {
+                r.1.push(secs);
+                r.2 = r.2.max(rss);
+            }
+            None => self.0.push((label.to_string(), vec![secs], rss)),
+        }
     }
-    // The source archives into the three repositories (S3 and Azure named inline;
-    // the Azure key is Azurite's public development key).
+
+    fn median(&mut self, label: &str) -> f64 {
+        median(
+            &mut self
+                .0
+                .iter_mut()
+                .find(|r| r.0 == label)
+                .unwrap_or_else(|| panic!("no row {label}"))
+                .1,
+        )
+    }
+
+    /// The fastest of some rows: a tool "at its best settings".
+    fn best(&mut self, labels: &[&str]) -> (String, f64) {
+        labels
+            .iter()
+            .map(|l| (l.to_string(), self.median(l)))
+            .min_by(|a, b| a.1.partial_cmp(&b.1).unwrap())
+            .unwrap()
+    }
+}
+
+/// backup-push and a full recover of a pgbench database, beside pg_basebackup to
+/// a local directory and pgBackRest backup and restore to the same S3 endpoint.
+fn bench_backups(a: &Args, s: &Setup) -> String {
+    let root = &s.root;
     let mut src = Cluster::init(root, "backup-src");
-    let bin = walvault_bin().display().to_string();
-    src.conf(&format!(
-        "archive_mode = on\narchive_command = '\"{bin}\" wal-push %p && WALVAULT_REPO={} \"{bin}\" wal-push %p && WALVAULT_REPO={} WALVAULT_AZURE_ENDPOINT={} AZURE_STORAGE_ACCOUNT_KEY={} \"{bin}\" wal-push %p'\nmax_wal_size = 4GB",
-        s3["WALVAULT_REPO"],
-        azure["WALVAULT_REPO"],
-        azure["WALVAULT_AZURE_ENDPOINT"],
-        azure["AZURE_STORAGE_ACCOUNT_KEY"]
-    ));
-    let mut both = fs.clone();
-    for k in [
-        "AWS_ENDPOINT_URL",
-        "AWS_REGION",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "WALVAULT_S3_FORCE_PATH_STYLE",
-    ] {
-        both.insert(k.into(), s3[k].clone());
-    }
-    src.start(&both);
-    // pgBackRest's backup waits for its own archive: the same segments go there too.
-    let pgbr = PgBackRest::new(root, weed, https, "backup", &src);
-    let archive = src.psql("show archive_command");
+    let confs: Vec<(Backend, PathBuf)> = [
+        Backend::S3Https,
+        Backend::S3Http,
+        Backend::Local,
+        Backend::Azure,
+    ]
+    .into_iter()
+    .map(|b| {
+        (
+            b,
+            s.config(b, &format!("backups-{}", b.label().replace(' ', "-")), &[]),
+        )
+    })
+    .collect();
+    // The source archives into every repository (pgBackRest's backup waits for its own archive).
+    src.conf("max_wal_size = 4GB");
+    src.start(&s.secrets);
+    let pgbr = PgBackRest::new(s, "backup", &src);
+    let mut archive: Vec<String> = confs
+        .iter()
+        .map(|(_, c)| s.walvault_line(c, "wal-push %p"))
+        .collect();
+    archive.push(pgbr.command_line("", "archive-push %p"));
+    src.psql("alter system set archive_mode = on");
     src.psql(&format!(
         "alter system set archive_command = '{}'",
-        format!("{archive} && {}", pgbr.command_line("", "archive-push %p")).replace('\'', "''")
+        archive.join(" && ").replace('\'', "''")
     ));
-    src.psql("select pg_reload_conf()");
+    src.stop();
+    src.start(&s.secrets);
     eprintln!("making a pgbench database of scale {} ...", a.scale);
     src.pgbench(&["-i", "-s", &a.scale.to_string(), "-q"]);
     src.psql("checkpoint");
@@ -541,95 +777,110 @@ fn bench_backups(
         .psql("select sum(pg_database_size(oid)) / 1e6 from pg_database")
         .parse()
         .unwrap();
+    let rows_want = src.psql("select sum(abalance), count(*) from pgbench_accounts");
 
-    let mut rows: Vec<(String, Vec<f64>, i64)> = Vec::new();
-    let mut add = |label: &str, secs: f64, rss: i64| match rows.iter_mut().find(|r| r.0 == label) {
-        Some(r) => {
-            r.1.push(secs);
-            r.2 = r.2.max(rss);
-        }
-        None => rows.push((label.to_string(), vec![secs], rss)),
-    };
+    let mut t = Table::default();
     for run in 0..a.runs {
         eprintln!("backup run {} of {} ...", run + 1, a.runs);
         let dest = root.join(format!("basebackup-{run}"));
-        let t = Instant::now();
+        let t0 = Instant::now();
         src.basebackup(&dest);
-        add(
+        t.add(
             "pg_basebackup (baseline), local dir",
-            t.elapsed().as_secs_f64(),
+            t0.elapsed().as_secs_f64(),
             0,
         );
         std::fs::remove_dir_all(&dest).unwrap();
-
-        for (name, env) in [("local dir", &fs), ("S3", &s3), ("Azure", &azure)] {
-            let (secs, rss, _) = timed_pg(&["backup-push", "--fast"], &src.pg_env(env));
-            add(&format!("walvault backup-push, {name}"), secs, rss);
-            let mut b = Cluster::at(root, &format!("restored-{run}-{}", name.replace(' ', "")));
-            let owned = b.recover_args();
-            let args: Vec<&str> = owned.iter().map(String::as_str).collect();
-            let (secs, rss, text) = timed_pg(&args, env);
-            b.adopt();
-            b.stop();
-            add(&format!("walvault recover (latest), {name}"), secs, rss);
-            if let Some(line) = text.lines().find(|l| l.starts_with("recovered:")) {
-                eprintln!("  {name}: {line}");
-            }
-            std::fs::remove_dir_all(&b.pgdata).unwrap();
-        }
-
-        // pgBackRest: full backup (process-max 2, zstd-1, encrypted), then a restore
-        // and PostgreSQL's recovery to the end of its archive, as walvault recover does.
-        let (ok, err, rss) =
-            measured_secs(&mut pgbr.cmd(&["--start-fast", "--type=full", "backup"]));
-        assert!(ok.is_some(), "pgbackrest backup: {err}");
-        add("pgBackRest backup, S3", ok.unwrap(), rss);
-        let mut b = Cluster::at(root, &format!("pgbr-restored-{run}"));
-        std::fs::create_dir(&b.pgdata).unwrap();
-        std::fs::set_permissions(
-            &b.pgdata,
-            std::os::unix::fs::PermissionsExt::from_mode(0o700),
-        )
-        .unwrap();
-        chown_pg(&b.pgdata);
-        let t = Instant::now();
-        let pg1 = format!("--pg1-path={}", b.pgdata.display());
-        let (ok, err, rss) = measured_secs(&mut pgbr.cmd(&[&pg1, "restore"]));
-        assert!(ok.is_some(), "pgbackrest restore: {err}");
-        add("pgBackRest restore, S3 (files only)", ok.unwrap(), rss);
-        b.conf("archive_mode = off");
-        // The restore_command pgBackRest wrote, made asynchronous (its prefetch) as
-        // walvault's has prefetch; the last line of postgresql.auto.conf wins.
-        let auto = b.pgdata.join("postgresql.auto.conf");
-        let mut text = std::fs::read_to_string(&auto).unwrap();
-        text.push_str(&format!(
-            "\nrestore_command = '{}'\n",
-            pgbr.command_line(&format!("--archive-async {pg1}"), "archive-get %f \"%p\"")
-        ));
-        std::fs::write(&auto, text).unwrap();
-        b.start_opts(&base_env(), false);
-        b.wait_promoted(Duration::from_secs(1800));
-        add(
-            "pgBackRest restore + recovery, S3",
-            t.elapsed().as_secs_f64(),
-            0,
+        alternated(
+            run,
+            &mut t,
+            |t| {
+                for (backend, conf) in &confs {
+                    let name = backend.label();
+                    let mut c =
+                        pg_command(walvault_bin().to_str().unwrap(), &src.pg_env(&s.secrets));
+                    c.arg("--config").arg(conf).args(["backup-push", "--fast"]);
+                    let (secs, rss, _) = timed_ok(c, "backup-push");
+                    t.add(&format!("walvault backup-push, {name}"), secs, rss);
+                    let mut b =
+                        Cluster::at(root, &format!("restored-{run}-{}", name.replace(' ', "")));
+                    let owned = b.recover_args();
+                    let args: Vec<&str> = owned.iter().map(String::as_str).collect();
+                    let (secs, rss, text) = timed_ok(s.walvault(conf, &args), "recover");
+                    b.adopt();
+                    assert_eq!(
+                        b.psql("select sum(abalance), count(*) from pgbench_accounts"),
+                        rows_want,
+                        "walvault recover, {name}: not the source's rows"
+                    );
+                    b.stop();
+                    t.add(&format!("walvault recover (latest), {name}"), secs, rss);
+                    if let Some(line) = text.lines().find(|l| l.starts_with("recovered:")) {
+                        eprintln!("  {name}: {line}");
+                    }
+                    std::fs::remove_dir_all(&b.pgdata).unwrap();
+                }
+            },
+            |t| {
+                for pm in [2, 4] {
+                    let pmx = format!("--process-max={pm}");
+                    let (secs, rss, _) = timed_ok(
+                        pgbr.cmd(&[&pmx, "--start-fast", "--type=full", "backup"]),
+                        "pgbackrest backup",
+                    );
+                    t.add(&format!("pgBackRest backup, process-max {pm}"), secs, rss);
+                    let mut b = Cluster::at(root, &format!("pgbr-restored-{run}-{pm}"));
+                    std::fs::create_dir(&b.pgdata).unwrap();
+                    std::fs::set_permissions(
+                        &b.pgdata,
+                        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+                    )
+                    .unwrap();
+                    chown_pg(&b.pgdata);
+                    let t0 = Instant::now();
+                    let pg1 = format!("--pg1-path={}", b.pgdata.display());
+                    let (_, rss, _) =
+                        timed_ok(pgbr.cmd(&[&pmx, &pg1, "restore"]), "pgbackrest restore");
+                    b.conf("archive_mode = off");
+                    // The restore_command pgBackRest wrote, made asynchronous (its
+                    // prefetch, queue of 16 segments as walvault's); the last line wins.
+                    let auto = b.pgdata.join("postgresql.auto.conf");
+                    let mut text = std::fs::read_to_string(&auto).unwrap();
+                    text.push_str(&format!(
+                        "\nrestore_command = '{}'\n",
+                        pgbr.command_line(
+                            &format!("--archive-async {pmx} {pg1}"),
+                            "archive-get %f \"%p\""
+                        )
+                    ));
+                    std::fs::write(&auto, text).unwrap();
+                    b.start_opts(&base_env(), false);
+                    b.wait_promoted(Duration::from_secs(1800));
+                    t.add(
+                        &format!("pgBackRest restore + recovery, process-max {pm}"),
+                        t0.elapsed().as_secs_f64(),
+                        rss,
+                    );
+                    assert_eq!(
+                        b.psql("select sum(abalance), count(*) from pgbench_accounts"),
+                        rows_want,
+                        "pgBackRest restore: not the source's rows"
+                    );
+                    b.stop();
+                    std::fs::remove_dir_all(&b.pgdata).unwrap();
+                }
+            },
         );
-        b.stop();
-        std::fs::remove_dir_all(&b.pgdata).unwrap();
     }
     src.stop();
-    let base = {
-        let r = rows
-            .iter_mut()
-            .find(|r| r.0.starts_with("pg_basebackup"))
-            .unwrap();
-        median(&mut r.1)
-    };
+    let base = t.median("pg_basebackup (baseline), local dir");
     let mut out = format!(
-        "\nbase backups: pgbench scale {} ({db_mb:.0} MB of databases), zstd-1, age encryption on, {} runs\n\n{:<40} {:>10} {:>10} {:>14} {:>14}\n",
+        "\nbase backups: pgbench scale {} ({db_mb:.0} MB of databases); walvault at its defaults (2 parts at once, \
+         prefetch 16 in recovery), pgBackRest at process-max 2 and 4 (restore_command async, queue 16 segments); {} runs\n\n\
+         {:<48} {:>10} {:>10} {:>14} {:>14}\n",
         a.scale, a.runs, "", "median s", "MB/s", "x basebackup", "peak RSS MiB"
     );
-    for r in rows.iter_mut() {
+    for r in t.0.iter_mut() {
         let m = median(&mut r.1);
         let rss = if r.2 > 0 {
             format!("{:.1}", r.2 as f64 / 1024.0)
@@ -637,7 +888,7 @@ fn bench_backups(
             "-".into()
         };
         out.push_str(&format!(
-            "{:<40} {:>10.1} {:>10.0} {:>14.2} {:>14}\n",
+            "{:<48} {:>10.1} {:>10.0} {:>14.2} {:>14}\n",
             r.0,
             m,
             db_mb / m,
@@ -645,22 +896,42 @@ fn bench_backups(
             rss
         ));
     }
-    let mut med = |label: &str| median(&mut rows.iter_mut().find(|r| r.0 == label).unwrap().1);
+    let wb = t.median("walvault backup-push, S3 HTTPS");
+    let wr = t.median("walvault recover (latest), S3 HTTPS");
+    let (pb2, pr2) = (
+        t.median("pgBackRest backup, process-max 2"),
+        t.median("pgBackRest restore + recovery, process-max 2"),
+    );
+    let (best_b, pbb) = t.best(&[
+        "pgBackRest backup, process-max 2",
+        "pgBackRest backup, process-max 4",
+    ]);
+    let (best_r, prb) = t.best(&[
+        "pgBackRest restore + recovery, process-max 2",
+        "pgBackRest restore + recovery, process-max 4",
+    ]);
     out.push_str(&format!(
-        "\nwalvault against pgBackRest (S3, process-max 2; its peak RSS is its largest process): backup {:.2}x faster, restore and recovery {:.2}x faster\n",
-        med("pgBackRest backup, S3") / med("walvault backup-push, S3"),
-        med("pgBackRest restore + recovery, S3") / med("walvault recover (latest), S3"),
+        "\nwalvault (2 at once, S3 HTTPS) against pgBackRest process-max 2: backup {:.2}x faster, restore and recovery {:.2}x faster\n\
+         walvault (defaults, S3 HTTPS) against pgBackRest at its best ({best_b}; {best_r}): backup {:.2}x faster, restore and recovery {:.2}x faster\n",
+        pb2 / wb,
+        pr2 / wr,
+        pbb / wb,
+        prb / wr,
     ));
     out.push_str(&format!(
-        "walvault on Azure (Azurite) against S3 (SeaweedFS): backup {:.2}x the time, restore and recovery {:.2}x the time\n",
-        med("walvault backup-push, Azure") / med("walvault backup-push, S3"),
-        med("walvault recover (latest), Azure") / med("walvault recover (latest), S3"),
+        "walvault on Azure (Azurite, HTTP) against S3 HTTP: backup {:.2}x the time, restore and recovery {:.2}x the time\n",
+        t.median("walvault backup-push, Azure HTTP") / t.median("walvault backup-push, S3 HTTP"),
+        t.median("walvault recover (latest), Azure HTTP") / t.median("walvault recover (latest), S3 HTTP"),
     ));
     out
 }
 
-/// pgBackRest beside walvault: same S3 server (over TLS, which it requires),
-/// zstd-1, repository encryption on (as walvault's age), run as postgres.
+/// pgBackRest beside walvault: the same S3 server over HTTPS with the same CA
+/// verified (it matches the host against DNS names only: the test certificate
+/// names 127.0.0.1 both ways), zstd-1, repository encryption on (as walvault's age), run as postgres;
+/// process-max 2 and a prefetch queue of 16 segments (walvault's defaults of 2
+/// backup parts at once and 16 segments prefetched); rows at other settings pass
+/// options on the command line.
 struct PgBackRest {
     conf: PathBuf,
     stanza: String,
@@ -668,8 +939,8 @@ struct PgBackRest {
 
 impl PgBackRest {
     /// Writes the configuration for `pg` (running: stanza-create connects).
-    fn new(root: &Path, weed: &Seaweed, https: u16, name: &str, pg: &Cluster) -> PgBackRest {
-        let dir = root.join(format!("pgbackrest-{name}"));
+    fn new(s: &Setup, name: &str, pg: &Cluster) -> PgBackRest {
+        let dir = s.root.join(format!("pgbackrest-{name}"));
         for d in ["log", "lock", "spool"] {
             std::fs::create_dir_all(dir.join(d)).unwrap();
         }
@@ -677,16 +948,18 @@ impl PgBackRest {
         std::fs::write(
             &conf,
             format!(
-                "[global]\nrepo1-type=s3\nrepo1-s3-endpoint=127.0.0.1\nrepo1-storage-port={https}\n\
-                 repo1-storage-verify-tls=n\nrepo1-s3-bucket={BUCKET}\nrepo1-s3-region=us-east-1\n\
+                "[global]\nrepo1-type=s3\nrepo1-s3-endpoint=127.0.0.1\nrepo1-storage-port={}\n\
+                 repo1-storage-ca-file={}\nrepo1-s3-bucket={BUCKET}\nrepo1-s3-region=us-east-1\n\
                  repo1-s3-key={}\nrepo1-s3-key-secret={}\nrepo1-s3-uri-style=path\nrepo1-path=/pgbr-{name}\n\
                  repo1-cipher-type=aes-256-cbc\nrepo1-cipher-pass=walvault-bench-passphrase\n\
                  compress-type=zst\ncompress-level=1\nprocess-max=2\n\
                  log-path={dir}/log\nlock-path={dir}/lock\nspool-path={dir}/spool\n\
-                 log-level-console=warn\nlog-level-file=off\narchive-get-queue-max=512MB\n\n\
+                 log-level-console=warn\nlog-level-file=off\narchive-get-queue-max=256MB\n\n\
                  [{name}]\npg1-path={}\npg1-socket-path={}\npg1-port={}\n",
-                weed.access_key,
-                weed.secret_key,
+                s.https_port,
+                s.ca.display(),
+                s.access_key,
+                s.secret_key,
                 pg.pgdata.display(),
                 pg.sockdir.display(),
                 pg.port,
@@ -724,15 +997,20 @@ impl PgBackRest {
             self.stanza
         )
     }
+
+    fn spool(&self) -> PathBuf {
+        self.conf.parent().unwrap().join("spool")
+    }
 }
 
 /// Backlog drain (PostgreSQL's archiver with a backlog of `n` segments) and
 /// in-order fetch of the same segments, walvault against pgBackRest async.
-fn bench_drain(a: &Args, root: &Path, weed: &Seaweed, https: u16, keys: &Keys) -> String {
+fn bench_drain(a: &Args, s: &Setup) -> String {
+    let root = &s.root;
     let n = a.drain;
     let mut d = Cluster::init(root, "drain");
     d.conf("archive_mode = on\narchive_command = '/bin/false'\nmax_wal_size = 16GB\ncheckpoint_timeout = 1h\nmin_wal_size = 8GB");
-    d.start(&base_env());
+    d.start(&s.secrets);
     eprintln!("making a backlog of {n} segments of real WAL ...");
     while ready_files(&d.pgdata).len() < n {
         d.pgbench(&["-i", "-s", "30", "-q"]);
@@ -742,6 +1020,10 @@ fn bench_drain(a: &Args, root: &Path, weed: &Seaweed, https: u16, keys: &Keys) -
         .into_iter()
         .filter(|f| f.len() == 24)
         .take(n)
+        .collect();
+    let originals: BTreeMap<String, [u8; 32]> = backlog
+        .iter()
+        .map(|f| (f.clone(), sha256_file(&d.pgdata.join("pg_wal").join(f))))
         .collect();
     let raw_mb = backlog.len() as f64 * 16.777216;
     let status = d.pgdata.join("pg_wal/archive_status");
@@ -790,149 +1072,232 @@ fn bench_drain(a: &Args, root: &Path, weed: &Seaweed, https: u16, keys: &Keys) -
         t.elapsed().as_secs_f64()
     };
 
-    let bin = walvault_bin().display().to_string();
-    let mut s3 = weed.walvault_env("drain");
-    keys.add_to(&mut s3);
-    let mut walvault_s = Vec::new();
-    let mut pgbr_s = Vec::new();
-    let mut fetch_rows: Vec<(String, Vec<f64>, i64)> = Vec::new();
-    let mut add =
-        |label: &str, secs: f64, rss: i64| match fetch_rows.iter_mut().find(|r| r.0 == label) {
-            Some(r) => {
-                r.1.push(secs);
-                r.2 = r.2.max(rss);
-            }
-            None => fetch_rows.push((label.to_string(), vec![secs], rss)),
-        };
+    let mut drains = Table::default();
+    let mut fetches = Table::default();
+    // Where restore_command would run: a pg_wal beside the cluster's pg_control
+    // (walvault serves a prefetched copy only to the cluster it belongs to).
     let fake = root.join("drain-fake");
     std::fs::create_dir_all(fake.join("pg_wal")).unwrap();
+    std::fs::create_dir_all(fake.join("global")).unwrap();
+    std::fs::copy(
+        d.pgdata.join("global/pg_control"),
+        fake.join("global/pg_control"),
+    )
+    .unwrap();
     chown_pg(&fake);
-    for run in 0..a.runs {
-        eprintln!("drain run {} of {} ...", run + 1, a.runs);
-        let repo = format!("{}-{run}", s3["WALVAULT_REPO"]);
-        let mut env = s3.clone();
-        env.insert("WALVAULT_REPO".into(), repo.clone());
-        // The server's environment has no S3 settings: they go inline.
-        walvault_s.push(drain(&format!(
-            "env {}\"{bin}\" wal-push %p",
-            inline_env(&env)
-        )));
-        let pgbr = PgBackRest::new(root, weed, https, &format!("drain{run}"), &d);
-        pgbr_s.push(drain(
-            &pgbr.command_line("--archive-async", "archive-push %p"),
-        ));
-
-        // Recovery's side: the same segments fetched in order, one call each, into
-        // a pg_wal (so walvault's prefetch spool is where it would be).
-        for (label, prefetch) in [
-            ("walvault wal-fetch, prefetch 16", "16"),
-            ("walvault wal-fetch, no prefetch", "0"),
-        ] {
-            env.insert("WALVAULT_FETCH_PREFETCH".into(), prefetch.into());
-            let _ = std::fs::remove_dir_all(fake.join("pg_wal/walvault_prefetch"));
-            let mut rss = 0;
-            let t = Instant::now();
-            for f in &backlog {
-                let mut c = walvault_cmd(&["wal-fetch", f, "pg_wal/RECOVERYXLOG"], &env);
-                c.current_dir(&fake);
-                let (ok, err, r) = run_measured(&mut c);
-                assert!(ok, "wal-fetch {f}: {err}");
-                rss = rss.max(r);
-            }
-            add(label, t.elapsed().as_secs_f64(), rss);
-        }
+    // One in-order pass: every segment fetched into pg_wal/RECOVERYXLOG (where
+    // walvault's spool sits beside it), moved aside at once, all compared after.
+    let fetch_pass = |label: &str, call: &dyn Fn(&str, &Path) -> Command, fetches: &mut Table| {
         let _ = std::fs::remove_dir_all(fake.join("pg_wal/walvault_prefetch"));
+        let kept = fetch_dir(root, "drain-fetched");
+        let dest = fake.join("pg_wal/RECOVERYXLOG");
         let mut rss = 0;
         let t = Instant::now();
         for f in &backlog {
-            let dest = fake.join("pg_wal/RECOVERYXLOG");
-            let mut c = pgbr.cmd(&["--archive-async", "archive-get", f, dest.to_str().unwrap()]);
+            let mut c = call(f, &dest);
+            c.current_dir(&fake);
             let (ok, err, r) = run_measured(&mut c);
-            assert!(ok, "pgbackrest archive-get {f}: {err}");
+            assert!(ok, "{label} {f}: {err}");
+            std::fs::rename(&dest, kept.join(f)).unwrap();
             rss = rss.max(r);
         }
-        add(
-            "pgBackRest archive-get, async",
-            t.elapsed().as_secs_f64(),
-            rss,
+        fetches.add(label, t.elapsed().as_secs_f64(), rss);
+        compare_fetched(label, &kept, &originals);
+    };
+    for run in 0..a.runs {
+        eprintln!("drain run {} of {} ...", run + 1, a.runs);
+        let wv2 = s.config(
+            Backend::S3Https,
+            &format!("drain2-{run}"),
+            &[("push.concurrency", "2")],
+        );
+        let wv4 = s.config(Backend::S3Https, &format!("drain4-{run}"), &[]);
+        let pgbr2 = PgBackRest::new(s, &format!("drain2r{run}"), &d);
+        let pgbr4 = PgBackRest::new(s, &format!("drain4r{run}"), &d);
+        alternated(
+            run,
+            &mut drains,
+            |drains| {
+                drains.add(
+                    "walvault, 2 uploads at once",
+                    drain(&s.walvault_line(&wv2, "wal-push %p")),
+                    0,
+                );
+                drains.add(
+                    "walvault, 4 uploads at once (default)",
+                    drain(&s.walvault_line(&wv4, "wal-push %p")),
+                    0,
+                );
+            },
+            |drains| {
+                drains.add(
+                    "pgBackRest async, process-max 2",
+                    drain(&pgbr2.command_line("--archive-async", "archive-push %p")),
+                    0,
+                );
+                drains.add(
+                    "pgBackRest async, process-max 4",
+                    drain(
+                        &pgbr4.command_line("--archive-async --process-max=4", "archive-push %p"),
+                    ),
+                    0,
+                );
+            },
+        );
+        // Recovery's side: the same segments fetched in order, one call each,
+        // from the repositories the default rows filled.
+        let repo = format!("drain4-{run}");
+        let wv_nopf2 = s.config(Backend::S3Https, &repo, &[("fetch.prefetch", "0")]);
+        let wv_pf2b = s.config(
+            Backend::S3Https,
+            &repo,
+            &[
+                ("fetch.prefetch", "16"),
+                ("fetch.prefetch_concurrency", "2"),
+            ],
+        );
+        let _ = std::fs::remove_dir_all(pgbr4.spool().join("archive"));
+        alternated(
+            run,
+            &mut fetches,
+            |fetches| {
+                fetch_pass(
+                    "walvault, no prefetch",
+                    &|f, dest| s.walvault(&wv_nopf2, &["wal-fetch", f, dest.to_str().unwrap()]),
+                    fetches,
+                );
+                fetch_pass(
+                    "walvault, prefetch 16, 2 at once",
+                    &|f, dest| s.walvault(&wv_pf2b, &["wal-fetch", f, dest.to_str().unwrap()]),
+                    fetches,
+                );
+                fetch_pass(
+                    "walvault, prefetch 16, 4 at once (default)",
+                    &|f, dest| s.walvault(&wv4, &["wal-fetch", f, dest.to_str().unwrap()]),
+                    fetches,
+                );
+            },
+            |fetches| {
+                fetch_pass(
+                    "pgBackRest archive-get, sync",
+                    &|f, dest| pgbr4.cmd(&["archive-get", f, dest.to_str().unwrap()]),
+                    fetches,
+                );
+                for pm in [2, 4] {
+                    let _ = std::fs::remove_dir_all(pgbr4.spool().join("archive"));
+                    let pmx = format!("--process-max={pm}");
+                    fetch_pass(
+                        &format!("pgBackRest archive-get, async queue 16, process-max {pm}"),
+                        &|f, dest| {
+                            pgbr4.cmd(&[
+                                "--archive-async",
+                                &pmx,
+                                "archive-get",
+                                f,
+                                dest.to_str().unwrap(),
+                            ])
+                        },
+                        fetches,
+                    );
+                }
+            },
         );
     }
     d.stop();
-    let (w, p) = (median(&mut walvault_s), median(&mut pgbr_s));
     let mut out = format!(
-        "\nbacklog drain: {} segments ({raw_mb:.0} MB of real WAL) .ready, PostgreSQL's archiver until all are .done; {} runs\n\n{:<44} {:>10} {:>10} {:>16}\n",
+        "\nbacklog drain: {} segments ({raw_mb:.0} MB of real WAL) .ready, PostgreSQL's archiver until all are .done (lookahead 8 for walvault); {} runs\n\n{:<48} {:>10} {:>10}\n",
         backlog.len(),
         a.runs,
         "",
         "median s",
         "MB/s",
-        "x pgBackRest"
     );
+    for r in drains.0.iter_mut() {
+        let m = median(&mut r.1);
+        out.push_str(&format!("{:<48} {:>10.1} {:>10.0}\n", r.0, m, raw_mb / m));
+    }
+    let (w2, p2) = (
+        drains.median("walvault, 2 uploads at once"),
+        drains.median("pgBackRest async, process-max 2"),
+    );
+    let w4 = drains.median("walvault, 4 uploads at once (default)");
+    let (best, pb) = drains.best(&[
+        "pgBackRest async, process-max 2",
+        "pgBackRest async, process-max 4",
+    ]);
     out.push_str(&format!(
-        "{:<44} {:>10.1} {:>10.0} {:>16.2}\n",
-        "walvault (lookahead 8, 4 at once)",
-        w,
-        raw_mb / w,
-        p / w
+        "\nwalvault 2 at once against pgBackRest process-max 2: {:.2}x faster; walvault default against pgBackRest at its best ({best}): {:.2}x faster\n",
+        p2 / w2,
+        pb / w4
     ));
     out.push_str(&format!(
-        "{:<44} {:>10.1} {:>10.0} {:>16}\n",
-        "pgBackRest async (process-max 2)",
-        p,
-        raw_mb / p,
-        "1.00"
-    ));
-    let pg_fetch = {
-        let r = fetch_rows
-            .iter_mut()
-            .find(|r| r.0.starts_with("pgBackRest"))
-            .unwrap();
-        median(&mut r.1)
-    };
-    out.push_str(&format!(
-        "\nin-order fetch of the same {} segments, one call each (as restore_command)\n\n{:<44} {:>10} {:>10} {:>12} {:>12} {:>10}\n",
+        "\nin-order fetch of the same {} segments, one call each (as restore_command), every one compared\n\n{:<56} {:>10} {:>10} {:>12} {:>10}\n",
         backlog.len(),
         "",
         "median s",
         "MB/s",
         "ms/segment",
-        "x pgBackRest",
         "peak RSS"
     ));
-    for r in fetch_rows.iter_mut() {
+    for r in fetches.0.iter_mut() {
         let m = median(&mut r.1);
         out.push_str(&format!(
-            "{:<44} {:>10.1} {:>10.0} {:>12.1} {:>12.2} {:>9.1}M\n",
+            "{:<56} {:>10.1} {:>10.0} {:>12.1} {:>9.1}M\n",
             r.0,
             m,
             raw_mb / m,
             m * 1000.0 / backlog.len() as f64,
-            pg_fetch / m,
             r.2 as f64 / 1024.0
         ));
     }
+    let pairs = [
+        ("walvault, no prefetch", "pgBackRest archive-get, sync"),
+        (
+            "walvault, prefetch 16, 2 at once",
+            "pgBackRest archive-get, async queue 16, process-max 2",
+        ),
+    ];
+    out.push('\n');
+    for (w, p) in pairs {
+        out.push_str(&format!(
+            "{w} against {p}: {:.2}x faster\n",
+            fetches.median(p) / fetches.median(w)
+        ));
+    }
+    let (best, pb) = fetches.best(&[
+        "pgBackRest archive-get, async queue 16, process-max 2",
+        "pgBackRest archive-get, async queue 16, process-max 4",
+    ]);
+    out.push_str(&format!(
+        "walvault default (prefetch 16, 4 at once) against pgBackRest at its best ({best}): {:.2}x faster\n",
+        pb / fetches.median("walvault, prefetch 16, 4 at once (default)")
+    ));
     out
 }
 
 /// Replay of at least `--replay-mb` of real WAL from each archive, from one base
 /// backup: restore_command `cp` from a local directory (PostgreSQL's own replay
-/// speed is the limit), walvault wal-fetch from S3, pgBackRest archive-get async.
-fn bench_replay(a: &Args, root: &Path, weed: &Seaweed, https: u16, keys: &Keys) -> String {
+/// speed is the limit), walvault wal-fetch and pgBackRest archive-get async from S3.
+fn bench_replay(a: &Args, s: &Setup) -> String {
+    let root = &s.root;
     let mut src = Cluster::init(root, "replay-src");
     src.conf("archive_mode = on\narchive_command = '/bin/false'\nmax_wal_size = 16GB\ncheckpoint_timeout = 1h");
-    src.start(&base_env());
-    let pgbr = PgBackRest::new(root, weed, https, "replay", &src);
+    src.start(&s.secrets);
+    let pgbr = PgBackRest::new(s, "replay", &src);
     let cp_dir = root.join("replay-cp-archive");
     std::fs::create_dir(&cp_dir).unwrap();
     chown_pg(&cp_dir);
-    let mut s3 = weed.walvault_env("replay");
-    keys.add_to(&mut s3);
-    let bin = walvault_bin().display().to_string();
-    let inline = inline_env(&s3);
+    let wv = s.config(Backend::S3Https, "replay", &[]);
+    let wv2 = s.config(
+        Backend::S3Https,
+        "replay",
+        &[("fetch.prefetch_concurrency", "2")],
+    );
     // Every segment goes to all three archives before it counts as archived.
     let archive = format!(
-        "cp %p {}/%f && env {inline}\"{bin}\" wal-push %p && {}",
+        "cp %p {}/%f && {} && {}",
         cp_dir.display(),
+        s.walvault_line(&wv, "wal-push %p"),
         pgbr.command_line("", "archive-push %p")
     );
     src.psql(&format!(
@@ -966,79 +1331,99 @@ fn bench_replay(a: &Args, root: &Path, weed: &Seaweed, https: u16, keys: &Keys) 
     let replayed_mb = wal_mb(&src);
     src.stop();
 
-    let mut rows_out: Vec<(String, Vec<f64>)> = Vec::new();
+    let mut t = Table::default();
+    let replay = |label: &str, restore: &str, run: usize, t: &mut Table| {
+        // pgBackRest's queue of a pass before would serve this one from disk.
+        let _ = std::fs::remove_dir_all(pgbr.spool().join("archive"));
+        let mut c = Cluster::at(root, &format!("replay-{run}-{}", t.0.len()));
+        let out = Command::new("cp")
+            .arg("-a")
+            .arg(&base)
+            .arg(&c.pgdata)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "cp -a: {}", stderr(&out));
+        let restore = restore.replace("PGDATA", c.pgdata.to_str().unwrap());
+        c.conf(&format!(
+            "archive_mode = off\nrestore_command = '{}'\nrecovery_target_timeline = 'latest'",
+            restore.replace('\'', "''")
+        ));
+        std::fs::write(c.pgdata.join("recovery.signal"), "").unwrap();
+        chown_pg(&c.pgdata);
+        let t0 = Instant::now();
+        c.start_opts(&s.secrets, false);
+        c.wait_promoted(Duration::from_secs(1800));
+        let secs = t0.elapsed().as_secs_f64();
+        assert_eq!(
+            c.psql("select count(*) from pgbench_history"),
+            rows,
+            "{label}: replay did not reach the end of the archive"
+        );
+        c.stop();
+        std::fs::remove_dir_all(&c.pgdata).unwrap();
+        t.add(label, secs, 0);
+    };
     for run in 0..a.runs {
         eprintln!("replay run {} of {} ...", run + 1, a.runs);
-        for (i, (label, restore)) in [
-            (
-                "cp from a local directory (baseline)",
-                format!("cp {}/%f %p", cp_dir.display()),
-            ),
-            (
-                "walvault wal-fetch, S3, prefetch 16",
-                format!("env {inline}\"{bin}\" wal-fetch %f %p"),
-            ),
-            (
-                "pgBackRest archive-get, S3, async",
-                // It checks that the server runs in the data directory it knows.
-                pgbr.command_line("--archive-async --pg1-path=PGDATA", "archive-get %f \"%p\""),
-            ),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            // pgBackRest's queue of a run before would serve this one from disk.
-            let _ = std::fs::remove_dir_all(pgbr.conf.parent().unwrap().join("spool/archive"));
-            let mut c = Cluster::at(root, &format!("replay-{run}-{i}"));
-            let out = Command::new("cp")
-                .arg("-a")
-                .arg(&base)
-                .arg(&c.pgdata)
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "cp -a: {}", stderr(&out));
-            let restore = restore.replace("PGDATA", c.pgdata.to_str().unwrap());
-            c.conf(&format!(
-                "archive_mode = off\nrestore_command = '{}'\nrecovery_target_timeline = 'latest'",
-                restore.replace('\'', "''")
-            ));
-            std::fs::write(c.pgdata.join("recovery.signal"), "").unwrap();
-            chown_pg(&c.pgdata);
-            let t = Instant::now();
-            c.start_opts(&base_env(), false);
-            c.wait_promoted(Duration::from_secs(1800));
-            let secs = t.elapsed().as_secs_f64();
-            assert_eq!(
-                c.psql("select count(*) from pgbench_history"),
-                rows,
-                "{label}: replay did not reach the end of the archive"
+        replay(
+            "cp from a local directory (baseline)",
+            &format!("cp {}/%f %p", cp_dir.display()),
+            run,
+            &mut t,
+        );
+        let walvault_side = |t: &mut Table| {
+            replay(
+                "walvault, prefetch 16, 2 at once",
+                &s.walvault_line(&wv2, "wal-fetch %f %p"),
+                run,
+                t,
             );
-            c.stop();
-            std::fs::remove_dir_all(&c.pgdata).unwrap();
-            match rows_out.iter_mut().find(|r| r.0 == label) {
-                Some(r) => r.1.push(secs),
-                None => rows_out.push((label.to_string(), vec![secs])),
+            replay(
+                "walvault, prefetch 16, 4 at once (default)",
+                &s.walvault_line(&wv, "wal-fetch %f %p"),
+                run,
+                t,
+            );
+        };
+        let pgbackrest_side = |t: &mut Table| {
+            for pm in [2, 4] {
+                // It checks that the server runs in the data directory it knows.
+                replay(
+                    &format!("pgBackRest async, queue 16, process-max {pm}"),
+                    &pgbr.command_line(
+                        &format!("--archive-async --process-max={pm} --pg1-path=PGDATA"),
+                        "archive-get %f \"%p\"",
+                    ),
+                    run,
+                    t,
+                );
             }
-        }
+        };
+        alternated(run, &mut t, walvault_side, pgbackrest_side);
     }
-    let mut med: Vec<(String, f64)> = rows_out
-        .iter_mut()
-        .map(|r| (r.0.clone(), median(&mut r.1)))
-        .collect();
-    let (cp, pg) = (med[0].1, med[2].1);
+    let cp = t.median("cp from a local directory (baseline)");
     let mut out = format!(
-        "\nreplay: {replayed_mb:.0} MB of real WAL from one base backup, server start to promotion; {} runs\n\n{:<44} {:>10} {:>10} {:>10} {:>14}\n",
-        a.runs, "", "median s", "MB/s", "x cp time", "x pgBackRest"
+        "\nreplay: {replayed_mb:.0} MB of real WAL from one base backup, server start to promotion; {} runs\n\n{:<48} {:>10} {:>10} {:>10}\n",
+        a.runs, "", "median s", "MB/s", "x cp time"
     );
-    for (label, m) in med.iter_mut() {
+    for r in t.0.iter_mut() {
+        let m = median(&mut r.1);
         out.push_str(&format!(
-            "{:<44} {:>10.1} {:>10.0} {:>10.2} {:>14.2}\n",
-            label,
+            "{:<48} {:>10.1} {:>10.0} {:>10.2}\n",
+            r.0,
             m,
-            replayed_mb / *m,
-            *m / cp,
-            pg / *m
+            replayed_mb / m,
+            m / cp
         ));
     }
+    let (best, pb) = t.best(&[
+        "pgBackRest async, queue 16, process-max 2",
+        "pgBackRest async, queue 16, process-max 4",
+    ]);
+    out.push_str(&format!(
+        "\nwalvault 2 at once against pgBackRest process-max 2: {:.2}x faster; walvault default against pgBackRest at its best ({best}): {:.2}x faster\n",
+        t.median("pgBackRest async, queue 16, process-max 2") / t.median("walvault, prefetch 16, 2 at once"),
+        pb / t.median("walvault, prefetch 16, 4 at once (default)")
+    ));
     out
 }

@@ -344,3 +344,60 @@ fn every_write_carries_what_aws_requires() {
             .collect::<Vec<_>>()
     );
 }
+
+/// An HTTPS endpoint signed by a private CA: refused without `s3.ca_file`, used
+/// with it; a missing or certificate-less file is one line naming the setting.
+#[test]
+fn https_endpoint_with_a_private_ca() {
+    let (weed, _) = Seaweed::start_with_https();
+    let dir = pg_tempdir();
+    let (endpoint, cert) = weed.https_endpoint(dir.path());
+    // A cluster's data directory (never started) binds the repository.
+    let pg = Cluster::init(dir.path(), "a");
+    let history = pg.pgdata.join("pg_wal/00000002.history");
+    std::fs::write(&history, "1\t0/3000000\tno recovery target specified\n").unwrap();
+    chown_pg(&history);
+    let mut env = weed.walvault_env("tls");
+    env.insert("AWS_ENDPOINT_URL".into(), endpoint);
+    env.insert("WALVAULT_S3_MAX_ATTEMPTS".into(), "1".into());
+    let push = |env: &std::collections::BTreeMap<String, String>| {
+        walvault(&["wal-push", history.to_str().unwrap()], env, None)
+    };
+
+    // The system's roots do not know the CA: the TLS handshake fails, said so.
+    let (code, line) = failure(&push(&env));
+    assert_ne!(code, Some(0));
+    assert!(line.contains("invalid peer certificate"), "{line}");
+
+    for (file, says) in [
+        (dir.path().join("absent.pem"), "s3.ca_file: cannot read"),
+        (history.clone(), "holds no PEM certificate"),
+    ] {
+        let mut e = env.clone();
+        e.insert("WALVAULT_S3_CA_FILE".into(), file.display().to_string());
+        let (code, line) = failure(&push(&e));
+        assert_ne!(code, Some(0));
+        assert!(
+            line.contains(says) && line.contains(file.to_str().unwrap()),
+            "{line}"
+        );
+    }
+
+    env.insert("WALVAULT_S3_CA_FILE".into(), cert.display().to_string());
+    let init = ["repo-init", "--pgdata", pg.pgdata.to_str().unwrap()];
+    ok(&walvault(&init, &env, None), "repo-init over HTTPS");
+    ok(&push(&env), "wal-push over HTTPS with s3.ca_file");
+    let dest = dir.path().join("fetched");
+    ok(
+        &walvault(
+            &["wal-fetch", "00000002.history", dest.to_str().unwrap()],
+            &env,
+            Some(dir.path()),
+        ),
+        "wal-fetch over HTTPS with s3.ca_file",
+    );
+    assert_eq!(
+        std::fs::read(&dest).unwrap(),
+        std::fs::read(&history).unwrap()
+    );
+}

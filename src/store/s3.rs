@@ -7,7 +7,7 @@
 
 use super::{AlreadyStored, Body, Class, Mode, ObjectMeta, Store, Stored};
 use crate::config;
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use async_trait::async_trait;
 use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
@@ -43,10 +43,29 @@ pub struct S3Store {
 }
 
 /// Builds an S3 client from the configuration and the AWS chain.
-pub async fn client(cfg: &config::S3) -> Client {
+pub async fn client(cfg: &config::S3) -> Result<Client> {
     // HTTPS connectors load the system's root certificates on first use only:
     // the chain's own client costs nothing when region and keys are given.
-    let https = https_client(tls::TrustStore::default());
+    let mut roots = tls::TrustStore::default();
+    // A private CA replaces the system's roots (as OpenSSL's CAfile does for
+    // other tools): only it can vouch for the endpoint, and no call reads the
+    // hundreds of system certificates.
+    if let Some(path) = &cfg.ca_file {
+        roots = tls::TrustStore::empty();
+        let pem = std::fs::read(path)
+            .with_context(|| format!("s3.ca_file: cannot read {}", path.display()))?;
+        if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+            bail!(
+                "s3.ca_file: {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                path.display()
+            );
+        }
+        roots = roots.with_pem_certificate(pem);
+    }
+    let https = https_client(roots).with_context(|| match &cfg.ca_file {
+        Some(path) => format!("s3.ca_file: no usable certificate in {}", path.display()),
+        None => "the system's root certificates".to_string(),
+    })?;
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .http_client(https)
         .retry_config(RetryConfig::standard().with_max_attempts(cfg.max_attempts as u32))
@@ -79,12 +98,14 @@ pub async fn client(cfg: &config::S3) -> Client {
         // aws-chunked trailer, which not every S3-compatible store understands.
         .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
         .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired);
-    if s3_endpoint(cfg, &shared).is_some_and(|e| e.to_ascii_lowercase().starts_with("http://")) {
+    if cfg.ca_file.is_none()
+        && s3_endpoint(cfg, &shared).is_some_and(|e| e.to_ascii_lowercase().starts_with("http://"))
+    {
         // Reading and parsing every file in /etc/ssl/certs costs milliseconds on
         // each wal-push, for a TLS connection to S3 that is never made.
-        conf = conf.http_client(https_client(tls::TrustStore::empty()));
+        conf = conf.http_client(https_client(tls::TrustStore::empty())?);
     }
-    Client::from_conf(conf.build())
+    Ok(Client::from_conf(conf.build()))
 }
 
 /// The CRC32 of a request body as S3's `x-amz-checksum-crc32` carries it
@@ -94,18 +115,17 @@ fn crc32(data: &[u8]) -> String {
     aws_smithy_types::base64::encode(crc32fast::hash(data).to_be_bytes())
 }
 
-fn https_client(roots: tls::TrustStore) -> aws_sdk_s3::config::SharedHttpClient {
-    aws_smithy_http_client::Builder::new()
+fn https_client(roots: tls::TrustStore) -> Result<aws_sdk_s3::config::SharedHttpClient> {
+    let context = tls::TlsContext::builder()
+        .with_trust_store(roots)
+        .build()
+        .map_err(|e| anyhow!("TLS trust store: {e}"))?;
+    Ok(aws_smithy_http_client::Builder::new()
         .tls_provider(tls::Provider::Rustls(
             tls::rustls_provider::CryptoMode::Ring,
         ))
-        .tls_context(
-            tls::TlsContext::builder()
-                .with_trust_store(roots)
-                .build()
-                .expect("a trust store without custom certificates is valid"),
-        )
-        .build_https()
+        .tls_context(context)
+        .build_https())
 }
 
 /// The endpoint S3 requests go to, resolved as the SDK does: s3.endpoint, else
@@ -201,7 +221,7 @@ where
 impl S3Store {
     pub async fn connect(cfg: &config::S3, bucket: String, prefix: String) -> Result<S3Store> {
         Ok(S3Store {
-            client: client(cfg).await,
+            client: client(cfg).await?,
             bucket,
             prefix: if prefix.is_empty() {
                 prefix

@@ -21,10 +21,30 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// The ports this test process may use: 20000..32000, or the lane's share of
+/// it when SUITE_LANE is "k/n" (lanes counted from 1).
+fn port_range() -> (u16, u64) {
+    let lane = std::env::var("SUITE_LANE").ok().and_then(|v| {
+        let (k, n) = v.split_once('/')?;
+        let (k, n) = (k.trim().parse::<u64>().ok()?, n.trim().parse::<u64>().ok()?);
+        (1..=n).contains(&k).then_some((k, n))
+    });
+    match lane {
+        Some((k, n)) => {
+            let span = 12_000 / n;
+            (20_000 + ((k - 1) * span) as u16, span)
+        }
+        None => (20_000, 12_000),
+    }
+}
+
 /// A loopback port free now, chosen below the kernel's ephemeral range (32768
 /// and up) so that no outgoing connection takes it before the server binds it;
-/// tests in one process draw from one sequence so they do not pick the same.
+/// tests in one process draw from one sequence so they do not pick the same,
+/// and test processes run side by side (scripts/run-suites.sh sets
+/// SUITE_LANE=k/n) draw from disjoint ranges.
 pub fn free_port() -> u16 {
+    let (start, span) = port_range();
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: OnceLock<AtomicU64> = OnceLock::new();
     let next = NEXT.get_or_init(|| {
@@ -36,7 +56,7 @@ pub fn free_port() -> u16 {
     });
     for _ in 0..2000 {
         let n = next.fetch_add(1, Ordering::Relaxed);
-        let port = 20_000 + (n.wrapping_mul(2_654_435_761) % 12_000) as u16;
+        let port = start + (n.wrapping_mul(2_654_435_761) % span) as u16;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
@@ -128,7 +148,19 @@ pub fn require(path: &str, what: &str) {
 }
 
 pub fn process_alive(pid: i32) -> bool {
-    unsafe { libc::kill(pid, 0) == 0 }
+    if unsafe { libc::kill(pid, 0) } != 0 {
+        return false;
+    }
+    // A child of ours that exited stays a zombie until reaped: not alive. The
+    // state follows the command name, which is in parentheses and may hold spaces.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !matches!(
+            stat.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().chars().next()),
+            Some(Some('Z' | 'X'))
+        ),
+        Err(_) => false,
+    }
 }
 
 /// Sends `sig` to `pid`, waits up to `within` for it to exit, then SIGKILLs.
@@ -310,7 +342,7 @@ pub trait S3Server {
         let cfg = self.s3_config();
         let (ak, sk) = self.keys();
         rt.block_on(async move {
-            let base = walvault::store::s3::client(&cfg).await;
+            let base = walvault::store::s3::client(&cfg).await.expect("S3 client");
             let creds = aws_sdk_s3::config::Credentials::new(ak, sk, None, None, "walvault-tests");
             let conf = base
                 .config()
@@ -351,6 +383,18 @@ impl S3Server for Seaweed {
 
 impl Seaweed {
     pub fn start() -> Seaweed {
+        Seaweed::launch_new(false)
+    }
+
+    /// A server that also serves S3 over TLS, with a certificate for 127.0.0.1
+    /// signed by a private CA (pgBackRest talks to S3 over TLS only); returns its port.
+    pub fn start_with_https() -> (Seaweed, u16) {
+        let w = Seaweed::launch_new(true);
+        let port = w.https.unwrap();
+        (w, port)
+    }
+
+    fn launch_new(https: bool) -> Seaweed {
         let dir = tempfile::Builder::new()
             .prefix("walvault-weed-")
             .tempdir()
@@ -360,7 +404,7 @@ impl Seaweed {
             child: None,
             dir,
             ports,
-            https: None,
+            https: https.then(free_port),
             access_key: "walvault-test-access".into(),
             secret_key: "walvault-test-secret-0123456789".into(),
         };
@@ -372,6 +416,9 @@ impl Seaweed {
             ),
         )
         .unwrap();
+        if https {
+            w.make_certificates();
+        }
         // A port taken between choosing and binding makes weed exit: start over
         // on fresh ports and an empty data directory.
         for attempt in 1.. {
@@ -383,41 +430,51 @@ impl Seaweed {
             }
             assert!(attempt < 4, "SeaweedFS did not start:\n{}", w.log_tail());
             w.ports = [(); 8].map(|_| free_port());
+            w.https = https.then(free_port);
         }
         w.create_bucket(BUCKET);
         w
     }
 
-    /// A server that also serves S3 over TLS with a self-signed certificate for
-    /// 127.0.0.1 (pgBackRest talks to S3 over TLS only); returns its port.
-    pub fn start_with_https() -> (Seaweed, u16) {
-        let mut w = Seaweed::start();
-        let d = w.dir.path().to_path_buf();
-        let out = Command::new("openssl")
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            ])
-            .args([
-                "-subj",
-                "/CN=127.0.0.1",
-                "-addext",
-                "subjectAltName=IP:127.0.0.1",
-            ])
-            .arg("-keyout")
-            .arg(d.join("key.pem"))
-            .arg("-out")
-            .arg(d.join("cert.pem"))
-            .output()
-            .expect("openssl");
-        assert!(out.status.success(), "openssl: {}", stderr(&out));
-        let port = free_port();
-        w.https = Some(port);
-        w.restart();
-        (w, port)
+    /// A private CA and a server certificate it signed for 127.0.0.1, as an
+    /// on-premises store has (a self-signed CA certificate as the server's own
+    /// is refused by strict clients: "CA used as end entity"). The address is
+    /// named as an IP address (rustls matches those) and as a DNS name
+    /// (pgBackRest matches only those).
+    fn make_certificates(&self) {
+        let d = self.dir.path();
+        std::fs::write(
+            d.join("leaf.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+             keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        for args in [
+            "req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=walvault-test-ca -keyout ca.key -out ca.pem",
+            "req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout key.pem -out leaf.csr",
+            "x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile leaf.ext -out cert.pem",
+        ] {
+            let out = Command::new("openssl")
+                .args(args.split(' '))
+                .current_dir(d)
+                .output()
+                .expect("openssl");
+            assert!(out.status.success(), "openssl {args}: {}", stderr(&out));
+        }
     }
 
     pub fn pid(&self) -> Option<i32> {
         self.child.as_ref().map(|c| c.id() as i32)
+    }
+
+    /// With `start_with_https`: the HTTPS endpoint, and the certificate of the CA
+    /// that signed its certificate, copied into `dir` where the postgres user can read it.
+    pub fn https_endpoint(&self, dir: &Path) -> (String, PathBuf) {
+        let port = self.https.expect("started with start_with_https");
+        let cert = dir.join("weed-ca.pem");
+        std::fs::copy(self.dir.path().join("ca.pem"), &cert).unwrap();
+        std::fs::set_permissions(&cert, std::fs::Permissions::from_mode(0o644)).unwrap();
+        (format!("https://127.0.0.1:{port}"), cert)
     }
 
     fn launch(&mut self) {
@@ -672,7 +729,12 @@ impl Drop for Seaweed {
         if std::thread::panicking() {
             eprintln!("--- SeaweedFS log tail ---\n{}", self.log_tail());
         }
-        self.stop();
+        // Its data goes with it: no need for weed's graceful shutdown, which
+        // takes 10 s (a restart within a test still uses `stop`).
+        if let Some(mut c) = self.child.take() {
+            stop_pid(c.id() as i32, libc::SIGKILL, Duration::from_secs(10));
+            let _ = c.wait();
+        }
     }
 }
 
