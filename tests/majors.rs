@@ -86,6 +86,10 @@ fn a_cluster_of(major: u32) {
 
     // The archive loop under pgbench, with a base backup taken under load.
     a.psql("create table t(i bigint primary key, note text)");
+    // An unlogged table: backups leave out its data but its init fork, and every
+    // major must bring it back empty and usable.
+    a.psql("create unlogged table u(i int primary key)");
+    a.psql("insert into u select generate_series(1, 1000)");
     a.pgbench(&["-i", "-s", "2", "-q"]);
     insert(&a, 1, 20);
     let backup = under_load(&a, || {
@@ -250,6 +254,13 @@ fn a_cluster_of(major: u32) {
         "PostgreSQL {major}: every row"
     );
     assert_eq!(l1.pgbench_checksum(), bank);
+    assert_eq!(
+        l1.psql("select count(*) from u"),
+        "0",
+        "PostgreSQL {major}: an unlogged table comes back empty"
+    );
+    l1.psql("insert into u values (1)");
+    assert_eq!(l1.psql("select count(*) from u"), "1", "and usable");
     l1.stop();
     let (mut l2, _) = recover(root.path(), "l2", major, &["--target", "latest"], &env);
     l2.wait_promoted(Duration::from_secs(60));
