@@ -14,15 +14,12 @@ order=(soak faults majors throughput archive_loop retention pitr life
     cluster_shapes drill s3_second_server azure_store hostile isolation s3_store
     parsers_fuzz config_docs lib:walvault bin:walvault)
 
-# The build every suite shares: built once here, never by a lane.
-cargo test --release --no-run
-# Doctests are not a binary of their own: cargo runs them.
-cargo test --release --doc --quiet
-
 list=$(mktemp)
 logs=$(mktemp -d)
 trap 'rm -rf "$list" "$logs"' EXIT
-cargo test --release --no-run --message-format=json 2>/dev/null | python3 -c '
+# The build every suite shares, built once here (never by a lane); its test
+# binaries listed from cargo's messages, its diagnostics on stderr.
+cargo test --release --no-run --message-format=json-render-diagnostics | python3 -c '
 import json, sys
 for line in sys.stdin:
     m = json.loads(line)
@@ -31,6 +28,8 @@ for line in sys.stdin:
         name = m["target"]["name"] if kind == "test" else kind + ":" + m["target"]["name"]
         print(name, m["executable"])
 ' >"$list"
+# Doctests are not a binary of their own: cargo runs them.
+cargo test --release --doc --quiet
 
 queue=()
 for name in "${order[@]}"; do

@@ -136,7 +136,18 @@ struct Pass {
 /// peak RSS in KiB. Measured by GNU time: a child forked from this (large)
 /// process would report this process's high-water mark instead of its own.
 fn run_measured(c: &mut Command) -> (bool, String, i64) {
+    let (out, rss) = measure(c);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+        rss,
+    )
+}
+
+/// Runs a command under GNU time: its output and its peak RSS in KiB.
+fn measure(c: &Command) -> (std::process::Output, i64) {
     let rss_file = std::env::temp_dir().join(format!("walvault-bench-rss.{}", std::process::id()));
+    let _ = std::fs::remove_file(&rss_file);
     let mut w = Command::new("/usr/bin/time");
     w.args(["-q", "-f", "%M", "-o"])
         .arg(&rss_file)
@@ -159,11 +170,7 @@ fn run_measured(c: &mut Command) -> (bool, String, i64) {
         .ok()
         .and_then(|s| s.trim().lines().last().and_then(|l| l.trim().parse().ok()))
         .unwrap_or(0);
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-        rss,
-    )
+    (out, rss)
 }
 
 fn timed(mut cmds: impl FnMut(usize) -> Command, n: usize) -> Pass {
@@ -238,7 +245,6 @@ impl Setup {
         assert!(out.status.success());
         chown_pg(&idfile);
         let (https_endpoint, ca) = weed.https_endpoint(root);
-        let https_port = https_endpoint.rsplit(':').next().unwrap().parse().unwrap();
         let s3 = weed.walvault_env("x");
         let azure = az.walvault_env(AZ_CONTAINER, "x");
         let mut secrets: BTreeMap<String, String> = base_env()
@@ -258,7 +264,7 @@ impl Setup {
             idfile,
             ca,
             https_endpoint,
-            https_port,
+            https_port: weed.https_port(),
             http_endpoint: weed.endpoint(),
             secrets,
             azure_endpoint: azure["WALVAULT_AZURE_ENDPOINT"].clone(),
@@ -364,7 +370,7 @@ impl Setup {
 fn main() {
     let a = args();
     let root = pg_tempdir();
-    let (weed, _) = Seaweed::start_with_https();
+    let weed = Seaweed::start_with_https();
     let az = Azurite::start();
     az.create_container(AZ_CONTAINER);
     let s = Setup::new(root.path(), &weed, &az);
@@ -673,29 +679,14 @@ fn bench_calls(a: &Args, s: &Setup) {
 
 /// Runs a command under GNU time; returns (seconds, peak RSS KiB, stdout); panics on failure.
 fn timed_ok(c: Command, what: &str) -> (f64, i64, String) {
-    let rss_file =
-        std::env::temp_dir().join(format!("walvault-bench-rss-out.{}", std::process::id()));
-    let _ = std::fs::remove_file(&rss_file);
-    let mut w = Command::new("/usr/bin/time");
-    w.args(["-q", "-f", "%M", "-o"])
-        .arg(&rss_file)
-        .arg(c.get_program())
-        .args(c.get_args());
-    if let Some(d) = c.get_current_dir() {
-        w.current_dir(d);
-    }
     let t = Instant::now();
-    let out = w.output().expect("run /usr/bin/time");
+    let (out, rss) = measure(&c);
     let secs = t.elapsed().as_secs_f64();
     assert!(
         out.status.success(),
         "{what}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let rss = std::fs::read_to_string(&rss_file)
-        .ok()
-        .and_then(|s| s.trim().lines().last().and_then(|l| l.trim().parse().ok()))
-        .unwrap_or(0);
     (secs, rss, String::from_utf8_lossy(&out.stdout).to_string())
 }
 

@@ -349,7 +349,7 @@ fn every_write_carries_what_aws_requires() {
 /// with it; a missing or certificate-less file is one line naming the setting.
 #[test]
 fn https_endpoint_with_a_private_ca() {
-    let (weed, _) = Seaweed::start_with_https();
+    let weed = Seaweed::start_with_https();
     let dir = pg_tempdir();
     let (endpoint, cert) = weed.https_endpoint(dir.path());
     // A cluster's data directory (never started) binds the repository.

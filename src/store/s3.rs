@@ -46,26 +46,14 @@ pub struct S3Store {
 pub async fn client(cfg: &config::S3) -> Result<Client> {
     // HTTPS connectors load the system's root certificates on first use only:
     // the chain's own client costs nothing when region and keys are given.
-    let mut roots = tls::TrustStore::default();
     // A private CA replaces the system's roots (as OpenSSL's CAfile does for
     // other tools): only it can vouch for the endpoint, and no call reads the
     // hundreds of system certificates.
-    if let Some(path) = &cfg.ca_file {
-        roots = tls::TrustStore::empty();
-        let pem = std::fs::read(path)
-            .with_context(|| format!("s3.ca_file: cannot read {}", path.display()))?;
-        if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
-            bail!(
-                "s3.ca_file: {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
-                path.display()
-            );
-        }
-        roots = roots.with_pem_certificate(pem);
-    }
-    let https = https_client(roots).with_context(|| match &cfg.ca_file {
-        Some(path) => format!("s3.ca_file: no usable certificate in {}", path.display()),
-        None => "the system's root certificates".to_string(),
-    })?;
+    let https = match &cfg.ca_file {
+        Some(path) => https_client(tls::TrustStore::empty().with_pem_certificate(ca_pem(path)?))
+            .with_context(|| format!("s3.ca_file: no usable certificate in {}", path.display()))?,
+        None => https_client(tls::TrustStore::default())?,
+    };
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .http_client(https)
         .retry_config(RetryConfig::standard().with_max_attempts(cfg.max_attempts as u32))
@@ -113,6 +101,19 @@ pub async fn client(cfg: &config::S3) -> Result<Client> {
 /// body on arrival, and Object Lock writes, which require a checksum, have one.
 fn crc32(data: &[u8]) -> String {
     aws_smithy_types::base64::encode(crc32fast::hash(data).to_be_bytes())
+}
+
+/// The PEM text of s3.ca_file, refused in one line when unreadable or certificate-less.
+fn ca_pem(path: &std::path::Path) -> Result<Vec<u8>> {
+    let pem = std::fs::read(path)
+        .with_context(|| format!("s3.ca_file: cannot read {}", path.display()))?;
+    if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+        bail!(
+            "s3.ca_file: {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        );
+    }
+    Ok(pem)
 }
 
 fn https_client(roots: tls::TrustStore) -> Result<aws_sdk_s3::config::SharedHttpClient> {

@@ -387,11 +387,14 @@ impl Seaweed {
     }
 
     /// A server that also serves S3 over TLS, with a certificate for 127.0.0.1
-    /// signed by a private CA (pgBackRest talks to S3 over TLS only); returns its port.
-    pub fn start_with_https() -> (Seaweed, u16) {
-        let w = Seaweed::launch_new(true);
-        let port = w.https.unwrap();
-        (w, port)
+    /// signed by a private CA (pgBackRest talks to S3 over TLS only).
+    pub fn start_with_https() -> Seaweed {
+        Seaweed::launch_new(true)
+    }
+
+    /// With `start_with_https`: its TLS port.
+    pub fn https_port(&self) -> u16 {
+        self.https.expect("started with start_with_https")
     }
 
     fn launch_new(https: bool) -> Seaweed {
@@ -470,7 +473,7 @@ impl Seaweed {
     /// With `start_with_https`: the HTTPS endpoint, and the certificate of the CA
     /// that signed its certificate, copied into `dir` where the postgres user can read it.
     pub fn https_endpoint(&self, dir: &Path) -> (String, PathBuf) {
-        let port = self.https.expect("started with start_with_https");
+        let port = self.https_port();
         let cert = dir.join("weed-ca.pem");
         std::fs::copy(self.dir.path().join("ca.pem"), &cert).unwrap();
         std::fs::set_permissions(&cert, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -556,8 +559,12 @@ impl Seaweed {
 
     /// Stops the server by its process id (S3 becomes unreachable).
     pub fn stop(&mut self) {
+        self.stop_by(libc::SIGTERM);
+    }
+
+    fn stop_by(&mut self, sig: i32) {
         if let Some(mut c) = self.child.take() {
-            stop_pid(c.id() as i32, libc::SIGTERM, Duration::from_secs(10));
+            stop_pid(c.id() as i32, sig, Duration::from_secs(10));
             let _ = c.wait();
         }
     }
@@ -731,10 +738,7 @@ impl Drop for Seaweed {
         }
         // Its data goes with it: no need for weed's graceful shutdown, which
         // takes 10 s (a restart within a test still uses `stop`).
-        if let Some(mut c) = self.child.take() {
-            stop_pid(c.id() as i32, libc::SIGKILL, Duration::from_secs(10));
-            let _ = c.wait();
-        }
+        self.stop_by(libc::SIGKILL);
     }
 }
 
