@@ -124,6 +124,13 @@ is written last: a backup that did not finish is never listed.")]
         /// Backup label (default: walvault <id>)
         #[arg(long)]
         label: Option<String>,
+        /// A full backup, whatever backup.incremental says
+        #[arg(long, conflicts_with = "incremental")]
+        full: bool,
+        /// Only what changed since the newest backup it can build on (a full one
+        /// when there is none, or when backup.full_every_days / backup.max_increments ask for it)
+        #[arg(long)]
+        incremental: bool,
     },
     /// List complete backups and the recoverable window
     BackupList {
@@ -159,8 +166,13 @@ must not push a new timeline into the production repository.")]
         #[arg(long)]
         backup: Option<String>,
         /// Empty a non-empty target directory first
-        #[arg(long)]
+        #[arg(long, conflicts_with = "delta")]
         overwrite: bool,
+        /// Restore over a copy of the same cluster (a lagging replica, a failed
+        /// primary, an earlier restore): only files whose size or sha256 differ
+        /// are written, files the backup lacks are removed
+        #[arg(long)]
+        delta: bool,
         /// Print the plan and check the repository; write nothing
         #[arg(long)]
         dry_run: bool,
@@ -227,6 +239,9 @@ Exit status: 0 done (or dry run), 1 a removal failed or the policy is missing.")
         /// Keep what recovery within the last D days needs (overrides retention.keep_days)
         #[arg(long, value_name = "D")]
         keep_days: Option<u32>,
+        /// Keep the newest N full backups with their increments (overrides retention.keep_full)
+        #[arg(long, value_name = "N")]
+        keep_full: Option<u32>,
         /// Remove for real (without it, only show what would be removed)
         #[arg(long)]
         confirm: bool,

@@ -238,6 +238,26 @@ pub const KEYS: &[(&str, Kind, &str)] = &[
         "backup parts read, compressed and uploaded at once",
     ),
     (
+        "backup.incremental",
+        Kind::Bool,
+        "backup-push without --full/--incremental takes an incremental backup (only what changed since the newest backup it can build on), a full one when the policy below asks for it",
+    ),
+    (
+        "backup.full_every_days",
+        Kind::Int,
+        "incremental backups: a full backup when the chain's full backup is older than N days (0 = no age limit)",
+    ),
+    (
+        "backup.max_increments",
+        Kind::Int,
+        "incremental backups: a full backup after N increments on one full (0 = no limit)",
+    ),
+    (
+        "backup.max_rate_mb",
+        Kind::Int,
+        "backup-push: most MiB per second read from the data directory (0 = no limit)",
+    ),
+    (
         "backup.wal_wait_seconds",
         Kind::Int,
         "how long backup-push waits for the backup's last WAL to reach the repository before it fails",
@@ -248,9 +268,19 @@ pub const KEYS: &[(&str, Kind, &str)] = &[
         "backup parts downloaded and extracted at once",
     ),
     (
+        "restore.max_rate_mb",
+        Kind::Int,
+        "recover, drill: most MiB per second written into the data directory (0 = no limit)",
+    ),
+    (
         "retention.keep_last",
         Kind::Int,
         "delete: keep the newest N restorable backups (0 = no count policy)",
+    ),
+    (
+        "retention.keep_full",
+        Kind::Int,
+        "delete: keep the newest N full backups and every incremental built on them (0 = no such policy)",
     ),
     (
         "retention.keep_days",
@@ -418,6 +448,8 @@ pub struct Retention {
     pub keep_last: i64,
     #[serde(default)]
     pub keep_days: i64,
+    #[serde(default)]
+    pub keep_full: i64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -493,6 +525,14 @@ pub struct Backup {
     pub concurrency: i64,
     #[serde(default = "default_wal_wait")]
     pub wal_wait_seconds: i64,
+    #[serde(default)]
+    pub incremental: bool,
+    #[serde(default = "default_full_every_days")]
+    pub full_every_days: i64,
+    #[serde(default = "default_max_increments")]
+    pub max_increments: i64,
+    #[serde(default)]
+    pub max_rate_mb: i64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -500,6 +540,8 @@ pub struct Backup {
 pub struct Restore {
     #[serde(default = "default_concurrency")]
     pub concurrency: i64,
+    #[serde(default)]
+    pub max_rate_mb: i64,
 }
 
 impl Default for Backup {
@@ -508,6 +550,10 @@ impl Default for Backup {
             part_size_mb: default_backup_part(),
             concurrency: default_concurrency(),
             wal_wait_seconds: default_wal_wait(),
+            incremental: false,
+            full_every_days: default_full_every_days(),
+            max_increments: default_max_increments(),
+            max_rate_mb: 0,
         }
     }
 }
@@ -515,6 +561,7 @@ impl Default for Restore {
     fn default() -> Self {
         Restore {
             concurrency: default_concurrency(),
+            max_rate_mb: 0,
         }
     }
 }
@@ -527,6 +574,13 @@ fn default_backup_part() -> i64 {
 // retries a slow store, not one that is failing.
 fn default_wal_wait() -> i64 {
     600
+}
+// A weekly full and daily increments: a restore reads at most seven backups.
+fn default_full_every_days() -> i64 {
+    7
+}
+fn default_max_increments() -> i64 {
+    6
 }
 // One part per core: compression and encryption are CPU-bound.
 fn default_concurrency() -> i64 {
@@ -897,9 +951,14 @@ impl Config {
             ("backup.part_size_mb", self.backup.part_size_mb, 1),
             ("backup.concurrency", self.backup.concurrency, 1),
             ("backup.wal_wait_seconds", self.backup.wal_wait_seconds, 1),
+            ("backup.full_every_days", self.backup.full_every_days, 0),
+            ("backup.max_increments", self.backup.max_increments, 0),
             ("restore.concurrency", self.restore.concurrency, 1),
+            ("backup.max_rate_mb", self.backup.max_rate_mb, 0),
+            ("restore.max_rate_mb", self.restore.max_rate_mb, 0),
             ("retention.keep_last", self.retention.keep_last, 0),
             ("retention.keep_days", self.retention.keep_days, 0),
+            ("retention.keep_full", self.retention.keep_full, 0),
             ("verify.concurrency", self.verify.concurrency, 1),
             ("verify.pending_seconds", self.verify.pending_seconds, 0),
             ("drill.rto_target_seconds", self.drill.rto_target_seconds, 0),

@@ -19,4 +19,5 @@ pub mod repo_switch;
 pub mod retention;
 pub mod status;
 pub mod store;
+pub mod throttle;
 pub mod wal;

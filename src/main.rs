@@ -223,11 +223,18 @@ async fn dispatch(command: Command, cfg: Config, ctx: Context) -> anyhow::Result
             pgdata,
             fast,
             label,
+            full,
+            incremental,
         } => {
             let opts = walvault::backup::push::Options {
                 pgdata,
                 fast,
                 label,
+                incremental: match (full, incremental) {
+                    (true, _) => Some(false),
+                    (_, true) => Some(true),
+                    _ => None,
+                },
             };
             let m = walvault::backup::push::run(&cfg, store, &codec, opts).await?;
             println!("{}", m.id);
@@ -244,6 +251,7 @@ async fn dispatch(command: Command, cfg: Config, ctx: Context) -> anyhow::Result
             exclusive,
             backup,
             overwrite,
+            delta,
             dry_run,
             start,
             port,
@@ -268,6 +276,7 @@ async fn dispatch(command: Command, cfg: Config, ctx: Context) -> anyhow::Result
                 exclusive,
                 backup,
                 overwrite,
+                delta,
                 dry_run,
                 start,
                 port,
@@ -302,11 +311,13 @@ async fn dispatch(command: Command, cfg: Config, ctx: Context) -> anyhow::Result
         Command::Delete {
             keep_last,
             keep_days,
+            keep_full,
             confirm,
         } => {
             let policy = walvault::retention::Policy {
                 keep_last: keep_last.unwrap_or(cfg.retention.keep_last as u32),
                 keep_days: keep_days.unwrap_or(cfg.retention.keep_days as u32),
+                keep_full: keep_full.unwrap_or(cfg.retention.keep_full as u32),
             };
             let opts = walvault::retention::Options { policy, confirm };
             let clean = walvault::retention::run(store.as_ref(), &codec, opts).await?;

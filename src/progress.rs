@@ -70,6 +70,11 @@ impl Progress {
         }
     }
 
+    /// Bytes counted so far.
+    pub fn done(&self) -> u64 {
+        self.done.load(Ordering::Relaxed)
+    }
+
     pub fn finish(&self) {
         if let Some(b) = &self.bar {
             b.finish_and_clear();

@@ -35,6 +35,8 @@ pub struct Policy {
     pub keep_last: u32,
     /// Keep what recovery to any time in the last D days needs; 0 = no age policy.
     pub keep_days: u32,
+    /// Keep the newest N full backups with every incremental built on them; 0 = none.
+    pub keep_full: u32,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -62,7 +64,7 @@ pub fn plan_backups(
     // cannot recover the cluster as it now is, so it does not count.
     let tli = inv.latest_timeline();
     for m in listing.complete.iter().rev() {
-        let ok = crate::backup::restorable_on(inv, m, tli);
+        let ok = crate::backup::restorable_on(listing, inv, m, tli);
         match listing.keeps.get(&m.id).and_then(|k| k.reason(now)) {
             Some(why) => out.push(Verdict {
                 id: m.id.clone(),
@@ -82,6 +84,31 @@ pub fn plan_backups(
         kept.entry(&m.id)
             .or_default()
             .push(format!("one of the newest {}", policy.keep_last));
+    }
+    if policy.keep_full > 0 {
+        let n = policy.keep_full;
+        let fulls: Vec<&str> = restorable_free
+            .iter()
+            .filter(|m| !m.is_incremental())
+            .take(n as usize)
+            .map(|m| m.id.as_str())
+            .collect();
+        for m in &restorable_free {
+            if fulls.contains(&m.id.as_str()) {
+                kept.entry(&m.id)
+                    .or_default()
+                    .push(format!("one of the newest {n} full backups"));
+            } else if m
+                .chain
+                .first()
+                .is_some_and(|root| fulls.contains(&root.as_str()))
+            {
+                kept.entry(&m.id).or_default().push(format!(
+                    "an increment of the kept full backup {}",
+                    m.chain[0]
+                ));
+            }
+        }
     }
     if let Some(cutoff) = cutoff {
         let d = policy.keep_days;
@@ -151,8 +178,27 @@ pub fn plan_backups(
             restorable: false,
         });
     }
+    keep_chains(listing, &mut out);
     out.sort_by(|a, b| a.id.cmp(&b.id));
     out
+}
+
+/// Every backup a kept incremental builds on is kept with it (for its files,
+/// not its WAL: it counts as pinned, keeping only its own start-to-stop WAL).
+fn keep_chains(listing: &Listing, verdicts: &mut [Verdict]) {
+    let needed: Vec<(String, String)> = verdicts
+        .iter()
+        .filter(|v| v.keep)
+        .filter_map(|v| listing.complete.iter().find(|m| m.id == v.id))
+        .flat_map(|m| m.chain.iter().map(|a| (a.clone(), m.id.clone())))
+        .collect();
+    for (ancestor, by) in needed {
+        if let Some(v) = verdicts.iter_mut().find(|v| v.id == ancestor && !v.keep) {
+            v.keep = true;
+            v.pinned = true;
+            v.why = format!("kept backup {by} builds on it (incremental chain)");
+        }
+    }
 }
 
 /// Why `m` cannot recover onto timeline `tli`.
@@ -168,11 +214,23 @@ fn why_not(inv: &Inventory, m: &Manifest, tli: u32) -> String {
 }
 
 fn outside(p: Policy) -> String {
-    match (p.keep_last, p.keep_days) {
-        (n, 0) => format!("older than the newest {n}"),
-        (0, d) => format!("not needed to recover within the last {d} days"),
-        (n, d) => format!("older than the newest {n} and not needed within the last {d} days"),
+    let mut parts = Vec::new();
+    if p.keep_last > 0 {
+        parts.push(format!("older than the newest {}", p.keep_last));
     }
+    if p.keep_full > 0 {
+        parts.push(format!(
+            "not of the newest {} full backups' chains",
+            p.keep_full
+        ));
+    }
+    if p.keep_days > 0 {
+        parts.push(format!(
+            "not needed to recover within the last {} days",
+            p.keep_days
+        ));
+    }
+    parts.join(" and ")
 }
 
 /// The WAL to remove, given the backups kept.
@@ -258,8 +316,8 @@ struct Tally {
 
 pub async fn run(store: &dyn Store, codec: &crate::codec::Codec, opts: Options) -> Result<bool> {
     let p = opts.policy;
-    if p.keep_last == 0 && p.keep_days == 0 {
-        bail!("no retention policy: set retention.keep_last or retention.keep_days in the config, or give --keep-last N / --keep-days D");
+    if p.keep_last == 0 && p.keep_days == 0 && p.keep_full == 0 {
+        bail!("no retention policy: set retention.keep_last, retention.keep_full or retention.keep_days in the config, or give --keep-last N / --keep-full N / --keep-days D");
     }
     let now = Utc::now();
     let (listing, inv) = crate::backup::list_with_wal(store, codec).await?;
@@ -370,13 +428,23 @@ pub async fn run(store: &dyn Store, codec: &crate::codec::Codec, opts: Options) 
 }
 
 fn describe(p: Policy) -> String {
-    match (p.keep_last, p.keep_days) {
-        (n, 0) => format!("keep the newest {n} restorable backups"),
-        (0, d) => format!("keep what recovery to any time in the last {d} days needs"),
-        (n, d) => format!(
-            "keep the newest {n} restorable backups and what recovery within {d} days needs"
-        ),
+    let mut parts = Vec::new();
+    if p.keep_last > 0 {
+        parts.push(format!("the newest {} restorable backups", p.keep_last));
     }
+    if p.keep_full > 0 {
+        parts.push(format!(
+            "the newest {} full backups with their increments",
+            p.keep_full
+        ));
+    }
+    if p.keep_days > 0 {
+        parts.push(format!(
+            "what recovery to any time in the last {} days needs",
+            p.keep_days
+        ));
+    }
+    format!("keep {}", parts.join(" and "))
 }
 
 /// When `key` is under Object Lock retention at `now`, its end.
@@ -473,6 +541,7 @@ mod tests {
             Policy {
                 keep_last,
                 keep_days,
+                keep_full: 0,
             },
             now,
         )
@@ -517,6 +586,56 @@ mod tests {
             },
             wal,
         }
+    }
+
+    /// b1 and b4 full; b2, b3 increments of b1 (b3 on b2), b5 of b4.
+    fn chains(r: &mut Repo) {
+        let c = &mut r.listing.complete;
+        c[1].parent = Some("b1".into());
+        c[1].chain = vec!["b1".into()];
+        c[2].parent = Some("b2".into());
+        c[2].chain = vec!["b1".into(), "b2".into()];
+        c[4].parent = Some("b4".into());
+        c[4].chain = vec!["b4".into()];
+    }
+
+    #[test]
+    fn chains_are_kept_whole_and_counted_by_full() {
+        let now: DateTime<Utc> = "2026-11-22T12:00:00Z".parse().unwrap();
+        let mut r = repo(now, &[]);
+        chains(&mut r);
+        // The newest backup alone is an increment: its full backup stays with it,
+        // as a pinned backup (only its own WAL).
+        let v = plan(&r, 1, 0, now);
+        assert_eq!(kept_ids(&v), vec!["b4", "b5"]);
+        let b4 = v.iter().find(|x| x.id == "b4").unwrap();
+        assert!(
+            b4.pinned && b4.why.contains("kept backup b5 builds on it"),
+            "{b4:?}"
+        );
+        // b3 kept: b1 and b2 too.
+        let v = plan(&r, 3, 0, now);
+        assert_eq!(kept_ids(&v), vec!["b1", "b2", "b3", "b4", "b5"]);
+        // keep_full 1: the newest full and its increment; 2: both chains.
+        let policy = |n| Policy {
+            keep_last: 0,
+            keep_days: 0,
+            keep_full: n,
+        };
+        let v = plan_backups(&r.listing, &r.inv, policy(1), now);
+        assert_eq!(kept_ids(&v), vec!["b4", "b5"]);
+        assert!(
+            v[4].why.contains("an increment of the kept full backup b4"),
+            "{:?}",
+            v[4]
+        );
+        let v = plan_backups(&r.listing, &r.inv, policy(2), now);
+        assert_eq!(kept_ids(&v), vec!["b1", "b2", "b3", "b4", "b5"]);
+        // A broken chain (b2 gone) makes b3 unrestorable.
+        r.listing.complete.remove(1);
+        let v = plan_backups(&r.listing, &r.inv, policy(2), now);
+        let b3 = v.iter().find(|x| x.id == "b3").unwrap();
+        assert!(!b3.restorable, "{b3:?}");
     }
 
     fn kept_ids(v: &[Verdict]) -> Vec<&str> {

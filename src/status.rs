@@ -192,7 +192,7 @@ async fn read_repository(store: &dyn Store, codec: &Codec, st: &mut Status) -> R
         st.last_backup_stored_bytes = Some(m.stored_bytes);
         st.last_backup_raw_bytes = Some(m.raw_bytes);
     }
-    if let Some(w) = backup::catalog::window(&listing.complete, &inv) {
+    if let Some(w) = backup::catalog::window(&listing, &inv) {
         st.window_start = Some(w.from);
         st.window_end = w.to;
         st.wal_gap = w.gap;

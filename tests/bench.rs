@@ -1,4 +1,4 @@
-//! Benchmark (not part of the test run): `scripts/bench.sh [--only calls,drain,replay,backups] [--runs N] ...`.
+//! Benchmark (not part of the test run): `scripts/bench.sh [--only calls,drain,replay,backups,incremental] [--runs N] ...`.
 //!
 //! Real WAL and databases from pgbench; walvault against pgBackRest like for
 //! like: the same S3 endpoint over HTTPS (certificate checked against the same
@@ -26,7 +26,7 @@ struct Args {
     drain: usize,
     /// MB of WAL in the replay part.
     replay_mb: usize,
-    /// The parts to run (--only calls,drain,replay,backups); empty: all.
+    /// The parts to run (--only calls,drain,replay,backups,incremental); empty: all.
     only: Vec<String>,
 }
 
@@ -391,6 +391,9 @@ fn main() {
     }
     if a.wants("backups") {
         println!("{}", bench_backups(&a, &s));
+    }
+    if a.wants("incremental") {
+        println!("{}", bench_incremental(&a, &s));
     }
     drop(az);
     drop(weed);
@@ -915,6 +918,318 @@ fn bench_backups(a: &Args, s: &Setup) -> String {
         t.median("walvault recover (latest), Azure HTTP") / t.median("walvault recover (latest), S3 HTTP"),
     ));
     out
+}
+
+/// A full backup, then about 1% of the pages changed, then an incremental
+/// one: time and stored bytes, walvault beside pgBackRest's `--type=incr`;
+/// then restoring the incremental into an empty directory against a delta
+/// restore over a copy restored from the full backup (the lagging replica).
+fn bench_incremental(a: &Args, s: &Setup) -> String {
+    let root = &s.root;
+    let mut src = Cluster::init(root, "incr-src");
+    let conf = s.config(Backend::S3Https, "incremental", &[]);
+    src.conf("max_wal_size = 4GB");
+    src.start(&s.secrets);
+    let pgbr = PgBackRest::new(s, "incr", &src);
+    let archive = [
+        s.walvault_line(&conf, "wal-push %p"),
+        pgbr.command_line("", "archive-push %p"),
+    ];
+    src.psql("alter system set archive_mode = on");
+    src.psql(&format!(
+        "alter system set archive_command = '{}'",
+        archive.join(" && ").replace('\'', "''")
+    ));
+    src.stop();
+    src.start(&s.secrets);
+    eprintln!("making a pgbench database of scale {} ...", a.scale);
+    src.pgbench(&["-i", "-s", &a.scale.to_string(), "-q"]);
+    src.psql("checkpoint");
+    let pages: f64 = src
+        .psql("select sum(pg_relation_size(oid)) / 8192 from pg_class where relkind in ('r', 'i')")
+        .parse()
+        .unwrap();
+    let db_mb: f64 = src
+        .psql("select sum(pg_database_size(oid)) / 1e6 from pg_database")
+        .parse()
+        .unwrap();
+    let stored = |id: &str| -> u64 {
+        let v = manifest_json_with(s, &conf, id);
+        v["stored_bytes"].as_u64().unwrap()
+    };
+    let pgbr_stored = || -> u64 {
+        let out = pgbr.cmd(&["info", "--output=json"]).output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let last = v[0]["backup"].as_array().unwrap().last().unwrap().clone();
+        last["info"]["repository"]["delta"].as_u64().unwrap()
+    };
+    let mut t = Table::default();
+    let mut bytes: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    let mut changed_pct = Vec::new();
+    for run in 0..a.runs {
+        eprintln!("incremental run {} of {} ...", run + 1, a.runs);
+        let mut ids = (String::new(), String::new());
+        let backup = |t: &mut Table, kind: &str| -> String {
+            let mut c = pg_command(walvault_bin().to_str().unwrap(), &src.pg_env(&s.secrets));
+            c.arg("--config")
+                .arg(&conf)
+                .args(["backup-push", "--fast", &format!("--{kind}")]);
+            let (secs, rss, out) = timed_ok(c, "backup-push");
+            t.add(&format!("walvault backup-push --{kind}"), secs, rss);
+            out.trim().to_string()
+        };
+        let pgbr_backup = |t: &mut Table, kind: &str| {
+            let (secs, rss, _) = timed_ok(
+                pgbr.cmd(&["--start-fast", &format!("--type={kind}"), "backup"]),
+                "pgbackrest backup",
+            );
+            t.add(&format!("pgBackRest backup --type={kind}"), secs, rss);
+        };
+        alternated(
+            run,
+            &mut t,
+            |t| ids.0 = backup(t, "full"),
+            |t| pgbr_backup(t, "full"),
+        );
+        bytes
+            .entry("walvault full")
+            .or_default()
+            .push(stored(&ids.0));
+        bytes
+            .entry("pgBackRest full")
+            .or_default()
+            .push(pgbr_stored());
+        // About 1% of the pages: random pgbench updates, each touching a
+        // page of pgbench_accounts, its index and the small tables.
+        let before = src.psql("select pg_current_wal_lsn()");
+        src.pgbench(&["-n", "-c", "2", "-t", &format!("{}", a.scale * 6)]);
+        src.psql("checkpoint");
+        let wal_mb: f64 = src
+            .psql(&format!("select (pg_current_wal_lsn() - '{before}') / 1e6"))
+            .parse()
+            .unwrap();
+        alternated(
+            run,
+            &mut t,
+            |t| ids.1 = backup(t, "incremental"),
+            |t| pgbr_backup(t, "incr"),
+        );
+        let m = manifest_json_with(s, &conf, &ids.1);
+        assert_eq!(m["parent"], ids.0.as_str(), "an incremental on the full");
+        bytes
+            .entry("walvault incremental")
+            .or_default()
+            .push(stored(&ids.1));
+        bytes
+            .entry("pgBackRest incr")
+            .or_default()
+            .push(pgbr_stored());
+        changed_pct.push(100.0 * m["files"].as_f64().unwrap() / pages.max(1.0));
+        eprintln!("  {wal_mb:.0} MB of WAL between the two backups");
+
+        // Restores of the incremental: into an empty directory, and delta
+        // over a copy restored from the full backup.
+        let restore = |dir: &Path, id: &str, delta: bool| -> (f64, i64) {
+            let mut args = vec![
+                "recover".to_string(),
+                "--pgdata".into(),
+                dir.display().to_string(),
+                "--backup".into(),
+                id.to_string(),
+                "--target".into(),
+                "immediate".into(),
+            ];
+            if delta {
+                args.push("--delta".into());
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (secs, rss, _) = timed_ok(s.walvault(&conf, &args), "recover");
+            (secs, rss)
+        };
+        let empty = root.join(format!("incr-full-restore-{run}"));
+        let (secs, rss) = restore(&empty, &ids.1, false);
+        t.add(
+            "walvault recover of the incremental, empty directory",
+            secs,
+            rss,
+        );
+        let lagging = root.join(format!("incr-delta-restore-{run}"));
+        restore(&lagging, &ids.0, false);
+        let (secs, rss) = restore(&lagging, &ids.1, true);
+        t.add("walvault recover --delta over the full's copy", secs, rss);
+        let same = files_equal(&empty, &lagging);
+        assert!(
+            same.is_empty(),
+            "delta restore differs from the full restore: {same:?}"
+        );
+        for d in [&empty, &lagging] {
+            std::fs::remove_dir_all(d).unwrap();
+        }
+        let pgbr_restore =
+            |t: &mut Table, dir: &Path, set: Option<&str>, delta: bool, label: &str| {
+                std::fs::create_dir_all(dir).unwrap();
+                std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                    .unwrap();
+                chown_pg(dir);
+                let pg1 = format!("--pg1-path={}", dir.display());
+                let mut args = vec![pg1.as_str(), "--type=immediate"];
+                let set_arg = set.map(|s| format!("--set={s}"));
+                if let Some(a) = &set_arg {
+                    args.push(a);
+                }
+                if delta {
+                    args.push("--delta");
+                }
+                args.push("restore");
+                let (secs, rss, _) = timed_ok(pgbr.cmd(&args), "pgbackrest restore");
+                if !label.is_empty() {
+                    t.add(label, secs, rss);
+                }
+            };
+        let info = pgbr.cmd(&["info", "--output=json"]).output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+        let labels: Vec<String> = v[0]["backup"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["label"].as_str().unwrap().to_string())
+            .collect();
+        let (pgbr_full, pgbr_incr) = (&labels[labels.len() - 2], &labels[labels.len() - 1]);
+        let d1 = root.join(format!("pgbr-incr-restore-{run}"));
+        pgbr_restore(
+            &mut t,
+            &d1,
+            Some(pgbr_incr),
+            false,
+            "pgBackRest restore of the incr, empty directory",
+        );
+        let d2 = root.join(format!("pgbr-delta-restore-{run}"));
+        pgbr_restore(&mut t, &d2, Some(pgbr_full), false, "");
+        pgbr_restore(
+            &mut t,
+            &d2,
+            Some(pgbr_incr),
+            true,
+            "pgBackRest restore --delta over the full's copy",
+        );
+        for d in [&d1, &d2] {
+            std::fs::remove_dir_all(d).unwrap();
+        }
+    }
+    src.stop();
+    let med = |v: &mut Vec<u64>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let mut out = format!(
+        "
+incremental backups: pgbench scale {} ({db_mb:.0} MB of databases, {pages:.0} pages of tables and indexes),          {} pgbench transactions between the full and the incremental; S3 HTTPS, both tools at 2 at once; {} runs
+
+         {:<58} {:>10} {:>14} {:>14}
+",
+        a.scale, a.scale * 12, a.runs, "", "median s", "peak RSS MiB", "stored MiB"
+    );
+    let stored_of = |label: &str| -> Option<&str> {
+        [
+            ("walvault backup-push --full", "walvault full"),
+            ("walvault backup-push --incremental", "walvault incremental"),
+            ("pgBackRest backup --type=full", "pgBackRest full"),
+            ("pgBackRest backup --type=incr", "pgBackRest incr"),
+        ]
+        .iter()
+        .find(|(l, _)| *l == label)
+        .map(|(_, k)| *k)
+    };
+    for r in t.0.iter_mut() {
+        let m = median(&mut r.1);
+        let st = stored_of(&r.0)
+            .map(|k| format!("{:.1}", med(bytes.get_mut(k).unwrap()) as f64 / 1048576.0))
+            .unwrap_or_else(|| "-".into());
+        out.push_str(&format!(
+            "{:<58} {:>10.2} {:>14.1} {:>14}
+",
+            r.0,
+            m,
+            r.2 as f64 / 1024.0,
+            st
+        ));
+    }
+    let (wf, wi) = (
+        t.median("walvault backup-push --full"),
+        t.median("walvault backup-push --incremental"),
+    );
+    let (bf, bi) = (
+        med(bytes.get_mut("walvault full").unwrap()) as f64,
+        med(bytes.get_mut("walvault incremental").unwrap()) as f64,
+    );
+    let (pi, pbi) = (
+        t.median("pgBackRest backup --type=incr"),
+        med(bytes.get_mut("pgBackRest incr").unwrap()) as f64,
+    );
+    let (rf, rd) = (
+        t.median("walvault recover of the incremental, empty directory"),
+        t.median("walvault recover --delta over the full's copy"),
+    );
+    let prd = t.median("pgBackRest restore --delta over the full's copy");
+    out.push_str(&format!(
+        "
+walvault incremental: {:.1}% of the full's stored bytes (target <= 3%), {:.1}% of its time (target <= 20%);          files stored {:.1}% of the pages' count
+         against pgBackRest --type=incr: {:.2}x faster, {:.2}x the stored bytes
+         delta restore: {:.1}% of the restore into an empty directory (target <= 25%); against pgBackRest --delta {:.2}x faster
+",
+        100.0 * bi / bf,
+        100.0 * wi / wf,
+        median(&mut changed_pct),
+        pi / wi,
+        bi / pbi,
+        100.0 * rd / rf,
+        prd / rd,
+    ));
+    out
+}
+
+/// The manifest of backup `id` (backup-list --json) of the repository in `conf`.
+fn manifest_json_with(s: &Setup, conf: &Path, id: &str) -> serde_json::Value {
+    let out = s
+        .walvault(conf, &["backup-list", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "backup-list: {}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == id)
+        .cloned()
+        .unwrap_or_else(|| panic!("{id} not listed"))
+}
+
+/// The relative paths whose contents differ between two directory trees.
+fn files_equal(a: &Path, b: &Path) -> Vec<String> {
+    let list = |root: &Path| -> BTreeMap<String, [u8; 32]> {
+        let mut out = BTreeMap::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let e = e.unwrap();
+                let ft = e.file_type().unwrap();
+                let rel = e.path().strip_prefix(root).unwrap().display().to_string();
+                if ft.is_dir() {
+                    stack.push(e.path());
+                } else if ft.is_file() && rel != "postgresql.auto.conf" {
+                    out.insert(rel, sha256_file(&e.path()));
+                }
+            }
+        }
+        out
+    };
+    let (x, y) = (list(a), list(b));
+    x.keys()
+        .chain(y.keys())
+        .filter(|k| x.get(*k) != y.get(*k))
+        .cloned()
+        .collect()
 }
 
 /// pgBackRest beside walvault: the same S3 server over HTTPS with the same CA

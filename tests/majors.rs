@@ -126,6 +126,31 @@ fn a_cluster_of(major: u32) {
         .find(|b| b["id"] == backup.as_str())
         .unwrap_or_else(|| panic!("{backup} not in {listing}"));
     assert_eq!(b["pg_version_num"].as_u64().unwrap() as u32, version);
+    assert!(
+        b.get("checksum_failures").is_none(),
+        "PostgreSQL {major}: {b}"
+    );
+    // An incremental on it: what the recoveries to latest and the drill below restore.
+    let incr = ok(
+        &walvault(
+            &["backup-push", "--fast", "--incremental"],
+            &a.pg_env(&env),
+            None,
+        ),
+        "backup-push --incremental",
+    )
+    .trim()
+    .to_string();
+    let m = manifest_json(&env, &incr);
+    assert_eq!(m["parent"], backup.as_str(), "PostgreSQL {major}: {m}");
+    assert!(
+        m.get("checksum_failures").is_none(),
+        "PostgreSQL {major}: {m}"
+    );
+    assert!(
+        m["stored_bytes"].as_u64().unwrap() < b["stored_bytes"].as_u64().unwrap(),
+        "PostgreSQL {major}: the incremental stores less than the full"
+    );
 
     // The checks a DBA runs against this major's server and repository.
     let status = ok(&walvault(&["status"], &a.pg_env(&env), None), "status");

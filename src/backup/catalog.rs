@@ -1,6 +1,6 @@
 //! `backup-list`: complete backups and the recoverable window.
 
-use super::Manifest;
+use super::{Listing, Manifest};
 use crate::codec::Codec;
 use crate::store::Store;
 use crate::wal::inventory::Inventory;
@@ -25,17 +25,24 @@ struct Row<'a> {
     #[serde(flatten)]
     manifest: &'a Manifest,
     wal_complete: bool,
+    /// "full" or "incr".
+    kind: &'static str,
+    /// Every backup of its chain is complete (always for a full backup).
+    chain_complete: bool,
+    /// What the backup and the backups it builds on store together.
+    chain_stored_bytes: u64,
     /// Why retention keeps it whatever the policy (backup-mark).
     keep: Option<String>,
 }
 
 /// The recoverable window on the latest timeline: from the end of the oldest
 /// restorable backup on its history to the end of contiguous WAL.
-pub fn window(complete: &[Manifest], inv: &Inventory) -> Option<Window> {
+pub fn window(listing: &Listing, inv: &Inventory) -> Option<Window> {
     let tli = inv.latest_timeline();
-    complete
+    listing
+        .complete
         .iter()
-        .find(|m| super::restorable_on(inv, m, tli))
+        .find(|m| super::restorable_on(listing, inv, m, tli))
         .map(|m| {
             let run = inv.run_from(tli, m.start().map(|l| l.segno(inv.seg_size)).unwrap_or(0));
             Window {
@@ -68,16 +75,26 @@ pub async fn run(store: &dyn Store, codec: &Codec, json: bool) -> Result<()> {
     let (listing, inv) = super::list_with_wal(store, codec).await?;
     let mut rows = Vec::new();
     for m in &listing.complete {
+        let chain_stored_bytes = m
+            .chain
+            .iter()
+            .filter_map(|id| listing.complete.iter().find(|b| &b.id == id))
+            .map(|b| b.stored_bytes)
+            .sum::<u64>()
+            + m.stored_bytes;
         rows.push(Row {
             manifest: m,
             wal_complete: super::restorable(&inv, m),
+            kind: m.kind(),
+            chain_complete: super::chain_present(&listing, m),
+            chain_stored_bytes,
             keep: listing
                 .keeps
                 .get(&m.id)
                 .and_then(|k| k.reason(chrono::Utc::now())),
         });
     }
-    let window = window(&listing.complete, &inv);
+    let window = window(&listing, &inv);
     let catalog = Catalog {
         previous: identity.previous,
         successor,
@@ -94,8 +111,9 @@ pub async fn run(store: &dyn Store, codec: &Codec, json: bool) -> Result<()> {
         println!("no complete backups in {}", store.locate(""));
     } else {
         println!(
-            "{:<17} {:>3} {:<20} {:<20} {:>12} {:>12} {:>4} {:>9} {:>9} {:>8}  WAL",
+            "{:<17} {:<4} {:>3} {:<20} {:<20} {:>12} {:>12} {:>4} {:>9} {:>9} {:>8}  WAL",
             "ID",
+            "KIND",
             "PG",
             "START (UTC)",
             "STOP (UTC)",
@@ -109,8 +127,9 @@ pub async fn run(store: &dyn Store, codec: &Codec, json: bool) -> Result<()> {
         for r in &catalog.backups {
             let m = r.manifest;
             println!(
-                "{:<17} {:>3} {:<20} {:<20} {:>12} {:>12} {:>4} {:>9} {:>9} {:>8.1}  {}",
+                "{:<17} {:<4} {:>3} {:<20} {:<20} {:>12} {:>12} {:>4} {:>9} {:>9} {:>8.1}  {}{}",
                 m.id,
+                r.kind,
                 m.pg_version_num / 10000,
                 m.start_time.format("%Y-%m-%d %H:%M:%S"),
                 m.stop_time.format("%Y-%m-%d %H:%M:%S"),
@@ -124,6 +143,18 @@ pub async fn run(store: &dyn Store, codec: &Codec, json: bool) -> Result<()> {
                     (true, None) => "complete".to_string(),
                     (true, Some(k)) => format!("complete; KEEP {k}"),
                     (false, _) => "MISSING: not restorable".to_string(),
+                },
+                match &m.parent {
+                    Some(p) if r.chain_complete => format!(
+                        "; on {p}, chain of {} backups storing {} MiB",
+                        m.chain.len() + 1,
+                        r.chain_stored_bytes >> 20
+                    ),
+                    Some(p) => format!(
+                        "; on {p}: CHAIN BROKEN, a backup it builds on is gone ({})",
+                        m.chain.join(", ")
+                    ),
+                    None => String::new(),
                 }
             );
         }

@@ -99,9 +99,29 @@ pub async fn run(store: &dyn Store, id: &str, mark: Mark, note: Option<String>) 
         Mark::Until(_) => Class::Kept,
         Mark::Unmark => Class::Standard,
     };
-    let tagged = classify(store, &manifest, class).await.with_context(|| {
+    let mut tagged = classify(store, &manifest, class).await.with_context(|| {
         format!("the mark is stored, but putting the backup in lifecycle class {} failed; run backup-mark again once fixed", class.as_str())
     })?;
+    // An incremental backup is kept with the backups it builds on: they join
+    // its class (never leaving a stronger one; an unmark leaves them as they are).
+    if class != Class::Standard {
+        for ancestor in &manifest.chain {
+            let permanent = read(store, ancestor).await?.is_some_and(|k| k.permanent);
+            if permanent && class != Class::Permanent {
+                continue;
+            }
+            let m = read_manifest(store, ancestor).await?;
+            tagged += classify(store, &m, class).await.with_context(|| {
+                format!("the mark is stored, but putting backup {ancestor}, which {id} builds on, in lifecycle class {} failed; run backup-mark again once fixed", class.as_str())
+            })?;
+        }
+        if !manifest.chain.is_empty() {
+            println!(
+                "backup {id} builds on {}: retention keeps them with it",
+                manifest.chain.join(", ")
+            );
+        }
+    }
     if tagged > 0 {
         println!(
             "lifecycle: {tagged} objects (backup and its WAL) tagged {}={}",

@@ -8,8 +8,13 @@
 //! verification work on a host that holds only the public recipient.
 
 pub mod catalog;
+pub mod chain;
+pub mod delta;
 pub mod keep;
+pub mod page;
+pub mod parent;
 pub mod push;
+pub mod read;
 pub mod restore;
 pub mod verify;
 pub mod walk;
@@ -23,7 +28,11 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// Full backups keep format 1 (any walvault restores them); an incremental
+/// backup is format 2, so a walvault that cannot assemble chains refuses it
+/// instead of restoring only what changed.
 pub const MANIFEST_FORMAT: u32 = 1;
+pub const INCREMENTAL_FORMAT: u32 = 2;
 
 pub fn prefix(id: &str) -> String {
     format!("backups/{id}/")
@@ -76,6 +85,31 @@ pub struct Manifest {
     /// list) on a versioned bucket, by key.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub versions: BTreeMap<String, String>,
+    /// An incremental backup: the backup it builds on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// An incremental backup: every backup it needs, its full backup first,
+    /// its parent last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<String>,
+    /// An incremental backup: how changed blocks were found ("block hashes",
+    /// or "block hashes and WAL summaries").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changes_from: Option<String>,
+    /// Pages whose checksum failed when read (data checksums on).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checksum_failures: Vec<ChecksumFailure>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ChecksumFailure {
+    pub path: String,
+    /// The relation, when the server could name it (tables of the database
+    /// walvault connects to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relation: Option<String>,
+    /// Block numbers within the file.
+    pub blocks: Vec<u32>,
 }
 
 impl Manifest {
@@ -98,6 +132,16 @@ impl Manifest {
         let others = self.versions.iter().map(|(k, v)| (k.as_str(), v.as_str()));
         parts.chain(others).collect()
     }
+    pub fn is_incremental(&self) -> bool {
+        self.parent.is_some()
+    }
+    pub fn kind(&self) -> &'static str {
+        if self.is_incremental() {
+            "incr"
+        } else {
+            "full"
+        }
+    }
     pub fn start(&self) -> Result<Lsn> {
         Lsn::parse(&self.start_lsn)
     }
@@ -114,6 +158,51 @@ pub struct FileRecord {
     pub size: u64,
     pub sha256: String,
     pub part: u32,
+    /// How an incremental backup holds the file (absent: whole, in `part`).
+    #[serde(default, skip_serializing_if = "Stored::is_whole")]
+    pub stored: Stored,
+    /// A relation file's 8 KiB blocks: the first 16 bytes of each one's
+    /// sha256, in hex, in order. What an incremental backup compares with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_sha: Option<String>,
+}
+
+/// Where a file's content is. `size` and `sha256` of its record are always
+/// those of the file as restored.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Stored {
+    /// Whole, in the record's part.
+    #[default]
+    Whole,
+    /// Unchanged since the parent backup: the parent's file.
+    Parent,
+    /// The parent's file with these blocks written over it (a `delta` entry
+    /// of `bytes` bytes, sha256 `sha256`, in the record's part), cut or
+    /// extended to `size`.
+    Blocks {
+        bytes: u64,
+        sha256: String,
+        blocks: u64,
+    },
+}
+
+impl Stored {
+    pub fn is_whole(&self) -> bool {
+        *self == Stored::Whole
+    }
+}
+
+impl FileRecord {
+    /// The size and sha256 of this file's entry in its part; None when the
+    /// backup holds no entry for it (unchanged since the parent).
+    pub fn entry(&self) -> Option<(u64, &str)> {
+        match &self.stored {
+            Stored::Whole => Some((self.size, &self.sha256)),
+            Stored::Blocks { bytes, sha256, .. } => Some((*bytes, sha256)),
+            Stored::Parent => None,
+        }
+    }
 }
 
 /// Backups in the repository: complete ones (with a manifest), the ids of
@@ -191,11 +280,25 @@ pub fn restorable(inv: &crate::wal::inventory::Inventory, m: &Manifest) -> bool 
     }
 }
 
-/// Whether `m` can recover onto timeline `tli`: its own WAL is all there and it
-/// ended before `tli` branched from its timeline. The one rule recover,
-/// retention and the recoverable window share.
-pub fn restorable_on(inv: &crate::wal::inventory::Inventory, m: &Manifest, tli: u32) -> bool {
-    restorable(inv, m) && m.stop().is_ok_and(|s| inv.reaches(tli, m.timeline, s))
+/// Whether every backup `m` builds on (an incremental's chain) is complete.
+pub fn chain_present(listing: &Listing, m: &Manifest) -> bool {
+    m.chain
+        .iter()
+        .all(|id| listing.complete.iter().any(|b| &b.id == id))
+}
+
+/// Whether `m` can recover onto timeline `tli`: the backups it builds on are
+/// there, its own WAL is all there and it ended before `tli` branched from its
+/// timeline. The one rule recover, retention and the recoverable window share.
+pub fn restorable_on(
+    listing: &Listing,
+    inv: &crate::wal::inventory::Inventory,
+    m: &Manifest,
+    tli: u32,
+) -> bool {
+    chain_present(listing, m)
+        && restorable(inv, m)
+        && m.stop().is_ok_and(|s| inv.reaches(tli, m.timeline, s))
 }
 
 /// The backups and the WAL inventory together (the segment size from the backups;
@@ -220,7 +323,7 @@ pub async fn read_manifest(store: &dyn Store, id: &str) -> Result<Manifest> {
         .await?
         .with_context(|| format!("backup '{id}' does not exist (no {})", store.locate(&key)))?;
     anyhow::ensure!(
-        m.format <= MANIFEST_FORMAT,
+        m.format <= INCREMENTAL_FORMAT,
         "{} has format {}, newer than this walvault",
         store.locate(&key),
         m.format

@@ -4,8 +4,11 @@
 //! walvault dies in between, the server ends the backup with the session and the
 //! repository holds parts without a manifest: an incomplete backup, never listed.
 
+use super::read::Reader;
 use super::walk::{self, Entry, Kind, PG_CONTROL};
-use super::{FileRecord, Manifest, Part, Tablespace, MANIFEST_FORMAT};
+use super::{
+    ChecksumFailure, FileRecord, Manifest, Part, Tablespace, INCREMENTAL_FORMAT, MANIFEST_FORMAT,
+};
 use crate::codec::Codec;
 use crate::config::Config;
 use crate::progress::Progress;
@@ -14,9 +17,8 @@ use crate::wal::names::{Lsn, SegmentName};
 use crate::{pg, repo};
 use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Utc};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +28,8 @@ pub struct Options {
     /// Request an immediate checkpoint instead of a spread one.
     pub fast: bool,
     pub label: Option<String>,
+    /// `--full` (Some(false)) or `--incremental` (Some(true)); None: `backup.incremental`.
+    pub incremental: Option<bool>,
 }
 
 pub async fn run(
@@ -41,7 +45,9 @@ pub async fn run(
             "select current_setting('data_directory'), current_setting('server_version_num')::int, \
              (select system_identifier from pg_control_system())::text, \
              (select setting::bigint from pg_settings where name = 'wal_segment_size'), \
-             pg_is_in_recovery(), current_setting('archive_mode')",
+             pg_is_in_recovery(), current_setting('archive_mode'), \
+             current_setting('data_checksums') = 'on', \
+             (select timeline_id from pg_control_checkpoint())::int",
             &[],
         )
         .await
@@ -61,6 +67,7 @@ pub async fn run(
         row.get(4),
         row.get(5),
     );
+    let (checksums, current_tli): (bool, i32) = (row.get(6), row.get(7));
     // Before anything is started or copied: a major whose WAL walvault cannot
     // archive would leave a backup waiting for WAL that never arrives.
     pg::majors::require(
@@ -88,6 +95,19 @@ pub async fn run(
     // One backup-push at a time per data directory (until this process exits).
     let _lock = lock_pgdata(&pgdata)?;
     repo::ensure(store.as_ref(), sysid, Some(version as u32 / 10000)).await?;
+    let parent = if opts.incremental.unwrap_or(cfg.backup.incremental) {
+        find_parent(
+            cfg,
+            store.clone(),
+            codec,
+            &pgdata,
+            current_tli as u32,
+            version as u32 / 10000,
+        )
+        .await?
+    } else {
+        None
+    };
 
     // The id is the start second; it must be fresh (a killed push may have left
     // parts under the id of its second).
@@ -122,9 +142,27 @@ pub async fn run(
         .get(0);
     let start = Lsn::parse(&start_lsn)?;
     tracing::info!(
-        "backup {id}: started at {start}, reading {}",
-        pgdata.display()
+        "backup {id}: started at {start}, reading {}{}",
+        pgdata.display(),
+        match &parent {
+            Some((m, _)) => format!(
+                " (incremental on {}: what changed since {})",
+                m.id, m.start_lsn
+            ),
+            None => String::new(),
+        }
     );
+    let chain = parent
+        .as_ref()
+        .map(|(m, _)| m.chain.iter().cloned().chain([m.id.clone()]).collect())
+        .unwrap_or_default();
+    let parent_id = parent.as_ref().map(|(m, _)| m.id.clone());
+    let reader = Arc::new(Reader::new(
+        parent.map(|(_, p)| p),
+        checksums,
+        start,
+        crate::throttle::Throttle::mib_per_second(cfg.backup.max_rate_mb),
+    ));
 
     let pgdata2 = pgdata.clone();
     let walked = tokio::task::spawn_blocking(move || walk::walk(&pgdata2)).await??;
@@ -146,18 +184,27 @@ pub async fn run(
     let sem = Arc::new(tokio::sync::Semaphore::new(cfg.backup.concurrency as usize));
     let mut tasks = tokio::task::JoinSet::new();
     for (i, group) in groups.drain(..).enumerate() {
-        let (store, codec, progress, sem, id) = (
+        let (store, codec, progress, sem, id, reader) = (
             store.clone(),
             codec.clone(),
             progress.clone(),
             sem.clone(),
             id.clone(),
+            reader.clone(),
         );
         tasks.spawn(async move {
             let _permit = sem.acquire_owned().await.expect("semaphore");
-            upload_part(store.as_ref(), &codec, &id, i as u32, group, progress)
-                .await
-                .map(|r| (i, r))
+            upload_part(
+                store.as_ref(),
+                &codec,
+                &id,
+                i as u32,
+                group,
+                progress,
+                reader,
+            )
+            .await
+            .map(|r| (i, r))
         });
     }
     while let Some(r) = tasks.join_next().await {
@@ -173,10 +220,12 @@ pub async fn run(
             last as u32,
             control,
             progress.clone(),
+            reader.clone(),
         )
         .await?,
     );
     progress.finish();
+    let checksum_failures = checksum_failures(&client, &reader).await;
 
     // PostgreSQL's own wait for the archiver has no end; walvault waits for the
     // WAL in the repository itself, bounded (backup.wal_wait_seconds).
@@ -235,11 +284,19 @@ pub async fn run(
     let files_json = serde_json::to_vec(&records)?;
     let files_key = format!("{}files.json", super::prefix(&id));
     let up = codec
-        .upload(store.as_ref(), &files_key, io::Cursor::new(files_json))
+        .upload(
+            store.as_ref(),
+            &files_key,
+            io::Cursor::new(files_json.clone()),
+        )
         .await?;
     versions.extend(up.version.map(|v| (files_key, v)));
     let manifest = Manifest {
-        format: MANIFEST_FORMAT,
+        format: if parent_id.is_some() {
+            INCREMENTAL_FORMAT
+        } else {
+            MANIFEST_FORMAT
+        },
         id: id.clone(),
         label,
         system_identifier: sysid.to_string(),
@@ -252,7 +309,7 @@ pub async fn run(
         wal_segment_size: seg_size as u64,
         raw_bytes: parts.iter().map(|p| p.raw_bytes).sum(),
         stored_bytes: parts.iter().map(|p| p.stored_bytes).sum(),
-        files: records.len() as u64,
+        files: records.iter().filter(|r| r.entry().is_some()).count() as u64,
         duration_seconds: t0.elapsed().as_secs_f64(),
         parts,
         tablespaces: walked
@@ -266,19 +323,44 @@ pub async fn run(
         encrypted: codec.encrypts(),
         created_by: format!("walvault {}", env!("CARGO_PKG_VERSION")),
         versions,
+        parent: parent_id,
+        chain,
+        changes_from: manifest_changes_from(&reader),
+        checksum_failures,
     };
     // Last: from this moment the backup exists.
     let json = serde_json::to_vec_pretty(&manifest)?;
     store
         .put(&super::manifest_key(&id), Box::new(io::Cursor::new(json)))
         .await?;
+    // For the next incremental on this host (the stored list may need the key).
+    if let Err(e) = super::parent::remember(&pgdata, &files_json) {
+        tracing::warn!("{e:#}; the next incremental backup here needs the identity file");
+    }
     tracing::info!(
-        "backup {id} complete: {} files, {} MiB read, {} MiB stored, WAL {start}..{stop} on timeline {timeline}, {:.1} s",
+        "backup {id} complete ({}): {} files stored of {}, {} MiB read, {} MiB stored, WAL {start}..{stop} on timeline {timeline}, {:.1} s",
+        manifest.parent.as_ref().map(|p| format!("incremental on {p}")).unwrap_or_else(|| "full".into()),
         manifest.files,
-        manifest.raw_bytes >> 20,
+        records.len(),
+        progress.done() >> 20,
         manifest.stored_bytes >> 20,
         manifest.duration_seconds
     );
+    for f in &manifest.checksum_failures {
+        tracing::error!(
+            "backup {id}: page checksum failures in {}{}: blocks {}",
+            f.path,
+            f.relation
+                .as_ref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default(),
+            f.blocks
+                .iter()
+                .map(|b| b.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     Ok(manifest)
 }
 
@@ -304,17 +386,18 @@ async fn upload_part(
     index: u32,
     entries: Vec<Entry>,
     progress: Arc<Progress>,
+    reader: Arc<Reader>,
 ) -> Result<(Part, Vec<FileRecord>)> {
     let key = format!("{}part-{index:04}.tar", super::prefix(id));
     let (up, records) = codec
         .upload_from(store, &key, Class::Standard, Mode::Create, move |w| {
-            write_tar(&entries, index, w, &progress)
+            write_tar(&entries, index, w, &progress, &reader)
         })
         .await?;
     Ok((
         Part {
             key,
-            files: records.len() as u64,
+            files: records.iter().filter(|r| r.entry().is_some()).count() as u64,
             raw_bytes: up.trailer.plain_len,
             stored_bytes: up.stored_len,
             version: up.version,
@@ -323,14 +406,15 @@ async fn upload_part(
     ))
 }
 
-/// Writes `entries` as one tar stream. A file is read up to the size it has when
-/// opened (padded with zeros if it shrinks meanwhile): WAL replay from the
-/// backup's start repairs whatever changed while it was read.
+/// Writes `entries` as one tar stream: directories and links as they are,
+/// files as the reader stores them (whole, or what changed since the parent;
+/// a file unchanged since the parent has a record and no entry).
 fn write_tar(
     entries: &[Entry],
     part: u32,
     w: &mut dyn Write,
     progress: &Progress,
+    reader: &Reader,
 ) -> io::Result<Vec<FileRecord>> {
     let mut b = tar::Builder::new(w);
     let mut records = Vec::new();
@@ -349,53 +433,11 @@ fn write_tar(
                 h.set_size(0);
                 b.append_link(&mut h, &e.path, target)?;
             }
-            Kind::File => {
-                let f = match std::fs::File::open(&e.source) {
-                    Ok(f) => f,
-                    // Dropped since the walk: its absence is in the WAL.
-                    Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
-                    Err(err) => {
-                        return Err(io::Error::new(
-                            err.kind(),
-                            format!("cannot read {}: {err}", e.source.display()),
-                        ))
-                    }
-                };
-                let size = f.metadata()?.len();
-                h.set_entry_type(tar::EntryType::Regular);
-                h.set_size(size);
-                let mut reader = Counted {
-                    inner: f.take(size).chain(io::repeat(0).take(size)).take(size),
-                    hash: Sha256::new(),
-                    progress,
-                };
-                b.append_data(&mut h, &e.path, &mut reader)?;
-                records.push(FileRecord {
-                    path: e.path.clone(),
-                    size,
-                    sha256: hex::encode(reader.hash.finalize()),
-                    part,
-                });
-            }
+            Kind::File => records.extend(reader.append(&mut b, e, part, progress)?),
         }
     }
     b.finish()?;
     Ok(records)
-}
-
-struct Counted<'a, R> {
-    inner: R,
-    hash: Sha256,
-    progress: &'a Progress,
-}
-
-impl<R: Read> Read for Counted<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hash.update(&buf[..n]);
-        self.progress.add(n as u64);
-        Ok(n)
-    }
 }
 
 fn label_timeline(label: &str) -> Option<u32> {
@@ -478,6 +520,95 @@ async fn archiver_report(client: &tokio_postgres::Client) -> String {
         }
         Err(e) => format!("pg_stat_archiver could not be read ({e})"),
     }
+}
+
+/// The parent of an incremental backup with its file list, or None (and
+/// why) for a full one.
+async fn find_parent(
+    cfg: &Config,
+    store: Arc<dyn Store>,
+    codec: &Codec,
+    pgdata: &std::path::Path,
+    timeline: u32,
+    major: u32,
+) -> Result<Option<(Manifest, super::read::Parent)>> {
+    let (listing, inv) = super::list_with_wal(store.as_ref(), codec).await?;
+    let chosen = super::parent::choose(&listing, &inv, timeline, major, &cfg.backup, Utc::now());
+    let m = match chosen {
+        Ok(m) => m.clone(),
+        Err(why) => {
+            tracing::info!("taking a full backup: {why}");
+            return Ok(None);
+        }
+    };
+    match super::parent::load(m.pinned(store).as_ref(), codec, pgdata, &m).await {
+        Ok(files) => Ok(Some((m.clone(), super::parent::parent(&m, files)?))),
+        Err(why) => {
+            tracing::warn!("taking a full backup: {why}");
+            Ok(None)
+        }
+    }
+}
+
+/// The checksum failures the reader found, each named by its relation when
+/// the server can name it.
+async fn checksum_failures(
+    client: &tokio_postgres::Client,
+    reader: &Reader,
+) -> Vec<ChecksumFailure> {
+    let db_oid: Option<u32> = client
+        .query_one(
+            "select oid from pg_database where datname = current_database()",
+            &[],
+        )
+        .await
+        .ok()
+        .map(|r| r.get(0));
+    let mut out = Vec::new();
+    for (path, blocks) in reader.failures() {
+        let relation = match relation_of(&path, db_oid) {
+            Some((ts, node)) => client
+                .query_one(
+                    "select pg_filenode_relation($1, $2)::regclass::text",
+                    &[&ts, &node],
+                )
+                .await
+                .ok()
+                .and_then(|r| r.get::<_, Option<String>>(0)),
+            None => None,
+        };
+        out.push(ChecksumFailure {
+            path,
+            relation,
+            blocks,
+        });
+    }
+    out
+}
+
+/// The (tablespace, relfilenode) pg_filenode_relation takes for a relation
+/// file of the database `db` (0: the database's default tablespace).
+fn relation_of(path: &str, db: Option<u32>) -> Option<(u32, u32)> {
+    let parts: Vec<&str> = path.split('/').collect();
+    let node = |name: &str| name.split(['.', '_']).next()?.parse::<u32>().ok();
+    match parts.as_slice() {
+        ["global", name] => Some((1664, node(name)?)),
+        ["base", d, name] if d.parse::<u32>().ok() == db => Some((0, node(name)?)),
+        ["pg_tblspc", ts, _, d, name] if d.parse::<u32>().ok() == db => {
+            Some((ts.parse().ok()?, node(name)?))
+        }
+        _ => None,
+    }
+}
+
+fn manifest_changes_from(reader: &Reader) -> Option<String> {
+    reader.parent.as_ref().map(|p| {
+        if p.summarized.is_some() {
+            "block hashes and WAL summaries".to_string()
+        } else {
+            "block hashes".to_string()
+        }
+    })
 }
 
 #[cfg(test)]

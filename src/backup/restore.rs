@@ -1,11 +1,12 @@
-//! Restoring a base backup into a directory: parts downloaded and extracted in
-//! parallel, every file checked against the size and sha256 recorded at backup.
+//! Reading a backup's parts: each part downloaded and its tar stream walked,
+//! every entry checked against the size and sha256 recorded at backup, and
+//! written below a target (whole, or an incremental's blocks over the file
+//! already there) or only checked (verify). `chain` decides what is written.
 //!
 //! Files are not fsync'd one by one: a restored cluster starts in recovery from a
 //! backup, and PostgreSQL syncs the whole data directory before it replays.
 
-use super::walk::EMPTY_DIRS;
-use super::{FileRecord, Manifest};
+use super::{FileRecord, Stored};
 use crate::codec::Codec;
 use crate::progress::Progress;
 use crate::store::Store;
@@ -13,6 +14,7 @@ use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -35,7 +37,7 @@ impl Target {
         self.dir.clone()
     }
 
-    fn dest(&self, path: &str) -> Result<PathBuf> {
+    pub fn dest(&self, path: &str) -> Result<PathBuf> {
         let p = Path::new(path);
         if p.components().any(|c| !matches!(c, Component::Normal(_))) {
             bail!("refusing unsafe path '{path}' in the backup");
@@ -70,21 +72,33 @@ pub struct PartRead {
     pub links: Vec<Link>,
 }
 
-/// Downloads one part and walks its tar stream: every file checked against
-/// `index` (size and sha256), and written below `target` unless it is `None`
-/// (verification only).
+/// What a restore writes of one part.
+#[derive(Clone)]
+pub struct Apply {
+    pub target: Arc<Target>,
+    /// The files of this part to write (None: every file); the others are passed over.
+    pub wanted: Option<Arc<HashSet<String>>>,
+    /// Also make the part's directories and links (the backup restored last).
+    pub layout: bool,
+    /// `restore.max_rate_mb`: bytes written.
+    pub throttle: Option<Arc<crate::throttle::Throttle>>,
+}
+
+/// Downloads one part and walks its tar stream: every entry read checked
+/// against `index` (size and sha256), and written as `apply` says, or only
+/// checked when it is `None` (verification).
 pub async fn read_part(
     store: Arc<dyn Store>,
     codec: Codec,
     key: String,
     index: Arc<HashMap<String, FileRecord>>,
-    target: Option<Arc<Target>>,
+    apply: Option<Apply>,
     progress: Arc<Progress>,
 ) -> Result<PartRead> {
     let (reader, writer) = io::pipe()?;
     let part = key.clone();
     let extract = tokio::task::spawn_blocking(move || {
-        extract(reader, &part, target.as_deref(), &index, &progress)
+        extract(reader, &part, apply.as_ref(), &index, &progress)
     });
     // The decoder hands the pipe's writer back: drop it at once so the
     // extractor sees the end of the stream.
@@ -112,65 +126,10 @@ pub struct Restored {
     pub bytes: u64,
 }
 
-pub async fn restore(
-    store: Arc<dyn Store>,
-    codec: &Codec,
-    m: &Manifest,
-    files: Vec<FileRecord>,
-    target: Arc<Target>,
-    concurrency: usize,
-) -> Result<Restored> {
-    let index: Arc<HashMap<String, FileRecord>> =
-        Arc::new(files.into_iter().map(|f| (f.path.clone(), f)).collect());
-    let progress = Arc::new(Progress::new(&format!("restore {}", m.id), m.raw_bytes));
-    let sem = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
-    let mut tasks = tokio::task::JoinSet::new();
-    for part in m.parts.clone() {
-        let (store, codec, target, index, progress, sem) = (
-            store.clone(),
-            codec.clone(),
-            target.clone(),
-            index.clone(),
-            progress.clone(),
-            sem.clone(),
-        );
-        tasks.spawn(async move {
-            let _permit = sem.acquire_owned().await.expect("semaphore");
-            read_part(store, codec, part.key, index, Some(target), progress).await
-        });
-    }
-    let mut seen: HashSet<String> = HashSet::new();
-    let mut bytes = 0;
-    let mut links = Vec::new();
-    while let Some(r) = tasks.join_next().await {
-        let read = r.context("restore task failed")??;
-        seen.extend(read.files);
-        bytes += read.bytes;
-        links.extend(read.links);
-    }
-    progress.finish();
-    if let Some(missing) = index.keys().find(|p| !seen.contains(*p)) {
-        bail!("file {missing} of backup {} was not in any part", m.id);
-    }
-    for d in EMPTY_DIRS
-        .iter()
-        .chain(["pg_wal/archive_status", "pg_tblspc"].iter())
-    {
-        let p = target.dir.join(d);
-        std::fs::create_dir_all(&p)?;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700))?;
-    }
-    make_links(&target, links)?;
-    Ok(Restored {
-        files: seen.len() as u64,
-        bytes,
-    })
-}
-
 /// Makes the backup's symbolic links, after every file is written: no file of
 /// the backup can then be written through one of them. A link where the backup
 /// also wrote a file or directory, or below another link, is refused by name.
-fn make_links(target: &Target, mut links: Vec<Link>) -> Result<()> {
+pub fn make_links(target: &Target, mut links: Vec<Link>) -> Result<()> {
     links.sort_by(|a, b| a.path.cmp(&b.path));
     for l in links {
         let refuse = |why: &str| {
@@ -198,12 +157,12 @@ fn make_links(target: &Target, mut links: Vec<Link>) -> Result<()> {
     Ok(())
 }
 
-/// Extracts one tar stream (part `part`): files written and checked; links
-/// returned to be made last.
+/// Walks one tar stream (part `part`): files checked, and written when
+/// `apply` asks for them; links returned to be made last.
 fn extract(
     reader: io::PipeReader,
     part: &str,
-    target: Option<&Target>,
+    apply: Option<&Apply>,
     index: &HashMap<String, FileRecord>,
     progress: &Progress,
 ) -> Result<PartRead> {
@@ -216,48 +175,102 @@ fn extract(
         let mut entry = entry?;
         let path = entry.path()?.to_string_lossy().to_string();
         let mode = entry.header().mode().unwrap_or(0o600);
-        let Some(target) = target else {
-            if entry.header().entry_type() == tar::EntryType::Regular {
-                let rec = index
-                    .get(&path)
-                    .with_context(|| format!("{path} is in the backup but not in its file list"))?;
-                let n = hash_entry(&path, &mut entry, rec, &mut buf, progress, &mut io::sink())?;
-                bytes += n;
+        let kind = entry.header().entry_type();
+        let record = |path: &str| {
+            let rec = index
+                .get(path)
+                .with_context(|| format!("{path} is in the backup but not in its file list"))?;
+            let (size, sha256) = rec.entry().with_context(|| {
+                format!("{path} is in the part but its record says it is the parent's")
+            })?;
+            Ok::<_, anyhow::Error>((rec, size, sha256.to_string()))
+        };
+        let Some(apply) = apply else {
+            if kind == tar::EntryType::Regular {
+                let (_, size, sha) = record(&path)?;
+                bytes += copy_checked(
+                    &path,
+                    &mut entry,
+                    size,
+                    &sha,
+                    &mut buf,
+                    progress,
+                    &mut io::sink(),
+                )?;
                 done.push(path);
             }
             continue;
         };
-        let dest = target.dest(&path)?;
-        match entry.header().entry_type() {
-            tar::EntryType::Directory => {
+        let target = &apply.target;
+        match kind {
+            tar::EntryType::Directory if apply.layout => {
+                let dest = target.dest(&path)?;
                 std::fs::create_dir_all(&dest)
                     .with_context(|| format!("cannot create {}", dest.display()))?;
                 std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode | 0o700))?;
             }
-            tar::EntryType::Symlink => {
+            tar::EntryType::Symlink if apply.layout => {
                 let points_to = entry
                     .link_name()?
                     .context("symlink without target")?
                     .to_path_buf();
                 links.push(Link {
                     part: part.to_string(),
+                    dest: target.dest(&path)?,
                     path,
-                    dest,
                     points_to,
                 });
             }
+            tar::EntryType::Directory | tar::EntryType::Symlink => {}
             tar::EntryType::Regular => {
-                let rec = index
-                    .get(&path)
-                    .with_context(|| format!("{path} is in the backup but not in its file list"))?;
+                if apply.wanted.as_ref().is_some_and(|w| !w.contains(&path)) {
+                    continue;
+                }
+                let (rec, size, sha) = record(&path)?;
+                let dest = target.dest(&path)?;
                 if let Some(parent) = dest.parent() {
                     std::fs::create_dir_all(parent)?;
                 }
-                let mut f = std::fs::File::create(&dest)
-                    .with_context(|| format!("cannot create {}", dest.display()))?;
-                let n_total = hash_entry(&path, &mut entry, rec, &mut buf, progress, &mut f)?;
-                f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-                bytes += n_total;
+                let n = if matches!(rec.stored, Stored::Blocks { .. }) {
+                    // Over the file an earlier backup of the chain wrote.
+                    let f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .custom_flags(libc::O_NOFOLLOW)
+                        .open(&dest)
+                        .with_context(|| {
+                            format!(
+                                "{path}: the file its blocks go over is not there ({})",
+                                dest.display()
+                            )
+                        })?;
+                    let mut hashed = CheckedRead::new(&mut entry, size);
+                    hashed.throttle = apply.throttle.clone();
+                    super::delta::apply(&mut hashed, &f, &path)?;
+                    io::copy(&mut hashed, &mut io::sink())?;
+                    hashed.finish(&path, &sha)?;
+                    progress.add(size);
+                    size
+                } else {
+                    // Never through a link already there (a delta restore's target).
+                    if std::fs::symlink_metadata(&dest).is_ok_and(|m| !m.is_file()) {
+                        std::fs::remove_file(&dest)
+                            .with_context(|| format!("cannot replace {}", dest.display()))?;
+                    }
+                    let mut f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .custom_flags(libc::O_NOFOLLOW)
+                        .open(&dest)
+                        .with_context(|| format!("cannot create {}", dest.display()))?;
+                    let mut out = Throttled {
+                        inner: &mut f,
+                        throttle: &apply.throttle,
+                    };
+                    copy_checked(&path, &mut entry, size, &sha, &mut buf, progress, &mut out)?
+                };
+                std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode))?;
+                bytes += n;
                 done.push(path);
             }
             other => bail!("unexpected entry type {other:?} for {path}"),
@@ -272,11 +285,12 @@ fn extract(
     })
 }
 
-/// Copies one tar entry to `out`, checking its size and sha256 against `rec`.
-fn hash_entry(
+/// Copies one tar entry to `out`, checking it against the recorded size and sha256.
+fn copy_checked(
     path: &str,
     entry: &mut dyn Read,
-    rec: &FileRecord,
+    size: u64,
+    sha256: &str,
     buf: &mut [u8],
     progress: &Progress,
     out: &mut dyn Write,
@@ -289,21 +303,75 @@ fn hash_entry(
             break;
         }
         total += n as u64;
-        if total > rec.size {
+        if total > size {
             // A tar header may claim any size: stop at the recorded one.
-            bail!(
-                "{path}: longer than the {} bytes recorded at backup",
-                rec.size
-            );
+            bail!("{path}: longer than the {size} bytes recorded at backup");
         }
         h.update(&buf[..n]);
         out.write_all(&buf[..n])?;
         progress.add(n as u64);
     }
-    if total != rec.size || hex::encode(h.finalize()) != rec.sha256 {
+    if total != size || hex::encode(h.finalize()) != sha256 {
         bail!("{path}: content does not match the checksum recorded at backup");
     }
     Ok(total)
+}
+
+/// Writes at the restore's rate.
+struct Throttled<'a, W> {
+    inner: W,
+    throttle: &'a Option<Arc<crate::throttle::Throttle>>,
+}
+
+impl<W: Write> Write for Throttled<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        crate::throttle::take(self.throttle, n as u64);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// An entry read through its hash, never past its recorded size.
+struct CheckedRead<'a> {
+    inner: io::Take<&'a mut dyn Read>,
+    hash: Sha256,
+    count: u64,
+    size: u64,
+    throttle: Option<Arc<crate::throttle::Throttle>>,
+}
+
+impl<'a> CheckedRead<'a> {
+    fn new(inner: &'a mut dyn Read, size: u64) -> Self {
+        CheckedRead {
+            inner: inner.take(size + 1),
+            hash: Sha256::new(),
+            count: 0,
+            size,
+            throttle: None,
+        }
+    }
+    fn finish(self, path: &str, sha256: &str) -> Result<()> {
+        if self.count != self.size || hex::encode(self.hash.finalize()) != sha256 {
+            bail!("{path}: content does not match the checksum recorded at backup");
+        }
+        Ok(())
+    }
+}
+
+impl Read for CheckedRead<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n as u64;
+        crate::throttle::take(&self.throttle, n as u64);
+        if self.count > self.size {
+            return Err(io::Error::other("longer than the size recorded at backup"));
+        }
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
 }
 
 #[cfg(test)]
@@ -357,6 +425,8 @@ mod tests {
             size: data.len() as u64,
             sha256: hex::encode(Sha256::digest(data)),
             part: 0,
+            stored: Stored::Whole,
+            block_sha: None,
         };
         (path.to_string(), rec)
     }
@@ -370,10 +440,19 @@ mod tests {
         let feed = std::thread::spawn(move || {
             let _ = writer.write_all(&tar);
         });
+        let apply = Apply {
+            target: Arc::new(Target {
+                dir: t.dir.clone(),
+                tablespaces: t.tablespaces.clone(),
+            }),
+            wanted: None,
+            layout: true,
+            throttle: None,
+        };
         let r = extract(
             reader,
             "part-0000.tar",
-            Some(t),
+            Some(&apply),
             index,
             &Progress::new("t", 0),
         );

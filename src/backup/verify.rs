@@ -48,8 +48,14 @@ struct Problem {
 pub async fn run(store: Arc<dyn Store>, codec: &Codec, opts: Options) -> Result<bool> {
     let listing = super::list(store.as_ref()).await?;
     let chosen: Vec<&Manifest> = match &opts.backup {
+        // With the backups it builds on: it is restorable only if they are.
         Some(id) => match listing.complete.iter().find(|m| &m.id == id) {
-            Some(m) => vec![m],
+            Some(m) => listing
+                .complete
+                .iter()
+                .filter(|b| m.chain.contains(&b.id))
+                .chain([m])
+                .collect(),
             None => bail!(
                 "backup '{id}' does not exist in {} (no manifest); see walvault backup-list",
                 store.locate("")
@@ -81,6 +87,18 @@ pub async fn run(store: Arc<dyn Store>, codec: &Codec, opts: Options) -> Result<
     let mut planned: BTreeSet<String> = BTreeSet::new();
     for m in &chosen {
         let before = problems.len();
+        for id in m
+            .chain
+            .iter()
+            .filter(|id| !listing.complete.iter().any(|b| &b.id == *id))
+        {
+            problems.push(Problem {
+                owner: m.id.clone(),
+                text: format!(
+                    "MISSING backup {id}, which this incremental backup builds on (no manifest)"
+                ),
+            });
+        }
         let present = objects_of(&listing, &m.id);
         let mut need =
             |key: String, what: What, problems: &mut Vec<Problem>| match present.get(&key) {
@@ -236,8 +254,11 @@ pub async fn run(store: Arc<dyn Store>, codec: &Codec, opts: Options) -> Result<
             continue;
         }
         let got = seen.get(&m.id);
+        // Files an incremental backup takes from its parent are in no part of its own.
         let lost: Vec<&String> = index
-            .keys()
+            .iter()
+            .filter(|(_, r)| r.entry().is_some())
+            .map(|(p, _)| p)
             .filter(|p| !got.is_some_and(|g| g.contains(*p)))
             .collect();
         if let Some(first) = lost.first() {
@@ -251,6 +272,20 @@ pub async fn run(store: Arc<dyn Store>, codec: &Codec, opts: Options) -> Result<
         }
     }
 
+    // An incremental backup is only as good as the backups it builds on.
+    for m in &chosen {
+        let broken: Vec<&String> = m
+            .chain
+            .iter()
+            .filter(|id| problems.iter().any(|p| &p.owner == *id))
+            .collect();
+        if let Some(first) = broken.first() {
+            problems.push(Problem {
+                owner: m.id.clone(),
+                text: format!("CHAIN BROKEN: backup {first}, which this backup builds on, has problems (above)"),
+            });
+        }
+    }
     let mut owners: Vec<String> = chosen.iter().map(|m| m.id.clone()).collect();
     if opts.all_wal {
         owners.push("WAL".into());

@@ -31,6 +31,9 @@ const SKIP_TOP_FILES: &[&str] = &[
     // The server log of a cluster walvault recovered and started: it would
     // read as the next recovery's own words.
     crate::recover::LOG_FILE,
+    // This host's copy of the last backup's file list (backup::parent).
+    super::parent::CACHE_FILE,
+    "walvault_backup_files.json.tmp",
 ];
 
 /// `global/pg_control` is read last, after every other file (as pg_basebackup does).
@@ -71,6 +74,21 @@ fn relation_file(name: &str) -> Option<(&str, &str)> {
     let (node, fork) = base.split_once('_').unwrap_or((base, ""));
     (digits(node) && digits(segment) && matches!(fork, "" | "fsm" | "vm" | "init"))
         .then_some((node, fork))
+}
+
+/// A relation's segment file, in a database's directory or in `global/`: its
+/// fork ("" for the main fork, "fsm", "vm", "init") and segment number. Its
+/// pages carry an LSN and, with data checksums, a checksum.
+pub fn relation_segment(path: &str) -> Option<(&str, u32)> {
+    let (dir, name) = path.rsplit_once('/')?;
+    if dir != "global" && !database_dir(dir) {
+        return None;
+    }
+    let (_, fork) = relation_file(name)?;
+    let segment = name
+        .split_once('.')
+        .map_or(Some(0), |(_, s)| s.parse().ok())?;
+    Some((fork, segment))
 }
 
 /// A temporary relation's file, `t<backend>_<relfilenode>[_fork][.segment]`:
@@ -224,6 +242,28 @@ fn walk_dir(dir: &Path, rel: &str, out: &mut Walked) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relation_segments_are_named() {
+        assert_eq!(relation_segment("base/5/16384"), Some(("", 0)));
+        assert_eq!(relation_segment("base/5/16384.3"), Some(("", 3)));
+        assert_eq!(relation_segment("base/5/16384_vm"), Some(("vm", 0)));
+        assert_eq!(relation_segment("global/1262"), Some(("", 0)));
+        assert_eq!(
+            relation_segment("pg_tblspc/16389/PG_15_1/5/16500.1"),
+            Some(("", 1))
+        );
+        for not in [
+            "base/5/PG_VERSION",
+            "base/5/pg_filenode.map",
+            "global/pg_control",
+            "pg_xact/0000",
+            "pg_multixact/offsets/0000",
+            "base/5/t3_16390",
+        ] {
+            assert_eq!(relation_segment(not), None, "{not}");
+        }
+    }
 
     #[test]
     fn exclusions_follow_pg_basebackup() {

@@ -109,6 +109,7 @@ pub async fn run(
         exclusive: false,
         backup: opts.backup.clone(),
         overwrite: false,
+        delta: false,
         dry_run: false,
         start: true,
         port: Some(free_port()?),

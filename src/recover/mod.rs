@@ -30,6 +30,8 @@ pub struct Options {
     pub exclusive: bool,
     pub backup: Option<String>,
     pub overwrite: bool,
+    /// Restore over a copy of the same cluster: only files that differ are written.
+    pub delta: bool,
     pub dry_run: bool,
     pub start: bool,
     pub port: Option<u16>,
@@ -73,6 +75,19 @@ pub async fn run(cfg: &Config, store: Arc<dyn Store>, codec: &Codec, opts: Optio
         b.timeline,
         b.raw_bytes >> 20
     );
+    if b.is_incremental() {
+        println!(
+            "chain:    incremental on {}; restored from {} then {}",
+            b.parent.as_deref().unwrap_or_default(),
+            b.chain.join(", "),
+            b.id
+        );
+    }
+    if opts.delta {
+        println!(
+            "delta:    over the copy in the target directory: only files that differ are written"
+        );
+    }
     println!(
         "WAL:      {}..{} needed for consistency, present",
         b.start_lsn, b.stop_lsn
@@ -161,7 +176,6 @@ pub async fn restore_into(
     let b = &plan.backup;
     // The versions the backup wrote, whatever replaced them since.
     let store = b.pinned(store);
-    let files = backup::read_files(store.as_ref(), codec, &b.id).await?;
     let label = backup::read_text(
         store.as_ref(),
         codec,
@@ -179,7 +193,9 @@ pub async fn restore_into(
     let ts_dirs = plan.tablespaces.clone();
     // Nothing is refused past this point: now --overwrite may clear the data
     // directory (and tablespace directories below it); never one outside it.
-    ensure_empty(&opts.pgdata, opts.overwrite, true, "target directory")?;
+    if !opts.delta {
+        ensure_empty(&opts.pgdata, opts.overwrite, true, "target directory")?;
+    }
     let target = Arc::new(restore::Target {
         dir: opts.pgdata.clone(),
         tablespaces: ts_dirs.clone(),
@@ -188,13 +204,16 @@ pub async fn restore_into(
         .with_context(|| format!("cannot create {}", opts.pgdata.display()))?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&opts.pgdata, std::fs::Permissions::from_mode(0o700))?;
-    let restored = restore::restore(
+    let restored = backup::chain::restore(
         store.clone(),
         codec,
         b,
-        files,
         target,
-        cfg.restore.concurrency as usize,
+        backup::chain::Options {
+            concurrency: cfg.restore.concurrency as usize,
+            delta: opts.delta,
+            throttle: crate::throttle::Throttle::mib_per_second(cfg.restore.max_rate_mb),
+        },
     )
     .await?;
     std::fs::write(opts.pgdata.join("backup_label"), label)?;
@@ -253,7 +272,9 @@ pub async fn plan(store: &dyn Store, codec: &Codec, opts: &Options) -> Result<Pl
             opts.pgdata.display()
         );
     }
-    ensure_empty(&opts.pgdata, opts.overwrite, false, "target directory")?;
+    if !opts.delta {
+        ensure_empty(&opts.pgdata, opts.overwrite, false, "target directory")?;
+    }
     if opts.start && unsafe { libc::geteuid() } == 0 {
         bail!("--start: PostgreSQL refuses to run as root; run walvault recover as the cluster's OS user (e.g. postgres)");
     }
@@ -270,7 +291,7 @@ pub async fn plan(store: &dyn Store, codec: &Codec, opts: &Options) -> Result<Pl
     let reachable: Vec<&Manifest> = listing
         .complete
         .iter()
-        .filter(|m| backup::restorable_on(&inv, m, tli))
+        .filter(|m| backup::restorable_on(&listing, &inv, m, tli))
         .collect();
     let chosen: Manifest = match &opts.backup {
         Some(id) => {
@@ -315,6 +336,9 @@ pub async fn plan(store: &dyn Store, codec: &Codec, opts: &Options) -> Result<Pl
     };
     if chosen.encrypted {
         codec.check_key().context("the backup is encrypted")?;
+    }
+    if opts.delta {
+        delta_target(&opts.pgdata, &chosen)?;
     }
     let wal = inv.run_from(tli, chosen.start()?.segno(seg_size));
     let tablespaces = tablespace_dirs(opts, &chosen)?;
@@ -392,6 +416,36 @@ fn tablespace_dirs(opts: &Options, m: &Manifest) -> Result<BTreeMap<String, Path
         out.insert(ts.oid.clone(), dir);
     }
     Ok(out)
+}
+
+/// A delta restore writes over a copy of the backup's own cluster only, and
+/// (for now) of a cluster without tablespaces.
+fn delta_target(pgdata: &Path, m: &Manifest) -> Result<()> {
+    if !m.tablespaces.is_empty() {
+        bail!(
+            "--delta: backup {} has tablespaces, which delta restore does not handle yet; restore into an empty directory (--overwrite)",
+            m.id
+        );
+    }
+    let empty = std::fs::read_dir(pgdata).map_or(true, |mut d| d.next().is_none());
+    if empty {
+        return Ok(());
+    }
+    let theirs = pg::control::system_identifier(pgdata).with_context(|| {
+        format!(
+            "--delta: {} is not a data directory walvault can read (no global/pg_control); use --overwrite to replace it",
+            pgdata.display()
+        )
+    })?;
+    if theirs.to_string() != m.system_identifier {
+        bail!(
+            "--delta: {} belongs to cluster {theirs}, backup {} to cluster {}; delta restore only writes over a copy of the same cluster (use --overwrite to replace it)",
+            pgdata.display(),
+            m.id,
+            m.system_identifier
+        );
+    }
+    Ok(())
 }
 
 /// Whether `dir` lies inside `root` (both resolved as far as they exist).

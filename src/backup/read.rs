@@ -1,0 +1,364 @@
+//! Reading PGDATA's files into a backup's tar parts: whole, hashed, every
+//! relation page's checksum verified and each 8 KiB block's hash recorded;
+//! or, against the parent of an incremental backup, only what changed.
+//!
+//! A block is the parent's when its hash is the one the parent recorded for
+//! it: content, not page LSNs, decides. An LSN misses changes made without
+//! WAL (hint bits, which would make the restored file differ from the one
+//! recorded) and pages whose LSN was set back; a hash misses neither. WAL
+//! summaries, where the server has them, add the blocks they name.
+
+use super::page::{self, BLCKSZ, RELSEG_BLOCKS};
+use super::walk::{self, Entry};
+use super::{delta, FileRecord, Stored};
+use crate::progress::Progress;
+use crate::wal::names::Lsn;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::File;
+use std::io::{self, Read, Seek, Write};
+use std::os::unix::fs::FileExt;
+use std::sync::Mutex;
+
+/// One file of the parent as restored.
+pub struct ParentFile {
+    pub size: u64,
+    pub sha256: String,
+    /// Its blocks' hashes (16 bytes each), for a relation file.
+    pub blocks: Option<Vec<u8>>,
+}
+
+/// What an incremental backup builds on.
+pub struct Parent {
+    pub id: String,
+    pub start: Lsn,
+    pub files: HashMap<String, ParentFile>,
+    /// Blocks changed since the parent's start by PostgreSQL's WAL summaries
+    /// (17+), by path; None when the server has none for the whole range.
+    pub summarized: Option<HashMap<String, Changed>>,
+}
+
+/// Blocks of one relation segment file that WAL summaries say changed.
+#[derive(Default, Debug)]
+pub struct Changed {
+    pub blocks: BTreeSet<u32>,
+    /// The relation was cut to this block at some point: every block from it on is new.
+    pub from: Option<u32>,
+}
+
+impl Changed {
+    fn has(&self, blk: u32) -> bool {
+        self.from.is_some_and(|f| blk >= f) || self.blocks.contains(&blk)
+    }
+}
+
+pub struct Reader {
+    pub parent: Option<Parent>,
+    /// Data checksums are on: every relation page read is verified.
+    pub checksums: bool,
+    /// This backup's start: a page at or past it is being changed, and WAL
+    /// replay from the start rewrites it, so a torn read of it is no failure.
+    pub start: Lsn,
+    /// `backup.max_rate_mb`: bytes read from the data directory.
+    pub throttle: Option<std::sync::Arc<crate::throttle::Throttle>>,
+    failures: Mutex<BTreeMap<String, Vec<u32>>>,
+}
+
+const CHUNK: usize = 1 << 20;
+/// The bytes of a block's sha256 kept as its hash.
+pub const BLOCK_HASH: usize = 16;
+/// Changed blocks are gathered in memory up to this, then in a temporary file.
+const SPOOL_MEMORY: usize = 16 << 20;
+
+impl Reader {
+    pub fn new(
+        parent: Option<Parent>,
+        checksums: bool,
+        start: Lsn,
+        throttle: Option<std::sync::Arc<crate::throttle::Throttle>>,
+    ) -> Self {
+        Reader {
+            parent,
+            checksums,
+            start,
+            throttle,
+            failures: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Pages whose checksum failed, by path: block numbers within the file.
+    pub fn failures(&self) -> BTreeMap<String, Vec<u32>> {
+        self.failures.lock().expect("failures").clone()
+    }
+
+    /// Appends file `e` to the tar stream as this backup stores it; None when
+    /// it was dropped since the walk (its absence is in the WAL).
+    pub fn append<W: Write>(
+        &self,
+        b: &mut tar::Builder<W>,
+        e: &Entry,
+        part: u32,
+        progress: &Progress,
+    ) -> io::Result<Option<FileRecord>> {
+        let f = match File::open(&e.source) {
+            Ok(f) => f,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => {
+                return Err(io::Error::new(
+                    err.kind(),
+                    format!("cannot read {}: {err}", e.source.display()),
+                ))
+            }
+        };
+        let size = f.metadata()?.len();
+        let main_fork = walk::relation_segment(&e.path).is_some_and(|(fork, _)| fork.is_empty())
+            && size % BLCKSZ as u64 == 0;
+        let record = |sha256: String, stored: Stored, blocks: Option<Vec<u8>>| FileRecord {
+            path: e.path.clone(),
+            size,
+            sha256,
+            part,
+            stored,
+            block_sha: blocks.map(hex::encode),
+        };
+        let in_parent = self
+            .parent
+            .as_ref()
+            .and_then(|p| Some((p, p.files.get(&e.path)?)));
+        let mut counted = false;
+        if let Some((parent, pf)) = in_parent {
+            if main_fork && pf.blocks.is_some() {
+                return self
+                    .changed_blocks(b, e, &f, size, parent, pf, progress)
+                    .map(|(sha, stored, blocks)| Some(record(sha, stored, Some(blocks))));
+            }
+            if pf.size == size {
+                let mut scan = self.scan(e, &f, size, progress, main_fork);
+                io::copy(&mut scan, &mut io::sink())?;
+                let (sha, blocks) = scan.finish();
+                if sha == pf.sha256 {
+                    return Ok(Some(record(sha, Stored::Parent, blocks)));
+                }
+                counted = true;
+            }
+        }
+        // Whole (changed since the parent: read again from the start).
+        (&f).rewind()?;
+        let hidden = Progress::hidden();
+        let mut scan = self.scan(
+            e,
+            &f,
+            size,
+            if counted { &hidden } else { progress },
+            main_fork,
+        );
+        b.append_data(&mut tar_header(e.mode, size), &e.path, &mut scan)?;
+        let (sha, blocks) = scan.finish();
+        Ok(Some(record(sha, Stored::Whole, blocks)))
+    }
+
+    fn scan<'a>(
+        &'a self,
+        e: &'a Entry,
+        f: &'a File,
+        size: u64,
+        progress: &'a Progress,
+        block_hashes: bool,
+    ) -> Scan<'a> {
+        let first_block = walk::relation_segment(&e.path)
+            .filter(|_| self.checksums)
+            .map(|(_, seg)| seg as u64 * RELSEG_BLOCKS);
+        Scan {
+            // Read up to the size it had when opened, padded with zeros if it
+            // shrinks meanwhile: replay from the backup's start repairs it.
+            src: Box::new(f.take(size).chain(io::repeat(0).take(size)).take(size)),
+            file: f,
+            path: &e.path,
+            buf: vec![0; CHUNK],
+            pos: 0,
+            len: 0,
+            offset: 0,
+            hash: Sha256::new(),
+            progress,
+            first_block,
+            reader: self,
+            blocks: block_hashes.then(Vec::new),
+        }
+    }
+
+    /// A relation file against its parent's copy: the blocks whose hash is
+    /// not the parent's (or that WAL summaries name), or none at all when the
+    /// file is the parent's. Returns the sha256, how it is stored and its block hashes.
+    #[allow(clippy::too_many_arguments)]
+    fn changed_blocks<W: Write>(
+        &self,
+        b: &mut tar::Builder<W>,
+        e: &Entry,
+        f: &File,
+        size: u64,
+        parent: &Parent,
+        pf: &ParentFile,
+        progress: &Progress,
+    ) -> io::Result<(String, Stored, Vec<u8>)> {
+        let theirs = pf.blocks.as_deref().unwrap_or_default();
+        let summarized = parent.summarized.as_ref().and_then(|s| s.get(&e.path));
+        let mut spool = tempfile::spooled_tempfile(SPOOL_MEMORY);
+        let mut changed: Vec<u32> = Vec::new();
+        let mut scan = self.scan(e, f, size, progress, true);
+        while let Some((offset, len)) = scan.next_chunk()? {
+            let first = (offset / BLCKSZ as u64) as usize;
+            let hashes = scan.blocks.as_deref().expect("block hashes");
+            for (i, p) in scan.buf[..len].chunks_exact(BLCKSZ).enumerate() {
+                let blk = first + i;
+                let mine = &hashes[blk * BLOCK_HASH..(blk + 1) * BLOCK_HASH];
+                let same = theirs.get(blk * BLOCK_HASH..(blk + 1) * BLOCK_HASH) == Some(mine)
+                    && !summarized.is_some_and(|c| c.has(blk as u32));
+                if !same {
+                    changed.push(blk as u32);
+                    spool.write_all(p)?;
+                }
+            }
+        }
+        let (sha, blocks) = scan.finish();
+        let blocks = blocks.expect("block hashes");
+        if size == pf.size && sha == pf.sha256 {
+            return Ok((sha, Stored::Parent, blocks));
+        }
+        spool.rewind()?;
+        let head = delta::header(size, &changed);
+        let bytes = delta::entry_len(changed.len() as u64);
+        let mut entry = Hashed {
+            inner: io::Cursor::new(head).chain(spool),
+            hash: Sha256::new(),
+        };
+        b.append_data(&mut tar_header(e.mode, bytes), &e.path, &mut entry)?;
+        Ok((
+            sha,
+            Stored::Blocks {
+                bytes,
+                sha256: hex::encode(entry.hash.finalize()),
+                blocks: changed.len() as u64,
+            },
+            blocks,
+        ))
+    }
+
+    /// A page whose checksum failed is read again once (it may have been
+    /// caught half written); a second failure is recorded.
+    fn check_page(&self, path: &str, f: &File, offset: u64, p: &[u8], blkno: u64) {
+        if page::verify(p, blkno as u32, self.start) != page::Verdict::Bad {
+            return;
+        }
+        let mut again = vec![0u8; BLCKSZ];
+        if f.read_exact_at(&mut again, offset).is_ok()
+            && page::verify(&again, blkno as u32, self.start) != page::Verdict::Bad
+        {
+            return;
+        }
+        let in_file = (offset / BLCKSZ as u64) as u32;
+        tracing::error!("page checksum failure in {path}, block {in_file}");
+        self.failures
+            .lock()
+            .expect("failures")
+            .entry(path.to_string())
+            .or_default()
+            .push(in_file);
+    }
+}
+
+pub fn tar_header(mode: u32, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(mode);
+    h.set_mtime(0);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(size);
+    h
+}
+
+/// A file read in chunks: hashed, counted and, for relation files of a
+/// cluster with data checksums, every page verified.
+struct Scan<'a> {
+    src: Box<dyn Read + 'a>,
+    file: &'a File,
+    path: &'a str,
+    buf: Vec<u8>,
+    pos: usize,
+    len: usize,
+    /// File offset of `buf`'s first byte.
+    offset: u64,
+    hash: Sha256,
+    progress: &'a Progress,
+    /// The relation block number of the file's first page, when pages are verified.
+    first_block: Option<u64>,
+    reader: &'a Reader,
+    /// Each whole block's hash, when asked for.
+    blocks: Option<Vec<u8>>,
+}
+
+impl Scan<'_> {
+    /// The file's sha256 and its blocks' hashes.
+    fn finish(&mut self) -> (String, Option<Vec<u8>>) {
+        (hex::encode(self.hash.finalize_reset()), self.blocks.take())
+    }
+
+    /// Reads the next chunk into `buf`: its file offset and length.
+    fn next_chunk(&mut self) -> io::Result<Option<(u64, usize)>> {
+        self.offset += self.len as u64;
+        let mut len = 0;
+        while len < self.buf.len() {
+            match self.src.read(&mut self.buf[len..]) {
+                Ok(0) => break,
+                Ok(n) => len += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.len = len;
+        self.pos = 0;
+        if len == 0 {
+            return Ok(None);
+        }
+        crate::throttle::take(&self.reader.throttle, len as u64);
+        let chunk = &self.buf[..len];
+        self.hash.update(chunk);
+        if let Some(blocks) = &mut self.blocks {
+            for p in chunk.chunks_exact(BLCKSZ) {
+                blocks.extend_from_slice(&Sha256::digest(p)[..BLOCK_HASH]);
+            }
+        }
+        self.progress.add(len as u64);
+        if let Some(first) = self.first_block {
+            for (i, p) in chunk.chunks_exact(BLCKSZ).enumerate() {
+                let at = self.offset + (i * BLCKSZ) as u64;
+                self.reader
+                    .check_page(self.path, self.file, at, p, first + at / BLCKSZ as u64);
+            }
+        }
+        Ok(Some((self.offset, len)))
+    }
+}
+
+impl Read for Scan<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.pos == self.len && self.next_chunk()?.is_none() {
+            return Ok(0);
+        }
+        let n = out.len().min(self.len - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+struct Hashed<R> {
+    inner: R,
+    hash: Sha256,
+}
+
+impl<R: Read> Read for Hashed<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+}

@@ -1,0 +1,492 @@
+//! Incremental backups and delta restore against real PostgreSQL 15 (and
+//! SeaweedFS): chains recover exactly, break naming the backup that broke
+//! them, survive retention whole; delta restore rewrites only what differs;
+//! page checksum failures are named.
+
+mod common;
+
+use common::*;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+fn ids(c: &Cluster) -> Vec<i64> {
+    let s = c.psql("select coalesce(string_agg(i::text, ',' order by i), '') from t");
+    if s.is_empty() {
+        return vec![];
+    }
+    s.split(',').map(|x| x.parse().unwrap()).collect()
+}
+
+/// Inserts rows one transaction each; returns their commit times.
+fn insert_rows(c: &Cluster, range: std::ops::RangeInclusive<i64>) -> Vec<String> {
+    range
+        .map(|i| {
+            c.psql(&format!("insert into t values ({i})"));
+            let ts = c.psql(&format!(
+                "select pg_xact_commit_timestamp(xmin) from t where i = {i}"
+            ));
+            std::thread::sleep(Duration::from_millis(30));
+            ts
+        })
+        .collect()
+}
+
+fn between(c: &Cluster, t1: &str, t2: &str) -> String {
+    c.psql(&format!(
+        "select to_char(('{t1}'::timestamptz + ('{t2}'::timestamptz - '{t1}'::timestamptz) / 2) at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'"
+    ))
+}
+
+fn backup(s: &Source, args: &[&str]) -> (String, String) {
+    let mut all = vec!["backup-push", "--fast"];
+    all.extend_from_slice(args);
+    let out = walvault(&all, &s.a.pg_env(&s.env), None);
+    assert!(
+        out.status.success(),
+        "backup-push {args:?}: {}",
+        stderr(&out)
+    );
+    (
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        stderr(&out),
+    )
+}
+
+fn num(v: &serde_json::Value) -> u64 {
+    v.as_u64().unwrap()
+}
+
+/// A full backup, pgbench changes, two increments: each recovers exactly to a
+/// time; the chain is listed, verified, kept whole by retention; a damaged
+/// parent stops the restore of its child, named. The database host holds only
+/// the public recipient: increments build on its own copy of the last file list.
+#[test]
+fn increments_recover_exactly_and_name_a_broken_parent() {
+    let root_keys = pg_tempdir();
+    let identity = root_keys.path().join("identity.txt");
+    let recipient = keygen(&identity);
+    let mut s = source(|root| {
+        let mut env = fs_repo(root);
+        env.insert("WALVAULT_ENCRYPTION_RECIPIENTS".into(), recipient.clone());
+        env
+    });
+    let mut keyed = s.env.clone();
+    keyed.insert(
+        "WALVAULT_ENCRYPTION_IDENTITY_FILE".into(),
+        identity.display().to_string(),
+    );
+    s.a.psql("create table t(i bigint primary key)");
+    s.a.pgbench(&["-i", "-s", "4", "-q"]);
+    let (full, log) = backup(&s, &["--incremental"]);
+    assert!(
+        log.contains("taking a full backup: no complete backup"),
+        "{log}"
+    );
+
+    s.a.pgbench(&["-t", "300", "-c", "2", "-n"]);
+    insert_rows(&s.a, 1..=3);
+    let (incr1, log) = backup(&s, &["--incremental"]);
+    assert!(log.contains(&format!("incremental on {full}")), "{log}");
+    s.a.pgbench(&["-t", "300", "-c", "2", "-n"]);
+    let times = insert_rows(&s.a, 4..=6);
+    let at_incr1_target = between(&s.a, &times[0], &times[1]);
+    let (incr2, _) = backup(&s, &["--incremental"]);
+    let bench_after_incr2 = s.a.pgbench_checksum();
+    let times = insert_rows(&s.a, 7..=9);
+    let at_incr2_target = between(&s.a, &times[0], &times[1]);
+    s.flush_archive();
+
+    let m_full = manifest_json(&s.env, &full);
+    let m1 = manifest_json(&s.env, &incr1);
+    let m2 = manifest_json(&s.env, &incr2);
+    assert_eq!(
+        m_full["format"], 1,
+        "a full backup stays readable by any walvault"
+    );
+    assert!(m_full.get("parent").is_none());
+    assert_eq!(m1["parent"], full.as_str());
+    assert_eq!(m2["parent"], incr1.as_str());
+    assert_eq!(m2["chain"], serde_json::json!([full, incr1]));
+    assert_eq!(m2["format"], 2);
+    assert_eq!(m2["changes_from"], "block hashes");
+    // 600 pgbench transactions touch a small share of a 60 MiB database.
+    let (f, i1) = (num(&m_full["stored_bytes"]), num(&m1["stored_bytes"]));
+    assert!(i1 * 5 < f, "increment stores {i1} bytes, full {f}");
+    assert!(num(&m1["files"]) < num(&m_full["files"]) / 3, "{m1}");
+
+    let list = ok(&walvault(&["backup-list"], &s.env, None), "backup-list");
+    let row = list.lines().find(|l| l.starts_with(&incr2)).unwrap();
+    assert!(
+        row.contains(" incr ") && row.contains(&format!("on {incr1}, chain of 3 backups")),
+        "{row}"
+    );
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with(&full) && l.contains(" full ")),
+        "{list}"
+    );
+
+    // Each increment recovers exactly: rows before the target present, after it absent.
+    let b = s.recover_with(
+        "from_incr2",
+        &["--backup", &incr2, "--target-time", &at_incr2_target],
+        &keyed,
+    );
+    assert_eq!(ids(&b), (1..=7).collect::<Vec<_>>());
+    assert_eq!(b.pgbench_checksum(), bench_after_incr2);
+    drop(b);
+    let b = s.recover_with(
+        "from_incr1",
+        &["--backup", &incr1, "--target-time", &at_incr1_target],
+        &keyed,
+    );
+    assert_eq!(ids(&b), (1..=4).collect::<Vec<_>>());
+    drop(b);
+
+    // verify reads the chain; all well.
+    let out = walvault(&["verify", "--backup", &incr2], &keyed, None);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    for id in [&full, &incr1, &incr2] {
+        assert!(text.contains(&format!("backup {id}: OK")), "{text}");
+    }
+
+    // Retention keeping only the newest backup keeps its whole chain.
+    let mut keep1 = s.env.clone();
+    keep1.insert("WALVAULT_RETENTION_KEEP_LAST".into(), "1".into());
+    let plan = ok(&walvault(&["delete"], &keep1, None), "delete (dry run)");
+    for id in [&full, &incr1] {
+        let line = plan.lines().find(|l| l.contains(id.as_str())).unwrap();
+        assert!(
+            line.contains("keep") && line.contains(&format!("kept backup {incr2} builds on it")),
+            "{line}\n{plan}"
+        );
+    }
+
+    // A damaged part of the parent: recovering its child fails naming it.
+    let repo = s.root.path().join("repo");
+    let part = repo.join(format!("backups/{incr1}/part-0000.tar"));
+    let good = std::fs::read(&part).unwrap();
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x55;
+    std::fs::write(&part, &bad).unwrap();
+    let dir = s.root.path().join("broken_chain");
+    let out = walvault(
+        &[
+            "recover",
+            "--pgdata",
+            dir.to_str().unwrap(),
+            "--backup",
+            &incr2,
+            "--target",
+            "immediate",
+        ],
+        &keyed,
+        None,
+    );
+    let (code, err) = failure(&out);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!("backup {incr1}, which backup {incr2} builds on")),
+        "{err}"
+    );
+    let out = walvault(&["verify", "--backup", &incr2], &keyed, None);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("CHAIN BROKEN: backup {incr1}")),
+        "{text}"
+    );
+    std::fs::write(&part, &good).unwrap();
+    s.a.stop();
+}
+
+/// sha256 of every file below `dir`, by relative path.
+fn tree(dir: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if ft.is_file() {
+                let rel = e.path().strip_prefix(dir).unwrap().display().to_string();
+                let mut bytes = std::fs::read(e.path()).unwrap();
+                if rel == "postgresql.auto.conf" {
+                    // The recovery block's first line says when it was written.
+                    let text = String::from_utf8(bytes).unwrap();
+                    bytes = text
+                        .lines()
+                        .filter(|l| !l.contains(": backup "))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                        .into_bytes();
+                }
+                out.insert(rel, hex::encode(Sha256::digest(&bytes)));
+            }
+        }
+    }
+    out
+}
+
+/// The same files with the same contents; the differences named.
+fn same_tree(got: &BTreeMap<String, String>, want: &BTreeMap<String, String>) {
+    let differ: Vec<&String> = got
+        .keys()
+        .chain(want.keys())
+        .filter(|k| got.get(*k) != want.get(*k))
+        .collect();
+    assert!(differ.is_empty(), "not as a full restore: {differ:?}");
+}
+
+fn inode_and_mtime(p: &Path) -> (u64, i64, i64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).unwrap();
+    (m.ino(), m.mtime(), m.mtime_nsec())
+}
+
+fn recover_into(
+    env: &BTreeMap<String, String>,
+    dir: &Path,
+    backup: &str,
+    extra: &[&str],
+) -> String {
+    let mut args = vec![
+        "recover",
+        "--pgdata",
+        dir.to_str().unwrap(),
+        "--backup",
+        backup,
+        "--target",
+        "immediate",
+    ];
+    args.extend_from_slice(extra);
+    ok(&walvault(&args, env, None), "recover")
+}
+
+/// Delta restore over a copy with a few files changed, one removed and a
+/// stray added: the same files as a full restore, and only the differing
+/// ones rewritten. A copy of another cluster, or under a running server, is refused.
+#[test]
+fn delta_restore_rewrites_only_what_differs() {
+    let weed = Seaweed::start();
+    let mut s = source(|_| weed.walvault_env("delta"));
+    s.a.pgbench(&["-i", "-s", "2", "-q"]);
+    let bench = s.a.pgbench_checksum();
+    let (id, _) = backup(&s, &["--full"]);
+    s.flush_archive();
+
+    let full = s.root.path().join("full");
+    recover_into(&s.env, &full, &id, &[]);
+    let copy = s.root.path().join("copy");
+    recover_into(&s.env, &copy, &id, &[]);
+    let want = tree(&full);
+    // Damage: three relation files changed, one removed, a stray file and a
+    // dropped database's directory added.
+    let rels: Vec<String> = want
+        .keys()
+        .filter(|p| {
+            p.starts_with("base/")
+                && p.rsplit('/')
+                    .next()
+                    .unwrap()
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+        })
+        .filter(|p| std::fs::metadata(copy.join(p)).unwrap().len() >= 8192)
+        .take(4)
+        .cloned()
+        .collect();
+    assert_eq!(rels.len(), 4);
+    for p in &rels[..3] {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(copy.join(p))
+            .unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(b"garbage", 100).unwrap();
+    }
+    std::fs::remove_file(copy.join(&rels[3])).unwrap();
+    std::fs::write(copy.join("base/1/999999"), "stray").unwrap();
+    std::fs::create_dir_all(copy.join("base/424242")).unwrap();
+    std::fs::write(copy.join("base/424242/1259"), "dropped").unwrap();
+    std::fs::write(copy.join("pg_wal/000000010000000000000099"), "old wal").unwrap();
+    chown_pg(&copy);
+    let before: BTreeMap<String, (u64, i64, i64)> = want
+        .keys()
+        .filter(|p| copy.join(p).exists())
+        .map(|p| (p.clone(), inode_and_mtime(&copy.join(p))))
+        .collect();
+
+    let delta_args = |start: &[&str]| {
+        let mut v = vec![
+            "recover".to_string(),
+            "--pgdata".into(),
+            copy.display().to_string(),
+            "--backup".into(),
+            id.clone(),
+            "--target".into(),
+            "immediate".into(),
+            "--delta".into(),
+        ];
+        v.extend(start.iter().map(|x| x.to_string()));
+        v
+    };
+    let run = |args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = walvault(&args, &s.env, None);
+        assert!(out.status.success(), "{}", stderr(&out));
+        stderr(&out)
+    };
+    let matched = |log: &str| -> (usize, usize) {
+        let line = log.lines().find(|l| l.contains("delta restore: ")).unwrap();
+        let rest = line.split("delta restore: ").nth(1).unwrap();
+        let words: Vec<&str> = rest.split_whitespace().collect();
+        (words[0].parse().unwrap(), words[2].parse().unwrap())
+    };
+    let log = run(delta_args(&[]));
+    let (same, of) = matched(&log);
+    // The four damaged files and postgresql.auto.conf (which holds the
+    // earlier restore's recovery settings) differ; the rest stays.
+    assert_eq!(same, of - 5, "{log}");
+    same_tree(&tree(&copy), &want);
+    for (p, was) in &before {
+        let now = inode_and_mtime(&copy.join(p));
+        let rewritten = rels.contains(p)
+            || ["postgresql.auto.conf", "backup_label", "recovery.signal"].contains(&p.as_str());
+        assert_eq!(now != *was, rewritten, "{p} rewritten");
+    }
+    // Again, now started: it recovers and holds the backup's data.
+    let c_dir = Cluster::at(s.root.path(), "copy");
+    let mut start = c_dir.recover_args();
+    start.retain(|a| a != "--pgdata" && a != copy.to_str().unwrap());
+    let start: Vec<&str> = start.iter().skip(1).map(String::as_str).collect();
+    let log = run(delta_args(&start));
+    let (same, of) = matched(&log);
+    assert_eq!(same, of - 1, "only postgresql.auto.conf differs now: {log}");
+    let mut c = c_dir;
+    c.adopt();
+    assert_eq!(c.pgbench_checksum(), bench);
+
+    // Refused: under a running server, and over another cluster.
+    let out = walvault(
+        &[
+            "recover",
+            "--pgdata",
+            c.pgdata.to_str().unwrap(),
+            "--backup",
+            &id,
+            "--delta",
+        ],
+        &s.env,
+        None,
+    );
+    let (code, err) = failure(&out);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("is running in"), "{err}");
+    c.stop();
+    let other = Cluster::init(s.root.path(), "other");
+    let out = walvault(
+        &[
+            "recover",
+            "--pgdata",
+            other.pgdata.to_str().unwrap(),
+            "--backup",
+            &id,
+            "--delta",
+        ],
+        &s.env,
+        None,
+    );
+    let (code, err) = failure(&out);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("belongs to cluster")
+            && err.contains("only writes over a copy of the same cluster"),
+        "{err}"
+    );
+    assert!(other.pgdata.join("PG_VERSION").exists(), "nothing removed");
+    s.a.stop();
+}
+
+/// A cluster with data checksums and one page damaged on disk: the backup
+/// completes, names the relation and block, and no other page is reported.
+#[test]
+fn page_checksum_failures_are_named() {
+    let root = pg_tempdir();
+    let repo = root.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    chown_pg(&repo);
+    let env = fs_env(&repo);
+    let mut a = Cluster::init_args(root.path(), "a", &["--data-checksums"]);
+    a.archive_to_walvault();
+    a.start(&env);
+    a.psql("create table victim(i int, pad text)");
+    a.psql("insert into victim select g, repeat('x', 200) from generate_series(1, 2000) g");
+    a.pgbench(&["-i", "-s", "1", "-q"]);
+    a.psql("checkpoint");
+    let file = a.psql("select pg_relation_filepath('victim')");
+    a.stop();
+    // One byte in the middle of block 2: its checksum no longer matches.
+    let path: PathBuf = a.pgdata.join(&file);
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(&[0xAB], 2 * 8192 + 4000).unwrap();
+    drop(f);
+    a.start(&env);
+    let out = walvault(&["backup-push", "--fast"], &a.pg_env(&env), None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let log = stderr(&out);
+    assert!(
+        log.contains(&format!(
+            "page checksum failures in {file} (victim): blocks 2"
+        )),
+        "{log}"
+    );
+    let m = manifest_json(&env, &id);
+    assert_eq!(
+        m["checksum_failures"],
+        serde_json::json!([{ "path": file, "relation": "victim", "blocks": [2] }]),
+        "only the damaged page, of every page of every relation"
+    );
+    a.stop();
+}
+
+/// `backup.max_rate_mb` and `restore.max_rate_mb` hold a backup's reads and a
+/// restore's writes to their rate.
+#[test]
+fn throttled_backup_and_restore_keep_to_their_rate() {
+    let mut s = source(fs_repo);
+    s.a.pgbench(&["-i", "-s", "2", "-q"]);
+    let rate = 20.0 * 1048576.0;
+    let mut env = s.a.pg_env(&s.env);
+    env.insert("WALVAULT_BACKUP_MAX_RATE_MB".into(), "20".into());
+    let t0 = std::time::Instant::now();
+    let out = walvault(&["backup-push", "--fast"], &env, None);
+    let secs = t0.elapsed().as_secs_f64();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let raw = manifest_json(&s.env, &id)["raw_bytes"].as_f64().unwrap();
+    let due = raw / rate;
+    assert!(
+        secs >= due * 0.9 && secs < due + 20.0,
+        "backup of {raw} bytes at 20 MiB/s took {secs:.1} s, {due:.1} s due"
+    );
+    let mut env = s.env.clone();
+    env.insert("WALVAULT_RESTORE_MAX_RATE_MB".into(), "20".into());
+    let dir = s.root.path().join("throttled");
+    let t0 = std::time::Instant::now();
+    recover_into(&env, &dir, &id, &[]);
+    let secs = t0.elapsed().as_secs_f64();
+    assert!(
+        secs >= due * 0.9 && secs < due + 20.0,
+        "restore of {raw} bytes at 20 MiB/s took {secs:.1} s, {due:.1} s due"
+    );
+    s.a.stop();
+}
