@@ -130,7 +130,17 @@ fn a_cluster_of(major: u32) {
         b.get("checksum_failures").is_none(),
         "PostgreSQL {major}: {b}"
     );
-    // An incremental on it: what the recoveries to latest and the drill below restore.
+    // The checks a DBA runs against this major's server and repository.
+    let status = ok(&walvault(&["status"], &a.pg_env(&env), None), "status");
+    assert!(
+        status.contains(&format!("archiver       last archived {last}"))
+            && status.contains("; 0 failure(s)"),
+        "{status}"
+    );
+    ok(&walvault(&["wal-verify"], &env, None), "wal-verify");
+    ok(&walvault(&["verify"], &env, None), "verify");
+
+    // An incremental on it: what the recoveries and the drill below restore.
     let incr = ok(
         &walvault(
             &["backup-push", "--fast", "--incremental"],
@@ -151,16 +161,6 @@ fn a_cluster_of(major: u32) {
         m["stored_bytes"].as_u64().unwrap() < b["stored_bytes"].as_u64().unwrap(),
         "PostgreSQL {major}: the incremental stores less than the full"
     );
-
-    // The checks a DBA runs against this major's server and repository.
-    let status = ok(&walvault(&["status"], &a.pg_env(&env), None), "status");
-    assert!(
-        status.contains(&format!("archiver       last archived {last}"))
-            && status.contains("; 0 failure(s)"),
-        "{status}"
-    );
-    ok(&walvault(&["wal-verify"], &env, None), "wal-verify");
-    ok(&walvault(&["verify"], &env, None), "verify");
 
     // Two commits with a noted time between them.
     insert(&a, 41, 41);
