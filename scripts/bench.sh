@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The benchmark (not part of the test run). Options: --runs N (default 3), --segments N (default 64),
+# The benchmark (not part of the test run). Options: --only calls,drain,replay,backups,incremental
+# (default: all), --runs N (default 3), --segments N (default 64),
 # --drain N (default 256), --replay-mb N (default 2200), --scale N (default 100).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -613,6 +613,26 @@ fn lifecycle_classes_follow_backup_marks() {
         }
     }
 
+    // A permanent incremental takes the backup it builds on into its class.
+    let out = walvault(
+        &["backup-push", "--fast", "--incremental"],
+        &src.a.pg_env(&src.env),
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let incr = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let out = run_ok(&["backup-mark", &incr, "--permanent"], &src.env);
+    assert!(out.contains(&format!("builds on {id}")), "{out}");
+    for who in [&id, &incr] {
+        assert_eq!(
+            class(&format!("classes/backups/{who}/manifest.json")).as_deref(),
+            Some("permanent"),
+            "{who}"
+        );
+    }
+    run_ok(&["backup-mark", &incr, "--unmark"], &src.env);
+    run_ok(&["backup-mark", &id, "--unmark"], &src.env);
+
     // Drill reports are audit evidence: the long class.
     let reports = src.root.path().join("reports");
     std::fs::create_dir_all(&reports).unwrap();

@@ -70,9 +70,6 @@ fn plan(chain: &Chain, skip: &HashSet<String>) -> Result<(Vec<HashSet<String>>, 
         if skip.contains(path) {
             continue;
         }
-        if matches!(rec.stored, Stored::Blocks { .. }) {
-            assembled.push(path.clone());
-        }
         let mut i = last;
         let mut r = rec;
         loop {
@@ -83,6 +80,10 @@ fn plan(chain: &Chain, skip: &HashSet<String>) -> Result<(Vec<HashSet<String>>, 
                 }
                 Stored::Blocks { .. } => {
                     wanted[i].insert(path.clone());
+                    // Assembled somewhere down the chain: checked whole at the end.
+                    if assembled.last() != Some(path) {
+                        assembled.push(path.clone());
+                    }
                 }
                 Stored::Parent => {}
             }
@@ -317,4 +318,95 @@ fn remove_strays(dir: &Path, files: &HashMap<String, FileRecord>) -> Result<()> 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(path: &str, stored: Stored) -> FileRecord {
+        FileRecord {
+            path: path.into(),
+            size: 8192,
+            sha256: "x".into(),
+            part: 0,
+            stored,
+            block_sha: None,
+        }
+    }
+
+    fn blocks() -> Stored {
+        Stored::Blocks {
+            bytes: 1,
+            sha256: "y".into(),
+            blocks: 1,
+        }
+    }
+
+    fn chain(layers: Vec<Vec<FileRecord>>) -> Chain {
+        let n = layers.len();
+        Chain {
+            backups: (0..n)
+                .map(|i| {
+                    serde_json::from_value(serde_json::json!({
+                        "format": 1, "id": format!("b{i}"), "label": "", "system_identifier": "1",
+                        "pg_version_num": 150000, "timeline": 1, "start_lsn": "0/0", "stop_lsn": "0/0",
+                        "start_time": "2026-12-01T00:00:00Z", "stop_time": "2026-12-01T00:00:00Z",
+                        "wal_segment_size": 16777216, "raw_bytes": 0, "stored_bytes": 0, "files": 0,
+                        "duration_seconds": 0.0, "parts": [], "tablespaces": [], "encrypted": false,
+                        "created_by": "test"
+                    }))
+                    .unwrap()
+                })
+                .collect(),
+            files: layers
+                .into_iter()
+                .map(|l| Arc::new(l.into_iter().map(|r| (r.path.clone(), r)).collect()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn each_file_is_traced_to_its_whole_copy_and_checked_when_assembled() {
+        let c = chain(vec![
+            vec![
+                rec("a", Stored::Whole),
+                rec("b", Stored::Whole),
+                rec("c", Stored::Whole),
+            ],
+            vec![
+                rec("a", blocks()),
+                rec("b", Stored::Parent),
+                rec("c", Stored::Whole),
+            ],
+            vec![
+                rec("a", Stored::Parent),
+                rec("b", blocks()),
+                rec("c", Stored::Parent),
+            ],
+        ]);
+        let (wanted, mut assembled) = plan(&c, &HashSet::new()).unwrap();
+        let names = |i: usize| {
+            let mut v: Vec<&str> = wanted[i].iter().map(String::as_str).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(0), vec!["a", "b"]);
+        assert_eq!(names(1), vec!["a", "c"]);
+        assert_eq!(names(2), vec!["b"]);
+        // "a" is the middle backup's assembly, unchanged since: checked too.
+        assembled.sort();
+        assert_eq!(assembled, vec!["a", "b"]);
+        // What a delta restore keeps is read from nowhere.
+        let keep: HashSet<String> = ["a".to_string()].into();
+        let (wanted, _) = plan(&c, &keep).unwrap();
+        assert!(wanted.iter().all(|w| !w.contains("a")));
+        // A file the parent does not hold is named.
+        let broken = chain(vec![vec![], vec![rec("a", Stored::Parent)]]);
+        let e = plan(&broken, &HashSet::new()).err().unwrap().to_string();
+        assert!(
+            e.contains("backup b1 takes a from its parent, and backup b0 does not hold it"),
+            "{e}"
+        );
+    }
 }

@@ -460,6 +460,9 @@ async fn wait_for_wal(
 ) -> Result<()> {
     let last = Lsn(stop.0.saturating_sub(1)).segno(seg_size);
     let t = Instant::now();
+    // The archiver usually stores the last segment within a few hundred
+    // milliseconds of pg_backup_stop: look often at first, then every 500 ms.
+    let mut pause = Duration::from_millis(25);
     for segno in start.segno(seg_size)..=last {
         let name = SegmentName::from_segno(tli, segno, seg_size);
         let key = crate::wal::key(&name.to_string());
@@ -470,7 +473,8 @@ async fn wait_for_wal(
                     wait.as_secs()
                 );
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
         }
     }
     Ok(())
