@@ -214,23 +214,34 @@ fn why_not(inv: &Inventory, m: &Manifest, tli: u32) -> String {
 }
 
 fn outside(p: Policy) -> String {
-    let mut parts = Vec::new();
-    if p.keep_last > 0 {
-        parts.push(format!("older than the newest {}", p.keep_last));
-    }
-    if p.keep_full > 0 {
-        parts.push(format!(
+    clauses(p, false)
+}
+
+/// The policy's clauses joined: what each keeps, or (`keep` false) what a
+/// backup it does not keep is.
+fn clauses(p: Policy, keep: bool) -> String {
+    let all = [
+        (
+            p.keep_last,
+            "the newest {} restorable backups",
+            "older than the newest {}",
+        ),
+        (
+            p.keep_full,
+            "the newest {} full backups with their increments",
             "not of the newest {} full backups' chains",
-            p.keep_full
-        ));
-    }
-    if p.keep_days > 0 {
-        parts.push(format!(
+        ),
+        (
+            p.keep_days,
+            "what recovery to any time in the last {} days needs",
             "not needed to recover within the last {} days",
-            p.keep_days
-        ));
-    }
-    parts.join(" and ")
+        ),
+    ];
+    all.iter()
+        .filter(|c| c.0 > 0)
+        .map(|(n, kept, not)| (if keep { kept } else { not }).replace("{}", &n.to_string()))
+        .collect::<Vec<_>>()
+        .join(" and ")
 }
 
 /// The WAL to remove, given the backups kept.
@@ -428,23 +439,7 @@ pub async fn run(store: &dyn Store, codec: &crate::codec::Codec, opts: Options) 
 }
 
 fn describe(p: Policy) -> String {
-    let mut parts = Vec::new();
-    if p.keep_last > 0 {
-        parts.push(format!("the newest {} restorable backups", p.keep_last));
-    }
-    if p.keep_full > 0 {
-        parts.push(format!(
-            "the newest {} full backups with their increments",
-            p.keep_full
-        ));
-    }
-    if p.keep_days > 0 {
-        parts.push(format!(
-            "what recovery to any time in the last {} days needs",
-            p.keep_days
-        ));
-    }
-    format!("keep {}", parts.join(" and "))
+    format!("keep {}", clauses(p, true))
 }
 
 /// When `key` is under Object Lock retention at `now`, its end.

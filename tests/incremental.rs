@@ -374,37 +374,28 @@ fn delta_restore_rewrites_only_what_differs() {
     assert_eq!(c.pgbench_checksum(), bench);
 
     // Refused: under a running server, and over another cluster.
-    let out = walvault(
-        &[
-            "recover",
-            "--pgdata",
-            c.pgdata.to_str().unwrap(),
-            "--backup",
-            &id,
-            "--delta",
-        ],
-        &s.env,
-        None,
-    );
-    let (code, err) = failure(&out);
-    assert_eq!(code, Some(1));
+    let refused = |dir: &Path| {
+        let out = walvault(
+            &[
+                "recover",
+                "--pgdata",
+                dir.to_str().unwrap(),
+                "--backup",
+                &id,
+                "--delta",
+            ],
+            &s.env,
+            None,
+        );
+        let (code, err) = failure(&out);
+        assert_eq!(code, Some(1), "{err}");
+        err
+    };
+    let err = refused(&c.pgdata);
     assert!(err.contains("is running in"), "{err}");
     c.stop();
     let other = Cluster::init(s.root.path(), "other");
-    let out = walvault(
-        &[
-            "recover",
-            "--pgdata",
-            other.pgdata.to_str().unwrap(),
-            "--backup",
-            &id,
-            "--delta",
-        ],
-        &s.env,
-        None,
-    );
-    let (code, err) = failure(&out);
-    assert_eq!(code, Some(1));
+    let err = refused(&other.pgdata);
     assert!(
         err.contains("belongs to cluster")
             && err.contains("only writes over a copy of the same cluster"),
