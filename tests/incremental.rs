@@ -481,3 +481,118 @@ fn throttled_backup_and_restore_keep_to_their_rate() {
     );
     s.a.stop();
 }
+
+/// A backup-push killed half way: the next one takes over its id, reuses the
+/// parts it stored (their files unchanged: the very objects stay), and the
+/// backup restores exactly.
+#[test]
+fn a_killed_backup_resumes_with_the_parts_it_stored() {
+    let mut s = source(fs_repo);
+    s.a.pgbench(&["-i", "-s", "3", "-q"]);
+    s.a.psql("checkpoint");
+    let bench = s.a.pgbench_checksum();
+    let mut env = s.a.pg_env(&s.env);
+    env.insert("WALVAULT_BACKUP_PART_SIZE_MB".into(), "4".into());
+    env.insert("WALVAULT_BACKUP_CONCURRENCY".into(), "1".into());
+    let mut slow = env.clone();
+    slow.insert("WALVAULT_BACKUP_MAX_RATE_MB".into(), "8".into());
+    let repo = s.root.path().join("repo");
+    let parts = || -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(repo.join("backups"))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.path())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|d| {
+                std::fs::read_dir(d)
+                    .unwrap()
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.path())
+            })
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("part-")
+            })
+            .filter(|p| p.extension().is_some_and(|x| x == "tar"))
+            .collect();
+        v.sort();
+        v
+    };
+    let mut child = walvault_child(&slow)
+        .args(["backup-push", "--fast"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("three parts stored", Duration::from_secs(60), || {
+        parts().len() >= 3
+    });
+    stop_pid(child.id() as i32, libc::SIGKILL, Duration::from_secs(10));
+    let _ = child.wait();
+    let before: Vec<(PathBuf, u64)> = parts()
+        .into_iter()
+        .map(|p| {
+            use std::os::unix::fs::MetadataExt;
+            let ino = std::fs::metadata(&p).unwrap().ino();
+            (p, ino)
+        })
+        .collect();
+    let killed_id = before[0]
+        .0
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
+    assert!(!repo
+        .join(format!("backups/{killed_id}/manifest.json"))
+        .exists());
+
+    let out = walvault(&["backup-push", "--fast"], &env, None);
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(id, killed_id, "the interrupted backup is taken over: {log}");
+    assert!(log.contains("resuming the interrupted backup"), "{log}");
+    let reused: usize = log
+        .split(" stored part(s) reused")
+        .next()
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(reused >= 2, "{log}");
+    let m = manifest_json(&s.env, &id);
+    let keys: Vec<String> = m["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["key"].as_str().unwrap().to_string())
+        .collect();
+    // The parts reused are the very objects the first run stored.
+    let mut same = 0;
+    for (p, ino) in &before {
+        let key = format!("backups/{id}/{}", p.file_name().unwrap().to_string_lossy());
+        if keys.contains(&key) {
+            use std::os::unix::fs::MetadataExt;
+            assert_eq!(std::fs::metadata(p).unwrap().ino(), *ino, "{key} rewritten");
+            same += 1;
+        } else {
+            assert!(
+                !p.exists(),
+                "an unused part of the first run is removed: {key}"
+            );
+        }
+    }
+    assert_eq!(same, reused, "{keys:?}");
+    assert!(!s.a.pgdata.join("walvault_backup_journal.jsonl").exists());
+    let b = s.recover("resumed", &["--backup", &id, "--target", "immediate"]);
+    assert_eq!(b.pgbench_checksum(), bench);
+    drop(b);
+    s.a.stop();
+}

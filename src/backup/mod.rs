@@ -16,6 +16,7 @@ pub mod parent;
 pub mod push;
 pub mod read;
 pub mod restore;
+pub mod resume;
 pub mod verify;
 pub mod walk;
 

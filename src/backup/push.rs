@@ -5,6 +5,7 @@
 //! repository holds parts without a manifest: an incomplete backup, never listed.
 
 use super::read::Reader;
+use super::resume;
 use super::walk::{self, Entry, Kind, PG_CONTROL};
 use super::{
     ChecksumFailure, FileRecord, Manifest, Part, Tablespace, INCREMENTAL_FORMAT, MANIFEST_FORMAT,
@@ -108,20 +109,55 @@ pub async fn run(
     } else {
         None
     };
+    let parent_id = parent.as_ref().map(|(m, _)| m.id.clone());
 
-    // The id is the start second; it must be fresh (a killed push may have left
-    // parts under the id of its second).
+    // A backup-push killed here before with the same parent: its id is taken
+    // over and its stored parts reused where their files are unchanged.
+    let previous = match resume::interrupted(&pgdata).filter(|r| r.parent == parent_id) {
+        Some(r) if store.head(&super::manifest_key(&r.id)).await?.is_none() => Some(r),
+        _ => None,
+    };
+    // Otherwise the id is the start second; it must be fresh (a killed push
+    // may have left parts under the id of its second).
     let (started, id) = loop {
         let t: DateTime<Utc> = client
             .query_one("select clock_timestamp()", &[])
             .await?
             .get(0);
+        if let Some(r) = &previous {
+            break (t, r.id.clone());
+        }
         let id = t.format("%Y%m%dT%H%M%SZ").to_string();
         if store.list(&super::prefix(&id)).await?.is_empty() {
             break (t, id);
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
+    // New parts of a resumed backup never take a name its first run used.
+    let part_suffix = match &previous {
+        Some(r) => {
+            tracing::info!(
+                "backup {id}: resuming the interrupted backup ({} parts stored before)",
+                r.parts.len()
+            );
+            // What the first run wrote after its parts is written again.
+            for name in ["backup_label", "tablespace_map", "files.json"] {
+                let key = format!("{}{name}", super::prefix(&id));
+                if store.head(&key).await?.is_some() {
+                    store.delete(&key).await?;
+                }
+            }
+            started.format("-%H%M%S").to_string()
+        }
+        None => String::new(),
+    };
+    let kept: Vec<&resume::Stored> = previous.iter().flat_map(|r| r.parts.values()).collect();
+    let journal = Arc::new(resume::Journal::start(
+        &pgdata,
+        &id,
+        parent_id.as_deref(),
+        &kept,
+    )?);
     let label = opts
         .label
         .clone()
@@ -156,7 +192,6 @@ pub async fn run(
         .as_ref()
         .map(|(m, _)| m.chain.iter().cloned().chain([m.id.clone()]).collect())
         .unwrap_or_default();
-    let parent_id = parent.as_ref().map(|(m, _)| m.id.clone());
     let reader = Arc::new(Reader::new(
         parent.map(|(_, p)| p),
         checksums,
@@ -183,29 +218,45 @@ pub async fn run(
     let mut parts: Vec<Option<(Part, Vec<FileRecord>)>> = vec![None; groups.len() + 1];
     let sem = Arc::new(tokio::sync::Semaphore::new(cfg.backup.concurrency as usize));
     let mut tasks = tokio::task::JoinSet::new();
+    let mut reused = 0;
     for (i, group) in groups.drain(..).enumerate() {
-        let (store, codec, progress, sem, id, reader) = (
+        if let Some(old) = previous.as_ref().and_then(|r| r.parts.get(&(i as u32))) {
+            if reusable(store.as_ref(), old, &group).await? {
+                parts[i] = Some((old.part.clone(), old.records.clone()));
+                journal.record(i as u32, &old.part, &old.records)?;
+                progress.add(group.iter().map(|e| e.size).sum());
+                reused += 1;
+                continue;
+            }
+        }
+        let (store, codec, progress, sem, id, reader, journal) = (
             store.clone(),
             codec.clone(),
             progress.clone(),
             sem.clone(),
             id.clone(),
             reader.clone(),
+            journal.clone(),
         );
+        let key = format!("{}part-{i:04}{part_suffix}.tar", super::prefix(&id));
         tasks.spawn(async move {
             let _permit = sem.acquire_owned().await.expect("semaphore");
-            upload_part(
+            let (part, records) = upload_part(
                 store.as_ref(),
                 &codec,
-                &id,
+                key,
                 i as u32,
                 group,
                 progress,
                 reader,
             )
-            .await
-            .map(|r| (i, r))
+            .await?;
+            journal.record(i as u32, &part, &records)?;
+            Ok::<_, anyhow::Error>((i, (part, records)))
         });
+    }
+    if previous.is_some() {
+        tracing::info!("backup {id}: {reused} stored part(s) reused, their files unchanged");
     }
     while let Some(r) = tasks.join_next().await {
         let (i, r) = r.context("part task failed")??;
@@ -216,7 +267,7 @@ pub async fn run(
         upload_part(
             store.as_ref(),
             codec,
-            &id,
+            format!("{}part-{last:04}{part_suffix}.tar", super::prefix(&id)),
             last as u32,
             control,
             progress.clone(),
@@ -333,6 +384,10 @@ pub async fn run(
     store
         .put(&super::manifest_key(&id), Box::new(io::Cursor::new(json)))
         .await?;
+    resume::finish(&pgdata);
+    if previous.is_some() {
+        drop_unused_parts(store.as_ref(), &manifest).await;
+    }
     // For the next incremental on this host (the stored list may need the key).
     if let Err(e) = super::parent::remember(&pgdata, &files_json) {
         tracing::warn!("{e:#}; the next incremental backup here needs the identity file");
@@ -382,13 +437,12 @@ fn split(entries: Vec<Entry>, target: u64) -> Vec<Vec<Entry>> {
 async fn upload_part(
     store: &dyn Store,
     codec: &Codec,
-    id: &str,
+    key: String,
     index: u32,
     entries: Vec<Entry>,
     progress: Arc<Progress>,
     reader: Arc<Reader>,
 ) -> Result<(Part, Vec<FileRecord>)> {
-    let key = format!("{}part-{index:04}.tar", super::prefix(id));
     let (up, records) = codec
         .upload_from(store, &key, Class::Standard, Mode::Create, move |w| {
             write_tar(&entries, index, w, &progress, &reader)
@@ -523,6 +577,52 @@ async fn archiver_report(client: &tokio_postgres::Client) -> String {
             )
         }
         Err(e) => format!("pg_stat_archiver could not be read ({e})"),
+    }
+}
+
+/// Whether a part an interrupted run stored holds `group` as it is now: the
+/// same files, each with its recorded size and sha256, and the object still there.
+async fn reusable(store: &dyn Store, old: &resume::Stored, group: &[Entry]) -> Result<bool> {
+    let files: Vec<&Entry> = group.iter().filter(|e| e.kind == Kind::File).collect();
+    let same_files = files.len() == old.records.len()
+        && files
+            .iter()
+            .zip(&old.records)
+            .all(|(e, r)| e.path == r.path);
+    if !same_files {
+        return Ok(false);
+    }
+    match store.head(&old.part.key).await? {
+        Some(o) if o.size == old.part.stored_bytes => {}
+        _ => return Ok(false),
+    }
+    let check: Vec<(PathBuf, FileRecord)> = files
+        .iter()
+        .zip(&old.records)
+        .map(|(e, r)| (e.source.clone(), r.clone()))
+        .collect();
+    tokio::task::spawn_blocking(move || resume::still_the_same(&check))
+        .await
+        .context("hashing task failed")
+}
+
+/// Removes the parts of a resumed backup's first run that it did not reuse
+/// (best effort: left over, they are only removed with the backup).
+async fn drop_unused_parts(store: &dyn Store, m: &Manifest) {
+    let used: std::collections::HashSet<&str> = m.parts.iter().map(|p| p.key.as_str()).collect();
+    let Ok(objects) = store.list(&super::prefix(&m.id)).await else {
+        return;
+    };
+    for o in objects {
+        let name = o.key.rsplit('/').next().unwrap_or_default();
+        if name.starts_with("part-") && !used.contains(o.key.as_str()) {
+            if let Err(e) = store.delete(&o.key).await {
+                tracing::warn!(
+                    "backup {}: an unused part of its first run stays: {e:#}",
+                    m.id
+                );
+            }
+        }
     }
 }
 

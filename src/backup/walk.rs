@@ -34,6 +34,9 @@ const SKIP_TOP_FILES: &[&str] = &[
     // This host's copy of the last backup's file list (backup::parent).
     super::parent::CACHE_FILE,
     "walvault_backup_files.json.tmp",
+    // The journal of a backup-push in progress (backup::resume).
+    super::resume::JOURNAL_FILE,
+    "walvault_backup_journal.jsonl.tmp",
 ];
 
 /// `global/pg_control` is read last, after every other file (as pg_basebackup does).
