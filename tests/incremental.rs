@@ -446,6 +446,20 @@ fn page_checksum_failures_are_named() {
         serde_json::json!([{ "path": file, "relation": "victim", "blocks": [2] }]),
         "only the damaged page, of every page of every relation"
     );
+    // An incremental reads every page too: the damage is reported again, once.
+    let out = walvault(
+        &["backup-push", "--fast", "--incremental"],
+        &a.pg_env(&env),
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let incr = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let m = manifest_json(&env, &incr);
+    assert_eq!(m["parent"], id.as_str());
+    assert_eq!(
+        m["checksum_failures"],
+        serde_json::json!([{ "path": file, "relation": "victim", "blocks": [2] }])
+    );
     a.stop();
 }
 

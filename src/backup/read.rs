@@ -88,7 +88,13 @@ impl Reader {
 
     /// Pages whose checksum failed, by path: block numbers within the file.
     pub fn failures(&self) -> BTreeMap<String, Vec<u32>> {
-        self.failures.lock().expect("failures").clone()
+        let mut all = self.failures.lock().expect("failures").clone();
+        // A file read twice (hashed against its parent, then stored) reports once.
+        for blocks in all.values_mut() {
+            blocks.sort_unstable();
+            blocks.dedup();
+        }
+        all
     }
 
     /// Appends file `e` to the tar stream as this backup stores it; None when
