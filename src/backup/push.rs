@@ -111,9 +111,11 @@ pub async fn run(
     };
     let parent_id = parent.as_ref().map(|(m, _)| m.id.clone());
 
-    // A backup-push killed here before with the same parent: its id is taken
-    // over and its stored parts reused where their files are unchanged.
-    let previous = match resume::interrupted(&pgdata).filter(|r| r.parent == parent_id) {
+    // A backup-push killed here within the day with the same parent: its id is
+    // taken over and its stored parts reused where their files are unchanged.
+    let previous = match resume::interrupted(&pgdata)
+        .filter(|r| r.parent == parent_id && resume::recent(&r.id, Utc::now()))
+    {
         Some(r) if store.head(&super::manifest_key(&r.id)).await?.is_none() => Some(r),
         _ => None,
     };

@@ -109,6 +109,13 @@ impl Journal {
     }
 }
 
+/// Whether backup `id` (its start second) began within the last day: an
+/// older one is left to retention and a new backup starts afresh.
+pub fn recent(id: &str, now: chrono::DateTime<chrono::Utc>) -> bool {
+    chrono::NaiveDateTime::parse_from_str(id, "%Y%m%dT%H%M%SZ")
+        .is_ok_and(|t| now - t.and_utc() < chrono::Duration::hours(24))
+}
+
 /// The backup is complete: nothing to resume.
 pub fn finish(pgdata: &Path) {
     if let Err(e) = crate::store::fs::remove_if_present(&path(pgdata)) {
@@ -124,4 +131,17 @@ pub fn still_the_same(pgdata_paths: &[(PathBuf, FileRecord)]) -> bool {
             .and_then(|mut f| crate::codec::sha256_of(&mut f))
             .is_ok_and(|(sha, len)| len == rec.size && hex::encode(sha) == rec.sha256)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_recent_backup_is_resumed() {
+        let now = "2026-12-02T12:00:00Z".parse().unwrap();
+        assert!(recent("20261202T010000Z", now));
+        assert!(!recent("20261201T110000Z", now));
+        assert!(!recent("not-an-id", now));
+    }
 }
