@@ -273,7 +273,7 @@ async fn hash_compare(files: Vec<(PathBuf, FileRecord)>, threads: usize) -> Resu
     .context("hashing task failed")
 }
 
-/// Removes below `dir` every file and link the backup does not have, the
+/// Removes below `dir` every file the backup does not have, the
 /// contents of the directories a backup leaves empty (pg_wal…), and the
 /// directories of databases the backup does not have.
 fn remove_strays(dir: &Path, files: &HashMap<String, FileRecord>) -> Result<()> {
@@ -306,10 +306,9 @@ fn remove_strays(dir: &Path, files: &HashMap<String, FileRecord>) -> Result<()> 
                 }
                 stack.push((e.path(), r));
             } else {
-                // A run-time directory linked elsewhere (pg_stat_tmp on a tmpfs) stays.
-                let wal_link =
-                    rel.is_empty() && ft.is_symlink() && EMPTY_DIRS.contains(&name.as_str());
-                if files.contains_key(&r) || wal_link {
+                // Links stay (a log directory elsewhere, pg_stat_tmp on a tmpfs);
+                // one where the backup has a link pointing elsewhere is refused by name.
+                if files.contains_key(&r) || ft.is_symlink() {
                     continue;
                 }
                 std::fs::remove_file(e.path())
