@@ -316,6 +316,8 @@ fn delta_restore_rewrites_only_what_differs() {
     std::fs::create_dir_all(copy.join("base/424242")).unwrap();
     std::fs::write(copy.join("base/424242/1259"), "dropped").unwrap();
     std::fs::write(copy.join("pg_wal/000000010000000000000099"), "old wal").unwrap();
+    // A link of the copy's own (a log directory elsewhere) stays.
+    std::os::unix::fs::symlink("/var/log/elsewhere", copy.join("log")).unwrap();
     chown_pg(&copy);
     let before: BTreeMap<String, (u64, i64, i64)> = want
         .keys()
@@ -355,6 +357,10 @@ fn delta_restore_rewrites_only_what_differs() {
     // earlier restore's recovery settings) differ; the rest stays.
     assert_eq!(same, of - 5, "{log}");
     same_tree(&tree(&copy), &want);
+    assert_eq!(
+        std::fs::read_link(copy.join("log")).unwrap(),
+        PathBuf::from("/var/log/elsewhere")
+    );
     for (p, was) in &before {
         let now = inode_and_mtime(&copy.join(p));
         let rewritten = rels.contains(p)
