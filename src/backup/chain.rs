@@ -258,10 +258,7 @@ async fn hash_compare(files: Vec<(PathBuf, FileRecord)>, threads: usize) -> Resu
                     let Some((dest, rec)) = files.get(i) else {
                         break;
                     };
-                    let same = std::fs::File::open(dest)
-                        .and_then(|mut f| crate::codec::sha256_of(&mut f))
-                        .is_ok_and(|(sha, len)| len == rec.size && hex::encode(sha) == rec.sha256);
-                    if !same {
+                    if !rec.matches_file(dest) {
                         differ.lock().expect("differ").push(rec.path.clone());
                     }
                 });

@@ -195,6 +195,13 @@ impl Stored {
 }
 
 impl FileRecord {
+    /// Whether the file at `path` has this record's size and sha256 (reads it whole).
+    pub fn matches_file(&self, path: &std::path::Path) -> bool {
+        std::fs::File::open(path)
+            .and_then(|mut f| crate::codec::sha256_of(&mut f))
+            .is_ok_and(|(sha, len)| len == self.size && hex::encode(sha) == self.sha256)
+    }
+
     /// The size and sha256 of this file's entry in its part; None when the
     /// backup holds no entry for it (unchanged since the parent).
     pub fn entry(&self) -> Option<(u64, &str)> {

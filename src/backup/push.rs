@@ -362,7 +362,7 @@ pub async fn run(
         wal_segment_size: seg_size as u64,
         raw_bytes: parts.iter().map(|p| p.raw_bytes).sum(),
         stored_bytes: parts.iter().map(|p| p.stored_bytes).sum(),
-        files: records.iter().filter(|r| r.entry().is_some()).count() as u64,
+        files: parts.iter().map(|p| p.files).sum(),
         duration_seconds: t0.elapsed().as_secs_f64(),
         parts,
         tablespaces: walked
@@ -603,7 +603,7 @@ async fn reusable(store: &dyn Store, old: &resume::Stored, group: &[Entry]) -> R
         .zip(&old.records)
         .map(|(e, r)| (e.source.clone(), r.clone()))
         .collect();
-    tokio::task::spawn_blocking(move || resume::still_the_same(&check))
+    tokio::task::spawn_blocking(move || check.iter().all(|(p, r)| r.matches_file(p)))
         .await
         .context("hashing task failed")
 }

@@ -123,16 +123,6 @@ pub fn finish(pgdata: &Path) {
     }
 }
 
-/// Whether the files of a stored part are still what it holds: every one
-/// with its recorded size and sha256 (blocking: reads and hashes them).
-pub fn still_the_same(pgdata_paths: &[(PathBuf, FileRecord)]) -> bool {
-    pgdata_paths.iter().all(|(p, rec)| {
-        std::fs::File::open(p)
-            .and_then(|mut f| crate::codec::sha256_of(&mut f))
-            .is_ok_and(|(sha, len)| len == rec.size && hex::encode(sha) == rec.sha256)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
