@@ -173,17 +173,13 @@ pub async fn run(cfg: &Config, store: &dyn Store, codec: &Codec, opts: Options) 
 
 async fn read_repository(store: &dyn Store, codec: &Codec, st: &mut Status) -> Result<()> {
     crate::repo::require(store).await?;
-    let (listing, inv) = crate::backup::list_with_wal(store, codec).await?;
+    let (listing, inv) = crate::backup::list_with_wal_cached(store, codec).await?;
     // From the listings already made: no second walk of the repository.
     let backups: u64 = listing.objects.values().flatten().map(|o| o.size).sum();
-    st.repository_size_bytes = Some(backups + inv.objects.iter().map(|o| o.size).sum::<u64>());
-    if let Some((s, m)) = inv
-        .segments
-        .iter()
-        .max_by_key(|(s, _)| (s.segno(inv.seg_size).unwrap_or(0), s.tli))
-    {
+    st.repository_size_bytes = Some(backups + inv.bytes());
+    if let Some((s, stored)) = inv.segments.newest() {
         st.last_archived_segment = Some(s.to_string());
-        st.last_archived_time = m.modified;
+        st.last_archived_time = stored;
     }
     st.backups = Some(listing.complete.len());
     if let Some(m) = listing.complete.last() {

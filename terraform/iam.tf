@@ -6,7 +6,9 @@
 # If-None-Match (walvault's s3.create_only, on by default), so a compromised
 # host cannot overwrite WAL or backups it already stored. The multipart start
 # and its parts take no conditional header and are exempt through
-# s3:ObjectCreationOperation; keep marks (backup-mark) are replaced on purpose.
+# s3:ObjectCreationOperation; keep marks (backup-mark) and the catalogues
+# under catalog/ (caches that status and backup-list start from; recover,
+# retention and verify never trust them) are replaced on purpose.
 # A damaged stored copy is then not mended by wal-push: an administrator
 # removes it (docs/runbook.md).
 #
@@ -48,7 +50,10 @@ data "aws_iam_policy_document" "database_host" {
       sid           = "CreateOnly"
       effect        = "Deny"
       actions       = ["s3:PutObject"]
-      not_resources = ["${aws_s3_bucket.repo.arn}/${local.repo}backups/*/keep.json"]
+      not_resources = [
+        "${aws_s3_bucket.repo.arn}/${local.repo}backups/*/keep.json",
+        "${aws_s3_bucket.repo.arn}/${local.repo}catalog/*",
+      ]
       condition {
         test     = "Null"
         variable = "s3:if-none-match"
@@ -84,11 +89,17 @@ data "aws_iam_policy_document" "retention_job" {
     actions   = ["s3:GetObject", "s3:GetObjectRetention", "s3:DeleteObject"]
     resources = ["${aws_s3_bucket.repo.arn}/${local.repo}*"]
   }
+  statement {
+    # After a full listing it rewrites the catalogues without what it removed.
+    sid       = "RewriteCatalogue"
+    actions   = ["s3:PutObject"]
+    resources = ["${aws_s3_bucket.repo.arn}/${local.repo}catalog/*"]
+  }
   dynamic "statement" {
     for_each = var.kms_key_arn == null ? [] : [var.kms_key_arn]
     content {
       sid       = "UseKmsKey"
-      actions   = ["kms:Decrypt"]
+      actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
       resources = [statement.value]
     }
   }

@@ -1,4 +1,4 @@
-//! Benchmark (not part of the test run): `scripts/bench.sh [--only calls,drain,replay,backups,incremental] [--runs N] ...`.
+//! Benchmark (not part of the test run): `scripts/bench.sh [--only calls,drain,replay,backups,incremental,catalog] [--runs N] ...`.
 //!
 //! Real WAL and databases from pgbench; walvault against pgBackRest like for
 //! like: the same S3 endpoint over HTTPS (certificate checked against the same
@@ -26,7 +26,7 @@ struct Args {
     drain: usize,
     /// MB of WAL in the replay part.
     replay_mb: usize,
-    /// The parts to run (--only calls,drain,replay,backups,incremental); empty: all.
+    /// The parts to run (--only calls,drain,replay,backups,incremental,catalog); empty: all.
     only: Vec<String>,
 }
 
@@ -394,6 +394,9 @@ fn main() {
     }
     if a.wants("incremental") {
         println!("{}", bench_incremental(&a, &s));
+    }
+    if a.wants("catalog") {
+        println!("{}", bench_catalog(&a, &s, &weed));
     }
     drop(az);
     drop(weed);
@@ -1727,5 +1730,306 @@ fn bench_replay(a: &Args, s: &Setup) -> String {
         t.median("pgBackRest async, queue 16, process-max 2") / t.median("walvault, prefetch 16, 2 at once"),
         pb / t.median("walvault, prefetch 16, 4 at once (default)")
     ));
+    out
+}
+
+/// A year of history at a segment a minute (issue 17's catalogue targets).
+const YEAR_SEGMENTS: u64 = 525_600;
+const YEAR_BACKUPS: u64 = 365;
+
+/// The objects of a repository with a year of history: `walvault.json`,
+/// 525,600 WAL segments of timeline 1 (tiny: these calls list WAL, they do
+/// not read it), a `.backup` file per backup, and 365 daily backups of four
+/// objects each (a clear manifest, as backup-push writes it, a file list, a
+/// label and a part).
+fn year_of_history() -> Vec<(String, Vec<u8>)> {
+    let mb16 = 16u64 << 20;
+    let seg = |n: u64| format!("{:08X}{:08X}{:08X}", 1, n / 256, n % 256);
+    let lsn = |l: u64| format!("{:X}/{:X}", l >> 32, l & 0xFFFF_FFFF);
+    let t0: chrono::DateTime<chrono::Utc> = "2025-12-01T00:00:00Z".parse().unwrap();
+    let mut out = vec![(
+        "walvault.json".to_string(),
+        serde_json::to_vec(&serde_json::json!({
+            "format": 1, "system_identifier": "7000000000000000001", "pg_version": 150000,
+            "created": t0, "created_by": "walvault benchmark"
+        }))
+        .unwrap(),
+    )];
+    for n in 1..=YEAR_SEGMENTS {
+        out.push((format!("wal/{}", seg(n)), vec![0u8; 64]));
+    }
+    for d in 0..YEAR_BACKUPS {
+        // At 02:00 each day: a segment a minute from t0.
+        let start = 1 + d * 1440 + 120;
+        let id = (t0 + chrono::Duration::minutes((start - 1) as i64))
+            .format("%Y%m%dT%H%M%SZ")
+            .to_string();
+        let start_time = t0 + chrono::Duration::minutes((start - 1) as i64);
+        let stop_time = start_time + chrono::Duration::seconds(50);
+        let manifest = serde_json::json!({
+            "format": 1, "id": id, "label": format!("walvault {id}"),
+            "system_identifier": "7000000000000000001", "pg_version_num": 150010, "timeline": 1,
+            "start_lsn": lsn(start * mb16 + 0x28), "stop_lsn": lsn(start * mb16 + 0x2000),
+            "start_time": start_time, "stop_time": stop_time, "wal_segment_size": mb16,
+            "raw_bytes": 1u64 << 30, "stored_bytes": 300u64 << 20, "files": 1500,
+            "duration_seconds": 50.0,
+            "parts": [{"key": format!("backups/{id}/part-0000.tar"), "files": 1500,
+                       "raw_bytes": 1u64 << 30, "stored_bytes": 300u64 << 20}],
+            "tablespaces": [], "encrypted": true, "created_by": "walvault benchmark"
+        });
+        out.push((
+            format!("wal/{}.00000028.backup", seg(start)),
+            vec![0u8; 300],
+        ));
+        for (name, size) in [
+            ("part-0000.tar", 4096),
+            ("files.json", 2048),
+            ("backup_label", 300),
+        ] {
+            out.push((format!("backups/{id}/{name}"), vec![0u8; size]));
+        }
+        out.push((
+            format!("backups/{id}/manifest.json"),
+            serde_json::to_vec_pretty(&manifest).unwrap(),
+        ));
+    }
+    out
+}
+
+/// Stores the year: files written directly (a local repository), or PUTs 64
+/// at a time (S3).
+fn fill_year(
+    backend: Backend,
+    s: &Setup,
+    weed: &Seaweed,
+    name: &str,
+    objects: &[(String, Vec<u8>)],
+) {
+    match backend {
+        Backend::Local => {
+            let root = s.root.join(format!("repo-{name}"));
+            for (k, v) in objects {
+                let p = root.join(k);
+                std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+                std::fs::write(&p, v).unwrap();
+            }
+            let st = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&root)
+                .status()
+                .unwrap();
+            assert!(st.success());
+        }
+        _ => weed.s3(|client| async move {
+            use futures_util::StreamExt;
+            let puts = futures_util::stream::iter(objects.iter().map(|(k, v)| {
+                client
+                    .put_object()
+                    .bucket(BUCKET)
+                    .key(format!("{name}/{k}"))
+                    .body(v.clone().into())
+                    .send()
+            }))
+            .buffer_unordered(64);
+            puts.for_each(|r| {
+                r.expect("PUT");
+                async {}
+            })
+            .await;
+        }),
+    }
+}
+
+/// S3 LIST requests a call made, from its debug log.
+fn list_requests(stderr: &str) -> u64 {
+    stderr
+        .lines()
+        .filter_map(|l| l.split("S3 LIST ").nth(1))
+        .filter_map(|l| l.split(": ").nth(1))
+        .filter_map(|l| l.split(' ').next())
+        .filter_map(|n| n.parse::<u64>().ok())
+        .sum()
+}
+
+/// `status`, `backup-list`, `wal-verify` and `delete` (dry run) at a year of
+/// history, from the catalogue (steady state: one new segment a minute)
+/// against the same calls listing everything (no catalogue, as before it).
+fn bench_catalog(a: &Args, s: &Setup, weed: &Seaweed) -> String {
+    let objects = year_of_history();
+    let mut out = format!(
+        "\nA year of history: {} WAL segments and {} backups ({} objects); medians of {} runs\n\
+         {:<10} {:<34} {:>9} {:>9} {:>6}\n",
+        YEAR_SEGMENTS,
+        YEAR_BACKUPS,
+        objects.len(),
+        a.runs,
+        "backend",
+        "call",
+        "seconds",
+        "RSS MiB",
+        "LISTs"
+    );
+    for backend in [Backend::Local, Backend::S3Http] {
+        let name = format!(
+            "year-{}",
+            if backend == Backend::Local {
+                "local"
+            } else {
+                "s3"
+            }
+        );
+        let conf = s.config(backend, &name, &[]);
+        let t = Instant::now();
+        fill_year(backend, s, weed, &name, &objects);
+        println!(
+            "{}: stored the year in {:.0} s",
+            backend.label(),
+            t.elapsed().as_secs_f64()
+        );
+        let mut next = YEAR_SEGMENTS + 1;
+        let drop_catalogue = |s: &Setup| {
+            for k in ["catalog/wal.json", "catalog/backups.json"] {
+                match backend {
+                    Backend::Local => {
+                        let _ = std::fs::remove_file(s.root.join(format!("repo-{name}")).join(k));
+                    }
+                    _ => weed.delete(&format!("{name}/{k}")),
+                }
+            }
+        };
+        let mut add_segment = |n: u64| {
+            let key = format!("wal/{:08X}{:08X}{:08X}", 1, n / 256, n % 256);
+            match backend {
+                Backend::Local => {
+                    let p = s.root.join(format!("repo-{name}")).join(&key);
+                    std::fs::write(&p, [0u8; 64]).unwrap();
+                    chown_pg(&p);
+                }
+                _ => weed.put(&format!("{name}/{key}"), vec![0u8; 64]),
+            }
+        };
+        let call = |args: &[&str]| {
+            let mut c = s.walvault(&conf, args);
+            c.env("WALVAULT_LOG_LEVEL", "debug");
+            let t = Instant::now();
+            let (o, rss) = measure(&c);
+            let secs = t.elapsed().as_secs_f64();
+            let stdout = String::from_utf8_lossy(&o.stdout).to_string();
+            let stderr = String::from_utf8_lossy(&o.stderr).to_string();
+            (
+                secs,
+                rss,
+                list_requests(&stderr),
+                o.status.code(),
+                stdout,
+                stderr,
+            )
+        };
+        type Calls<'a> = [(&'a str, &'a [&'a str]); 2];
+        let calls: Calls = [
+            ("status --json", &["status", "--json"]),
+            ("backup-list", &["backup-list"]),
+        ];
+        for (label, args) in calls {
+            let mut rows: Vec<(String, Vec<f64>, i64, u64)> = Vec::new();
+            for catalogue in [false, true] {
+                let mut secs = Vec::new();
+                let mut rss = 0;
+                let mut lists = 0;
+                if catalogue {
+                    // The first run after the catalogue is gone writes it.
+                    drop_catalogue(s);
+                    let (t, r, l, _, _, _) = call(args);
+                    rows.push((
+                        format!("{label}: first run, writes the catalogue"),
+                        vec![t],
+                        r,
+                        l,
+                    ));
+                }
+                for _ in 0..a.runs {
+                    if !catalogue {
+                        drop_catalogue(s);
+                    }
+                    add_segment(next);
+                    next += 1;
+                    let (t, r, l, code, stdout, stderr) = call(args);
+                    // status exits 1 without a PostgreSQL to read: the repository part must be up.
+                    assert!(
+                        code == Some(0) || stdout.contains("\"repository_up\": true"),
+                        "{label}: {stderr}"
+                    );
+                    assert!(
+                        stdout.contains(&format!(
+                            "{:08X}{:08X}{:08X}",
+                            1,
+                            (next - 1) / 256,
+                            (next - 1) % 256
+                        )) || label == "backup-list",
+                        "{label} does not see the newest segment: {stdout}"
+                    );
+                    if label == "backup-list" {
+                        assert_eq!(
+                            stdout.lines().filter(|l| l.contains(" full ")).count() as u64,
+                            YEAR_BACKUPS,
+                            "{stdout}"
+                        );
+                    }
+                    secs.push(t);
+                    rss = rss.max(r);
+                    lists = lists.max(l);
+                }
+                rows.push((
+                    format!(
+                        "{label}: {}",
+                        if catalogue {
+                            "catalogue + listing after it"
+                        } else {
+                            "full listing (no catalogue)"
+                        }
+                    ),
+                    secs,
+                    rss,
+                    lists,
+                ));
+            }
+            for (what, mut secs, rss, lists) in rows {
+                out.push_str(&format!(
+                    "{:<10} {:<34} {:>9.3} {:>9.1} {:>6}\n",
+                    backend.label(),
+                    what,
+                    median(&mut secs),
+                    rss as f64 / 1024.0,
+                    if backend == Backend::Local {
+                        "-".to_string()
+                    } else {
+                        lists.to_string()
+                    }
+                ));
+            }
+        }
+        for (label, args) in [
+            ("wal-verify (full listing)", &["wal-verify"][..]),
+            (
+                "delete --keep-last 30 (dry run)",
+                &["delete", "--keep-last", "30"][..],
+            ),
+        ] {
+            let (t, r, l, code, _, stderr) = call(args);
+            assert!(code == Some(0), "{label}: {stderr}");
+            out.push_str(&format!(
+                "{:<10} {:<34} {:>9.3} {:>9.1} {:>6}\n",
+                backend.label(),
+                label,
+                t,
+                r as f64 / 1024.0,
+                if backend == Backend::Local {
+                    "-".to_string()
+                } else {
+                    l.to_string()
+                }
+            ));
+        }
+    }
     out
 }

@@ -125,6 +125,20 @@ fn multipart_round_trip_abort_and_listing() {
             .map(|m| m.key)
             .collect();
         assert_eq!(keys, vec!["wal/a", "wal/b"]);
+        // Listing after a key is the server's StartAfter (walvault does not
+        // filter what comes back): the catalogue's steady-state listing.
+        store
+            .put("wal/c", Box::new(std::io::Cursor::new(b"3".to_vec())))
+            .await
+            .unwrap();
+        let after: Vec<String> = store
+            .list_after("wal/", "wal/b")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.key)
+            .collect();
+        assert_eq!(after, vec!["wal/c"]);
         store.delete("wal/a").await.unwrap();
         assert!(store.get("wal/a").await.unwrap().is_none());
         assert!(store.get_tail("wal/a", 80).await.unwrap().is_none());

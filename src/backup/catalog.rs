@@ -72,7 +72,7 @@ struct Catalog<'a> {
 pub async fn run(store: &dyn Store, codec: &Codec, json: bool) -> Result<()> {
     let identity = crate::repo::require(store).await?;
     let successor = crate::repo::successor(store).await?;
-    let (listing, inv) = super::list_with_wal(store, codec).await?;
+    let (listing, inv) = super::list_with_wal_cached(store, codec).await?;
     let mut rows = Vec::new();
     for m in &listing.complete {
         let chain_stored_bytes = m

@@ -11,6 +11,7 @@ pub mod catalog;
 pub mod chain;
 pub mod delta;
 pub mod keep;
+pub mod manifests;
 pub mod page;
 pub mod parent;
 pub mod push;
@@ -226,7 +227,22 @@ pub struct Listing {
     pub objects: BTreeMap<String, Vec<ObjectMeta>>,
 }
 
+/// Every backup, each manifest read from the store.
 pub async fn list(store: &dyn Store) -> Result<Listing> {
+    list_using(store, None).await
+}
+
+/// `list` with manifests from the manifest cache where their objects are
+/// unchanged (status, backup-list): the cost of new backups, not of all.
+pub async fn list_cached(store: &dyn Store) -> Result<Listing> {
+    let cache = manifests::read(store).await;
+    list_using(store, Some(cache)).await
+}
+
+async fn list_using(
+    store: &dyn Store,
+    cache: Option<BTreeMap<String, manifests::Entry>>,
+) -> Result<Listing> {
     let mut objects: BTreeMap<String, Vec<ObjectMeta>> = BTreeMap::new();
     for meta in store.list("backups/").await? {
         let rest = meta.key.trim_start_matches("backups/");
@@ -235,19 +251,35 @@ pub async fn list(store: &dyn Store) -> Result<Listing> {
         };
         objects.entry(id.to_string()).or_default().push(meta);
     }
-    let has = |id: &str, name: &str| {
+    let find = |id: &str, name: &str| {
         objects[id]
             .iter()
-            .any(|m| m.key.ends_with(&format!("/{name}")))
+            .find(|m| m.key.ends_with(&format!("/{name}")))
     };
+    let has = |id: &str, name: &str| find(id, name).is_some();
+    let mut entries = Vec::new();
+    let mut read_new = false;
     let mut complete = Vec::new();
     let mut incomplete = Vec::new();
     let mut damaged = Vec::new();
     let mut keeps = BTreeMap::new();
     for id in objects.keys() {
-        if has(id, "manifest.json") {
-            match read_manifest(store, id).await {
-                Ok(m) if m.id == *id => complete.push(m),
+        if let Some(object) = find(id, "manifest.json") {
+            let cached = cache
+                .as_ref()
+                .and_then(|c| manifests::lookup(c, id, object));
+            let read = match cached {
+                Some(m) => Ok(m),
+                None => {
+                    read_new = true;
+                    read_manifest(store, id).await
+                }
+            };
+            match read {
+                Ok(m) if m.id == *id => {
+                    entries.push(manifests::Entry::new(object, m.clone()));
+                    complete.push(m)
+                }
                 Ok(m) => damaged.push((
                     id.clone(),
                     format!("its manifest names another backup, {}", m.id),
@@ -268,6 +300,11 @@ pub async fn list(store: &dyn Store) -> Result<Listing> {
             }
         } else {
             incomplete.push(id.clone());
+        }
+    }
+    if let Some(cache) = &cache {
+        if read_new || cache.len() != entries.len() {
+            manifests::write(store, entries).await;
         }
     }
     complete.sort_by_key(|m| m.stop_time);
@@ -307,6 +344,28 @@ pub fn restorable_on(
     chain_present(listing, m)
         && restorable(inv, m)
         && m.stop().is_ok_and(|s| inv.reaches(tli, m.timeline, s))
+}
+
+/// `list_with_wal` from the catalogues (status, backup-list, choosing a
+/// parent): what was stored since they were written is listed, not all.
+pub async fn list_with_wal_cached(
+    store: &dyn Store,
+    codec: &Codec,
+) -> Result<(Listing, crate::wal::inventory::Inventory)> {
+    let listing = list_cached(store).await?;
+    let seg = listing
+        .complete
+        .first()
+        .map(|m| m.wal_segment_size)
+        .unwrap_or(16 << 20);
+    let window_start = listing
+        .complete
+        .iter()
+        .filter_map(|m| m.start().ok())
+        .map(|l| l.segno(seg))
+        .min();
+    let inv = crate::wal::catalog::load(store, codec, seg, window_start).await?;
+    Ok((listing, inv))
 }
 
 /// The backups and the WAL inventory together (the segment size from the backups;

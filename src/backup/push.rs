@@ -638,10 +638,11 @@ async fn find_parent(
     timeline: u32,
     major: u32,
 ) -> Result<Option<(Manifest, super::read::Parent)>> {
-    let (listing, inv) = super::list_with_wal(store.as_ref(), codec).await?;
+    let (listing, inv) = super::list_with_wal_cached(store.as_ref(), codec).await?;
     let chosen = super::parent::choose(&listing, &inv, timeline, major, &cfg.backup, Utc::now());
     let m = match chosen {
-        Ok(m) => m.clone(),
+        // Read again: a parent is never taken from a cache.
+        Ok(m) => super::read_manifest(store.as_ref(), &m.id).await?,
         Err(why) => {
             tracing::info!("taking a full backup: {why}");
             return Ok(None);

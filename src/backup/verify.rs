@@ -132,7 +132,7 @@ pub async fn run(store: Arc<dyn Store>, codec: &Codec, opts: Options) -> Result<
             need(map, What::Other, &mut problems);
         }
         for s in inv.needed_between(m.timeline, m.start()?, m.stop()?) {
-            match inv.segments.get(&s) {
+            match inv.object(&crate::wal::key(&s.to_string())) {
                 Some(o) => {
                     if planned.insert(o.key.clone()) {
                         jobs.push(Job {

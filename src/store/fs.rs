@@ -227,7 +227,20 @@ impl Store for FsStore {
         let prefix = prefix.to_string();
         tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
-            walk(&root, &root, &prefix, &mut out)?;
+            walk(&root, &root, &prefix, None, &mut out)?;
+            out.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(out)
+        })
+        .await?
+    }
+
+    async fn list_after(&self, prefix: &str, after: &str) -> Result<Vec<ObjectMeta>> {
+        let root = self.root.clone();
+        let prefix = prefix.to_string();
+        let after = after.to_string();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            walk(&root, &root, &prefix, Some(&after), &mut out)?;
             out.sort_by(|a, b| a.key.cmp(&b.key));
             Ok(out)
         })
@@ -248,7 +261,16 @@ impl Store for FsStore {
     }
 }
 
-fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<ObjectMeta>) -> Result<()> {
+/// Files below `dir` whose keys start with `prefix` (and sort after `after`):
+/// only those are stat'ed, so a listing of what is new in a large directory
+/// costs its names, not its files.
+fn walk(
+    root: &Path,
+    dir: &Path,
+    prefix: &str,
+    after: Option<&str>,
+    out: &mut Vec<ObjectMeta>,
+) -> Result<()> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
@@ -271,9 +293,10 @@ fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<ObjectMeta>) -> Res
             // Descend only where keys below could match the prefix.
             let as_dir = format!("{rel}/");
             if as_dir.starts_with(prefix) || prefix.starts_with(&as_dir) {
-                walk(root, &path, prefix, out)?;
+                walk(root, &path, prefix, after, out)?;
             }
-        } else if ft.is_file() && rel.starts_with(prefix) {
+        } else if ft.is_file() && rel.starts_with(prefix) && after.is_none_or(|a| rel.as_str() > a)
+        {
             let m = entry.metadata()?;
             out.push(ObjectMeta {
                 key: rel,

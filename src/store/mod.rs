@@ -107,6 +107,14 @@ pub trait Store: Send + Sync {
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>>;
     /// Every object whose key starts with `prefix`, in key order.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
+    /// `list` of the keys after `after` only (S3 `StartAfter`): what was
+    /// stored since a listing that ended at `after`, at the cost of the new
+    /// keys rather than of all of them.
+    async fn list_after(&self, prefix: &str, after: &str) -> Result<Vec<ObjectMeta>> {
+        let mut all = self.list(prefix).await?;
+        all.retain(|o| o.key.as_str() > after);
+        Ok(all)
+    }
     /// Removes `key`; absent is not an error.
     async fn delete(&self, key: &str) -> Result<()>;
     /// Whether the repository enforces Object Lock (objects may refuse deletion).
@@ -176,6 +184,9 @@ impl Store for Pinned {
     }
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
         self.inner.list(prefix).await
+    }
+    async fn list_after(&self, prefix: &str, after: &str) -> Result<Vec<ObjectMeta>> {
+        self.inner.list_after(prefix, after).await
     }
     async fn delete(&self, key: &str) -> Result<()> {
         self.inner.delete(key).await

@@ -220,6 +220,49 @@ where
 }
 
 impl S3Store {
+    /// LIST from the start of `prefix` or after a key, page by page.
+    async fn list_from(&self, prefix: &str, after: Option<&str>) -> Result<Vec<ObjectMeta>> {
+        let mut out = Vec::new();
+        let mut requests = 0u32;
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(self.full(prefix))
+            .set_start_after(after.map(|a| self.full(a)))
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            requests += 1;
+            let page = page
+                .map_err(sdk_err)
+                .with_context(|| format!("S3 LIST of {} failed", self.locate(prefix)))?;
+            for o in page.contents() {
+                let Some(k) = o.key() else { continue };
+                let Some(rel) = k.strip_prefix(&self.prefix) else {
+                    continue;
+                };
+                out.push(ObjectMeta {
+                    key: rel.to_string(),
+                    size: o.size().unwrap_or(0) as u64,
+                    modified: o
+                        .last_modified()
+                        .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())),
+                    retain_until: None,
+                    version: None,
+                });
+            }
+        }
+        tracing::debug!(
+            "S3 LIST {}{}: {requests} requests, {} objects",
+            self.locate(prefix),
+            after.map(|a| format!(" after {a}")).unwrap_or_default(),
+            out.len()
+        );
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
     pub async fn connect(cfg: &config::S3, bucket: String, prefix: String) -> Result<S3Store> {
         Ok(S3Store {
             client: client(cfg).await?,
@@ -587,36 +630,11 @@ impl Store for S3Store {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
-        let mut out = Vec::new();
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(self.full(prefix))
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page
-                .map_err(sdk_err)
-                .with_context(|| format!("S3 LIST of {} failed", self.locate(prefix)))?;
-            for o in page.contents() {
-                let Some(k) = o.key() else { continue };
-                let Some(rel) = k.strip_prefix(&self.prefix) else {
-                    continue;
-                };
-                out.push(ObjectMeta {
-                    key: rel.to_string(),
-                    size: o.size().unwrap_or(0) as u64,
-                    modified: o
-                        .last_modified()
-                        .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())),
-                    retain_until: None,
-                    version: None,
-                });
-            }
-        }
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(out)
+        self.list_from(prefix, None).await
+    }
+
+    async fn list_after(&self, prefix: &str, after: &str) -> Result<Vec<ObjectMeta>> {
+        self.list_from(prefix, Some(after)).await
     }
 
     async fn delete(&self, key: &str) -> Result<()> {

@@ -2,6 +2,7 @@
 //! commands PostgreSQL calls, `push` (archive_command) and `fetch` (restore_command).
 
 pub mod archived;
+pub mod catalog;
 pub mod fetch;
 pub mod header;
 pub mod history;
@@ -9,6 +10,7 @@ pub mod inventory;
 pub mod names;
 pub mod prefetch;
 pub mod push;
+pub mod segments;
 pub mod verify;
 
 /// The object key of a WAL file in the repository.

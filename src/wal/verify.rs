@@ -42,7 +42,7 @@ pub struct BackupWal {
 #[derive(Serialize)]
 pub struct Report {
     pub repository: String,
-    pub segments: usize,
+    pub segments: u64,
     pub timelines: Vec<u32>,
     pub latest_timeline: u32,
     pub newest_segment: Option<String>,
@@ -97,13 +97,8 @@ pub fn analyse(
     repository: String,
 ) -> Report {
     let tli = inv.latest_timeline();
-    let mut timelines: Vec<u32> = inv.segments.keys().map(|s| s.tli).collect();
-    timelines.sort();
-    timelines.dedup();
-    let newest = inv
-        .segments
-        .iter()
-        .max_by_key(|(s, _)| (s.segno(inv.seg_size).unwrap_or(0), s.tli));
+    let timelines = inv.segments.timelines();
+    let newest = inv.segments.newest();
 
     let mut breaks = Vec::new();
     for t in timelines.iter().copied().chain([tli]) {
@@ -162,16 +157,7 @@ pub fn analyse(
         let first = Lsn::parse(&o.start_lsn)
             .map(|l| l.segno(inv.seg_size))
             .unwrap_or(0);
-        let last = inv
-            .segments
-            .keys()
-            .filter_map(|s| {
-                s.segno(inv.seg_size)
-                    .ok()
-                    .filter(|n| inv.timeline_of(tli, *n) == s.tli)
-            })
-            .max()
-            .unwrap_or(first);
+        let last = inv.last_on(tli).unwrap_or(first);
         gaps = gaps_between(inv, tli, first, last, now, pending);
     }
     let window_broken = oldest.is_none() || gaps.iter().any(|g| g.status == "lost");
@@ -182,7 +168,7 @@ pub fn analyse(
         timelines,
         latest_timeline: tli,
         newest_segment: newest.map(|(s, _)| s.to_string()),
-        newest_stored: newest.and_then(|(_, m)| m.modified),
+        newest_stored: newest.and_then(|(_, t)| t),
         backups: rows,
         gaps,
         timeline_breaks: breaks,
@@ -202,26 +188,12 @@ fn gaps_between(
     pending: Duration,
 ) -> Vec<Gap> {
     let name = |n: u64| SegmentName::from_segno(inv.timeline_of(tli, n), n, inv.seg_size);
-    let mut out: Vec<(u64, u64)> = Vec::new();
-    for n in first..=last {
-        if inv.segments.contains_key(&name(n)) {
-            continue;
-        }
-        match out.last_mut() {
-            Some((_, z)) if *z + 1 == n => *z = n,
-            _ => out.push((n, n)),
-        }
-    }
-    out.into_iter()
+    inv.missing(tli, first, last)
+        .into_iter()
         .map(|(a, z)| {
             // The earliest-stored segment after the gap: if even that is recent,
             // the missing ones may still be on their way.
-            let after = inv
-                .segments
-                .iter()
-                .filter(|(s, _)| s.segno(inv.seg_size).is_ok_and(|n| n > z))
-                .filter_map(|(_, m)| m.modified)
-                .min();
+            let after = inv.segments.earliest_stored_after(z);
             let status = match after {
                 Some(t) if now - t < pending => "pending",
                 _ => "lost",
@@ -323,8 +295,6 @@ fn print(r: &Report) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::ObjectMeta;
-    use std::collections::BTreeMap;
 
     const MB16: u64 = 16 << 20;
 
@@ -341,28 +311,12 @@ mod tests {
     }
 
     fn inv(segs: &[(u64, i64)], now: DateTime<Utc>) -> Inventory {
-        let segments = segs
-            .iter()
-            .map(|(n, age)| {
-                let s = SegmentName::from_segno(1, *n, MB16);
-                (
-                    s,
-                    ObjectMeta {
-                        key: format!("wal/{s}"),
-                        size: 1,
-                        modified: Some(now - Duration::seconds(*age)),
-                        retain_until: None,
-                        version: None,
-                    },
-                )
-            })
-            .collect();
-        Inventory {
-            seg_size: MB16,
-            segments,
-            objects: Vec::new(),
-            histories: BTreeMap::new(),
+        let mut i = Inventory::empty(MB16);
+        for (n, age) in segs {
+            let s = SegmentName::from_segno(1, *n, MB16);
+            i.segments.insert(s, 1, Some(now - Duration::seconds(*age)));
         }
+        i
     }
 
     fn backup(seg: u64) -> Manifest {
@@ -449,16 +403,7 @@ mod tests {
         let now = Utc::now();
         let mut i = inv(&[(2, 100), (3, 100)], now);
         let s = SegmentName::from_segno(2, 4, MB16);
-        i.segments.insert(
-            s,
-            ObjectMeta {
-                key: format!("wal/{s}"),
-                size: 1,
-                modified: Some(now),
-                retain_until: None,
-                version: None,
-            },
-        );
+        i.segments.insert(s, 1, Some(now));
         let r = analyse_now(&i, &[backup(2)], now);
         assert_eq!(r.timeline_breaks.len(), 1, "{:?}", r.timeline_breaks);
         assert!(r.timeline_breaks[0].contains("00000002.history"));
