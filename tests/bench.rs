@@ -1858,7 +1858,7 @@ fn bench_catalog(a: &Args, s: &Setup, weed: &Seaweed) -> String {
     let objects = year_of_history();
     let mut out = format!(
         "\nA year of history: {} WAL segments and {} backups ({} objects); medians of {} runs\n\
-         {:<10} {:<34} {:>9} {:>9} {:>6}\n",
+         {:<10} {:<46} {:>9} {:>9} {:>6}\n",
         YEAR_SEGMENTS,
         YEAR_BACKUPS,
         objects.len(),
@@ -1995,7 +1995,7 @@ fn bench_catalog(a: &Args, s: &Setup, weed: &Seaweed) -> String {
             }
             for (what, mut secs, rss, lists) in rows {
                 out.push_str(&format!(
-                    "{:<10} {:<34} {:>9.3} {:>9.1} {:>6}\n",
+                    "{:<10} {:<46} {:>9.3} {:>9.1} {:>6}\n",
                     backend.label(),
                     what,
                     median(&mut secs),
@@ -2018,7 +2018,7 @@ fn bench_catalog(a: &Args, s: &Setup, weed: &Seaweed) -> String {
             let (t, r, l, code, _, stderr) = call(args);
             assert!(code == Some(0), "{label}: {stderr}");
             out.push_str(&format!(
-                "{:<10} {:<34} {:>9.3} {:>9.1} {:>6}\n",
+                "{:<10} {:<46} {:>9.3} {:>9.1} {:>6}\n",
                 backend.label(),
                 label,
                 t,
