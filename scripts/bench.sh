@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark (not part of the test run). Options: --only calls,drain,replay,backups,incremental,catalog
+# The benchmark (not part of the test run). Options: --only calls,drain,replay,backups,incremental,summaries,catalog
 # (default: all), --runs N (default 3), --segments N (default 64),
 # --drain N (default 256), --replay-mb N (default 2200), --scale N (default 100).
 set -euo pipefail

@@ -1,4 +1,4 @@
-//! Benchmark (not part of the test run): `scripts/bench.sh [--only calls,drain,replay,backups,incremental,catalog] [--runs N] ...`.
+//! Benchmark (not part of the test run): `scripts/bench.sh [--only calls,drain,replay,backups,incremental,summaries,catalog] [--runs N] ...`.
 //!
 //! Real WAL and databases from pgbench; walvault against pgBackRest like for
 //! like: the same S3 endpoint over HTTPS (certificate checked against the same
@@ -26,7 +26,7 @@ struct Args {
     drain: usize,
     /// MB of WAL in the replay part.
     replay_mb: usize,
-    /// The parts to run (--only calls,drain,replay,backups,incremental,catalog); empty: all.
+    /// The parts to run (--only calls,drain,replay,backups,incremental,summaries,catalog); empty: all.
     only: Vec<String>,
 }
 
@@ -394,6 +394,9 @@ fn main() {
     }
     if a.wants("incremental") {
         println!("{}", bench_incremental(&a, &s));
+    }
+    if a.wants("summaries") {
+        println!("{}", bench_summaries(&a, &s));
     }
     if a.wants("catalog") {
         println!("{}", bench_catalog(&a, &s, &weed));
@@ -1897,7 +1900,7 @@ fn bench_catalog(a: &Args, s: &Setup, weed: &Seaweed) -> String {
                 }
             }
         };
-        let mut add_segment = |n: u64| {
+        let add_segment = |n: u64| {
             let key = format!("wal/{:08X}{:08X}{:08X}", 1, n / 256, n % 256);
             match backend {
                 Backend::Local => {
@@ -2030,6 +2033,77 @@ fn bench_catalog(a: &Args, s: &Setup, weed: &Seaweed) -> String {
                 }
             ));
         }
+    }
+    out
+}
+
+/// Incremental backups of one PostgreSQL 17 cluster with WAL summaries
+/// (`summarize_wal = on`: only the blocks they name are read) and without
+/// (every block read and hashed), after the same amount of pgbench change,
+/// each against a full backup taken just before it.
+fn bench_summaries(a: &Args, s: &Setup) -> String {
+    let mut src = Cluster::init_major(&s.root, "sum-src", 17);
+    let conf = s.config(Backend::S3Https, "summaries", &[]);
+    src.conf(&format!(
+        "max_wal_size = 4GB\nsummarize_wal = on\narchive_mode = on\narchive_command = '{}'",
+        s.walvault_line(&conf, "wal-push %p").replace('\'', "''")
+    ));
+    src.start(&s.secrets);
+    eprintln!(
+        "making a pgbench database of scale {} on PostgreSQL 17 ...",
+        a.scale
+    );
+    src.pgbench(&["-i", "-s", &a.scale.to_string(), "-q"]);
+    src.psql("checkpoint");
+    let mut t = Table::default();
+    let mut stored: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for run in 0..a.runs {
+        eprintln!("summaries run {} of {} ...", run + 1, a.runs);
+        for summaries in [true, false] {
+            let on = if summaries { "on" } else { "off" };
+            src.psql(&format!("alter system set summarize_wal = {on}"));
+            src.psql("select pg_reload_conf()");
+            let backup = |t: &mut Table, kind: &str| -> (String, f64) {
+                let mut c = pg_command(walvault_bin().to_str().unwrap(), &src.pg_env(&s.secrets));
+                c.arg("--config")
+                    .arg(&conf)
+                    .args(["backup-push", "--fast", &format!("--{kind}")]);
+                let (secs, rss, out) = timed_ok(c, "backup-push");
+                t.add(&format!("{kind}, summarize_wal = {on}"), secs, rss);
+                (out.trim().to_string(), secs)
+            };
+            let (full, _) = backup(&mut t, "full");
+            src.pgbench(&["-n", "-c", "2", "-t", &format!("{}", a.scale * 6)]);
+            src.psql("checkpoint");
+            let (incr, _) = backup(&mut t, "incremental");
+            let m = manifest_json_with(s, &conf, &incr);
+            let f = manifest_json_with(s, &conf, &full);
+            assert_eq!(m["parent"], full.as_str());
+            let how = if summaries {
+                "block hashes and WAL summaries"
+            } else {
+                "block hashes"
+            };
+            assert_eq!(m["changes_from"], how, "{m}");
+            stored.entry(on.to_string()).or_default().push(
+                100.0 * m["stored_bytes"].as_f64().unwrap() / f["stored_bytes"].as_f64().unwrap(),
+            );
+        }
+    }
+    let mut out = format!(
+        "\nPostgreSQL 17, pgbench scale {}, {} transactions between a full and an incremental backup; medians of {} runs\n",
+        a.scale,
+        a.scale * 6,
+        a.runs
+    );
+    for on in ["on", "off"] {
+        let full = t.median(&format!("full, summarize_wal = {on}"));
+        let incr = t.median(&format!("incremental, summarize_wal = {on}"));
+        let pct = median(stored.get_mut(on).unwrap());
+        out.push_str(&format!(
+            "summarize_wal = {on:<3}  full {full:6.2} s   incremental {incr:6.2} s = {:5.1}% of the full's time, storing {pct:4.1}% of its bytes\n",
+            100.0 * incr / full
+        ));
     }
     out
 }

@@ -60,6 +60,36 @@ fn recover_refused(dir: &Path, env: &BTreeMap<String, String>) -> String {
     err
 }
 
+/// Sets the LSN of the page holding row 1 of table f back to 0/1, before any
+/// backup's start, its checksum recomputed when the cluster has them: what
+/// decides "changed" must not be the page's LSN. The server is restarted.
+fn forge_lsn(a: &mut Cluster, env: &BTreeMap<String, String>) {
+    use std::os::unix::fs::FileExt;
+    a.psql("checkpoint");
+    let file = a.pgdata.join(a.psql("select pg_relation_filepath('f')"));
+    let block: u64 = a
+        .psql("select (ctid::text::point)[0]::int from f where i = 1")
+        .parse()
+        .unwrap();
+    let checksums = a.psql("show data_checksums") == "on";
+    a.stop();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&file)
+        .unwrap();
+    let mut page = vec![0u8; 8192];
+    f.read_exact_at(&mut page, block * 8192).unwrap();
+    page[..8].copy_from_slice(&[0, 0, 0, 0, 1, 0, 0, 0]);
+    if checksums {
+        let sum = walvault::backup::page::checksum(&page, block as u32);
+        page[8..10].copy_from_slice(&sum.to_le_bytes());
+    }
+    f.write_all_at(&page, block * 8192).unwrap();
+    drop(f);
+    a.start(env);
+}
+
 /// The whole life of one cluster of PostgreSQL `major`.
 fn a_cluster_of(major: u32) {
     let t0 = std::time::Instant::now();
@@ -76,6 +106,10 @@ fn a_cluster_of(major: u32) {
     let mut a = Cluster::init_major(root.path(), "a", major);
     a.archive_to_walvault();
     a.conf("track_commit_timestamp = on\nwal_keep_size = 512MB");
+    if major >= 17 {
+        // WAL summaries: the incremental reads only the blocks they name.
+        a.conf("summarize_wal = on");
+    }
     a.start(&env);
     let version: u32 = a.psql("show server_version_num").parse().unwrap();
     assert_eq!(version / 10000, major, "the server under test");
@@ -86,6 +120,10 @@ fn a_cluster_of(major: u32) {
 
     // The archive loop under pgbench, with a base backup taken under load.
     a.psql("create table t(i bigint primary key, note text)");
+    // A row updated between the full and the incremental, its page's LSN
+    // then forged older than the full's start (below).
+    a.psql("create table f(i int primary key, v text)");
+    a.psql("insert into f select g, 'before' from generate_series(1, 300) g");
     // An unlogged table: backups leave out its data but its init fork, and every
     // major must bring it back empty and usable.
     a.psql("create unlogged table u(i int primary key)");
@@ -140,6 +178,9 @@ fn a_cluster_of(major: u32) {
     ok(&walvault(&["wal-verify"], &env, None), "wal-verify");
     ok(&walvault(&["verify"], &env, None), "verify");
 
+    a.psql("update f set v = 'after' where i = 1");
+    forge_lsn(&mut a, &env);
+
     // An incremental on it: what the recoveries and the drill below restore.
     let incr = ok(
         &walvault(
@@ -160,6 +201,16 @@ fn a_cluster_of(major: u32) {
     assert!(
         m["stored_bytes"].as_u64().unwrap() < b["stored_bytes"].as_u64().unwrap(),
         "PostgreSQL {major}: the incremental stores less than the full"
+    );
+    let (how, format) = if major >= 17 {
+        ("block hashes and WAL summaries", 3)
+    } else {
+        ("block hashes", 2)
+    };
+    assert_eq!(
+        (m["changes_from"].as_str(), m["format"].as_u64()),
+        (Some(how), Some(format)),
+        "PostgreSQL {major}: {m}"
     );
 
     // Two commits with a noted time between them.
@@ -226,6 +277,11 @@ fn a_cluster_of(major: u32) {
         summary(&q),
         expected(&[(1, 41)]),
         "PostgreSQL {major}: paused at the target"
+    );
+    assert_eq!(
+        q.psql("select v from f where i = 1"),
+        "after",
+        "PostgreSQL {major}: the page with a forged LSN was taken"
     );
     q.stop();
     let (mut p, text) = recover(
@@ -464,6 +520,10 @@ fn pg_upgrade_switches_to_a_new_repository_and_the_old_stays_recoverable() {
     a.conf("track_commit_timestamp = on");
     a.start(&env);
     a.psql("create table t(i bigint primary key, note text)");
+    // A row updated between the full and the incremental, its page's LSN
+    // then forged older than the full's start (below).
+    a.psql("create table f(i int primary key, v text)");
+    a.psql("insert into f select g, 'before' from generate_series(1, 300) g");
     insert(&a, 1, 10);
     ok(
         &walvault(&["backup-push", "--fast"], &a.pg_env(&env), None),

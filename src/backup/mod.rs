@@ -18,6 +18,7 @@ pub mod push;
 pub mod read;
 pub mod restore;
 pub mod resume;
+pub mod summaries;
 pub mod verify;
 pub mod walk;
 
@@ -35,6 +36,9 @@ use std::sync::Arc;
 /// instead of restoring only what changed.
 pub const MANIFEST_FORMAT: u32 = 1;
 pub const INCREMENTAL_FORMAT: u32 = 2;
+/// An incremental whose relation files were read only where WAL summaries
+/// named blocks: records may hold a blocks digest ([`blocks_digest`]).
+pub const SUMMARIZED_FORMAT: u32 = 3;
 
 pub fn prefix(id: &str) -> String {
     format!("backups/{id}/")
@@ -195,9 +199,55 @@ impl Stored {
     }
 }
 
+/// The prefix of a record's `sha256` that holds a blocks digest.
+pub const BLOCKS_DIGEST: &str = "blocks:";
+
+/// What the record of a relation file read only in part holds instead of
+/// its sha256: the sha256 of its blocks' hashes (16 bytes each, in order)
+/// and its size, prefixed with [`BLOCKS_DIGEST`].
+pub fn blocks_digest(block_hashes: &[u8], size: u64) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(block_hashes);
+    h.update(size.to_le_bytes());
+    format!("{BLOCKS_DIGEST}{}", hex::encode(h.finalize()))
+}
+
+/// The blocks digest of a file's content.
+fn blocks_digest_of(mut f: impl std::io::Read) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut buf = vec![0u8; 1 << 20];
+    let mut hashes = Vec::new();
+    let mut size = 0u64;
+    loop {
+        let mut len = 0;
+        while len < buf.len() {
+            match f.read(&mut buf[len..])? {
+                0 => break,
+                n => len += n,
+            }
+        }
+        if len == 0 {
+            break;
+        }
+        size += len as u64;
+        for p in buf[..len].chunks(page::BLCKSZ) {
+            hashes.extend_from_slice(&Sha256::digest(p)[..read::BLOCK_HASH]);
+        }
+    }
+    Ok(blocks_digest(&hashes, size))
+}
+
 impl FileRecord {
-    /// Whether the file at `path` has this record's size and sha256 (reads it whole).
+    /// Whether the file at `path` has this record's size and sha256 (or
+    /// blocks digest); reads it whole.
     pub fn matches_file(&self, path: &std::path::Path) -> bool {
+        if self.sha256.starts_with(BLOCKS_DIGEST) {
+            return std::fs::File::open(path).is_ok_and(|f| {
+                f.metadata().is_ok_and(|m| m.len() == self.size)
+                    && blocks_digest_of(f).is_ok_and(|d| d == self.sha256)
+            });
+        }
         std::fs::File::open(path)
             .and_then(|mut f| crate::codec::sha256_of(&mut f))
             .is_ok_and(|(sha, len)| len == self.size && hex::encode(sha) == self.sha256)
@@ -390,7 +440,7 @@ pub async fn read_manifest(store: &dyn Store, id: &str) -> Result<Manifest> {
         .await?
         .with_context(|| format!("backup '{id}' does not exist (no {})", store.locate(&key)))?;
     anyhow::ensure!(
-        m.format <= INCREMENTAL_FORMAT,
+        m.format <= SUMMARIZED_FORMAT,
         "{} has format {}, newer than this walvault",
         store.locate(&key),
         m.format

@@ -9,6 +9,7 @@ use super::resume;
 use super::walk::{self, Entry, Kind, PG_CONTROL};
 use super::{
     ChecksumFailure, FileRecord, Manifest, Part, Tablespace, INCREMENTAL_FORMAT, MANIFEST_FORMAT,
+    SUMMARIZED_FORMAT,
 };
 use crate::codec::Codec;
 use crate::config::Config;
@@ -190,6 +191,31 @@ pub async fn run(
             None => String::new(),
         }
     );
+    let mut parent = parent;
+    if let Some((m, p)) = parent.as_mut() {
+        if version >= 170000 {
+            let summaries = if m.timeline == current_tli as u32 {
+                super::summaries::changed(&client, m.timeline, p.start, start).await
+            } else {
+                Err(format!(
+                    "the parent is on timeline {}, this backup on {current_tli}",
+                    m.timeline
+                ))
+            };
+            match summaries {
+                Ok(changed) => {
+                    tracing::info!(
+                        "backup {id}: WAL summaries name changed blocks in {} relations; only those are read",
+                        changed.len()
+                    );
+                    p.summarized = Some(changed);
+                }
+                Err(why) => tracing::info!(
+                    "backup {id}: every block is read and hashed (no WAL summaries: {why})"
+                ),
+            }
+        }
+    }
     let chain = parent
         .as_ref()
         .map(|(m, _)| m.chain.iter().cloned().chain([m.id.clone()]).collect())
@@ -345,7 +371,13 @@ pub async fn run(
         .await?;
     versions.extend(up.version.map(|v| (files_key, v)));
     let manifest = Manifest {
-        format: if parent_id.is_some() {
+        format: if reader
+            .parent
+            .as_ref()
+            .is_some_and(|p| p.summarized.is_some())
+        {
+            SUMMARIZED_FORMAT
+        } else if parent_id.is_some() {
             INCREMENTAL_FORMAT
         } else {
             MANIFEST_FORMAT

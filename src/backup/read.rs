@@ -5,8 +5,14 @@
 //! A block is the parent's when its hash is the one the parent recorded for
 //! it: content, not page LSNs, decides. An LSN misses changes made without
 //! WAL (hint bits, which would make the restored file differ from the one
-//! recorded) and pages whose LSN was set back; a hash misses neither. WAL
-//! summaries, where the server has them, add the blocks they name.
+//! recorded) and pages whose LSN was set back; a hash misses neither.
+//!
+//! With WAL summaries (PostgreSQL 17+) covering the range since the parent's
+//! start, only the blocks they name (and blocks past the parent's end) are
+//! read; the others are the parent's, as PostgreSQL's own incremental backup
+//! takes them. Such a file's record holds the digest of its blocks' hashes
+//! ([`super::blocks_digest`]) instead of the sha256 of a content never read
+//! whole.
 
 use super::page::{self, BLCKSZ, RELSEG_BLOCKS};
 use super::walk::{self, Entry};
@@ -34,11 +40,12 @@ pub struct Parent {
     pub start: Lsn,
     pub files: HashMap<String, ParentFile>,
     /// Blocks changed since the parent's start by PostgreSQL's WAL summaries
-    /// (17+), by path; None when the server has none for the whole range.
-    pub summarized: Option<HashMap<String, Changed>>,
+    /// (17+), by relation; None when they do not cover the whole range.
+    pub summarized: Option<HashMap<super::summaries::Relation, Changed>>,
 }
 
-/// Blocks of one relation segment file that WAL summaries say changed.
+/// Blocks of one relation (numbered across its segment files) that WAL
+/// summaries say changed.
 #[derive(Default, Debug)]
 pub struct Changed {
     pub blocks: BTreeSet<u32>,
@@ -133,9 +140,18 @@ impl Reader {
             .and_then(|p| Some((p, p.files.get(&e.path)?)));
         let mut counted = false;
         if let Some((parent, pf)) = in_parent {
+            let summarized = parent.summarized.as_ref().zip(walk::relation_key(&e.path));
+            if let (true, Some(theirs), Some((summary, (ts, db, node, seg)))) =
+                (main_fork, pf.blocks.as_deref(), summarized)
+            {
+                let changed = summary.get(&(ts, db, node));
+                return self
+                    .summarized_blocks(b, e, &f, size, pf, theirs, changed, seg, progress)
+                    .map(|(sha, stored, blocks)| Some(record(sha, stored, Some(blocks))));
+            }
             if main_fork && pf.blocks.is_some() {
                 return self
-                    .changed_blocks(b, e, &f, size, parent, pf, progress)
+                    .changed_blocks(b, e, &f, size, pf, progress)
                     .map(|(sha, stored, blocks)| Some(record(sha, stored, Some(blocks))));
             }
             if pf.size == size {
@@ -202,12 +218,10 @@ impl Reader {
         e: &Entry,
         f: &File,
         size: u64,
-        parent: &Parent,
         pf: &ParentFile,
         progress: &Progress,
     ) -> io::Result<(String, Stored, Vec<u8>)> {
         let theirs = pf.blocks.as_deref().unwrap_or_default();
-        let summarized = parent.summarized.as_ref().and_then(|s| s.get(&e.path));
         let mut spool = tempfile::spooled_tempfile(SPOOL_MEMORY);
         let mut changed: Vec<u32> = Vec::new();
         let mut scan = self.scan(e, f, size, progress, true);
@@ -217,8 +231,7 @@ impl Reader {
             for (i, p) in scan.buf[..len].chunks_exact(BLCKSZ).enumerate() {
                 let blk = first + i;
                 let mine = &hashes[blk * BLOCK_HASH..(blk + 1) * BLOCK_HASH];
-                let same = theirs.get(blk * BLOCK_HASH..(blk + 1) * BLOCK_HASH) == Some(mine)
-                    && !summarized.is_some_and(|c| c.has(blk as u32));
+                let same = theirs.get(blk * BLOCK_HASH..(blk + 1) * BLOCK_HASH) == Some(mine);
                 if !same {
                     changed.push(blk as u32);
                     spool.write_all(p)?;
@@ -227,26 +240,74 @@ impl Reader {
         }
         let (sha, blocks) = scan.finish();
         let blocks = blocks.expect("block hashes");
-        if size == pf.size && sha == pf.sha256 {
-            return Ok((sha, Stored::Parent, blocks));
+        // Every block the parent's: the same content (the parent's record may
+        // hold a blocks digest rather than this sha256).
+        if size == pf.size && changed.is_empty() {
+            return Ok((pf.sha256.clone(), Stored::Parent, blocks));
         }
-        spool.rewind()?;
-        let head = delta::header(size, &changed);
-        let bytes = delta::entry_len(changed.len() as u64);
-        let mut entry = Hashed {
-            inner: io::Cursor::new(head).chain(spool),
-            hash: Sha256::new(),
-        };
-        b.append_data(&mut tar_header(e.mode, bytes), &e.path, &mut entry)?;
-        Ok((
-            sha,
-            Stored::Blocks {
-                bytes,
-                sha256: hex::encode(entry.hash.finalize()),
-                blocks: changed.len() as u64,
-            },
-            blocks,
-        ))
+        let stored = blocks_entry(b, e, size, &changed, spool)?;
+        Ok((sha, stored, blocks))
+    }
+
+    /// A relation file against its parent's copy with WAL summaries: only the
+    /// blocks they name, and those past the parent's end, are read; the
+    /// others are the parent's. Returns the blocks digest (or the parent's
+    /// sha256 when nothing changed), how it is stored and its block hashes.
+    #[allow(clippy::too_many_arguments)]
+    fn summarized_blocks<W: Write>(
+        &self,
+        b: &mut tar::Builder<W>,
+        e: &Entry,
+        f: &File,
+        size: u64,
+        pf: &ParentFile,
+        theirs: &[u8],
+        changed: Option<&Changed>,
+        seg: u32,
+        progress: &Progress,
+    ) -> io::Result<(String, Stored, Vec<u8>)> {
+        let count = (size / BLCKSZ as u64) as usize;
+        let their_count = theirs.len() / BLOCK_HASH;
+        let first = seg as u64 * RELSEG_BLOCKS;
+        let mut hashes = theirs[..their_count.min(count) * BLOCK_HASH].to_vec();
+        hashes.resize(count * BLOCK_HASH, 0);
+        let mut spool = tempfile::spooled_tempfile(SPOOL_MEMORY);
+        let mut differ: Vec<u32> = Vec::new();
+        let mut page = vec![0u8; BLCKSZ];
+        for blk in 0..count {
+            let named = changed.is_some_and(|c| c.has((first + blk as u64) as u32));
+            if blk < their_count && !named {
+                continue;
+            }
+            let at = (blk * BLCKSZ) as u64;
+            // Cut since the walk: zeros, as a whole read pads them; replay repairs it.
+            page.fill(0);
+            let mut got = 0;
+            while got < BLCKSZ {
+                match f.read_at(&mut page[got..], at + got as u64) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                    Err(err) => return Err(err),
+                }
+            }
+            crate::throttle::take(&self.throttle, BLCKSZ as u64);
+            if self.checksums {
+                self.check_page(&e.path, f, at, &page, first + blk as u64);
+            }
+            let mine = &Sha256::digest(&page)[..BLOCK_HASH];
+            hashes[blk * BLOCK_HASH..(blk + 1) * BLOCK_HASH].copy_from_slice(mine);
+            if theirs.get(blk * BLOCK_HASH..(blk + 1) * BLOCK_HASH) != Some(mine) {
+                differ.push(blk as u32);
+                spool.write_all(&page)?;
+            }
+        }
+        progress.add(size);
+        if size == pf.size && differ.is_empty() {
+            return Ok((pf.sha256.clone(), Stored::Parent, hashes));
+        }
+        let stored = blocks_entry(b, e, size, &differ, spool)?;
+        Ok((super::blocks_digest(&hashes, size), stored, hashes))
     }
 
     /// A page whose checksum failed is read again once (it may have been
@@ -270,6 +331,30 @@ impl Reader {
             .or_default()
             .push(in_file);
     }
+}
+
+/// Appends the delta entry of `changed` blocks (their pages in `spool`) of a
+/// file cut or extended to `size`.
+fn blocks_entry<W: Write>(
+    b: &mut tar::Builder<W>,
+    e: &Entry,
+    size: u64,
+    changed: &[u32],
+    mut spool: tempfile::SpooledTempFile,
+) -> io::Result<Stored> {
+    spool.rewind()?;
+    let head = delta::header(size, changed);
+    let bytes = delta::entry_len(changed.len() as u64);
+    let mut entry = Hashed {
+        inner: io::Cursor::new(head).chain(spool),
+        hash: Sha256::new(),
+    };
+    b.append_data(&mut tar_header(e.mode, bytes), &e.path, &mut entry)?;
+    Ok(Stored::Blocks {
+        bytes,
+        sha256: hex::encode(entry.hash.finalize()),
+        blocks: changed.len() as u64,
+    })
 }
 
 pub fn tar_header(mode: u32, size: u64) -> tar::Header {

@@ -94,6 +94,26 @@ pub fn relation_segment(path: &str) -> Option<(&str, u32)> {
     Some((fork, segment))
 }
 
+/// A main-fork relation segment file's relation and segment: (tablespace
+/// oid, database oid, relfilenode, segment), as WAL summaries name relations
+/// (1663 for `base/`, 1664 with database 0 for `global/`).
+pub fn relation_key(path: &str) -> Option<(u32, u32, u32, u32)> {
+    let (fork, seg) = relation_segment(path)?;
+    if !fork.is_empty() {
+        return None;
+    }
+    let (dir, name) = path.rsplit_once('/')?;
+    let node: u32 = name.split('.').next()?.parse().ok()?;
+    let parts: Vec<&str> = dir.split('/').collect();
+    let (ts, db) = match parts.as_slice() {
+        ["global"] => (1664, 0),
+        ["base", db] => (1663, db.parse().ok()?),
+        ["pg_tblspc", ts, _, db] => (ts.parse().ok()?, db.parse().ok()?),
+        _ => return None,
+    };
+    Some((ts, db, node, seg))
+}
+
 /// A temporary relation's file, `t<backend>_<relfilenode>[_fork][.segment]`:
 /// its session's, gone at any restart.
 fn temporary_relation(name: &str) -> bool {
@@ -266,6 +286,13 @@ mod tests {
         ] {
             assert_eq!(relation_segment(not), None, "{not}");
         }
+        assert_eq!(relation_key("base/5/16384.3"), Some((1663, 5, 16384, 3)));
+        assert_eq!(relation_key("global/1262"), Some((1664, 0, 1262, 0)));
+        assert_eq!(
+            relation_key("pg_tblspc/16389/PG_15_1/5/16500.1"),
+            Some((16389, 5, 16500, 1))
+        );
+        assert_eq!(relation_key("base/5/16384_fsm"), None);
     }
 
     #[test]
