@@ -649,3 +649,108 @@ fn a_page_with_its_lsn_set_back_is_still_taken() {
     drop(b);
     s.a.stop();
 }
+
+/// Delta restore over a copy with a tablespace: the copy's tablespace
+/// directory (where its pg_tblspc link points; no --tablespace-map needed)
+/// is compared and cleaned like the data directory, while another major's
+/// directory in it stays.
+#[test]
+fn delta_restore_with_a_tablespace() {
+    let mut s = source(fs_repo);
+    let ts_src = s.root.path().join("ts-src");
+    std::fs::create_dir_all(&ts_src).unwrap();
+    chown_pg(&ts_src);
+    s.a.psql(&format!(
+        "create tablespace ts location '{}'",
+        ts_src.display()
+    ));
+    s.a.psql("create table big(i int, pad text) tablespace ts");
+    s.a.psql("insert into big select g, repeat('x', 200) from generate_series(1, 20000) g");
+    s.a.psql("create table small(i int) tablespace ts");
+    s.a.psql("insert into small select generate_series(1, 10)");
+    let oid =
+        s.a.psql("select oid from pg_tablespace where spcname = 'ts'");
+    s.a.psql("checkpoint");
+    let (id, _) = backup(&s, &["--full"]);
+    s.flush_archive();
+
+    let copy = s.root.path().join("copy");
+    let ts_copy = s.root.path().join("ts-copy");
+    let map = format!("{oid}={}", ts_copy.display());
+    recover_into(&s.env, &copy, &id, &["--tablespace-map", &map]);
+    let want = tree(&ts_copy);
+    let rels: Vec<String> = want
+        .keys()
+        .filter(|p| {
+            p.rsplit('/')
+                .next()
+                .unwrap()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter(|p| std::fs::metadata(ts_copy.join(p)).unwrap().len() >= 8192)
+        .take(2)
+        .cloned()
+        .collect();
+    assert_eq!(rels.len(), 2, "{want:?}");
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(ts_copy.join(&rels[0]))
+            .unwrap();
+        f.write_all_at(b"garbage", 100).unwrap();
+    }
+    std::fs::remove_file(ts_copy.join(&rels[1])).unwrap();
+    let mut parts = rels[0].split('/');
+    let (version, db) = (parts.next().unwrap(), parts.next().unwrap());
+    std::fs::write(ts_copy.join(version).join(db).join("999999"), "stray").unwrap();
+    std::fs::create_dir_all(ts_copy.join(version).join("424242")).unwrap();
+    std::fs::write(ts_copy.join(version).join("424242/1259"), "dropped").unwrap();
+    // Another major's directory in the same tablespace (pg_upgrade leaves one).
+    std::fs::create_dir_all(ts_copy.join("PG_99_1/5")).unwrap();
+    std::fs::write(ts_copy.join("PG_99_1/5/16384"), "not ours").unwrap();
+    chown_pg(&ts_copy);
+    let untouched =
+        inode_and_mtime(&ts_copy.join(want.keys().find(|p| !rels.contains(p)).unwrap()));
+
+    let log = recover_into(&s.env, &copy, &id, &["--delta"]);
+    let mut got = tree(&ts_copy);
+    assert_eq!(
+        got.remove("PG_99_1/5/16384").as_deref(),
+        Some(hex::encode(Sha256::digest(b"not ours")).as_str()),
+        "another major's directory stays: {log}"
+    );
+    same_tree(&got, &want);
+    assert!(!ts_copy.join(version).join("424242").exists());
+    // Not started yet: PostgreSQL makes the link from tablespace_map.
+    assert_eq!(
+        std::fs::read_to_string(copy.join("tablespace_map")).unwrap(),
+        format!("{oid} {}\n", ts_copy.display())
+    );
+    assert_eq!(
+        inode_and_mtime(&ts_copy.join(want.keys().find(|p| !rels.contains(p)).unwrap())),
+        untouched,
+        "a matching file stays"
+    );
+    // Again, now started: it recovers and holds the backup's rows.
+    let mut b = s.recover(
+        "copy",
+        &["--backup", &id, "--target", "immediate", "--delta"],
+    );
+    assert_eq!(
+        std::fs::read_link(copy.join("pg_tblspc").join(&oid)).unwrap(),
+        ts_copy,
+        "PostgreSQL made the link at start"
+    );
+    assert_eq!(b.psql("select count(*) from big"), "20000");
+    assert_eq!(b.psql("select count(*) from small"), "10");
+    b.psql("insert into small values (11)");
+    b.stop();
+    // Over the copy that ran: its link says where; what it wrote since goes.
+    recover_into(&s.env, &copy, &id, &["--delta"]);
+    let mut got = tree(&ts_copy);
+    got.remove("PG_99_1/5/16384");
+    same_tree(&got, &want);
+    s.a.stop();
+}

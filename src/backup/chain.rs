@@ -127,6 +127,9 @@ pub async fn restore(
     if opts.delta {
         kept = matching(&final_files, &target, opts.concurrency).await?;
         remove_strays(&target.dir, &final_files)?;
+        for (oid, dir) in &target.tablespaces {
+            remove_tablespace_strays(oid, dir, &final_files)?;
+        }
         tracing::info!(
             "delta restore: {} of {} files already match the backup and stay",
             kept.len(),
@@ -310,6 +313,53 @@ fn remove_strays(dir: &Path, files: &HashMap<String, FileRecord>) -> Result<()> 
                 }
                 std::fs::remove_file(e.path())
                     .with_context(|| format!("cannot remove {}", e.path().display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// In tablespace `oid`'s directory `dir`, below each version directory the
+/// backup has there (`PG_<major>_<catalog>`): the files the backup lacks, and
+/// the directories of databases it lacks. Other majors' directories stay.
+fn remove_tablespace_strays(
+    oid: &str,
+    dir: &Path,
+    files: &HashMap<String, FileRecord>,
+) -> Result<()> {
+    let prefix = format!("pg_tblspc/{oid}/");
+    let mut versions: HashSet<&str> = HashSet::new();
+    let mut databases: HashSet<(&str, &str)> = HashSet::new();
+    for rest in files.keys().filter_map(|p| p.strip_prefix(&prefix)) {
+        let mut parts = rest.split('/');
+        if let (Some(v), Some(db), Some(_)) = (parts.next(), parts.next(), parts.next()) {
+            versions.insert(v);
+            databases.insert((v, db));
+        }
+    }
+    for v in versions {
+        let mut stack = vec![(dir.join(v), format!("{prefix}{v}"), 0)];
+        while let Some((path, rel, depth)) = stack.pop() {
+            let entries = match std::fs::read_dir(&path) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).with_context(|| format!("cannot list {}", path.display())),
+            };
+            for e in entries {
+                let e = e?;
+                let name = e.file_name().to_string_lossy().to_string();
+                let r = format!("{rel}/{name}");
+                let ft = e.file_type()?;
+                if ft.is_dir() {
+                    if depth == 0 && !databases.contains(&(v, name.as_str())) {
+                        std::fs::remove_dir_all(e.path())?;
+                        continue;
+                    }
+                    stack.push((e.path(), r, depth + 1));
+                } else if !files.contains_key(&r) && !ft.is_symlink() {
+                    std::fs::remove_file(e.path())
+                        .with_context(|| format!("cannot remove {}", e.path().display()))?;
+                }
             }
         }
     }

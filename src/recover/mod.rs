@@ -392,6 +392,23 @@ pub async fn plan(store: &dyn Store, codec: &Codec, opts: &Options) -> Result<Pl
 fn tablespace_dirs(opts: &Options, m: &Manifest) -> Result<BTreeMap<String, PathBuf>> {
     let mut out = BTreeMap::new();
     for ts in &m.tablespaces {
+        // A delta restore writes over the copy's own tablespace directory,
+        // where its pg_tblspc link points, unless told another place.
+        if opts.delta && !opts.tablespace_map.contains_key(&ts.oid) {
+            if let Some(dir) = copy_tablespace(&opts.pgdata, &ts.oid) {
+                if !dir.is_dir() {
+                    bail!(
+                        "--delta: tablespace {} of {} points to {}, which is not a directory; give --tablespace-map {}=/a/directory",
+                        ts.oid,
+                        opts.pgdata.display(),
+                        dir.display(),
+                        ts.oid
+                    );
+                }
+                out.insert(ts.oid.clone(), dir);
+                continue;
+            }
+        }
         let dir = match (opts.tablespace_map.get(&ts.oid), &opts.tablespace_root) {
             (Some(d), _) => d.clone(),
             (None, Some(root)) => root.join(&ts.oid),
@@ -418,15 +435,21 @@ fn tablespace_dirs(opts: &Options, m: &Manifest) -> Result<BTreeMap<String, Path
     Ok(out)
 }
 
-/// A delta restore writes over a copy of the backup's own cluster only, and
-/// (for now) of a cluster without tablespaces.
-fn delta_target(pgdata: &Path, m: &Manifest) -> Result<()> {
-    if !m.tablespaces.is_empty() {
-        bail!(
-            "--delta: backup {} has tablespaces, which delta restore does not handle yet; restore into an empty directory (--overwrite)",
-            m.id
-        );
+/// Where the copy in `pgdata` keeps tablespace `oid`: its pg_tblspc link, or
+/// (a restore not started yet) the line of its tablespace_map.
+fn copy_tablespace(pgdata: &Path, oid: &str) -> Option<PathBuf> {
+    if let Ok(to) = std::fs::read_link(pgdata.join("pg_tblspc").join(oid)) {
+        return Some(pgdata.join("pg_tblspc").join(to));
     }
+    let map = std::fs::read_to_string(pgdata.join("tablespace_map")).ok()?;
+    map.lines()
+        .filter_map(|l| l.split_once(' '))
+        .find(|(o, _)| *o == oid)
+        .map(|(_, dir)| PathBuf::from(dir))
+}
+
+/// A delta restore writes over a copy of the backup's own cluster only.
+fn delta_target(pgdata: &Path, m: &Manifest) -> Result<()> {
     let empty = std::fs::read_dir(pgdata).map_or(true, |mut d| d.next().is_none());
     if empty {
         return Ok(());
