@@ -714,6 +714,38 @@ fn delta_restore_with_a_tablespace() {
     let untouched =
         inode_and_mtime(&ts_copy.join(want.keys().find(|p| !rels.contains(p)).unwrap()));
 
+    // A copy whose tablespace is at the original location (a cp of the
+    // running cluster's directory) is refused unless the map names it.
+    let map_file = copy.join("tablespace_map");
+    let ours = std::fs::read_to_string(&map_file).unwrap();
+    std::fs::write(&map_file, format!("{oid} {}\n", ts_src.display())).unwrap();
+    // A file a delta restore there would remove as a stray.
+    let canary = ts_src.join(version).join(db).join("888888");
+    std::fs::write(&canary, "canary").unwrap();
+    let out = walvault(
+        &[
+            "recover",
+            "--pgdata",
+            copy.to_str().unwrap(),
+            "--backup",
+            &id,
+            "--target",
+            "immediate",
+            "--delta",
+        ],
+        &s.env,
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!("--tablespace-map {oid}={}", ts_src.display())),
+        "{}",
+        stderr(&out)
+    );
+    assert!(canary.exists(), "nothing written to the original location");
+    std::fs::remove_file(&canary).unwrap();
+    std::fs::write(&map_file, ours).unwrap();
+
     let log = recover_into(&s.env, &copy, &id, &["--delta"]);
     let mut got = tree(&ts_copy);
     assert_eq!(

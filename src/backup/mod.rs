@@ -321,8 +321,10 @@ async fn list_using(
             let read = match cached {
                 Some(m) => Ok(m),
                 None => {
-                    read_new = true;
-                    read_manifest(store, id).await
+                    let r = read_manifest(store, id).await;
+                    // A damaged manifest is not cached: no rewrite for it.
+                    read_new |= r.is_ok();
+                    r
                 }
             };
             match read {

@@ -114,7 +114,7 @@ pub async fn run(
 
     // A backup-push killed here within the day with the same parent: its id is
     // taken over and its stored parts reused where their files are unchanged.
-    let previous = match resume::interrupted(&pgdata)
+    let mut previous = match resume::interrupted(&pgdata)
         .filter(|r| r.parent == parent_id && resume::recent(&r.id, Utc::now()))
     {
         Some(r) if store.head(&super::manifest_key(&r.id)).await?.is_none() => Some(r),
@@ -246,17 +246,8 @@ pub async fn run(
     let mut parts: Vec<Option<(Part, Vec<FileRecord>)>> = vec![None; groups.len() + 1];
     let sem = Arc::new(tokio::sync::Semaphore::new(cfg.backup.concurrency as usize));
     let mut tasks = tokio::task::JoinSet::new();
-    let mut reused = 0;
     for (i, group) in groups.drain(..).enumerate() {
-        if let Some(old) = previous.as_ref().and_then(|r| r.parts.get(&(i as u32))) {
-            if reusable(store.as_ref(), old, &group).await? {
-                parts[i] = Some((old.part.clone(), old.records.clone()));
-                journal.record(i as u32, &old.part, &old.records)?;
-                progress.add(group.iter().map(|e| e.size).sum());
-                reused += 1;
-                continue;
-            }
-        }
+        let old = previous.as_mut().and_then(|r| r.parts.remove(&(i as u32)));
         let (store, codec, progress, sem, id, reader, journal) = (
             store.clone(),
             codec.clone(),
@@ -269,6 +260,15 @@ pub async fn run(
         let key = format!("{}part-{i:04}{part_suffix}.tar", super::prefix(&id));
         tasks.spawn(async move {
             let _permit = sem.acquire_owned().await.expect("semaphore");
+            // A part the killed run stored is reused when its files still
+            // hash the same (checked here, in parallel like the reads).
+            if let Some(old) = old {
+                if reusable(store.as_ref(), &old, &group).await? {
+                    journal.record(i as u32, &old.part, &old.records)?;
+                    progress.add(group.iter().map(|e| e.size).sum());
+                    return Ok::<_, anyhow::Error>((i, (old.part, old.records), true));
+                }
+            }
             let (part, records) = upload_part(
                 store.as_ref(),
                 &codec,
@@ -280,15 +280,17 @@ pub async fn run(
             )
             .await?;
             journal.record(i as u32, &part, &records)?;
-            Ok::<_, anyhow::Error>((i, (part, records)))
+            Ok((i, (part, records), false))
         });
+    }
+    let mut reused = 0;
+    while let Some(r) = tasks.join_next().await {
+        let (i, r, was_reused) = r.context("part task failed")??;
+        parts[i] = Some(r);
+        reused += usize::from(was_reused);
     }
     if previous.is_some() {
         tracing::info!("backup {id}: {reused} stored part(s) reused, their files unchanged");
-    }
-    while let Some(r) = tasks.join_next().await {
-        let (i, r) = r.context("part task failed")??;
-        parts[i] = Some(r);
     }
     let last = parts.len() - 1;
     parts[last] = Some(

@@ -393,9 +393,27 @@ fn tablespace_dirs(opts: &Options, m: &Manifest) -> Result<BTreeMap<String, Path
     let mut out = BTreeMap::new();
     for ts in &m.tablespaces {
         // A delta restore writes over the copy's own tablespace directory,
-        // where its pg_tblspc link points, unless told another place.
-        if opts.delta && !opts.tablespace_map.contains_key(&ts.oid) {
+        // where its pg_tblspc link points, or where --tablespace-map says.
+        if opts.delta {
+            if let Some(dir) = opts.tablespace_map.get(&ts.oid) {
+                out.insert(ts.oid.clone(), dir.clone());
+                continue;
+            }
             if let Some(dir) = copy_tablespace(&opts.pgdata, &ts.oid) {
+                let resolve =
+                    |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+                // A copy made with cp of a running cluster's directory links
+                // to that cluster's tablespace: never written over unasked.
+                if resolve(&dir) == resolve(Path::new(&ts.path)) {
+                    bail!(
+                        "--delta: tablespace {} of {} is at its original location {}, which may be a running cluster's; if it is this copy's own, say so: --tablespace-map {}={}",
+                        ts.oid,
+                        opts.pgdata.display(),
+                        ts.path,
+                        ts.oid,
+                        ts.path
+                    );
+                }
                 if !dir.is_dir() {
                     bail!(
                         "--delta: tablespace {} of {} points to {}, which is not a directory; give --tablespace-map {}=/a/directory",

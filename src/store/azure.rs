@@ -131,6 +131,43 @@ pub(super) fn service_answer(body: &str, status: u16) -> String {
 }
 
 impl AzureStore {
+    /// Lists below the directory holding `prefix` (object_store lists by
+    /// directory), keeping the keys that start with it; after a key, with
+    /// Azure's `startFrom`.
+    async fn list_from(&self, prefix: &str, after: Option<&str>) -> Result<Vec<ObjectMeta>> {
+        let full = format!("{}{prefix}", self.prefix);
+        let dir = match full.rfind('/') {
+            Some(i) => Path::from(&full[..i]),
+            None => Path::from(""),
+        };
+        let mut out = Vec::new();
+        let mut stream = match after {
+            Some(a) => self
+                .client
+                .list_with_offset(Some(&dir), &Path::from(format!("{}{a}", self.prefix))),
+            None => self.client.list(Some(&dir)),
+        };
+        while let Some(m) = stream.next().await {
+            let m = m.map_err(|e| az_err("LIST", &self.locate(prefix), e))?;
+            let k = m.location.to_string();
+            if !k.starts_with(&full) {
+                continue;
+            }
+            let Some(rel) = k.strip_prefix(&self.prefix) else {
+                continue;
+            };
+            out.push(ObjectMeta {
+                key: rel.to_string(),
+                size: m.size,
+                modified: Some(m.last_modified),
+                retain_until: None,
+                version: None,
+            });
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
     pub fn connect(
         cfg: &config::Azure,
         account: String,
@@ -438,34 +475,11 @@ impl Store for AzureStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
-        // object_store lists below a directory: list the one holding the
-        // prefix and keep the keys that start with it.
-        let full = format!("{}{prefix}", self.prefix);
-        let dir = match full.rfind('/') {
-            Some(i) => Path::from(&full[..i]),
-            None => Path::from(""),
-        };
-        let mut out = Vec::new();
-        let mut stream = self.client.list(Some(&dir));
-        while let Some(m) = stream.next().await {
-            let m = m.map_err(|e| az_err("LIST", &self.locate(prefix), e))?;
-            let k = m.location.to_string();
-            if !k.starts_with(&full) {
-                continue;
-            }
-            let Some(rel) = k.strip_prefix(&self.prefix) else {
-                continue;
-            };
-            out.push(ObjectMeta {
-                key: rel.to_string(),
-                size: m.size,
-                modified: Some(m.last_modified),
-                retain_until: None,
-                version: None,
-            });
-        }
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(out)
+        self.list_from(prefix, None).await
+    }
+
+    async fn list_after(&self, prefix: &str, after: &str) -> Result<Vec<ObjectMeta>> {
+        self.list_from(prefix, Some(after)).await
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
