@@ -6,7 +6,7 @@
 //! the verifiers read manifests themselves.
 
 use super::Manifest;
-use crate::store::{Class, Mode, ObjectMeta, Store};
+use crate::store::{ObjectMeta, Store};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -68,17 +68,5 @@ pub async fn write(store: &dyn Store, backups: Vec<Entry>) {
         format: FORMAT,
         backups,
     };
-    let body = match serde_json::to_vec(&cache) {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::debug!("manifest cache not written: {e}");
-            return;
-        }
-    };
-    if let Err(e) = store
-        .write_bytes(KEY, body.into(), Class::Standard, Mode::Replace)
-        .await
-    {
-        tracing::debug!("manifest cache not written: {e:#}");
-    }
+    crate::store::replace_cache(store, KEY, &cache).await;
 }

@@ -405,11 +405,7 @@ pub async fn list_with_wal_cached(
     codec: &Codec,
 ) -> Result<(Listing, crate::wal::inventory::Inventory)> {
     let listing = list_cached(store).await?;
-    let seg = listing
-        .complete
-        .first()
-        .map(|m| m.wal_segment_size)
-        .unwrap_or(16 << 20);
+    let seg = segment_size(&listing);
     let window_start = listing
         .complete
         .iter()
@@ -427,13 +423,18 @@ pub async fn list_with_wal(
     codec: &Codec,
 ) -> Result<(Listing, crate::wal::inventory::Inventory)> {
     let listing = list(store).await?;
-    let seg = listing
+    let seg = segment_size(&listing);
+    let inv = crate::wal::inventory::Inventory::load(store, codec, seg).await?;
+    Ok((listing, inv))
+}
+
+/// The WAL segment size of the backups' cluster; 16 MiB when there are none.
+fn segment_size(listing: &Listing) -> u64 {
+    listing
         .complete
         .first()
         .map(|m| m.wal_segment_size)
-        .unwrap_or(16 << 20);
-    let inv = crate::wal::inventory::Inventory::load(store, codec, seg).await?;
-    Ok((listing, inv))
+        .unwrap_or(16 << 20)
 }
 
 pub async fn read_manifest(store: &dyn Store, id: &str) -> Result<Manifest> {

@@ -208,9 +208,10 @@ impl Reader {
         }
     }
 
-    /// A relation file against its parent's copy: the blocks whose hash is
-    /// not the parent's (or that WAL summaries name), or none at all when the
-    /// file is the parent's. Returns the sha256, how it is stored and its block hashes.
+    /// A relation file against its parent's copy, every block read: the
+    /// blocks whose hash is not the parent's, or none at all when the file is
+    /// the parent's. Returns the sha256 (the parent's when nothing changed),
+    /// how it is stored and its block hashes.
     #[allow(clippy::too_many_arguments)]
     fn changed_blocks<W: Write>(
         &self,

@@ -225,6 +225,24 @@ pub async fn get_json<T: serde::de::DeserializeOwned>(
         .with_context(|| format!("{} is not {what}", store.locate(key)))
 }
 
+/// Replaces a small clear JSON object that is only a cache (the catalogues),
+/// best effort: a host that may not write it goes on without.
+pub async fn replace_cache<T: serde::Serialize>(store: &dyn Store, key: &str, value: &T) {
+    let body = match serde_json::to_vec(value) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::debug!("{key} not written: {e}");
+            return;
+        }
+    };
+    if let Err(e) = store
+        .write_bytes(key, body.into(), Class::Standard, Mode::Replace)
+        .await
+    {
+        tracing::debug!("{key} not written: {e:#}");
+    }
+}
+
 /// Lifecycle classes, as the tag `walvault-class` names them (terraform/ holds the rules).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Class {

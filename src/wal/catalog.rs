@@ -12,7 +12,7 @@
 use super::inventory::Inventory;
 use super::segments::{SegRun, Segments};
 use crate::codec::Codec;
-use crate::store::{Class, Mode, ObjectMeta, Store};
+use crate::store::{ObjectMeta, Store};
 use anyhow::Result;
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
@@ -79,19 +79,7 @@ pub async fn save(
             .collect(),
         histories: inv.history_texts.clone(),
     };
-    let body = match serde_json::to_vec(&cat) {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::debug!("WAL catalogue not written: {e}");
-            return;
-        }
-    };
-    if let Err(e) = store
-        .write_bytes(KEY, body.into(), Class::Standard, Mode::Replace)
-        .await
-    {
-        tracing::debug!("WAL catalogue not written: {e:#}");
-    }
+    crate::store::replace_cache(store, KEY, &cat).await;
 }
 
 /// Writes the catalogue of a full listing without the objects `removed`
@@ -203,6 +191,7 @@ fn watched_hole(inv: &Inventory, start: u64, now: DateTime<Utc>) -> Option<Strin
 mod tests {
     use super::*;
     use crate::store::fs::FsStore;
+    use crate::store::{Class, Mode};
     use crate::wal::names::SegmentName;
 
     const MB16: u64 = 16 << 20;
