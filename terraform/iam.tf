@@ -47,9 +47,9 @@ data "aws_iam_policy_document" "database_host" {
   dynamic "statement" {
     for_each = var.require_create_only ? [1] : []
     content {
-      sid           = "CreateOnly"
-      effect        = "Deny"
-      actions       = ["s3:PutObject"]
+      sid     = "CreateOnly"
+      effect  = "Deny"
+      actions = ["s3:PutObject"]
       not_resources = [
         "${aws_s3_bucket.repo.arn}/${local.repo}backups/*/keep.json",
         "${aws_s3_bucket.repo.arn}/${local.repo}catalog/*",
