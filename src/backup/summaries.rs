@@ -37,6 +37,8 @@ pub async fn changed(
     // The summarizer trails the WAL writer: wait until it has summarized up
     // to this backup's start, as pg_basebackup --incremental does.
     let t0 = Instant::now();
+    // Usually there already or within milliseconds: short polls first.
+    let mut pause = Duration::from_millis(5);
     loop {
         let row = client
             .query_one(
@@ -56,7 +58,8 @@ pub async fn changed(
                 CATCH_UP.as_secs()
             ));
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
     }
     let rows = client
         .query(
