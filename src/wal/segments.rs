@@ -120,23 +120,6 @@ impl Segments {
         self.runs.insert((r.tli, r.first), r);
     }
 
-    /// Removes every segment below `segno` on every timeline (retention).
-    pub fn remove_below(&mut self, segno: u64) {
-        let runs = std::mem::take(&mut self.runs);
-        for (_, mut r) in runs {
-            if r.last < segno {
-                continue;
-            }
-            if r.first < segno {
-                // What the kept part holds is no longer known exactly: its
-                // bytes in proportion, its earliest time the run's.
-                r.bytes = r.bytes / r.count() * (r.last - segno + 1);
-                r.first = segno;
-            }
-            self.runs.insert((r.tli, r.first), r);
-        }
-    }
-
     /// How many segments there are.
     pub fn len(&self) -> u64 {
         self.runs.values().map(SegRun::count).sum()
@@ -241,7 +224,7 @@ mod tests {
     }
 
     #[test]
-    fn timelines_stay_apart_and_retention_trims() {
+    fn timelines_stay_apart() {
         let mut s = Segments::new(MB16);
         for n in 1..=10u64 {
             s.insert(seg(1, n), 4, at(n as i64));
@@ -252,10 +235,8 @@ mod tests {
         assert_eq!(s.timelines(), vec![1, 2]);
         assert_eq!(s.newest().unwrap().0, seg(2, 12));
         assert_eq!(s.earliest_stored_after(10), at(26));
-        s.remove_below(8);
-        assert!(!s.contains_segno(1, 7) && s.contains_segno(1, 8));
-        assert_eq!(s.len(), 3 + 5);
-        assert_eq!(s.bytes(), 32);
+        assert_eq!(s.len(), 10 + 7);
+        assert_eq!(s.bytes(), 68);
         // Runs read back from a catalogue merge like single inserts.
         let again = Segments::from_runs(MB16, s.runs().cloned().rev());
         assert_eq!(
