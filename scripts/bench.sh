@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The benchmark (not part of the test run). Options: --only calls,drain,replay,backups,incremental,summaries,catalog
+# The benchmark (not part of the test run). Options: --only calls,drain,replay,backups,incremental,summaries,catalog,files
 # (default: all), --runs N (default 3), --segments N (default 64),
-# --drain N (default 256), --replay-mb N (default 2200), --scale N (default 100).
+# --drain N (default 256), --replay-mb N (default 2200), --scale N (default 100),
+# --files N (default 1000000, the many-files part).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 weed_dir=$(scripts/install-test-deps.sh | tail -n 1)

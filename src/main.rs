@@ -6,6 +6,7 @@ use walvault::config::Config;
 use walvault::{codec::Codec, exit, logging, store, wal};
 
 fn main() -> ExitCode {
+    few_malloc_arenas();
     let cli = Cli::parse();
     // A failure of wal-fetch that is not "absent" must stop recovery (see exit.rs).
     let failure = match cli.command {
@@ -422,5 +423,18 @@ fn prefetch_settings(cfg: &Config, ctx: &Context) -> wal::fetch::Prefetch {
         spool_dir: cfg.fetch.spool_dir.clone(),
         config_file: ctx.config_file.clone(),
         sets: ctx.sets.clone(),
+    }
+}
+
+/// glibc gives each thread that allocates its own arena (up to 8 per core),
+/// and memory freed in one is not reused by the others: part tasks on
+/// blocking threads took a 48 MiB heap to 165 MiB resident. Two arenas keep
+/// resident memory near the heap at no measured cost in speed. Called before
+/// any thread starts.
+fn few_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; no thread runs yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }

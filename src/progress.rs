@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 pub struct Progress {
     what: String,
-    total: u64,
+    total: AtomicU64,
     done: AtomicU64,
     bar: Option<ProgressBar>,
     last_log: Mutex<Instant>,
@@ -31,7 +31,7 @@ impl Progress {
         });
         Progress {
             what: what.to_string(),
-            total,
+            total: AtomicU64::new(total),
             done: AtomicU64::new(0),
             bar,
             last_log: Mutex::new(Instant::now()),
@@ -42,7 +42,7 @@ impl Progress {
     pub fn hidden() -> Progress {
         Progress {
             what: String::new(),
-            total: 0,
+            total: AtomicU64::new(0),
             done: AtomicU64::new(0),
             bar: None,
             last_log: Mutex::new(Instant::now()),
@@ -58,15 +58,24 @@ impl Progress {
                 let mut last = self.last_log.lock().expect("progress lock");
                 if last.elapsed() >= Duration::from_secs(10) {
                     *last = Instant::now();
+                    let total = self.total.load(Ordering::Relaxed);
                     tracing::info!(
                         "{}: {} of {} MiB ({:.0}%)",
                         self.what,
                         done >> 20,
-                        self.total >> 20,
-                        100.0 * done as f64 / self.total.max(1) as f64
+                        total >> 20,
+                        100.0 * done as f64 / total.max(1) as f64
                     );
                 }
             }
+        }
+    }
+
+    /// More to do than said at the start (a total learnt while walking).
+    pub fn grow(&self, n: u64) {
+        self.total.fetch_add(n, Ordering::Relaxed);
+        if let Some(b) = &self.bar {
+            b.inc_length(n);
         }
     }
 

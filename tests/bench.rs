@@ -1,4 +1,4 @@
-//! Benchmark (not part of the test run): `scripts/bench.sh [--only calls,drain,replay,backups,incremental,summaries,catalog] [--runs N] ...`.
+//! Benchmark (not part of the test run): `scripts/bench.sh [--only calls,drain,replay,backups,incremental,summaries,catalog,files] [--runs N] ...`.
 //!
 //! Real WAL and databases from pgbench; walvault against pgBackRest like for
 //! like: the same S3 endpoint over HTTPS (certificate checked against the same
@@ -26,8 +26,10 @@ struct Args {
     drain: usize,
     /// MB of WAL in the replay part.
     replay_mb: usize,
-    /// The parts to run (--only calls,drain,replay,backups,incremental,summaries,catalog); empty: all.
+    /// The parts to run (--only calls,drain,replay,backups,incremental,summaries,catalog,files); empty: all.
     only: Vec<String>,
+    /// Files of the many-files part.
+    files: usize,
 }
 
 impl Args {
@@ -44,6 +46,7 @@ fn args() -> Args {
         drain: 256,
         replay_mb: 2200,
         only: Vec::new(),
+        files: 1_000_000,
     };
     let v: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -67,6 +70,10 @@ fn args() -> Args {
             }
             "--replay-mb" => {
                 a.replay_mb = v[i + 1].parse().expect("--replay-mb N");
+                i += 1;
+            }
+            "--files" => {
+                a.files = v[i + 1].parse().expect("--files N");
                 i += 1;
             }
             "--segments" => {
@@ -400,6 +407,9 @@ fn main() {
     }
     if a.wants("catalog") {
         println!("{}", bench_catalog(&a, &s, &weed));
+    }
+    if a.wants("files") {
+        println!("{}", bench_files(&a, &s));
     }
     drop(az);
     drop(weed);
@@ -943,22 +953,8 @@ fn bench_incremental(a: &Args, s: &Setup) -> String {
     for run in 0..a.runs {
         eprintln!("incremental run {} of {} ...", run + 1, a.runs);
         let mut ids = (String::new(), String::new());
-        let backup = |t: &mut Table, kind: &str| -> String {
-            let mut c = pg_command(walvault_bin().to_str().unwrap(), &src.pg_env(&s.secrets));
-            c.arg("--config")
-                .arg(&conf)
-                .args(["backup-push", "--fast", &format!("--{kind}")]);
-            let (secs, rss, out) = timed_ok(c, "backup-push");
-            t.add(&format!("walvault backup-push --{kind}"), secs, rss);
-            out.trim().to_string()
-        };
-        let pgbr_backup = |t: &mut Table, kind: &str| {
-            let (secs, rss, _) = timed_ok(
-                pgbr.cmd(&["--start-fast", &format!("--type={kind}"), "backup"]),
-                "pgbackrest backup",
-            );
-            t.add(&format!("pgBackRest backup --type={kind}"), secs, rss);
-        };
+        let backup = |t: &mut Table, kind: &str| timed_backup(s, &src, &conf, t, kind);
+        let pgbr_backup = |t: &mut Table, kind: &str| timed_pgbr_backup(&pgbr, t, kind);
         alternated(
             run,
             &mut t,
@@ -1157,6 +1153,26 @@ fn bench_incremental(a: &Args, s: &Setup) -> String {
         prd / rd,
     ));
     out
+}
+
+/// `backup-push --KIND` of `src` into `conf`'s repository, timed into `t`; its id.
+fn timed_backup(s: &Setup, src: &Cluster, conf: &Path, t: &mut Table, kind: &str) -> String {
+    let mut c = pg_command(walvault_bin().to_str().unwrap(), &src.pg_env(&s.secrets));
+    c.arg("--config")
+        .arg(conf)
+        .args(["backup-push", "--fast", &format!("--{kind}")]);
+    let (secs, rss, out) = timed_ok(c, "backup-push");
+    t.add(&format!("walvault backup-push --{kind}"), secs, rss);
+    out.trim().to_string()
+}
+
+/// pgBackRest `backup --type=KIND`, timed into `t`.
+fn timed_pgbr_backup(pgbr: &PgBackRest, t: &mut Table, kind: &str) {
+    let (secs, rss, _) = timed_ok(
+        pgbr.cmd(&["--start-fast", &format!("--type={kind}"), "backup"]),
+        "pgbackrest backup",
+    );
+    t.add(&format!("pgBackRest backup --type={kind}"), secs, rss);
 }
 
 /// Starts `src` archiving into every walvault repository of `confs` and into
@@ -2105,5 +2121,164 @@ fn bench_summaries(a: &Args, s: &Setup) -> String {
             100.0 * incr / full
         ));
     }
+    out
+}
+
+/// A cluster of many files (`--files`, default a million: empty relation
+/// files, every tenth one 8 KiB, as many small partitions make), backed up,
+/// verified and restored by walvault and by pgBackRest: time and peak memory
+/// of each step, against the issue's bound of 150 MiB.
+fn bench_files(a: &Args, s: &Setup) -> String {
+    let root = &s.root;
+    let mut src = Cluster::init(root, "files-src");
+    let conf = s.config(Backend::S3Https, "files", &[]);
+    let small = Args {
+        runs: a.runs,
+        segments: a.segments,
+        scale: 1,
+        drain: a.drain,
+        replay_mb: a.replay_mb,
+        only: Vec::new(),
+        files: a.files,
+    };
+    let pgbr = archiving_pgbench(&small, s, &mut src, "files", &[&conf]);
+    // pgBackRest at its best for many small files: bundled into larger
+    // objects (as walvault's tar parts), not one object each.
+    let mut conf_text = std::fs::read_to_string(&pgbr.conf).unwrap();
+    conf_text.push_str("repo1-bundle=y\n");
+    std::fs::write(&pgbr.conf, conf_text).unwrap();
+    let db = src.psql("select oid from pg_database where datname = 'postgres'");
+    let dir = src.pgdata.join("base").join(&db);
+    eprintln!("adding {} files to {} ...", a.files, dir.display());
+    let page = vec![0u8; 8192];
+    for i in 0..a.files {
+        let content: &[u8] = if i % 10 == 0 { &page } else { &[] };
+        std::fs::write(dir.join((3_000_000 + i).to_string()), content).unwrap();
+    }
+    chown_pg(&dir);
+    let mut t = Table::default();
+    for run in 0..a.runs {
+        eprintln!("files run {} of {} ...", run + 1, a.runs);
+        let mut ids = (String::new(), String::new());
+        let backup = |t: &mut Table, kind: &str| timed_backup(s, &src, &conf, t, kind);
+        let pgbr_backup = |t: &mut Table, kind: &str| timed_pgbr_backup(&pgbr, t, kind);
+        alternated(
+            run,
+            &mut t,
+            |t| ids.0 = backup(t, "full"),
+            |t| pgbr_backup(t, "full"),
+        );
+        src.psql("create table if not exists touched(i int); insert into touched values (1)");
+        alternated(
+            run,
+            &mut t,
+            |t| ids.1 = backup(t, "incremental"),
+            |t| pgbr_backup(t, "incr"),
+        );
+        let (secs, rss, _) = timed_ok(s.walvault(&conf, &["verify", "--backup", &ids.1]), "verify");
+        t.add("walvault verify of the incremental's chain", secs, rss);
+        let (secs, rss, _) = timed_ok(pgbr.cmd(&["verify"]), "pgbackrest verify");
+        t.add("pgBackRest verify", secs, rss);
+        let restored = root.join(format!("files-restore-{run}"));
+        let recover = |t: &mut Table, delta: bool, label: &str| {
+            let mut args = vec![
+                "recover".to_string(),
+                "--pgdata".into(),
+                restored.display().to_string(),
+                "--backup".into(),
+                ids.1.clone(),
+                "--target".into(),
+                "immediate".into(),
+            ];
+            if delta {
+                args.push("--delta".into());
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (secs, rss, _) = timed_ok(s.walvault(&conf, &args), "recover");
+            t.add(label, secs, rss);
+        };
+        recover(&mut t, false, "walvault recover, empty directory");
+        let count = std::fs::read_dir(restored.join("base").join(&db))
+            .unwrap()
+            .count();
+        assert!(count >= a.files, "{count} files restored of {}", a.files);
+        recover(&mut t, true, "walvault recover --delta, nothing changed");
+        std::fs::remove_dir_all(&restored).unwrap();
+        let pgbr_dir = root.join(format!("files-pgbr-restore-{run}"));
+        for (delta, label) in [
+            (false, "pgBackRest restore, empty directory"),
+            (true, "pgBackRest restore --delta, nothing changed"),
+        ] {
+            std::fs::create_dir_all(&pgbr_dir).unwrap();
+            std::fs::set_permissions(
+                &pgbr_dir,
+                std::os::unix::fs::PermissionsExt::from_mode(0o700),
+            )
+            .unwrap();
+            chown_pg(&pgbr_dir);
+            let pg1 = format!("--pg1-path={}", pgbr_dir.display());
+            let mut args = vec![pg1.as_str(), "--type=immediate"];
+            if delta {
+                args.push("--delta");
+            }
+            args.push("restore");
+            let (secs, rss, _) = timed_ok(pgbr.cmd(&args), "pgbackrest restore");
+            t.add(label, secs, rss);
+        }
+        std::fs::remove_dir_all(&pgbr_dir).unwrap();
+    }
+    src.stop();
+    let mut out = format!(
+        "\nmany files: {} files added to a pgbench scale 1 cluster (empty, every tenth 8 KiB); S3 HTTPS, both tools at 2 at once, pgBackRest with repo1-bundle=y; {} runs\n\n\
+         {:<52} {:>10} {:>14}\n",
+        a.files, a.runs, "", "median s", "peak RSS MiB"
+    );
+    let mut worst = 0i64;
+    for r in t.0.iter_mut() {
+        if r.0.starts_with("walvault") {
+            worst = worst.max(r.2);
+        }
+        let m = median(&mut r.1);
+        out.push_str(&format!(
+            "{:<52} {:>10.2} {:>14.1}\n",
+            r.0,
+            m,
+            r.2 as f64 / 1024.0
+        ));
+    }
+    let pairs = [
+        (
+            "walvault backup-push --full",
+            "pgBackRest backup --type=full",
+        ),
+        (
+            "walvault backup-push --incremental",
+            "pgBackRest backup --type=incr",
+        ),
+        (
+            "walvault recover, empty directory",
+            "pgBackRest restore, empty directory",
+        ),
+        (
+            "walvault recover --delta, nothing changed",
+            "pgBackRest restore --delta, nothing changed",
+        ),
+    ];
+    out.push_str("\nagainst pgBackRest (time ratio, >1: walvault faster): ");
+    let ratios: Vec<String> = pairs
+        .iter()
+        .map(|(w, p)| {
+            format!(
+                "{} {:.2}x",
+                w.trim_start_matches("walvault "),
+                t.median(p) / t.median(w)
+            )
+        })
+        .collect();
+    out.push_str(&ratios.join(", "));
+    out.push_str(&format!(
+        "\nwalvault's highest peak RSS: {:.1} MiB (target < 150 MiB)\n",
+        worst as f64 / 1024.0
+    ));
     out
 }

@@ -8,9 +8,14 @@
 //! is checked against its recorded sha256 as it is written, and every file
 //! assembled from blocks against the sha256 of the whole file at backup.
 //!
+//! File lists are never held whole: each is spooled to local disk in walk
+//! order and the chain's lists are read side by side ([`filelist`]); what
+//! each part must write is spooled by part and read part by part.
+//!
 //! With `delta`, files already there with the backup's size and sha256 stay;
 //! files the backup does not have are removed.
 
+use super::filelist::{self, ByPart, Parts, Sorted, Spool, Spooled};
 use super::restore::{self, Apply, Restored, Target};
 use super::walk::EMPTY_DIRS;
 use super::{FileRecord, Manifest, Stored};
@@ -18,17 +23,17 @@ use crate::codec::Codec;
 use crate::progress::Progress;
 use crate::store::Store;
 use anyhow::{bail, Context, Result};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// A backup's chain: its full backup first, the backup itself last, each
-/// with its file list by path.
+/// with its file list on local disk.
 pub struct Chain {
     pub backups: Vec<Manifest>,
-    pub files: Vec<Arc<HashMap<String, FileRecord>>>,
+    pub lists: Vec<Sorted>,
 }
 
 /// Reads the manifests and file lists of `m`'s chain (each at the versions it wrote).
@@ -41,16 +46,14 @@ pub async fn load(store: Arc<dyn Store>, codec: &Codec, m: &Manifest) -> Result<
         backups.push(b);
     }
     backups.push(m.clone());
-    let mut files = Vec::new();
+    let mut lists = Vec::new();
     for b in &backups {
-        let list = super::read_files(b.pinned(store.clone()).as_ref(), codec, &b.id)
+        let list = filelist::sorted(b.pinned(store.clone()).as_ref(), codec, &b.id)
             .await
             .with_context(|| in_chain(b, m))?;
-        files.push(Arc::new(
-            list.into_iter().map(|f| (f.path.clone(), f)).collect(),
-        ));
+        lists.push(list);
     }
-    Ok(Chain { backups, files })
+    Ok(Chain { backups, lists })
 }
 
 fn in_chain(b: &Manifest, of: &Manifest) -> String {
@@ -61,49 +64,102 @@ fn in_chain(b: &Manifest, of: &Manifest) -> String {
     }
 }
 
-/// For each backup of the chain, the files to write from it.
-fn plan(chain: &Chain, skip: &HashSet<String>) -> Result<(Vec<HashSet<String>>, Vec<String>)> {
+/// What a restore reads: for each backup of the chain, the records of the
+/// files to write from it, by part; the files assembled from blocks (checked
+/// whole at the end, against the last backup's record); counts.
+struct Plan {
+    wanted: Vec<Parts>,
+    assembled: Spooled,
+    files: u64,
+    kept: u64,
+    bytes: u64,
+}
+
+/// Records of the last backup's list handled at once (a delta restore
+/// hashes each batch's candidates in parallel).
+const BATCH: usize = 4096;
+
+/// Traces every file of the chain's last backup to the backups holding its
+/// content. `keep` says, for a batch of records, which files are already
+/// there (a delta restore) and are read from nowhere.
+fn plan(chain: &Chain, keep: &mut dyn FnMut(&[FileRecord]) -> Result<Vec<bool>>) -> Result<Plan> {
     let last = chain.backups.len() - 1;
-    let mut wanted: Vec<HashSet<String>> = vec![HashSet::new(); chain.backups.len()];
-    let mut assembled = Vec::new();
-    for (path, rec) in chain.files[last].iter() {
-        if skip.contains(path) {
-            continue;
+    let mut lowers: Vec<filelist::Lookup> =
+        chain.lists[..last].iter().map(Sorted::lookup).collect();
+    let mut wanted = (0..=last)
+        .map(|_| ByPart::new())
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let mut assembled = Spool::new()?;
+    let (mut files, mut kept, mut bytes) = (0, 0, 0);
+    let mut finals = chain.lists[last].iter();
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        batch.clear();
+        for r in finals.by_ref().take(BATCH) {
+            batch.push(
+                r.with_context(|| format!("the file list of backup {}", chain.backups[last].id))?,
+            );
         }
-        let mut i = last;
-        let mut r = rec;
-        loop {
-            match r.stored {
-                Stored::Whole => {
-                    wanted[i].insert(path.clone());
-                    break;
-                }
-                Stored::Blocks { .. } => {
-                    wanted[i].insert(path.clone());
-                    // Assembled somewhere down the chain: checked whole at the end.
-                    if assembled.last() != Some(path) {
-                        assembled.push(path.clone());
-                    }
-                }
-                Stored::Parent => {}
+        if batch.is_empty() {
+            break;
+        }
+        let keeps = keep(&batch)?;
+        for (rec, keep) in batch.iter().zip(keeps) {
+            files += 1;
+            if keep {
+                kept += 1;
+                continue;
             }
-            let below = i
-                .checked_sub(1)
-                .and_then(|j| Some((j, chain.files[j].get(path)?)));
-            let Some((j, parent_rec)) = below else {
-                bail!(
-                    "backup {} takes {path} from its parent, and {} does not hold it",
-                    chain.backups[i].id,
-                    i.checked_sub(1)
-                        .map(|j| format!("backup {}", chain.backups[j].id))
-                        .unwrap_or_else(|| "it has no parent: it".into())
-                );
-            };
-            i = j;
-            r = parent_rec;
+            let mut i = last;
+            let mut r = rec.clone();
+            let mut in_assembled = false;
+            loop {
+                match &r.stored {
+                    Stored::Whole => {
+                        bytes += r.size;
+                        wanted[i].push(&r)?;
+                        break;
+                    }
+                    Stored::Blocks { bytes: b, .. } => {
+                        bytes += b;
+                        wanted[i].push(&r)?;
+                        // Assembled somewhere down the chain: checked whole at the end.
+                        if !in_assembled {
+                            assembled.push(rec)?;
+                            in_assembled = true;
+                        }
+                    }
+                    Stored::Parent => {}
+                }
+                let below = match i.checked_sub(1) {
+                    Some(j) => lowers[j].find(&rec.path)?.map(|b| (j, b)),
+                    None => None,
+                };
+                let Some((j, below)) = below else {
+                    bail!(
+                        "backup {} takes {} from its parent, and {} does not hold it",
+                        chain.backups[i].id,
+                        rec.path,
+                        i.checked_sub(1)
+                            .map(|j| format!("backup {}", chain.backups[j].id))
+                            .unwrap_or_else(|| "it has no parent: it".into())
+                    );
+                };
+                i = j;
+                r = below;
+            }
         }
     }
-    Ok((wanted, assembled))
+    Ok(Plan {
+        wanted: wanted
+            .into_iter()
+            .map(ByPart::finish)
+            .collect::<std::io::Result<_>>()?,
+        assembled: assembled.finish()?,
+        files,
+        kept,
+        bytes,
+    })
 }
 
 pub struct Options {
@@ -120,39 +176,47 @@ pub async fn restore(
     target: Arc<Target>,
     opts: Options,
 ) -> Result<Restored> {
-    let chain = load(store.clone(), codec, m).await?;
+    let chain = Arc::new(load(store.clone(), codec, m).await?);
     let last = chain.backups.len() - 1;
-    let final_files = chain.files[last].clone();
-    let mut kept = HashSet::new();
+    let plan = {
+        let (chain, target, delta, threads) =
+            (chain.clone(), target.clone(), opts.delta, opts.concurrency);
+        tokio::task::spawn_blocking(move || {
+            if delta {
+                remove_strays(&target.dir, &chain.lists[last])?;
+                for (oid, dir) in &target.tablespaces {
+                    remove_tablespace_strays(oid, dir, &chain.lists[last])?;
+                }
+            }
+            plan(&chain, &mut |batch| {
+                if delta {
+                    matching(batch, &target, threads)
+                } else {
+                    Ok(vec![false; batch.len()])
+                }
+            })
+        })
+        .await
+        .context("planning task failed")??
+    };
     if opts.delta {
-        kept = matching(&final_files, &target, opts.concurrency).await?;
-        remove_strays(&target.dir, &final_files)?;
-        for (oid, dir) in &target.tablespaces {
-            remove_tablespace_strays(oid, dir, &final_files)?;
-        }
         tracing::info!(
             "delta restore: {} of {} files already match the backup and stay",
-            kept.len(),
-            final_files.len()
+            plan.kept,
+            plan.files
         );
     }
-    let (mut wanted, assembled) = plan(&chain, &kept)?;
-    let total: u64 = wanted
-        .iter()
-        .zip(&chain.files)
-        .flat_map(|(w, files)| w.iter().filter_map(|p| files.get(p)?.entry().map(|e| e.0)))
-        .sum();
-    let progress = Arc::new(Progress::new(&format!("restore {}", m.id), total));
+    let progress = Arc::new(Progress::new(&format!("restore {}", m.id), plan.bytes));
     let mut bytes = 0;
     let mut links = Vec::new();
-    for (i, b) in chain.backups.iter().enumerate() {
+    for ((i, b), wanted) in chain.backups.iter().enumerate().zip(plan.wanted) {
         let layout = i == last;
-        let files = &chain.files[i];
-        let parts: BTreeSet<u32> = wanted[i]
-            .iter()
-            .filter_map(|p| files.get(p).map(|r| r.part))
-            .collect();
-        let wanted_here = Arc::new(std::mem::take(&mut wanted[i]));
+        let counts = wanted.counts();
+        if let Some(n) = counts.keys().find(|n| **n as usize >= b.parts.len()) {
+            let lost = wanted.records(*n)?.into_keys().next().unwrap_or_default();
+            bail!("file {lost} of {} was not in any part", in_chain(b, m));
+        }
+        let wanted = Arc::new(wanted);
         let pinned = b.pinned(store.clone());
         let sem = Arc::new(tokio::sync::Semaphore::new(opts.concurrency.max(1)));
         let mut tasks = tokio::task::JoinSet::new();
@@ -160,39 +224,37 @@ pub async fn restore(
             // The last backup's every part holds directories and links; a
             // delta restore has them already and reads only what it writes.
             let every_part = layout && !opts.delta;
-            if !every_part && !parts.contains(&(n as u32)) {
+            if !every_part && !counts.contains_key(&(n as u32)) {
                 continue;
             }
             let apply = Apply {
                 target: target.clone(),
-                wanted: Some(wanted_here.clone()),
                 layout,
                 throttle: opts.throttle.clone(),
             };
-            let (store, codec, index, progress, sem, key) = (
+            let (store, codec, wanted, progress, sem, key) = (
                 pinned.clone(),
                 codec.clone(),
-                files.clone(),
+                wanted.clone(),
                 progress.clone(),
                 sem.clone(),
                 part.key.clone(),
             );
             tasks.spawn(async move {
                 let _permit = sem.acquire_owned().await.expect("semaphore");
-                restore::read_part(store, codec, key, index, Some(apply), progress).await
+                // Read when its turn comes: at most `concurrency` parts' records in memory.
+                let records = tokio::task::spawn_blocking(move || wanted.records(n as u32))
+                    .await
+                    .context("file list task failed")??;
+                restore::read_part(store, codec, key, records, Some(apply), progress).await
             });
         }
-        let mut seen: HashSet<String> = HashSet::new();
         while let Some(r) = tasks.join_next().await {
             let read = r
                 .context("restore task failed")?
                 .with_context(|| in_chain(b, m))?;
-            seen.extend(read.files);
             bytes += read.bytes;
             links.extend(read.links);
-        }
-        if let Some(missing) = wanted_here.iter().find(|p| !seen.contains(*p)) {
-            bail!("file {missing} of {} was not in any part", in_chain(b, m));
         }
     }
     progress.finish();
@@ -206,12 +268,29 @@ pub async fn restore(
     }
     restore::make_links(&target, links)?;
     // Files assembled from blocks: the whole file against the backup's sha256.
-    let check: Vec<(PathBuf, FileRecord)> = assembled
-        .iter()
-        .map(|p| Ok((target.dest(p)?, final_files[p].clone())))
-        .collect::<Result<_>>()?;
-    let differ = hash_compare(check, opts.concurrency).await?;
-    if let Some(p) = differ.first() {
+    let differ = {
+        let (assembled, target, threads) = (plan.assembled, target.clone(), opts.concurrency);
+        tokio::task::spawn_blocking(move || -> Result<Option<String>> {
+            let mut batch = Vec::with_capacity(BATCH);
+            let mut records = assembled.iter();
+            loop {
+                batch.clear();
+                for r in records.by_ref().take(BATCH) {
+                    let r = r?;
+                    batch.push((target.dest(&r.path)?, r));
+                }
+                if batch.is_empty() {
+                    return Ok(None);
+                }
+                if let Some(&i) = differing(&batch, threads).first() {
+                    return Ok(Some(batch[i].1.path.clone()));
+                }
+            }
+        })
+        .await
+        .context("hashing task failed")??
+    };
+    if let Some(p) = differ {
         bail!(
             "{p}: assembled from the chain of backup {} ({}), it does not match the checksum recorded for the whole file",
             m.id,
@@ -219,101 +298,123 @@ pub async fn restore(
         );
     }
     Ok(Restored {
-        files: final_files.len() as u64,
+        files: plan.files,
         bytes,
     })
 }
 
-/// The files of `files` already at the target with their recorded size and sha256.
-async fn matching(
-    files: &HashMap<String, FileRecord>,
-    target: &Target,
-    threads: usize,
-) -> Result<HashSet<String>> {
+/// Which files of `batch` are already at the target with their recorded size and sha256.
+fn matching(batch: &[FileRecord], target: &Target, threads: usize) -> Result<Vec<bool>> {
     let mut candidates = Vec::new();
-    for (path, rec) in files {
-        let dest = target.dest(path)?;
+    let mut at = Vec::new();
+    for (i, rec) in batch.iter().enumerate() {
+        let dest = target.dest(&rec.path)?;
         match std::fs::symlink_metadata(&dest) {
             Ok(meta) if meta.is_file() && meta.len() == rec.size => {
-                candidates.push((dest, rec.clone()))
+                candidates.push((dest, rec.clone()));
+                at.push(i);
             }
             _ => {}
         }
     }
-    let all: HashSet<String> = candidates.iter().map(|(_, r)| r.path.clone()).collect();
-    let differ: HashSet<String> = hash_compare(candidates, threads)
-        .await?
-        .into_iter()
-        .collect();
-    Ok(all.difference(&differ).cloned().collect())
+    let mut keep = vec![false; batch.len()];
+    for &i in &at {
+        keep[i] = true;
+    }
+    for c in differing(&candidates, threads) {
+        keep[at[c]] = false;
+    }
+    Ok(keep)
 }
 
-/// The paths (of `files`) whose file does not have the recorded sha256,
-/// hashed on `threads` threads.
-async fn hash_compare(files: Vec<(PathBuf, FileRecord)>, threads: usize) -> Result<Vec<String>> {
-    tokio::task::spawn_blocking(move || {
-        let next = AtomicUsize::new(0);
-        let differ = std::sync::Mutex::new(Vec::new());
-        std::thread::scope(|s| {
-            for _ in 0..threads.max(1) {
-                s.spawn(|| loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some((dest, rec)) = files.get(i) else {
-                        break;
-                    };
-                    if !rec.matches_file(dest) {
-                        differ.lock().expect("differ").push(rec.path.clone());
-                    }
-                });
+/// The indexes (in `files`) of the files that do not have their recorded
+/// sha256, hashed on `threads` threads.
+fn differing(files: &[(PathBuf, FileRecord)], threads: usize) -> Vec<usize> {
+    let next = AtomicUsize::new(0);
+    let differ = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..threads.max(1) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some((dest, rec)) = files.get(i) else {
+                    break;
+                };
+                if !rec.matches_file(dest) {
+                    differ.lock().expect("differ").push(i);
+                }
+            });
+        }
+    });
+    let mut d = differ.into_inner().expect("differ");
+    d.sort_unstable();
+    d
+}
+
+/// The databases (`base/<oid>`) of a list, and of each tablespace version
+/// directory (`pg_tblspc/<oid>/<version>/<db>`): few, held in memory.
+fn databases(list: &Sorted, prefix: &str) -> Result<BTreeSet<String>> {
+    let mut out = BTreeSet::new();
+    for r in list.iter() {
+        let r = r?;
+        if let Some(rest) = r.path.strip_prefix(prefix) {
+            let mut parts = rest.split('/');
+            if let (Some(db), Some(_)) = (parts.next(), parts.next()) {
+                out.insert(db.to_string());
             }
-        });
-        differ.into_inner().expect("differ")
-    })
-    .await
-    .context("hashing task failed")
+        }
+    }
+    Ok(out)
 }
 
 /// Removes below `dir` every file the backup does not have, the
 /// contents of the directories a backup leaves empty (pg_wal…), and the
-/// directories of databases the backup does not have.
-fn remove_strays(dir: &Path, files: &HashMap<String, FileRecord>) -> Result<()> {
-    let databases: HashSet<&str> = files
-        .keys()
-        .filter_map(|p| p.strip_prefix("base/")?.split('/').next())
-        .collect();
-    let mut stack = vec![(dir.to_path_buf(), String::new())];
-    while let Some((path, rel)) = stack.pop() {
-        for e in
-            std::fs::read_dir(&path).with_context(|| format!("cannot list {}", path.display()))?
-        {
-            let e = e?;
-            let name = e.file_name().to_string_lossy().to_string();
-            let r = if rel.is_empty() {
-                name.clone()
-            } else {
-                format!("{rel}/{name}")
-            };
-            let ft = e.file_type()?;
-            if rel.is_empty() && name == "pg_wal" && ft.is_symlink() {
-                // pg_wal elsewhere: its contents go, the link stays.
-                stack.push((e.path(), r));
+/// directories of databases the backup does not have. The directory is
+/// walked in walk order, side by side with the backup's list.
+fn remove_strays(dir: &Path, list: &Sorted) -> Result<()> {
+    let databases = databases(list, "base/")?;
+    let mut lookup = list.lookup();
+    remove_below(dir, "", &mut lookup, &mut |rel, name| {
+        (rel == "base" && !databases.contains(name)).then_some(true)
+    })
+}
+
+/// Walks `dir` (backup path `rel`) in walk order, removing the files
+/// `lookup` does not find. `drop_dir(rel, name)` says which directories go
+/// whole; links stay (a log directory elsewhere, pg_stat_tmp on a tmpfs;
+/// one where the backup has a link pointing elsewhere is refused by name).
+fn remove_below(
+    dir: &Path,
+    rel: &str,
+    lookup: &mut filelist::Lookup,
+    drop_dir: &mut dyn FnMut(&str, &str) -> Option<bool>,
+) -> Result<()> {
+    let names =
+        super::walk::sorted_names(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+    for name in names.iter() {
+        let path = dir.join(&name);
+        let r = if rel.is_empty() {
+            name.clone()
+        } else {
+            format!("{rel}/{name}")
+        };
+        let ft = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m.file_type(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot stat {}", path.display())),
+        };
+        if rel.is_empty() && name == "pg_wal" && ft.is_symlink() {
+            // pg_wal elsewhere: its contents go, the link stays.
+            remove_below(&path, &r, lookup, drop_dir)?;
+        } else if ft.is_dir() {
+            if drop_dir(rel, &name) == Some(true) {
+                std::fs::remove_dir_all(&path)
+                    .with_context(|| format!("cannot remove {}", path.display()))?;
                 continue;
             }
-            if ft.is_dir() {
-                if rel == "base" && !databases.contains(name.as_str()) {
-                    std::fs::remove_dir_all(e.path())?;
-                    continue;
-                }
-                stack.push((e.path(), r));
-            } else {
-                // Links stay (a log directory elsewhere, pg_stat_tmp on a tmpfs);
-                // one where the backup has a link pointing elsewhere is refused by name.
-                if files.contains_key(&r) || ft.is_symlink() {
-                    continue;
-                }
-                std::fs::remove_file(e.path())
-                    .with_context(|| format!("cannot remove {}", e.path().display()))?;
-            }
+            remove_below(&path, &r, lookup, drop_dir)?;
+        } else if !ft.is_symlink() && lookup.find(&r)?.is_none() {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("cannot remove {}", path.display()))?;
         }
     }
     Ok(())
@@ -322,46 +423,20 @@ fn remove_strays(dir: &Path, files: &HashMap<String, FileRecord>) -> Result<()> 
 /// In tablespace `oid`'s directory `dir`, below each version directory the
 /// backup has there (`PG_<major>_<catalog>`): the files the backup lacks, and
 /// the directories of databases it lacks. Other majors' directories stay.
-fn remove_tablespace_strays(
-    oid: &str,
-    dir: &Path,
-    files: &HashMap<String, FileRecord>,
-) -> Result<()> {
+fn remove_tablespace_strays(oid: &str, dir: &Path, list: &Sorted) -> Result<()> {
     let prefix = format!("pg_tblspc/{oid}/");
-    let mut versions: HashSet<&str> = HashSet::new();
-    let mut databases: HashSet<(&str, &str)> = HashSet::new();
-    for rest in files.keys().filter_map(|p| p.strip_prefix(&prefix)) {
-        let mut parts = rest.split('/');
-        if let (Some(v), Some(db), Some(_)) = (parts.next(), parts.next(), parts.next()) {
-            versions.insert(v);
-            databases.insert((v, db));
-        }
-    }
+    let versions = databases(list, &prefix)?;
     for v in versions {
-        let mut stack = vec![(dir.join(v), format!("{prefix}{v}"), 0)];
-        while let Some((path, rel, depth)) = stack.pop() {
-            let entries = match std::fs::read_dir(&path) {
-                Ok(e) => e,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e).with_context(|| format!("cannot list {}", path.display())),
-            };
-            for e in entries {
-                let e = e?;
-                let name = e.file_name().to_string_lossy().to_string();
-                let r = format!("{rel}/{name}");
-                let ft = e.file_type()?;
-                if ft.is_dir() {
-                    if depth == 0 && !databases.contains(&(v, name.as_str())) {
-                        std::fs::remove_dir_all(e.path())?;
-                        continue;
-                    }
-                    stack.push((e.path(), r, depth + 1));
-                } else if !files.contains_key(&r) && !ft.is_symlink() {
-                    std::fs::remove_file(e.path())
-                        .with_context(|| format!("cannot remove {}", e.path().display()))?;
-                }
-            }
+        let dbs = databases(list, &format!("{prefix}{v}/"))?;
+        let root = format!("{prefix}{v}");
+        let vdir = dir.join(&v);
+        if !vdir.is_dir() {
+            continue;
         }
+        let mut lookup = list.lookup();
+        remove_below(&vdir, &root, &mut lookup, &mut |rel, name| {
+            (rel == root && !dbs.contains(name)).then_some(true)
+        })?;
     }
     Ok(())
 }
@@ -405,9 +480,9 @@ mod tests {
                     .unwrap()
                 })
                 .collect(),
-            files: layers
+            lists: layers
                 .into_iter()
-                .map(|l| Arc::new(l.into_iter().map(|r| (r.path.clone(), r)).collect()))
+                .map(|l| Sorted::from_records(l.into_iter().map(Ok)).unwrap())
                 .collect(),
         }
     }
@@ -431,25 +506,31 @@ mod tests {
                 rec("c", Stored::Parent),
             ],
         ]);
-        let (wanted, mut assembled) = plan(&c, &HashSet::new()).unwrap();
-        let names = |i: usize| {
-            let mut v: Vec<&str> = wanted[i].iter().map(String::as_str).collect();
+        let none = |b: &[FileRecord]| Ok(vec![false; b.len()]);
+        let p = plan(&c, &mut none.clone()).unwrap();
+        let names = |p: &Plan, i: usize| {
+            let mut v: Vec<String> = p.wanted[i].records(0).unwrap().into_keys().collect();
             v.sort();
             v
         };
-        assert_eq!(names(0), vec!["a", "b"]);
-        assert_eq!(names(1), vec!["a", "c"]);
-        assert_eq!(names(2), vec!["b"]);
+        assert_eq!(names(&p, 0), vec!["a", "b"]);
+        assert_eq!(names(&p, 1), vec!["a", "c"]);
+        assert_eq!(names(&p, 2), vec!["b"]);
         // "a" is the middle backup's assembly, unchanged since: checked too.
+        let mut assembled: Vec<String> = p.assembled.iter().map(|r| r.unwrap().path).collect();
         assembled.sort();
         assert_eq!(assembled, vec!["a", "b"]);
+        assert_eq!((p.files, p.kept), (3, 0));
         // What a delta restore keeps is read from nowhere.
-        let keep: HashSet<String> = ["a".to_string()].into();
-        let (wanted, _) = plan(&c, &keep).unwrap();
-        assert!(wanted.iter().all(|w| !w.contains("a")));
+        let p = plan(&c, &mut |b: &[FileRecord]| {
+            Ok(b.iter().map(|r| r.path == "a").collect())
+        })
+        .unwrap();
+        assert!((0..3).all(|i| !names(&p, i).contains(&"a".to_string())));
+        assert_eq!((p.files, p.kept), (3, 1));
         // A file the parent does not hold is named.
         let broken = chain(vec![vec![], vec![rec("a", Stored::Parent)]]);
-        let e = plan(&broken, &HashSet::new()).err().unwrap().to_string();
+        let e = plan(&broken, &mut none.clone()).err().unwrap().to_string();
         assert!(
             e.contains("backup b1 takes a from its parent, and backup b0 does not hold it"),
             "{e}"

@@ -10,6 +10,7 @@
 pub mod catalog;
 pub mod chain;
 pub mod delta;
+pub mod filelist;
 pub mod keep;
 pub mod manifests;
 pub mod page;
@@ -451,19 +452,11 @@ pub async fn read_manifest(store: &dyn Store, id: &str) -> Result<Manifest> {
     Ok(m)
 }
 
-/// The most a backup's file list may decode to (about 5 million files).
+/// The most a backup's file list may decode to (about 5 million files;
+/// it is decoded to local disk, never into memory).
 pub const FILES_JSON_LIMIT: u64 = 1 << 30;
 /// The most a text object (label, tablespace map, timeline history) may decode to.
 pub const TEXT_LIMIT: u64 = 16 << 20;
-
-pub async fn read_files(store: &dyn Store, codec: &Codec, id: &str) -> Result<Vec<FileRecord>> {
-    let key = format!("{}files.json", prefix(id));
-    let bytes = codec
-        .download_small(store, &key, FILES_JSON_LIMIT)
-        .await?
-        .with_context(|| format!("{} is missing", store.locate(&key)))?;
-    serde_json::from_slice(&bytes).with_context(|| format!("{} is damaged", store.locate(&key)))
-}
 
 /// Reads a small encoded text object.
 pub async fn read_text(store: &dyn Store, codec: &Codec, key: &str) -> Result<Option<String>> {

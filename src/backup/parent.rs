@@ -11,6 +11,7 @@
 //! when its sha256 is that of the parent's stored list (the object's trailer,
 //! readable without the key).
 
+use super::filelist::Records;
 use super::read::{Parent, ParentFile};
 use super::{FileRecord, Listing, Manifest};
 use crate::codec::Codec;
@@ -19,7 +20,7 @@ use crate::store::Store;
 use crate::wal::inventory::Inventory;
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
-use sha2::{Digest, Sha256};
+use std::io::Seek;
 use std::path::{Path, PathBuf};
 
 pub const CACHE_FILE: &str = "walvault_backup_files.json";
@@ -28,11 +29,16 @@ pub fn cache_path(pgdata: &Path) -> PathBuf {
     pgdata.join(CACHE_FILE)
 }
 
-/// Keeps the file list just stored (its exact bytes) for the next incremental.
-pub fn remember(pgdata: &Path, files_json: &[u8]) -> Result<()> {
-    let path = cache_path(pgdata);
-    let tmp = pgdata.join(format!("{CACHE_FILE}.tmp"));
-    std::fs::write(&tmp, files_json).with_context(|| format!("cannot write {}", tmp.display()))?;
+/// Where `backup-push` writes the list it stores, renamed to [`cache_path`]
+/// once the stored one is complete.
+pub fn cache_tmp_path(pgdata: &Path) -> PathBuf {
+    pgdata.join(format!("{CACHE_FILE}.tmp"))
+}
+
+/// Keeps the file list just stored (written to [`cache_tmp_path`] with the
+/// exact bytes stored) for the next incremental.
+pub fn remember(pgdata: &Path) -> Result<()> {
+    let (tmp, path) = (cache_tmp_path(pgdata), cache_path(pgdata));
     std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))
 }
 
@@ -81,23 +87,25 @@ pub fn choose<'a>(
     Ok(m)
 }
 
-/// The parent's file list: this host's copy when it is the stored one, else
-/// the stored list (which needs the key when the repository is encrypted).
+/// The parent's file list, record by record: this host's copy when it is
+/// the stored one, else the stored list (which needs the key when the
+/// repository is encrypted).
 pub async fn load(
     store: &dyn Store,
     codec: &Codec,
     pgdata: &Path,
     m: &Manifest,
-) -> Result<Vec<FileRecord>, String> {
+) -> Result<Records, String> {
     let key = format!("{}files.json", super::prefix(&m.id));
     let stored = crate::codec::read_trailer(store, &key)
         .await
         .map_err(|e| format!("the file list of {} cannot be read: {e}", m.id))?
         .ok_or_else(|| format!("backup {} has no file list", m.id))?;
-    if let Ok(bytes) = std::fs::read(cache_path(pgdata)) {
-        if Sha256::digest(&bytes).as_slice() == stored.plain_sha256 {
-            return serde_json::from_slice(&bytes)
-                .map_err(|e| format!("{} is damaged: {e}", cache_path(pgdata).display()));
+    if let Ok(mut f) = std::fs::File::open(cache_path(pgdata)) {
+        let same = crate::codec::sha256_of(&mut f).is_ok_and(|(sha, _)| sha == stored.plain_sha256)
+            && f.rewind().is_ok();
+        if same {
+            return Ok(Records::from_file(f));
         }
     }
     if m.encrypted && codec.check_key().is_err() {
@@ -106,30 +114,26 @@ pub async fn load(
             m.id
         ));
     }
-    super::read_files(store, codec, &m.id)
+    super::filelist::read(store, codec, &m.id)
         .await
         .map_err(|e| format!("{e:#}"))
 }
 
-/// What the reader compares with: each file's size and sha256, and the start.
-pub fn parent(m: &Manifest, files: Vec<FileRecord>) -> Result<Parent> {
+/// What the reader compares with: the parent's start (its files come one by
+/// one, in walk order, through [`parent_file`]).
+pub fn parent(m: &Manifest) -> Result<Parent> {
     Ok(Parent {
         id: m.id.clone(),
         start: m.start()?,
-        files: files
-            .into_iter()
-            .map(|f| {
-                let blocks = f.block_sha.as_deref().and_then(|h| hex::decode(h).ok());
-                (
-                    f.path,
-                    ParentFile {
-                        size: f.size,
-                        sha256: f.sha256,
-                        blocks,
-                    },
-                )
-            })
-            .collect(),
         summarized: None,
     })
+}
+
+/// A file of the parent as the reader compares with it.
+pub fn parent_file(f: FileRecord) -> ParentFile {
+    ParentFile {
+        blocks: f.block_sha.as_deref().and_then(|h| hex::decode(h).ok()),
+        size: f.size,
+        sha256: f.sha256,
+    }
 }

@@ -4,6 +4,7 @@
 //! walvault dies in between, the server ends the backup with the session and the
 //! repository holds parts without a manifest: an incomplete backup, never listed.
 
+use super::filelist;
 use super::read::Reader;
 use super::resume;
 use super::walk::{self, Entry, Kind, PG_CONTROL};
@@ -110,11 +111,11 @@ pub async fn run(
     } else {
         None
     };
-    let parent_id = parent.as_ref().map(|(m, _)| m.id.clone());
+    let parent_id = parent.as_ref().map(|(m, _, _)| m.id.clone());
 
     // A backup-push killed here within the day with the same parent: its id is
     // taken over and its stored parts reused where their files are unchanged.
-    let mut previous = match resume::interrupted(&pgdata)
+    let previous = match resume::interrupted(&pgdata)
         .filter(|r| r.parent == parent_id && resume::recent(&r.id, Utc::now()))
     {
         Some(r) if store.head(&super::manifest_key(&r.id)).await?.is_none() => Some(r),
@@ -141,7 +142,7 @@ pub async fn run(
         Some(r) => {
             tracing::info!(
                 "backup {id}: resuming the interrupted backup ({} parts stored before)",
-                r.parts.len()
+                r.parts()
             );
             // What the first run wrote after its parts is written again.
             for name in ["backup_label", "tablespace_map", "files.json"] {
@@ -154,12 +155,11 @@ pub async fn run(
         }
         None => String::new(),
     };
-    let kept: Vec<&resume::Stored> = previous.iter().flat_map(|r| r.parts.values()).collect();
     let journal = Arc::new(resume::Journal::start(
         &pgdata,
         &id,
         parent_id.as_deref(),
-        &kept,
+        previous.as_ref(),
     )?);
     let label = opts
         .label
@@ -184,7 +184,7 @@ pub async fn run(
         "backup {id}: started at {start}, reading {}{}",
         pgdata.display(),
         match &parent {
-            Some((m, _)) => format!(
+            Some((m, _, _)) => format!(
                 " (incremental on {}: what changed since {})",
                 m.id, m.start_lsn
             ),
@@ -192,7 +192,7 @@ pub async fn run(
         }
     );
     let mut parent = parent;
-    if let Some((m, p)) = parent.as_mut() {
+    if let Some((m, p, _)) = parent.as_mut() {
         if version >= 170000 {
             let summaries = if m.timeline == current_tli as u32 {
                 super::summaries::changed(&client, m.timeline, p.start, start).await
@@ -218,93 +218,108 @@ pub async fn run(
     }
     let chain = parent
         .as_ref()
-        .map(|(m, _)| m.chain.iter().cloned().chain([m.id.clone()]).collect())
+        .map(|(m, _, _)| m.chain.iter().cloned().chain([m.id.clone()]).collect())
         .unwrap_or_default();
+    let (parent, parent_files) = match parent {
+        Some((_, p, files)) => (Some(p), Some(files)),
+        None => (None, None),
+    };
     let reader = Arc::new(Reader::new(
-        parent.map(|(_, p)| p),
+        parent,
         checksums,
         start,
         crate::throttle::Throttle::mib_per_second(cfg.backup.max_rate_mb),
     ));
 
-    let pgdata2 = pgdata.clone();
-    let walked = tokio::task::spawn_blocking(move || walk::walk(&pgdata2)).await??;
-    let (control, entries): (Vec<Entry>, Vec<Entry>) = walked
-        .entries
-        .into_iter()
-        .partition(|e| e.path == PG_CONTROL);
-    let mut groups = split(entries, cfg.backup.part_size_mb as u64 * 1024 * 1024);
-    let total: u64 = groups
-        .iter()
-        .flatten()
-        .chain(control.iter())
-        .map(|e| e.size)
-        .sum();
-    let progress = Arc::new(Progress::new(&format!("backup {id}"), total));
+    // The walk streams groups of files (each with the parent's record of it)
+    // as it goes: at most the parts being stored and the next one are held.
+    let progress = Arc::new(Progress::new(&format!("backup {id}"), 0));
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Item>>(1);
+    let walker = {
+        let (pgdata, progress) = (pgdata.clone(), progress.clone());
+        let target = cfg.backup.part_size_mb as u64 * 1024 * 1024;
+        tokio::task::spawn_blocking(move || {
+            walk_into_groups(&pgdata, parent_files, target, &progress, tx)
+        })
+    };
 
     // Data parts in parallel; pg_control alone in the final part, read after all others.
-    let mut parts: Vec<Option<(Part, Vec<FileRecord>)>> = vec![None; groups.len() + 1];
+    let mut parts: BTreeMap<u32, Part> = BTreeMap::new();
     let sem = Arc::new(tokio::sync::Semaphore::new(cfg.backup.concurrency as usize));
     let mut tasks = tokio::task::JoinSet::new();
-    for (i, group) in groups.drain(..).enumerate() {
-        let old = previous.as_mut().and_then(|r| r.parts.remove(&(i as u32)));
-        let (store, codec, progress, sem, id, reader, journal) = (
+    let mut reused = 0;
+    let mut groups = 0u32;
+    let mut joined = |r: Result<Result<(u32, Part, bool)>, tokio::task::JoinError>| -> Result<()> {
+        let (i, part, was_reused) = r.context("part task failed")??;
+        parts.insert(i, part);
+        reused += usize::from(was_reused);
+        Ok(())
+    };
+    loop {
+        // Taken before the next group is: while every worker is busy, the
+        // walk waits with at most one group made.
+        let permit = sem.clone().acquire_owned().await.expect("semaphore");
+        let Some(group) = rx.recv().await else {
+            break;
+        };
+        let i = groups;
+        groups += 1;
+        let kept = previous
+            .is_some()
+            .then(|| journal.stored(i))
+            .transpose()?
+            .flatten();
+        let (store, codec, progress, id, reader, journal) = (
             store.clone(),
             codec.clone(),
             progress.clone(),
-            sem.clone(),
             id.clone(),
             reader.clone(),
             journal.clone(),
         );
         let key = format!("{}part-{i:04}{part_suffix}.tar", super::prefix(&id));
         tasks.spawn(async move {
-            let _permit = sem.acquire_owned().await.expect("semaphore");
+            let _permit = permit;
             // A part the killed run stored is reused when its files still
             // hash the same (checked here, in parallel like the reads).
-            if let Some(old) = old {
+            if let Some(old) = kept {
                 if reusable(store.as_ref(), &old, &group).await? {
-                    journal.record(i as u32, &old.part, &old.records)?;
-                    progress.add(group.iter().map(|e| e.size).sum());
-                    return Ok::<_, anyhow::Error>((i, (old.part, old.records), true));
+                    progress.add(group.iter().map(|(e, _)| e.size).sum());
+                    return Ok::<_, anyhow::Error>((i, old.part, true));
                 }
             }
-            let (part, records) = upload_part(
-                store.as_ref(),
-                &codec,
-                key,
-                i as u32,
-                group,
-                progress,
-                reader,
-            )
-            .await?;
-            journal.record(i as u32, &part, &records)?;
-            Ok((i, (part, records), false))
+            let (part, records) =
+                upload_part(store.as_ref(), &codec, key, i, group, progress, reader).await?;
+            journal.record(i, &part, &records)?;
+            Ok((i, part, false))
         });
+        // A failed part ends the backup now, not after the walk.
+        while let Some(r) = tasks.try_join_next() {
+            joined(r)?;
+        }
     }
-    let mut reused = 0;
     while let Some(r) = tasks.join_next().await {
-        let (i, r, was_reused) = r.context("part task failed")??;
-        parts[i] = Some(r);
-        reused += usize::from(was_reused);
+        joined(r)?;
     }
+    let walk::Walked {
+        entries: control,
+        tablespaces,
+    } = walker.await.context("walk task failed")??;
     if previous.is_some() {
         tracing::info!("backup {id}: {reused} stored part(s) reused, their files unchanged");
     }
-    let last = parts.len() - 1;
-    parts[last] = Some(
-        upload_part(
-            store.as_ref(),
-            codec,
-            format!("{}part-{last:04}{part_suffix}.tar", super::prefix(&id)),
-            last as u32,
-            control,
-            progress.clone(),
-            reader.clone(),
-        )
-        .await?,
-    );
+    let last = groups;
+    let (control_part, control_records) = upload_part(
+        store.as_ref(),
+        codec,
+        format!("{}part-{last:04}{part_suffix}.tar", super::prefix(&id)),
+        last,
+        control.into_iter().map(|e| (e, None)).collect(),
+        progress.clone(),
+        reader.clone(),
+    )
+    .await?;
+    parts.insert(last, control_part);
     progress.finish();
     let checksum_failures = checksum_failures(&client, &reader).await;
 
@@ -357,20 +372,22 @@ pub async fn run(
         );
     }
 
-    let (parts, records): (Vec<Part>, Vec<Vec<FileRecord>>) = parts
-        .into_iter()
-        .map(|p| p.expect("every part uploaded"))
-        .unzip();
-    let records: Vec<FileRecord> = records.into_iter().flatten().collect();
-    let files_json = serde_json::to_vec(&records)?;
+    // The file list, from the journal part by part, in part order: stored,
+    // and copied here for the next incremental (its exact bytes).
+    let parts: Vec<Part> = parts.into_values().collect();
     let files_key = format!("{}files.json", super::prefix(&id));
-    let up = codec
-        .upload(
-            store.as_ref(),
-            &files_key,
-            io::Cursor::new(files_json.clone()),
-        )
-        .await?;
+    let (up, (listed, kept_here)) = {
+        let (journal, cache) = (journal.clone(), super::parent::cache_tmp_path(&pgdata));
+        codec
+            .upload_from(
+                store.as_ref(),
+                &files_key,
+                Class::Standard,
+                Mode::Create,
+                move |w| write_file_list(w, &journal, groups, &control_records, &cache),
+            )
+            .await?
+    };
     versions.extend(up.version.map(|v| (files_key, v)));
     let manifest = Manifest {
         format: if reader
@@ -399,8 +416,7 @@ pub async fn run(
         files: parts.iter().map(|p| p.files).sum(),
         duration_seconds: t0.elapsed().as_secs_f64(),
         parts,
-        tablespaces: walked
-            .tablespaces
+        tablespaces: tablespaces
             .into_iter()
             .map(|(oid, path)| Tablespace {
                 oid,
@@ -425,14 +441,14 @@ pub async fn run(
         drop_unused_parts(store.as_ref(), &manifest).await;
     }
     // For the next incremental on this host (the stored list may need the key).
-    if let Err(e) = super::parent::remember(&pgdata, &files_json) {
+    if let Err(e) = kept_here.and_then(|()| super::parent::remember(&pgdata)) {
         tracing::warn!("{e:#}; the next incremental backup here needs the identity file");
     }
     tracing::info!(
         "backup {id} complete ({}): {} files stored of {}, {} MiB read, {} MiB stored, WAL {start}..{stop} on timeline {timeline}, {:.1} s",
         manifest.parent.as_ref().map(|p| format!("incremental on {p}")).unwrap_or_else(|| "full".into()),
         manifest.files,
-        records.len(),
+        listed,
         progress.done() >> 20,
         manifest.stored_bytes >> 20,
         manifest.duration_seconds
@@ -455,19 +471,144 @@ pub async fn run(
     Ok(manifest)
 }
 
-/// Groups entries into parts of about `target` bytes, in path order.
-fn split(entries: Vec<Entry>, target: u64) -> Vec<Vec<Entry>> {
-    let mut groups: Vec<Vec<Entry>> = vec![Vec::new()];
-    let mut size = 0u64;
-    for e in entries {
-        if size >= target {
-            groups.push(Vec::new());
-            size = 0;
+/// A file (or directory, link) to store, with the parent's record of it.
+type Item = (Entry, Option<super::read::ParentFile>);
+
+/// The most files in one part: what a part's task holds in memory (entries
+/// and records) stays a few MB however small the files are.
+const PART_FILES: usize = 20_000;
+
+/// Groups entries into parts of about `target` bytes (and at most
+/// [`PART_FILES`] entries), in walk order.
+struct Grouper {
+    target: u64,
+    group: Vec<Item>,
+    size: u64,
+}
+
+impl Grouper {
+    fn new(target: u64) -> Grouper {
+        Grouper {
+            target,
+            group: Vec::new(),
+            size: 0,
         }
-        size += e.size + 512;
-        groups.last_mut().expect("one group").push(e);
     }
-    groups
+    /// Adds an item; returns the group it closed, if it did.
+    fn push(&mut self, item: Item) -> Option<Vec<Item>> {
+        let full =
+            (self.size >= self.target || self.group.len() >= PART_FILES).then(|| self.take());
+        self.size += item.0.size + 512;
+        self.group.push(item);
+        full
+    }
+    fn take(&mut self) -> Vec<Item> {
+        self.size = 0;
+        std::mem::take(&mut self.group)
+    }
+}
+
+/// Walks PGDATA, sending groups of entries (each file with the parent's
+/// record) as they fill; returns pg_control's entry (stored last, not sent)
+/// and the tablespaces met.
+fn walk_into_groups(
+    pgdata: &std::path::Path,
+    mut parent: Option<filelist::Lookup>,
+    target: u64,
+    progress: &Progress,
+    tx: tokio::sync::mpsc::Sender<Vec<Item>>,
+) -> Result<walk::Walked> {
+    let mut walker = walk::Walker::new(pgdata);
+    let mut grouper = Grouper::new(target);
+    let mut control = Vec::new();
+    for e in walker.by_ref() {
+        let e = e?;
+        progress.grow(e.size);
+        if e.path == PG_CONTROL {
+            control.push(e);
+            continue;
+        }
+        let theirs = match (&mut parent, &e.kind) {
+            (Some(p), Kind::File) => p
+                .find(&e.path)
+                .context("reading the parent's file list")?
+                .map(super::parent::parent_file),
+            _ => None,
+        };
+        if let Some(group) = grouper.push((e, theirs)) {
+            if tx.blocking_send(group).is_err() {
+                // The backup failed (a part did): it says why.
+                break;
+            }
+        }
+    }
+    let rest = grouper.take();
+    if !rest.is_empty() {
+        let _ = tx.blocking_send(rest);
+    }
+    Ok(walk::Walked {
+        entries: control,
+        tablespaces: walker.tablespaces,
+    })
+}
+
+/// Writes the file list, the records of parts `0..parts` as journaled then
+/// `last`'s, into `w`, and a copy of the same bytes into `cache`. Returns
+/// the number of records, and whether the copy was written.
+fn write_file_list(
+    w: &mut dyn Write,
+    journal: &resume::Journal,
+    parts: u32,
+    last: &[FileRecord],
+    cache: &std::path::Path,
+) -> io::Result<(u64, Result<()>)> {
+    let copy = std::fs::File::create(cache)
+        .map(io::BufWriter::new)
+        .with_context(|| format!("cannot write {}", cache.display()));
+    let mut tee = Tee { w, copy };
+    let mut list = filelist::Writer::new(&mut tee)?;
+    for i in 0..parts {
+        let stored = journal
+            .stored(i)
+            .map_err(io::Error::other)?
+            .ok_or_else(|| io::Error::other(format!("part {i} is not in the backup's journal")))?;
+        for r in &stored.records {
+            list.push(r)?;
+        }
+    }
+    for r in last {
+        list.push(r)?;
+    }
+    let (_, n) = list.finish()?;
+    let copied = tee.copy.and_then(|c| {
+        c.into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|f| f.sync_data())
+            .with_context(|| format!("cannot write {}", cache.display()))
+    });
+    Ok((n, copied))
+}
+
+/// Writes to the stored object and to a local copy; a failing copy is given
+/// up (reported after), never the object.
+struct Tee<'a> {
+    w: &'a mut dyn Write,
+    copy: Result<io::BufWriter<std::fs::File>>,
+}
+
+impl Write for Tee<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.w.write(buf)?;
+        if let Ok(c) = &mut self.copy {
+            if let Err(e) = c.write_all(&buf[..n]) {
+                self.copy = Err(anyhow::Error::new(e).context("cannot write the local file list"));
+            }
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.w.flush()
+    }
 }
 
 async fn upload_part(
@@ -475,7 +616,7 @@ async fn upload_part(
     codec: &Codec,
     key: String,
     index: u32,
-    entries: Vec<Entry>,
+    entries: Vec<Item>,
     progress: Arc<Progress>,
     reader: Arc<Reader>,
 ) -> Result<(Part, Vec<FileRecord>)> {
@@ -500,7 +641,7 @@ async fn upload_part(
 /// files as the reader stores them (whole, or what changed since the parent;
 /// a file unchanged since the parent has a record and no entry).
 fn write_tar(
-    entries: &[Entry],
+    entries: &[Item],
     part: u32,
     w: &mut dyn Write,
     progress: &Progress,
@@ -508,7 +649,7 @@ fn write_tar(
 ) -> io::Result<Vec<FileRecord>> {
     let mut b = tar::Builder::new(w);
     let mut records = Vec::new();
-    for e in entries {
+    for (e, theirs) in entries {
         let mut h = tar::Header::new_gnu();
         h.set_mode(e.mode);
         h.set_mtime(0);
@@ -523,7 +664,9 @@ fn write_tar(
                 h.set_size(0);
                 b.append_link(&mut h, &e.path, target)?;
             }
-            Kind::File => records.extend(reader.append(&mut b, e, part, progress)?),
+            Kind::File => {
+                records.extend(reader.append(&mut b, e, theirs.as_ref(), part, progress)?)
+            }
         }
     }
     b.finish()?;
@@ -618,8 +761,12 @@ async fn archiver_report(client: &tokio_postgres::Client) -> String {
 
 /// Whether a part an interrupted run stored holds `group` as it is now: the
 /// same files, each with its recorded size and sha256, and the object still there.
-async fn reusable(store: &dyn Store, old: &resume::Stored, group: &[Entry]) -> Result<bool> {
-    let files: Vec<&Entry> = group.iter().filter(|e| e.kind == Kind::File).collect();
+async fn reusable(store: &dyn Store, old: &resume::Stored, group: &[Item]) -> Result<bool> {
+    let files: Vec<&Entry> = group
+        .iter()
+        .map(|(e, _)| e)
+        .filter(|e| e.kind == Kind::File)
+        .collect();
     let same_files = files.len() == old.records.len()
         && files
             .iter()
@@ -671,7 +818,7 @@ async fn find_parent(
     pgdata: &std::path::Path,
     timeline: u32,
     major: u32,
-) -> Result<Option<(Manifest, super::read::Parent)>> {
+) -> Result<Option<(Manifest, super::read::Parent, filelist::Lookup)>> {
     let (listing, inv) = super::list_with_wal_cached(store.as_ref(), codec).await?;
     let chosen = super::parent::choose(&listing, &inv, timeline, major, &cfg.backup, Utc::now());
     let m = match chosen {
@@ -683,7 +830,11 @@ async fn find_parent(
         }
     };
     match super::parent::load(m.pinned(store).as_ref(), codec, pgdata, &m).await {
-        Ok(files) => Ok(Some((m.clone(), super::parent::parent(&m, files)?))),
+        Ok(files) => Ok(Some((
+            m.clone(),
+            super::parent::parent(&m)?,
+            filelist::Lookup::new(files),
+        ))),
         Err(why) => {
             tracing::warn!("taking a full backup: {why}");
             Ok(None)
@@ -764,17 +915,28 @@ mod tests {
     }
 
     #[test]
-    fn parts_are_split_by_size() {
-        let e = |size| Entry {
-            path: "f".into(),
-            source: "/f".into(),
-            kind: Kind::File,
-            size,
-            mode: 0o600,
+    fn parts_are_split_by_size_and_file_count() {
+        let e = |size| {
+            (
+                Entry {
+                    path: "f".into(),
+                    source: "/f".into(),
+                    kind: Kind::File,
+                    size,
+                    mode: 0o600,
+                },
+                None,
+            )
         };
         // Each entry also costs its 512-byte tar header.
-        let groups = split(vec![e(1000), e(1000), e(1000), e(1000)], 2000);
-        assert_eq!(groups.iter().map(Vec::len).collect::<Vec<_>>(), vec![2, 2]);
-        assert_eq!(split(vec![], 15).len(), 1);
+        let mut g = Grouper::new(2000);
+        let closed: Vec<usize> = (0..4)
+            .filter_map(|_| g.push(e(1000)))
+            .map(|g| g.len())
+            .collect();
+        assert_eq!((closed, g.take().len()), (vec![2], 2));
+        let mut g = Grouper::new(u64::MAX);
+        let closed = (0..PART_FILES * 2 + 1).filter_map(|_| g.push(e(0))).count();
+        assert_eq!((closed, g.take().len()), (2, 1));
     }
 }

@@ -38,7 +38,6 @@ pub struct ParentFile {
 pub struct Parent {
     pub id: String,
     pub start: Lsn,
-    pub files: HashMap<String, ParentFile>,
     /// Blocks changed since the parent's start by PostgreSQL's WAL summaries
     /// (17+), by relation; None when they do not cover the whole range.
     pub summarized: Option<HashMap<super::summaries::Relation, Changed>>,
@@ -110,6 +109,7 @@ impl Reader {
         &self,
         b: &mut tar::Builder<W>,
         e: &Entry,
+        in_parent: Option<&ParentFile>,
         part: u32,
         progress: &Progress,
     ) -> io::Result<Option<FileRecord>> {
@@ -134,10 +134,7 @@ impl Reader {
             stored,
             block_sha: blocks.map(hex::encode),
         };
-        let in_parent = self
-            .parent
-            .as_ref()
-            .and_then(|p| Some((p, p.files.get(&e.path)?)));
+        let in_parent = self.parent.as_ref().zip(in_parent);
         let mut counted = false;
         if let Some((parent, pf)) = in_parent {
             let summarized = parent.summarized.as_ref().zip(walk::relation_key(&e.path));

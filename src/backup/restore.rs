@@ -64,10 +64,10 @@ pub struct Link {
     pub points_to: PathBuf,
 }
 
-/// What one part held: the files written (or checked), their bytes, and the
-/// links still to make.
+/// What one part held: how many files were written (or checked), their
+/// bytes, and the links still to make.
 pub struct PartRead {
-    pub files: Vec<String>,
+    pub files: u64,
     pub bytes: u64,
     pub links: Vec<Link>,
 }
@@ -76,22 +76,21 @@ pub struct PartRead {
 #[derive(Clone)]
 pub struct Apply {
     pub target: Arc<Target>,
-    /// The files of this part to write (None: every file); the others are passed over.
-    pub wanted: Option<Arc<HashSet<String>>>,
     /// Also make the part's directories and links (the backup restored last).
     pub layout: bool,
     /// `restore.max_rate_mb`: bytes written.
     pub throttle: Option<Arc<crate::throttle::Throttle>>,
 }
 
-/// Downloads one part and walks its tar stream: every entry read checked
-/// against `index` (size and sha256), and written as `apply` says, or only
-/// checked when it is `None` (verification).
+/// Downloads one part and walks its tar stream. `index` holds the records
+/// of the part's files to write (`apply`), or of all its files (`None`:
+/// verification, every file only checked); each entry is checked against
+/// its record (size and sha256), and every record must be met.
 pub async fn read_part(
     store: Arc<dyn Store>,
     codec: Codec,
     key: String,
-    index: Arc<HashMap<String, FileRecord>>,
+    index: HashMap<String, FileRecord>,
     apply: Option<Apply>,
     progress: Arc<Progress>,
 ) -> Result<PartRead> {
@@ -170,10 +169,11 @@ fn extract(
     progress: &Progress,
 ) -> Result<PartRead> {
     let mut ar = tar::Archive::new(reader);
-    let mut done = Vec::new();
+    let mut done = HashSet::new();
     let mut links = Vec::new();
     let mut bytes = 0u64;
     let mut buf = vec![0u8; 1 << 20];
+    let mut made: Option<PathBuf> = None;
     for entry in ar.entries()? {
         let mut entry = entry?;
         let path = entry.path()?.to_string_lossy().to_string();
@@ -200,7 +200,7 @@ fn extract(
                     progress,
                     &mut io::sink(),
                 )?;
-                done.push(path);
+                done.insert(path);
             }
             continue;
         };
@@ -226,13 +226,15 @@ fn extract(
             }
             tar::EntryType::Directory | tar::EntryType::Symlink => {}
             tar::EntryType::Regular => {
-                if apply.wanted.as_ref().is_some_and(|w| !w.contains(&path)) {
-                    continue;
+                if !index.contains_key(&path) {
+                    continue; // not wanted from this part
                 }
                 let (rec, size, sha) = record(&path)?;
                 let dest = target.dest(&path)?;
-                if let Some(parent) = dest.parent() {
+                // A part's files come directory by directory: one check each.
+                if let Some(parent) = dest.parent().filter(|p| made.as_deref() != Some(*p)) {
                     std::fs::create_dir_all(parent)?;
+                    made = Some(parent.to_path_buf());
                 }
                 let n = if matches!(rec.stored, Stored::Blocks { .. }) {
                     // Over the file an earlier backup of the chain wrote.
@@ -274,15 +276,21 @@ fn extract(
                 };
                 std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode))?;
                 bytes += n;
-                done.push(path);
+                done.insert(path);
             }
             other => bail!("unexpected entry type {other:?} for {path}"),
         }
     }
     // Drain: the decoder must see the whole part consumed (end-of-archive blocks).
     io::copy(&mut ar.into_inner(), &mut io::sink())?;
+    if let Some(lost) = index.keys().find(|p| !done.contains(*p)) {
+        bail!(
+            "{lost} is not in {part} although the file list says it is ({} such file(s))",
+            index.len() - done.len()
+        );
+    }
     Ok(PartRead {
-        files: done,
+        files: done.len() as u64,
         bytes,
         links,
     })
@@ -448,7 +456,6 @@ mod tests {
                 dir: t.dir.clone(),
                 tablespaces: t.tablespaces.clone(),
             }),
-            wanted: None,
             layout: true,
             throttle: None,
         };
@@ -504,6 +511,30 @@ mod tests {
             std::fs::read_link(root3.path().join("log")).unwrap(),
             outside.path()
         );
+    }
+
+    #[test]
+    fn a_file_the_list_gives_a_part_must_be_in_it() {
+        let root = tempfile::tempdir().unwrap();
+        let t = Target {
+            dir: root.path().to_path_buf(),
+            tablespaces: BTreeMap::new(),
+        };
+        let index: HashMap<_, _> = [record("a", b"1"), record("b", b"2")].into();
+        let e = run_extract(&t, tar_of(&[("a", None, b"1")]), &index)
+            .err()
+            .unwrap();
+        assert!(
+            format!("{e:#}").contains(
+                "b is not in part-0000.tar although the file list says it is (1 such file(s))"
+            ),
+            "{e:#}"
+        );
+        // What the list does not give this part is passed over, not written.
+        let one: HashMap<_, _> = [record("a", b"1")].into();
+        let read = run_extract(&t, tar_of(&[("a", None, b"1"), ("c", None, b"3")]), &one).unwrap();
+        assert_eq!(read.files, 1);
+        assert!(!root.path().join("c").exists());
     }
 
     #[test]

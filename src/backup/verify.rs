@@ -6,15 +6,16 @@
 //! or in an unencrypted repository, it also decodes everything: the plaintext
 //! sha256 of every object and of every file inside the parts.
 
+use super::filelist::{self, ByPart, Parts};
 use super::restore::read_part;
-use super::{read_files, FileRecord, Listing, Manifest};
+use super::{Listing, Manifest};
 use crate::codec::{self, Codec};
 use crate::progress::Progress;
 use crate::store::{ObjectMeta, Store};
 use crate::wal::inventory::Inventory;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use futures_util::stream::{self, StreamExt};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 pub struct Options {
@@ -27,9 +28,38 @@ pub struct Options {
 
 #[derive(Clone, Copy, PartialEq)]
 enum What {
-    /// A tar part: in full mode every file inside is checked.
-    Part,
+    /// Tar part number N: in full mode every file inside is checked.
+    Part(u32),
     Other,
+}
+
+/// A backup's file list, as verify checks its parts with it.
+struct Index {
+    /// The records of files stored in the backup's parts, by part.
+    parts: Parts,
+    /// Every file of the list (an incremental's own and its parent's).
+    files: u64,
+}
+
+/// Reads a backup's file list into an [`Index`] (on local disk, not in memory).
+async fn index_of(store: &dyn Store, codec: &Codec, id: &str) -> Result<Index> {
+    let list = filelist::sorted(store, codec, id).await?;
+    tokio::task::spawn_blocking(move || -> Result<Index> {
+        let mut by = ByPart::new()?;
+        for r in list.iter() {
+            let r = r?;
+            // Files an incremental backup takes from its parent are in no part of its own.
+            if r.entry().is_some() {
+                by.push(&r)?;
+            }
+        }
+        Ok(Index {
+            parts: by.finish()?,
+            files: list.len(),
+        })
+    })
+    .await
+    .context("file list task failed")?
 }
 
 struct Job {
@@ -83,7 +113,7 @@ pub async fn run(store: Arc<dyn Store>, codec: &Codec, opts: Options) -> Result<
 
     let mut problems: Vec<Problem> = Vec::new();
     let mut jobs: Vec<Job> = Vec::new();
-    let mut indexes: HashMap<String, Arc<HashMap<String, FileRecord>>> = HashMap::new();
+    let mut indexes: HashMap<String, Arc<Index>> = HashMap::new();
     let mut planned: BTreeSet<String> = BTreeSet::new();
     for m in &chosen {
         let before = problems.len();
@@ -117,8 +147,8 @@ pub async fn run(store: Arc<dyn Store>, codec: &Codec, opts: Options) -> Result<
                     text: format!("MISSING {}", store.locate(&key)),
                 }),
             };
-        for p in &m.parts {
-            need(p.key.clone(), What::Part, &mut problems);
+        for (n, p) in m.parts.iter().enumerate() {
+            need(p.key.clone(), What::Part(n as u32), &mut problems);
         }
         for name in ["files.json", "backup_label"] {
             need(
@@ -153,12 +183,9 @@ pub async fn run(store: Arc<dyn Store>, codec: &Codec, opts: Options) -> Result<
             }
         }
         if full && problems.len() == before {
-            match read_files(m.pinned(store.clone()).as_ref(), codec, &m.id).await {
-                Ok(files) => {
-                    indexes.insert(
-                        m.id.clone(),
-                        Arc::new(files.into_iter().map(|f| (f.path.clone(), f)).collect()),
-                    );
+            match index_of(m.pinned(store.clone()).as_ref(), codec, &m.id).await {
+                Ok(index) => {
+                    indexes.insert(m.id.clone(), Arc::new(index));
                 }
                 Err(e) => problems.push(Problem {
                     owner: m.id.clone(),
@@ -207,7 +234,7 @@ pub async fn run(store: Arc<dyn Store>, codec: &Codec, opts: Options) -> Result<
     let total: u64 = jobs.iter().map(|j| j.size).sum();
     let progress = Arc::new(Progress::new("verify", total));
     let inner = Arc::new(Progress::hidden());
-    let results: Vec<(Job, Result<Vec<String>>)> = stream::iter(jobs)
+    let results: Vec<(Job, Result<u64>)> = stream::iter(jobs)
         .map(|job| {
             let (store, codec, progress, inner) = (
                 store.clone(),
@@ -229,12 +256,10 @@ pub async fn run(store: Arc<dyn Store>, codec: &Codec, opts: Options) -> Result<
         .await;
     progress.finish();
 
-    let mut seen: HashMap<String, HashSet<String>> = HashMap::new();
     let mut checked: BTreeMap<String, (usize, u64)> = BTreeMap::new();
     for (job, r) in results {
         match r {
-            Ok(files) => {
-                seen.entry(job.owner.clone()).or_default().extend(files);
+            Ok(_) => {
                 let c = checked.entry(job.owner).or_default();
                 c.0 += 1;
                 c.1 += job.size;
@@ -245,28 +270,29 @@ pub async fn run(store: Arc<dyn Store>, codec: &Codec, opts: Options) -> Result<
             }),
         }
     }
-    // Every file of the list must have been found in some part.
+    // Every file of the list must be in a part of the backup (each part read
+    // checked that it holds every file the list gives it).
     for m in &chosen {
         let Some(index) = indexes.get(&m.id) else {
             continue;
         };
-        if problems.iter().any(|p| p.owner == m.id) {
-            continue;
-        }
-        let got = seen.get(&m.id);
-        // Files an incremental backup takes from its parent are in no part of its own.
-        let lost: Vec<&String> = index
+        let counts = index.parts.counts();
+        let beyond: Vec<(&u32, &u64)> = counts
             .iter()
-            .filter(|(_, r)| r.entry().is_some())
-            .map(|(p, _)| p)
-            .filter(|p| !got.is_some_and(|g| g.contains(*p)))
+            .filter(|(n, _)| **n as usize >= m.parts.len())
             .collect();
-        if let Some(first) = lost.first() {
+        if let Some((first, _)) = beyond.first() {
+            let lost = index
+                .parts
+                .records(**first)?
+                .into_keys()
+                .next()
+                .unwrap_or_default();
             problems.push(Problem {
                 owner: m.id.clone(),
                 text: format!(
-                    "{} file(s) of the file list are in no part, e.g. {first}",
-                    lost.len()
+                    "{} file(s) of the file list are in no part, e.g. {lost}",
+                    beyond.iter().map(|(_, c)| **c).sum::<u64>()
                 ),
             });
         }
@@ -301,7 +327,7 @@ pub async fn run(store: Arc<dyn Store>, codec: &Codec, opts: Options) -> Result<
         if mine.is_empty() {
             let files = indexes
                 .get(owner)
-                .map(|i| format!(", {} files", i.len()))
+                .map(|i| format!(", {} files", i.files))
                 .unwrap_or_default();
             println!(
                 "{label}: OK ({n} objects, {} MiB stored{files})",
@@ -326,33 +352,39 @@ fn objects_of<'a>(listing: &'a Listing, id: &str) -> BTreeMap<String, &'a Object
         .unwrap_or_default()
 }
 
-/// Checks one object; returns the files found inside when it is a part read in full.
+/// Checks one object; returns the number of files found inside when it is
+/// a part read in full.
 async fn check(
     store: Arc<dyn Store>,
     codec: Codec,
     job: &Job,
-    index: Option<Arc<HashMap<String, FileRecord>>>,
+    index: Option<Arc<Index>>,
     full: bool,
     inner: Arc<Progress>,
-) -> Result<Vec<String>> {
+) -> Result<u64> {
     if !full {
         return match codec::verify_stored(store.as_ref(), &job.key).await? {
-            Some(_) => Ok(Vec::new()),
+            Some(_) => Ok(0),
             None => bail!("vanished while verifying"),
         };
     }
     match (job.what, index) {
-        (What::Part, Some(index)) => {
-            let files = read_part(store, codec, job.key.clone(), index, None, inner)
-                .await?
-                .files;
-            Ok(files)
+        (What::Part(n), Some(index)) => {
+            // Read when its turn comes: at most `concurrency` parts' records in memory.
+            let records = tokio::task::spawn_blocking(move || index.parts.records(n))
+                .await
+                .context("file list task failed")??;
+            Ok(
+                read_part(store, codec, job.key.clone(), records, None, inner)
+                    .await?
+                    .files,
+            )
         }
         _ => match codec
             .download(store.as_ref(), &job.key, std::io::sink())
             .await?
         {
-            Some(_) => Ok(Vec::new()),
+            Some(_) => Ok(0),
             None => bail!("vanished while verifying"),
         },
     }

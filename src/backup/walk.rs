@@ -137,129 +137,241 @@ fn database_dir(rel: &str) -> bool {
     }
 }
 
+/// Every entry of PGDATA at once (tests and small trees).
 pub fn walk(pgdata: &Path) -> Result<Walked> {
-    let mut out = Walked {
-        entries: Vec::new(),
-        tablespaces: Vec::new(),
-    };
-    walk_dir(pgdata, "", &mut out)?;
-    Ok(out)
+    let mut w = Walker::new(pgdata);
+    let entries = w.by_ref().collect::<Result<Vec<_>>>()?;
+    Ok(Walked {
+        entries,
+        tablespaces: w.tablespaces,
+    })
 }
 
-fn walk_dir(dir: &Path, rel: &str, out: &mut Walked) -> Result<()> {
-    let mut names: Vec<_> = match std::fs::read_dir(dir) {
-        Ok(d) => d.filter_map(|e| e.ok()).collect(),
-        // A directory dropped while we walk (DROP DATABASE): WAL replay recreates the truth.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
-    };
-    names.sort_by_key(|e| e.file_name());
-    // As pg_basebackup: in a database's directory, an unlogged relation (one
-    // with an init fork) keeps only its init fork, from which recovery makes
-    // it anew and empty; temporary relations' files are left out.
-    let in_database = database_dir(rel);
-    let unlogged: std::collections::HashSet<String> = if in_database {
-        names
-            .iter()
-            .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().to_string();
-                relation_file(&name)
-                    .filter(|(_, fork)| *fork == "init")
-                    .map(|(node, _)| node.to_string())
-            })
-            .collect()
-    } else {
-        Default::default()
-    };
-    for entry in names {
-        let name = entry.file_name().to_string_lossy().to_string();
-        let path = if rel.is_empty() {
-            name.clone()
+/// The entries of PGDATA one at a time, in walk order (a directory, then
+/// what it holds, each directory's names in byte order): only the names of
+/// the directories being walked are held, in one buffer each.
+pub struct Walker {
+    stack: Vec<Frame>,
+    /// (oid, target directory) of each tablespace link in pg_tblspc met so far.
+    pub tablespaces: Vec<(String, PathBuf)>,
+    /// Yielded before walking on (pg_wal/archive_status after pg_wal).
+    pending: Option<Entry>,
+    /// The data directory could not be listed: the first item is the error.
+    failed: Option<anyhow::Error>,
+}
+
+/// A directory being walked.
+struct Frame {
+    dir: PathBuf,
+    rel: String,
+    names: Names,
+    next: usize,
+    in_database: bool,
+    /// Relations with an init fork (unlogged), in a database's directory.
+    unlogged: std::collections::HashSet<String>,
+}
+
+/// A directory's names in one buffer, sorted (a database directory can hold
+/// a million files: a String each would be ~50 MB, this is ~15).
+#[derive(Default)]
+pub struct Names {
+    bytes: Vec<u8>,
+    spans: Vec<(u32, u32)>,
+}
+
+impl Names {
+    fn read(dir: &Path) -> std::io::Result<Names> {
+        use std::os::unix::ffi::OsStrExt;
+        let mut n = Names::default();
+        for e in std::fs::read_dir(dir)? {
+            let Ok(e) = e else { continue };
+            let name = e.file_name();
+            let b = name.as_bytes();
+            n.spans.push((n.bytes.len() as u32, b.len() as u32));
+            n.bytes.extend_from_slice(b);
+        }
+        n.bytes.shrink_to_fit();
+        n.spans.shrink_to_fit();
+        let bytes = &n.bytes;
+        n.spans
+            .sort_unstable_by(|a, b| Self::at(bytes, *a).cmp(Self::at(bytes, *b)));
+        Ok(n)
+    }
+    fn at(bytes: &[u8], (start, len): (u32, u32)) -> &[u8] {
+        &bytes[start as usize..(start + len) as usize]
+    }
+    fn get(&self, i: usize) -> Option<String> {
+        let span = *self.spans.get(i)?;
+        Some(String::from_utf8_lossy(Self::at(&self.bytes, span)).into_owned())
+    }
+    pub fn iter(&self) -> impl Iterator<Item = String> + '_ {
+        (0..self.spans.len()).filter_map(|i| self.get(i))
+    }
+}
+
+/// The names in `dir`, in byte order (the walk's), in one buffer.
+pub fn sorted_names(dir: &Path) -> std::io::Result<Names> {
+    Names::read(dir)
+}
+
+impl Walker {
+    pub fn new(pgdata: &Path) -> Walker {
+        let mut w = Walker {
+            stack: Vec::new(),
+            tablespaces: Vec::new(),
+            pending: None,
+            failed: None,
+        };
+        // The data directory itself must be there (a subdirectory dropped meanwhile need not).
+        match Names::read(pgdata) {
+            Ok(names) => w.push(pgdata.to_path_buf(), String::new(), names),
+            Err(e) => {
+                w.failed =
+                    Some(anyhow::Error::new(e).context(format!("cannot list {}", pgdata.display())))
+            }
+        }
+        w
+    }
+
+    fn push(&mut self, dir: PathBuf, rel: String, names: Names) {
+        // As pg_basebackup: in a database's directory, an unlogged relation (one
+        // with an init fork) keeps only its init fork, from which recovery makes
+        // it anew and empty; temporary relations' files are left out.
+        let in_database = database_dir(&rel);
+        let unlogged = if in_database {
+            (0..names.spans.len())
+                .filter_map(|i| names.get(i))
+                .filter_map(|name| {
+                    relation_file(&name)
+                        .filter(|(_, fork)| *fork == "init")
+                        .map(|(node, _)| node.to_string())
+                })
+                .collect()
         } else {
-            format!("{rel}/{name}")
+            Default::default()
         };
-        if skip_name(&name) || (rel.is_empty() && SKIP_TOP_FILES.contains(&name.as_str())) {
-            continue;
-        }
-        if in_database
-            && (temporary_relation(&name)
-                || relation_file(&name)
-                    .is_some_and(|(node, fork)| fork != "init" && unlogged.contains(node)))
-        {
-            continue;
-        }
-        let source = entry.path();
-        let meta = match std::fs::symlink_metadata(&source) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e).with_context(|| format!("cannot stat {}", source.display())),
-        };
-        use std::os::unix::fs::PermissionsExt;
-        let mode = meta.permissions().mode() & 0o7777;
-        let ft = meta.file_type();
-        if ft.is_symlink() {
-            let target = std::fs::read_link(&source)?;
-            if rel == "pg_tblspc" {
-                // A tablespace: back up what the link points to, under pg_tblspc/<oid>/.
-                out.tablespaces.push((name.clone(), target.clone()));
-                out.entries.push(Entry {
-                    path: path.clone(),
-                    source: target.clone(),
-                    kind: Kind::Dir,
-                    size: 0,
-                    mode: 0o700,
-                });
-                walk_dir(&target, &path, out)?;
-            } else if rel.is_empty() && EMPTY_DIRS.contains(&name.as_str()) {
-                // pg_wal linked elsewhere: restored as an empty directory.
-                out.entries.push(Entry {
-                    path,
-                    source,
-                    kind: Kind::Dir,
-                    size: 0,
-                    mode: 0o700,
-                });
-            } else {
-                out.entries.push(Entry {
-                    path,
-                    source,
-                    kind: Kind::Symlink(target),
-                    size: 0,
-                    mode,
-                });
+        self.stack.push(Frame {
+            dir,
+            rel,
+            names,
+            next: 0,
+            in_database,
+            unlogged,
+        });
+    }
+
+    /// Walks into `dir` (shown as `rel`) next; one dropped meanwhile is skipped.
+    fn enter(&mut self, dir: PathBuf, rel: String) -> Result<()> {
+        match Names::read(&dir) {
+            Ok(names) => {
+                self.push(dir, rel, names);
+                Ok(())
             }
-        } else if ft.is_dir() {
-            out.entries.push(Entry {
-                path: path.clone(),
-                source: source.clone(),
-                kind: Kind::Dir,
-                size: 0,
-                mode,
-            });
-            if rel.is_empty() && EMPTY_DIRS.contains(&name.as_str()) {
-                if name == "pg_wal" {
-                    out.entries.push(Entry {
-                        path: "pg_wal/archive_status".into(),
-                        source: source.join("archive_status"),
-                        kind: Kind::Dir,
-                        size: 0,
-                        mode,
-                    });
-                }
-                continue;
-            }
-            walk_dir(&source, &path, out)?;
-        } else if ft.is_file() {
-            out.entries.push(Entry {
-                path,
-                source,
-                kind: Kind::File,
-                size: meta.len(),
-                mode,
-            });
+            // A directory dropped while we walk (DROP DATABASE): WAL replay recreates the truth.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("cannot list {}", dir.display())),
         }
     }
-    Ok(())
+
+    /// The next entry, walking into directories; None when the tree is done.
+    fn step(&mut self) -> Result<Option<Entry>> {
+        loop {
+            let Some(top) = self.stack.last_mut() else {
+                return Ok(None);
+            };
+            let Some(name) = top.names.get(top.next) else {
+                self.stack.pop();
+                continue;
+            };
+            top.next += 1;
+            let rel = top.rel.clone();
+            let path = if rel.is_empty() {
+                name.clone()
+            } else {
+                format!("{rel}/{name}")
+            };
+            if skip_name(&name) || (rel.is_empty() && SKIP_TOP_FILES.contains(&name.as_str())) {
+                continue;
+            }
+            if top.in_database
+                && (temporary_relation(&name)
+                    || relation_file(&name)
+                        .is_some_and(|(node, fork)| fork != "init" && top.unlogged.contains(node)))
+            {
+                continue;
+            }
+            let source = top.dir.join(&name);
+            let meta = match std::fs::symlink_metadata(&source) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot stat {}", source.display()))
+                }
+            };
+            use std::os::unix::fs::PermissionsExt;
+            let mode = meta.permissions().mode() & 0o7777;
+            let ft = meta.file_type();
+            let entry = |kind, size, mode, source| Entry {
+                path: path.clone(),
+                source,
+                kind,
+                size,
+                mode,
+            };
+            if ft.is_symlink() {
+                let target = std::fs::read_link(&source)?;
+                if rel == "pg_tblspc" {
+                    // A tablespace: back up what the link points to, under pg_tblspc/<oid>/.
+                    self.tablespaces.push((name.clone(), target.clone()));
+                    let e = entry(Kind::Dir, 0, 0o700, target.clone());
+                    self.enter(target, path.clone())?;
+                    return Ok(Some(e));
+                } else if rel.is_empty() && EMPTY_DIRS.contains(&name.as_str()) {
+                    // pg_wal linked elsewhere: restored as an empty directory.
+                    return Ok(Some(entry(Kind::Dir, 0, 0o700, source)));
+                }
+                return Ok(Some(entry(Kind::Symlink(target), 0, mode, source)));
+            } else if ft.is_dir() {
+                let e = entry(Kind::Dir, 0, mode, source.clone());
+                if rel.is_empty() && EMPTY_DIRS.contains(&name.as_str()) {
+                    if name == "pg_wal" {
+                        self.pending = Some(Entry {
+                            path: "pg_wal/archive_status".into(),
+                            source: source.join("archive_status"),
+                            kind: Kind::Dir,
+                            size: 0,
+                            mode,
+                        });
+                    }
+                    return Ok(Some(e));
+                }
+                self.enter(source, path.clone())?;
+                return Ok(Some(e));
+            } else if ft.is_file() {
+                return Ok(Some(entry(Kind::File, meta.len(), mode, source)));
+            }
+        }
+    }
+}
+
+impl Iterator for Walker {
+    type Item = Result<Entry>;
+    fn next(&mut self) -> Option<Result<Entry>> {
+        if let Some(e) = self.failed.take() {
+            return Some(Err(e));
+        }
+        if let Some(e) = self.pending.take() {
+            return Some(Ok(e));
+        }
+        match self.step() {
+            Ok(e) => e.map(Ok),
+            Err(e) => {
+                // An error ends the walk.
+                self.stack.clear();
+                Some(Err(e))
+            }
+        }
+    }
 }
 
 #[cfg(test)]
