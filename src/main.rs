@@ -6,8 +6,18 @@ use walvault::config::Config;
 use walvault::{codec::Codec, exit, logging, store, wal};
 
 fn main() -> ExitCode {
-    few_malloc_arenas();
     let cli = Cli::parse();
+    // Still one thread here. The commands that read a backup's parts on many
+    // threads; not PostgreSQL's calls, whose timing under load it changed.
+    if matches!(
+        cli.command,
+        Command::BackupPush { .. }
+            | Command::Recover { .. }
+            | Command::Verify { .. }
+            | Command::Drill { .. }
+    ) {
+        few_malloc_arenas();
+    }
     // A failure of wal-fetch that is not "absent" must stop recovery (see exit.rs).
     let failure = match cli.command {
         Command::WalFetch { .. } => exit::FETCH_FATAL,
@@ -429,8 +439,10 @@ fn prefetch_settings(cfg: &Config, ctx: &Context) -> wal::fetch::Prefetch {
 /// glibc gives each thread that allocates its own arena (up to 8 per core),
 /// and memory freed in one is not reused by the others: part tasks on
 /// blocking threads took a 48 MiB heap to 165 MiB resident. Two arenas keep
-/// resident memory near the heap at no measured cost in speed. Called before
-/// any thread starts.
+/// resident memory near the heap at no measured cost in speed; on an
+/// overloaded machine they slowed the prefetcher (threads wait on arena
+/// locks), so only the backup commands ask for them. Called before any
+/// thread starts.
 fn few_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets an allocator parameter; no thread runs yet.

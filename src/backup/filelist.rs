@@ -161,7 +161,6 @@ pub struct Spool {
     out: BufWriter<File>,
     file: Arc<File>,
     len: u64,
-    count: u64,
 }
 
 impl Spool {
@@ -172,7 +171,6 @@ impl Spool {
             out: BufWriter::new(out),
             file,
             len: 0,
-            count: 0,
         })
     }
     pub fn push(&mut self, r: &FileRecord) -> io::Result<()> {
@@ -180,11 +178,7 @@ impl Spool {
         line.push(b'\n');
         self.out.write_all(&line)?;
         self.len += line.len() as u64;
-        self.count += 1;
         Ok(())
-    }
-    pub fn count(&self) -> u64 {
-        self.count
     }
     /// Ends writing: the records, readable.
     pub fn finish(mut self) -> io::Result<Spooled> {
@@ -192,7 +186,6 @@ impl Spool {
         Ok(Spooled {
             file: self.file,
             len: self.len,
-            count: self.count,
         })
     }
 }
@@ -202,13 +195,9 @@ impl Spool {
 pub struct Spooled {
     file: Arc<File>,
     len: u64,
-    count: u64,
 }
 
 impl Spooled {
-    pub fn count(&self) -> u64 {
-        self.count
-    }
     /// The records of bytes `from..to`, in order.
     fn lines(&self, from: u64, to: u64) -> Lines {
         Lines {
@@ -290,12 +279,6 @@ impl Sorted {
             spooled: spool.finish()?,
             aside: Arc::new(aside),
         })
-    }
-    pub fn len(&self) -> u64 {
-        self.spooled.count() + self.aside.len() as u64
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
     /// Every record: those in order, then those set aside.
     pub fn iter(&self) -> impl Iterator<Item = io::Result<FileRecord>> + Send + 'static {
@@ -381,9 +364,6 @@ impl Parts {
             *c.entry(*p).or_default() += v.len() as u64;
         }
         c
-    }
-    pub fn count(&self) -> u64 {
-        self.counts().values().sum()
     }
     /// Part `part`'s records by path.
     pub fn records(&self, part: u32) -> io::Result<HashMap<String, FileRecord>> {
@@ -510,7 +490,6 @@ mod tests {
             ..rec("global/pg_control")
         });
         let sorted = Sorted::from_records(list.clone().into_iter().map(Ok)).unwrap();
-        assert_eq!(sorted.len(), 5);
         let all: Vec<FileRecord> = sorted.iter().collect::<io::Result<_>>().unwrap();
         assert_eq!(all, list);
         // Another list's lookups find pg_control wherever the walk is.

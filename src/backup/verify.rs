@@ -41,13 +41,17 @@ struct Index {
     files: u64,
 }
 
-/// Reads a backup's file list into an [`Index`] (on local disk, not in memory).
+/// Reads a backup's file list into an [`Index`] (on local disk, not in
+/// memory): parts are read one by one, so the list is only spooled by part.
 async fn index_of(store: &dyn Store, codec: &Codec, id: &str) -> Result<Index> {
-    let list = filelist::sorted(store, codec, id).await?;
+    let list = filelist::read(store, codec, id).await?;
+    let what = store.locate(&format!("{}files.json", super::prefix(id)));
     tokio::task::spawn_blocking(move || -> Result<Index> {
         let mut by = ByPart::new()?;
-        for r in list.iter() {
-            let r = r?;
+        let mut files = 0;
+        for r in list {
+            let r = r.with_context(|| format!("{what} is damaged"))?;
+            files += 1;
             // Files an incremental backup takes from its parent are in no part of its own.
             if r.entry().is_some() {
                 by.push(&r)?;
@@ -55,7 +59,7 @@ async fn index_of(store: &dyn Store, codec: &Codec, id: &str) -> Result<Index> {
         }
         Ok(Index {
             parts: by.finish()?,
-            files: list.len(),
+            files,
         })
     })
     .await
