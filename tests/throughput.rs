@@ -320,7 +320,10 @@ fn prefetch_serves_verified_copies_and_follows_timelines() {
     let b = src.recover("b", &["--target-time", mid.trim(), "--archive"]);
     b.psql("insert into t select g, 'b' from generate_series(1, 50) g");
     let mut b_last = String::new();
-    for _ in 0..4 {
+    // Enough segments that recovery outlasts the prefetcher's start on a
+    // loaded machine (it starts with the first fetch; with four, a fast
+    // replay could end before it served one).
+    for _ in 0..16 {
         b.psql("insert into t select g, 'filler-b' from generate_series(1, 10) g");
         b_last = b.switch_wal();
     }
