@@ -109,7 +109,7 @@ fn increments_recover_exactly_and_name_a_broken_parent() {
     assert_eq!(m1["parent"], full.as_str());
     assert_eq!(m2["parent"], incr1.as_str());
     assert_eq!(m2["chain"], serde_json::json!([full, incr1]));
-    assert_eq!(m2["format"], 2);
+    assert_eq!(m2["format"], 3);
     assert_eq!(m2["changes_from"], "block hashes");
     // 600 pgbench transactions touch a small share of a 60 MiB database.
     let (f, i1) = (num(&m_full["stored_bytes"]), num(&m1["stored_bytes"]));
@@ -165,8 +165,87 @@ fn increments_recover_exactly_and_name_a_broken_parent() {
         );
     }
 
-    // A damaged part of the parent: recovering its child fails naming it.
+    // An increment stores only the hashes of the blocks it changed, not
+    // every block's: its file list is a fraction of the full's.
     let repo = s.root.path().join("repo");
+    let list_len = |id: &str| {
+        std::fs::metadata(repo.join(format!("backups/{id}/files.json")))
+            .unwrap()
+            .len()
+    };
+    for id in [&incr1, &incr2] {
+        assert!(
+            list_len(id) * 3 < list_len(&full),
+            "file list of {id}: {} bytes, of the full: {}",
+            list_len(id),
+            list_len(&full)
+        );
+    }
+    // Without this host's copy of the last list (a new host, a failover),
+    // the parent's block hashes are put back from its chain's lists: the
+    // next increment still stores only what changed, and recovers.
+    for f in [
+        "walvault_backup_files.json",
+        "walvault_backup_files.json.stored",
+    ] {
+        std::fs::remove_file(s.a.pgdata.join(f)).unwrap();
+    }
+    s.a.pgbench(&["-t", "200", "-c", "2", "-n"]);
+    let out = walvault(
+        &["backup-push", "--fast", "--incremental"],
+        &s.a.pg_env(&keyed),
+        None,
+    );
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    let incr3 = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(log.contains(&format!("incremental on {incr2}")), "{log}");
+    let bench_at_incr3 = s.a.pgbench_checksum();
+    let m3 = manifest_json(&s.env, &incr3);
+    let i3 = num(&m3["stored_bytes"]);
+    assert!(i3 * 5 < f, "increment 3 stores {i3} bytes, full {f}");
+    let b = s.recover_with(
+        "from_incr3",
+        &["--backup", &incr3, "--target", "immediate"],
+        &keyed,
+    );
+    assert_eq!(b.pgbench_checksum(), bench_at_incr3);
+    drop(b);
+
+    // Delta restore of increment 3 over a copy of the full: the relation
+    // files pgbench changed get only their changed blocks, written over the
+    // full's version there; the result is a restore's, file for file.
+    let over_full = s.root.path().join("over_full");
+    recover_into(&keyed, &over_full, &full, &[]);
+    let out = walvault(
+        &[
+            "recover",
+            "--pgdata",
+            over_full.to_str().unwrap(),
+            "--backup",
+            &incr3,
+            "--target",
+            "immediate",
+            "--delta",
+        ],
+        &keyed,
+        None,
+    );
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    let line = log.lines().find(|l| l.contains("delta restore: ")).unwrap();
+    let based: u64 = line
+        .split("; ")
+        .nth(1)
+        .and_then(|w| w.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(based >= 2, "{line}");
+    let fresh = s.root.path().join("fresh_incr3");
+    recover_into(&keyed, &fresh, &incr3, &[]);
+    same_tree(&tree(&over_full), &tree(&fresh));
+
+    // A damaged part of the parent: recovering its child fails naming it.
     let part = repo.join(format!("backups/{incr1}/part-0000.tar"));
     let good = std::fs::read(&part).unwrap();
     let mut bad = good.clone();

@@ -72,7 +72,43 @@ struct Plan {
     assembled: Spooled,
     files: u64,
     kept: u64,
+    /// Files of a delta restore brought from an earlier backup's version to
+    /// the last one's with blocks only.
+    based: u64,
     bytes: u64,
+}
+
+/// What a delta restore's target holds of a file, hashed once and compared
+/// with the record of each backup of the chain.
+enum Local {
+    Nothing,
+    /// Its sha256 and size (a file that is not a relation's main fork).
+    Sha(String, u64),
+    /// The digest of its blocks' hashes ([`super::blocks_digest`]; not the
+    /// hashes: a batch may hold thousands of 1 GiB segments) and its size (a
+    /// relation main-fork file).
+    Blocks(String, u64),
+}
+
+impl Local {
+    /// Whether the target's file is the one `r` records.
+    fn holds(&self, r: &FileRecord) -> bool {
+        match self {
+            Local::Nothing => false,
+            Local::Sha(sha, size) => *size == r.size && *sha == r.sha256,
+            Local::Blocks(digest, size) => {
+                *size == r.size
+                    && if r.sha256.starts_with(super::BLOCKS_DIGEST) {
+                        *digest == r.sha256
+                    } else {
+                        r.block_sha
+                            .as_deref()
+                            .and_then(|b| hex::decode(b).ok())
+                            .is_some_and(|h| super::blocks_digest(&h, r.size) == *digest)
+                    }
+            }
+        }
+    }
 }
 
 /// Records of the last backup's list handled at once (a delta restore
@@ -80,9 +116,11 @@ struct Plan {
 const BATCH: usize = 4096;
 
 /// Traces every file of the chain's last backup to the backups holding its
-/// content. `keep` says, for a batch of records, which files are already
-/// there (a delta restore) and are read from nowhere.
-fn plan(chain: &Chain, keep: &mut dyn FnMut(&[FileRecord]) -> Result<Vec<bool>>) -> Result<Plan> {
+/// content. `local` says, for a batch of records, what the target holds of
+/// each file (a delta restore): a file that is the last backup's is read
+/// from nowhere; one that is an earlier backup's of the chain only gets
+/// the blocks later backups changed, written over it.
+fn plan(chain: &Chain, local: &mut dyn FnMut(&[FileRecord]) -> Result<Vec<Local>>) -> Result<Plan> {
     let last = chain.backups.len() - 1;
     let mut lowers: Vec<filelist::Lookup> =
         chain.lists[..last].iter().map(Sorted::lookup).collect();
@@ -90,7 +128,7 @@ fn plan(chain: &Chain, keep: &mut dyn FnMut(&[FileRecord]) -> Result<Vec<bool>>)
         .map(|_| ByPart::new())
         .collect::<std::io::Result<Vec<_>>>()?;
     let mut assembled = Spool::new()?;
-    let (mut files, mut kept, mut bytes) = (0, 0, 0);
+    let (mut files, mut kept, mut based, mut bytes) = (0, 0, 0, 0);
     let mut finals = chain.lists[last].iter();
     let mut batch = Vec::with_capacity(BATCH);
     loop {
@@ -103,10 +141,10 @@ fn plan(chain: &Chain, keep: &mut dyn FnMut(&[FileRecord]) -> Result<Vec<bool>>)
         if batch.is_empty() {
             break;
         }
-        let keeps = keep(&batch)?;
-        for (rec, keep) in batch.iter().zip(keeps) {
+        let locals = local(&batch)?;
+        for (rec, here) in batch.iter().zip(locals) {
             files += 1;
-            if keep {
+            if here.holds(rec) {
                 kept += 1;
                 continue;
             }
@@ -114,6 +152,16 @@ fn plan(chain: &Chain, keep: &mut dyn FnMut(&[FileRecord]) -> Result<Vec<bool>>)
             let mut r = rec.clone();
             let mut in_assembled = false;
             loop {
+                // The target holds this backup's version: only what later
+                // backups changed (already wanted) goes over it.
+                if i < last && !r.stored.is_parent() && here.holds(&r) {
+                    if in_assembled {
+                        based += 1;
+                    } else {
+                        kept += 1;
+                    }
+                    break;
+                }
                 match &r.stored {
                     Stored::Whole => {
                         bytes += r.size;
@@ -158,6 +206,7 @@ fn plan(chain: &Chain, keep: &mut dyn FnMut(&[FileRecord]) -> Result<Vec<bool>>)
         assembled: assembled.finish()?,
         files,
         kept,
+        based,
         bytes,
     })
 }
@@ -190,9 +239,9 @@ pub async fn restore(
             }
             plan(&chain, &mut |batch| {
                 if delta {
-                    matching(batch, &target, threads)
+                    at_target(batch, &target, threads)
                 } else {
-                    Ok(vec![false; batch.len()])
+                    Ok(batch.iter().map(|_| Local::Nothing).collect())
                 }
             })
         })
@@ -201,9 +250,10 @@ pub async fn restore(
     };
     if opts.delta {
         tracing::info!(
-            "delta restore: {} of {} files already match the backup and stay",
+            "delta restore: {} of {} files already match the backup and stay; {} get only the blocks changed since the version there",
             plan.kept,
-            plan.files
+            plan.files,
+            plan.based
         );
     }
     let progress = Arc::new(Progress::new(&format!("restore {}", m.id), plan.bytes));
@@ -303,28 +353,64 @@ pub async fn restore(
     })
 }
 
-/// Which files of `batch` are already at the target with their recorded size and sha256.
-fn matching(batch: &[FileRecord], target: &Target, threads: usize) -> Result<Vec<bool>> {
-    let mut candidates = Vec::new();
-    let mut at = Vec::new();
-    for (i, rec) in batch.iter().enumerate() {
-        let dest = target.dest(&rec.path)?;
-        match std::fs::symlink_metadata(&dest) {
-            Ok(meta) if meta.is_file() && meta.len() == rec.size => {
-                candidates.push((dest, rec.clone()));
-                at.push(i);
-            }
-            _ => {}
+/// What the target holds of each file of `batch`, hashed on `threads`
+/// threads: a relation's main-fork file by blocks, whatever its size (it may
+/// be an earlier backup's version); another file whole when it has the
+/// recorded size.
+fn at_target(batch: &[FileRecord], target: &Target, threads: usize) -> Result<Vec<Local>> {
+    let dests = batch
+        .iter()
+        .map(|r| target.dest(&r.path))
+        .collect::<Result<Vec<_>>>()?;
+    let next = AtomicUsize::new(0);
+    let found = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..threads.max(1) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let (Some(rec), Some(dest)) = (batch.get(i), dests.get(i)) else {
+                    break;
+                };
+                let here = local(rec, dest);
+                found.lock().expect("found").push((i, here));
+            });
         }
+    });
+    let mut found = found.into_inner().expect("found");
+    found.sort_unstable_by_key(|(i, _)| *i);
+    Ok(found.into_iter().map(|(_, l)| l).collect())
+}
+
+/// What `dest` holds of the file `rec` records.
+fn local(rec: &FileRecord, dest: &Path) -> Local {
+    let Ok(meta) = std::fs::symlink_metadata(dest) else {
+        return Local::Nothing;
+    };
+    if !meta.is_file() {
+        return Local::Nothing;
     }
-    let mut keep = vec![false; batch.len()];
-    for &i in &at {
-        keep[i] = true;
+    let main_fork = super::walk::relation_segment(&rec.path).is_some_and(|(f, _)| f.is_empty());
+    let Ok(mut f) = std::fs::File::open(dest) else {
+        return Local::Nothing;
+    };
+    // By blocks when the record can be compared so (a list written before
+    // block hashes holds only the file's sha256).
+    let by_blocks = rec.sha256.starts_with(super::BLOCKS_DIGEST)
+        || rec.block_sha.is_some()
+        || rec.stored.is_parent();
+    if main_fork && by_blocks && meta.len() % super::page::BLCKSZ as u64 == 0 {
+        return match super::block_hashes_of(&f) {
+            Ok((h, size)) => Local::Blocks(super::blocks_digest(&h, size), size),
+            Err(_) => Local::Nothing,
+        };
     }
-    for c in differing(&candidates, threads) {
-        keep[at[c]] = false;
+    if meta.len() != rec.size {
+        return Local::Nothing;
     }
-    Ok(keep)
+    match crate::codec::sha256_of(&mut f) {
+        Ok((sha, size)) => Local::Sha(hex::encode(sha), size),
+        Err(_) => Local::Nothing,
+    }
 }
 
 /// The indexes (in `files`) of the files that do not have their recorded
@@ -453,6 +539,7 @@ mod tests {
             part: 0,
             stored,
             block_sha: None,
+            block_changes: None,
         }
     }
 
@@ -506,7 +593,7 @@ mod tests {
                 rec("c", Stored::Parent),
             ],
         ]);
-        let none = |b: &[FileRecord]| Ok(vec![false; b.len()]);
+        let none = |b: &[FileRecord]| Ok(b.iter().map(|_| Local::Nothing).collect());
         let p = plan(&c, &mut none.clone()).unwrap();
         let names = |p: &Plan, i: usize| {
             let mut v: Vec<String> = p.wanted[i].records(0).unwrap().into_keys().collect();
@@ -523,11 +610,46 @@ mod tests {
         assert_eq!((p.files, p.kept), (3, 0));
         // What a delta restore keeps is read from nowhere.
         let p = plan(&c, &mut |b: &[FileRecord]| {
-            Ok(b.iter().map(|r| r.path == "a").collect())
+            Ok(b.iter()
+                .map(|r| match r.path.as_str() {
+                    "a" => Local::Sha("x".into(), 8192),
+                    _ => Local::Nothing,
+                })
+                .collect())
         })
         .unwrap();
         assert!((0..3).all(|i| !names(&p, i).contains(&"a".to_string())));
-        assert_eq!((p.files, p.kept), (3, 1));
+        assert_eq!((p.files, p.kept, p.based), (3, 1, 0));
+        // A file there as an earlier backup's version gets only the blocks
+        // changed since: "b" as the full's, "a" as the middle backup's.
+        // Each backup's version of a file has its own sha256: "a1" is a's in b1.
+        let layers: Vec<Vec<FileRecord>> = (0..3)
+            .map(|i| {
+                c.lists[i]
+                    .iter()
+                    .map(|r| {
+                        let mut r = r.unwrap();
+                        r.sha256 = format!("{}{i}", r.path);
+                        r
+                    })
+                    .collect()
+            })
+            .collect();
+        let c2 = chain(layers);
+        let p = plan(&c2, &mut |b: &[FileRecord]| {
+            Ok(b.iter()
+                .map(|r| match r.path.as_str() {
+                    "a" => Local::Sha("a1".into(), 8192),
+                    "b" => Local::Sha("b0".into(), 8192),
+                    _ => Local::Nothing,
+                })
+                .collect())
+        })
+        .unwrap();
+        assert_eq!(names(&p, 0), Vec::<String>::new());
+        assert_eq!(names(&p, 1), vec!["c"]);
+        assert_eq!(names(&p, 2), vec!["b"]);
+        assert_eq!((p.files, p.kept, p.based), (3, 1, 1));
         // A file the parent does not hold is named.
         let broken = chain(vec![vec![], vec![rec("a", Stored::Parent)]]);
         let e = plan(&broken, &mut none.clone()).err().unwrap().to_string();

@@ -431,6 +431,7 @@ mod tests {
             part: 0,
             stored: Stored::Whole,
             block_sha: None,
+            block_changes: None,
         }
     }
 

@@ -32,14 +32,13 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// Full backups keep format 1 (any walvault restores them); an incremental
-/// backup is format 2, so a walvault that cannot assemble chains refuses it
-/// instead of restoring only what changed.
+/// Full backups keep format 1 (any walvault restores them). Incremental
+/// backups were format 2 (a walvault that cannot assemble chains refuses
+/// them instead of restoring only what changed); they are now format 3: the
+/// record of a relation file held in part holds a blocks digest
+/// ([`blocks_digest`]), never computed by a walvault of format 2.
 pub const MANIFEST_FORMAT: u32 = 1;
-pub const INCREMENTAL_FORMAT: u32 = 2;
-/// An incremental whose relation files were read only where WAL summaries
-/// named blocks: records may hold a blocks digest ([`blocks_digest`]).
-pub const SUMMARIZED_FORMAT: u32 = 3;
+pub const INCREMENTAL_FORMAT: u32 = 3;
 
 pub fn prefix(id: &str) -> String {
     format!("backups/{id}/")
@@ -81,6 +80,8 @@ pub struct Manifest {
     pub stop_time: DateTime<Utc>,
     pub wal_segment_size: u64,
     pub raw_bytes: u64,
+    /// The parts' stored bytes and the file list's (before format 3 and
+    /// the sparse lists: the parts' only).
     pub stored_bytes: u64,
     pub files: u64,
     pub duration_seconds: f64,
@@ -170,8 +171,49 @@ pub struct FileRecord {
     pub stored: Stored,
     /// A relation file's 8 KiB blocks: the first 16 bytes of each one's
     /// sha256, in hex, in order. What an incremental backup compares with.
+    /// A stored incremental list leaves it out where the parent's hashes
+    /// serve (see [`FileRecord::as_stored`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block_sha: Option<String>,
+    /// For a file an incremental holds as changed blocks: those blocks'
+    /// numbers and hashes ([`block_changes`]); with the parent's hashes of
+    /// the others, they make `block_sha`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_changes: Option<String>,
+}
+
+/// `block_changes` of `numbers` (ascending) taken from `hashes`: for each, the
+/// number (u32, little-endian) then the block's hash, all in hex.
+pub fn block_changes(numbers: &[u32], hashes: &[u8]) -> String {
+    use read::BLOCK_HASH;
+    let mut raw = Vec::with_capacity(numbers.len() * (4 + BLOCK_HASH));
+    for &n in numbers {
+        let at = n as usize * BLOCK_HASH;
+        raw.extend_from_slice(&n.to_le_bytes());
+        raw.extend_from_slice(&hashes[at..at + BLOCK_HASH]);
+    }
+    hex::encode(raw)
+}
+
+/// Writes `changes` (see [`block_changes`]) over `hashes`, the parent's block
+/// hashes cut or extended (with zeros) to a file of `size` bytes. None when
+/// the changes are malformed or name a block past that size.
+pub fn apply_block_changes(mut hashes: Vec<u8>, changes: &str, size: u64) -> Option<Vec<u8>> {
+    use read::BLOCK_HASH;
+    let count = (size / page::BLCKSZ as u64) as usize;
+    hashes.resize(count * BLOCK_HASH, 0);
+    let raw = hex::decode(changes).ok()?;
+    if raw.len() % (4 + BLOCK_HASH) != 0 {
+        return None;
+    }
+    for c in raw.chunks_exact(4 + BLOCK_HASH) {
+        let n = u32::from_le_bytes(c[..4].try_into().ok()?) as usize;
+        if n >= count {
+            return None;
+        }
+        hashes[n * BLOCK_HASH..(n + 1) * BLOCK_HASH].copy_from_slice(&c[4..]);
+    }
+    Some(hashes)
 }
 
 /// Where a file's content is. `size` and `sha256` of its record are always
@@ -198,6 +240,9 @@ impl Stored {
     pub fn is_whole(&self) -> bool {
         *self == Stored::Whole
     }
+    pub fn is_parent(&self) -> bool {
+        *self == Stored::Parent
+    }
 }
 
 /// The prefix of a record's `sha256` that holds a blocks digest.
@@ -214,29 +259,65 @@ pub fn blocks_digest(block_hashes: &[u8], size: u64) -> String {
     format!("{BLOCKS_DIGEST}{}", hex::encode(h.finalize()))
 }
 
-/// The blocks digest of a file's content.
-fn blocks_digest_of(mut f: impl std::io::Read) -> std::io::Result<String> {
-    use sha2::{Digest, Sha256};
-    let mut buf = vec![0u8; 1 << 20];
-    let mut hashes = Vec::new();
-    let mut size = 0u64;
-    loop {
-        let mut len = 0;
-        while len < buf.len() {
-            match f.read(&mut buf[len..])? {
-                0 => break,
-                n => len += n,
+/// The hashes of a file's 8 KiB blocks (the last one may be short) and its
+/// size. A large file is hashed in ranges on several threads: the hash of
+/// the one 1 GiB segment would otherwise be a restore's longest step.
+pub fn block_hashes_of(f: &std::fs::File) -> std::io::Result<(Vec<u8>, u64)> {
+    use std::os::unix::fs::FileExt;
+    const RANGE_MIN: u64 = 64 << 20;
+    let size = f.metadata()?.len();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let ranges = (size / RANGE_MIN).clamp(1, threads.max(1));
+    let per = (size / ranges).div_ceil(page::BLCKSZ as u64) * page::BLCKSZ as u64;
+    let hash_range = |from: u64, to: u64| -> std::io::Result<Vec<u8>> {
+        use sha2::{Digest, Sha256};
+        let mut buf = vec![0u8; 1 << 20];
+        let mut hashes = Vec::with_capacity(((to - from) / 512) as usize);
+        let mut at = from;
+        while at < to {
+            let want = buf.len().min((to - at) as usize);
+            let mut len = 0;
+            while len < want {
+                match f.read_at(&mut buf[len..want], at + len as u64) {
+                    Ok(0) => break,
+                    Ok(n) => len += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
             }
+            if len < want {
+                return Err(std::io::Error::other("the file shrank while it was read"));
+            }
+            for p in buf[..len].chunks(page::BLCKSZ) {
+                hashes.extend_from_slice(&Sha256::digest(p)[..read::BLOCK_HASH]);
+            }
+            at += len as u64;
         }
-        if len == 0 {
-            break;
-        }
-        size += len as u64;
-        for p in buf[..len].chunks(page::BLCKSZ) {
-            hashes.extend_from_slice(&Sha256::digest(p)[..read::BLOCK_HASH]);
-        }
+        Ok(hashes)
+    };
+    let bounds: Vec<(u64, u64)> = (0..ranges)
+        .map(|i| ((i * per).min(size), ((i + 1) * per).min(size)))
+        .filter(|(a, b)| a < b)
+        .collect();
+    let parts: Vec<std::io::Result<Vec<u8>>> = if bounds.len() <= 1 {
+        vec![hash_range(0, size)]
+    } else {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = bounds
+                .iter()
+                .map(|&(a, b)| s.spawn(move || hash_range(a, b)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("hashing thread"))
+                .collect()
+        })
+    };
+    let mut all = Vec::new();
+    for p in parts {
+        all.extend(p?);
     }
-    Ok(blocks_digest(&hashes, size))
+    Ok((all, size))
 }
 
 impl FileRecord {
@@ -246,12 +327,40 @@ impl FileRecord {
         if self.sha256.starts_with(BLOCKS_DIGEST) {
             return std::fs::File::open(path).is_ok_and(|f| {
                 f.metadata().is_ok_and(|m| m.len() == self.size)
-                    && blocks_digest_of(f).is_ok_and(|d| d == self.sha256)
+                    && block_hashes_of(&f)
+                        .is_ok_and(|(h, size)| blocks_digest(&h, size) == self.sha256)
             });
         }
         std::fs::File::open(path)
             .and_then(|mut f| crate::codec::sha256_of(&mut f))
             .is_ok_and(|(sha, len)| len == self.size && hex::encode(sha) == self.sha256)
+    }
+
+    /// The record as a file list stores it. The hashes of blocks an
+    /// incremental takes from its parent are left out (they are the
+    /// parent's): of a file held as changed blocks only theirs are kept, of
+    /// a file unchanged since the parent none. Without this every increment
+    /// would store 16 bytes per 8 KiB of the whole cluster, more than what
+    /// changed. [`parent::load`] puts them back from the chain.
+    pub fn as_stored(&self) -> std::borrow::Cow<'_, FileRecord> {
+        let sparse = match self.stored {
+            Stored::Parent => self.block_sha.is_some() || self.block_changes.is_some(),
+            Stored::Blocks { .. } => self.block_changes.is_some() && self.block_sha.is_some(),
+            Stored::Whole => self.block_changes.is_some(),
+        };
+        if !sparse {
+            return std::borrow::Cow::Borrowed(self);
+        }
+        let mut r = self.clone();
+        match r.stored {
+            Stored::Parent => {
+                r.block_sha = None;
+                r.block_changes = None;
+            }
+            Stored::Blocks { .. } => r.block_sha = None,
+            Stored::Whole => r.block_changes = None,
+        }
+        std::borrow::Cow::Owned(r)
     }
 
     /// The size and sha256 of this file's entry in its part; None when the
@@ -444,7 +553,7 @@ pub async fn read_manifest(store: &dyn Store, id: &str) -> Result<Manifest> {
         .await?
         .with_context(|| format!("backup '{id}' does not exist (no {})", store.locate(&key)))?;
     anyhow::ensure!(
-        m.format <= SUMMARIZED_FORMAT,
+        m.format <= INCREMENTAL_FORMAT,
         "{} has format {}, newer than this walvault",
         store.locate(&key),
         m.format

@@ -10,7 +10,6 @@ use super::resume;
 use super::walk::{self, Entry, Kind, PG_CONTROL};
 use super::{
     ChecksumFailure, FileRecord, Manifest, Part, Tablespace, INCREMENTAL_FORMAT, MANIFEST_FORMAT,
-    SUMMARIZED_FORMAT,
 };
 use crate::codec::Codec;
 use crate::config::Config;
@@ -373,7 +372,7 @@ pub async fn run(
     }
 
     // The file list, from the journal part by part, in part order: stored,
-    // and copied here for the next incremental (its exact bytes).
+    // and copied here whole for the next incremental.
     let parts: Vec<Part> = parts.into_values().collect();
     let files_key = format!("{}files.json", super::prefix(&id));
     let (up, (listed, kept_here)) = {
@@ -388,15 +387,11 @@ pub async fn run(
             )
             .await?
     };
+    // What this host's copy stands for (it is not the stored bytes).
+    let (stored_sha, list_bytes) = (up.trailer.plain_sha256, up.stored_len);
     versions.extend(up.version.map(|v| (files_key, v)));
     let manifest = Manifest {
-        format: if reader
-            .parent
-            .as_ref()
-            .is_some_and(|p| p.summarized.is_some())
-        {
-            SUMMARIZED_FORMAT
-        } else if parent_id.is_some() {
+        format: if parent_id.is_some() {
             INCREMENTAL_FORMAT
         } else {
             MANIFEST_FORMAT
@@ -412,7 +407,7 @@ pub async fn run(
         stop_time: stopped,
         wal_segment_size: seg_size as u64,
         raw_bytes: parts.iter().map(|p| p.raw_bytes).sum(),
-        stored_bytes: parts.iter().map(|p| p.stored_bytes).sum(),
+        stored_bytes: parts.iter().map(|p| p.stored_bytes).sum::<u64>() + list_bytes,
         files: parts.iter().map(|p| p.files).sum(),
         duration_seconds: t0.elapsed().as_secs_f64(),
         parts,
@@ -441,7 +436,7 @@ pub async fn run(
         drop_unused_parts(store.as_ref(), &manifest).await;
     }
     // For the next incremental on this host (the stored list may need the key).
-    if let Err(e) = kept_here.and_then(|()| super::parent::remember(&pgdata)) {
+    if let Err(e) = kept_here.and_then(|()| super::parent::remember(&pgdata, &stored_sha)) {
         tracing::warn!("{e:#}; the next incremental backup here needs the identity file");
     }
     tracing::info!(
@@ -553,8 +548,9 @@ fn walk_into_groups(
 }
 
 /// Writes the file list, the records of parts `0..parts` as journaled then
-/// `last`'s, into `w`, and a copy of the same bytes into `cache`. Returns
-/// the number of records, and whether the copy was written.
+/// `last`'s, into `w` as stored ([`FileRecord::as_stored`]), and into
+/// `cache` whole, every block hash included, for the next incremental here.
+/// Returns the number of records, and whether the copy was written.
 fn write_file_list(
     w: &mut dyn Write,
     journal: &resume::Journal,
@@ -562,53 +558,40 @@ fn write_file_list(
     last: &[FileRecord],
     cache: &std::path::Path,
 ) -> io::Result<(u64, Result<()>)> {
-    let copy = std::fs::File::create(cache)
-        .map(io::BufWriter::new)
+    let mut copy = std::fs::File::create(cache)
+        .and_then(|f| filelist::Writer::new(io::BufWriter::new(f)))
         .with_context(|| format!("cannot write {}", cache.display()));
-    let mut tee = Tee { w, copy };
-    let mut list = filelist::Writer::new(&mut tee)?;
+    let mut list = filelist::Writer::new(w)?;
+    let mut push = |r: &FileRecord| -> io::Result<()> {
+        list.push(&r.as_stored())?;
+        if let Ok(c) = &mut copy {
+            if let Err(e) = c.push(r) {
+                // Given up, never the stored list; reported after.
+                copy = Err(anyhow::Error::new(e).context("cannot write the local file list"));
+            }
+        }
+        Ok(())
+    };
     for i in 0..parts {
         let stored = journal
             .stored(i)
             .map_err(io::Error::other)?
             .ok_or_else(|| io::Error::other(format!("part {i} is not in the backup's journal")))?;
         for r in &stored.records {
-            list.push(r)?;
+            push(r)?;
         }
     }
     for r in last {
-        list.push(r)?;
+        push(r)?;
     }
     let (_, n) = list.finish()?;
-    let copied = tee.copy.and_then(|c| {
-        c.into_inner()
-            .map_err(|e| e.into_error())
+    let copied = copy.and_then(|c| {
+        c.finish()
+            .and_then(|(b, _)| b.into_inner().map_err(|e| e.into_error()))
             .and_then(|f| f.sync_data())
             .with_context(|| format!("cannot write {}", cache.display()))
     });
     Ok((n, copied))
-}
-
-/// Writes to the stored object and to a local copy; a failing copy is given
-/// up (reported after), never the object.
-struct Tee<'a> {
-    w: &'a mut dyn Write,
-    copy: Result<io::BufWriter<std::fs::File>>,
-}
-
-impl Write for Tee<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.w.write(buf)?;
-        if let Ok(c) = &mut self.copy {
-            if let Err(e) = c.write_all(&buf[..n]) {
-                self.copy = Err(anyhow::Error::new(e).context("cannot write the local file list"));
-            }
-        }
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.w.flush()
-    }
 }
 
 async fn upload_part(
@@ -829,12 +812,8 @@ async fn find_parent(
             return Ok(None);
         }
     };
-    match super::parent::load(m.pinned(store).as_ref(), codec, pgdata, &m).await {
-        Ok(files) => Ok(Some((
-            m.clone(),
-            super::parent::parent(&m)?,
-            filelist::Lookup::new(files),
-        ))),
+    match super::parent::load(store, codec, pgdata, &m).await {
+        Ok(files) => Ok(Some((m.clone(), super::parent::parent(&m)?, files))),
         Err(why) => {
             tracing::warn!("taking a full backup: {why}");
             Ok(None)

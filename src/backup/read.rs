@@ -133,6 +133,15 @@ impl Reader {
             part,
             stored,
             block_sha: blocks.map(hex::encode),
+            block_changes: None,
+        };
+        // A file held as changed blocks also records which, for its stored list.
+        let with_changes = |(sha, stored, blocks, changed): (String, Stored, Vec<u8>, Vec<u32>)| {
+            let changes = matches!(stored, Stored::Blocks { .. })
+                .then(|| super::block_changes(&changed, &blocks));
+            let mut r = record(sha, stored, Some(blocks));
+            r.block_changes = changes;
+            r
         };
         let in_parent = self.parent.as_ref().zip(in_parent);
         let mut counted = false;
@@ -144,12 +153,12 @@ impl Reader {
                 let changed = summary.get(&(ts, db, node));
                 return self
                     .summarized_blocks(b, e, &f, size, pf, theirs, changed, seg, progress)
-                    .map(|(sha, stored, blocks)| Some(record(sha, stored, Some(blocks))));
+                    .map(|r| Some(with_changes(r)));
             }
             if main_fork && pf.blocks.is_some() {
                 return self
                     .changed_blocks(b, e, &f, size, pf, progress)
-                    .map(|(sha, stored, blocks)| Some(record(sha, stored, Some(blocks))));
+                    .map(|r| Some(with_changes(r)));
             }
             if pf.size == size {
                 let mut scan = self.scan(e, &f, size, progress, main_fork);
@@ -198,6 +207,7 @@ impl Reader {
             len: 0,
             offset: 0,
             hash: Sha256::new(),
+            whole_hash: true,
             progress,
             first_block,
             reader: self,
@@ -207,8 +217,9 @@ impl Reader {
 
     /// A relation file against its parent's copy, every block read: the
     /// blocks whose hash is not the parent's, or none at all when the file is
-    /// the parent's. Returns the sha256 (the parent's when nothing changed),
-    /// how it is stored and its block hashes.
+    /// the parent's. Returns the blocks digest (the parent's sha256 when
+    /// nothing changed), how it is stored, its block hashes and the numbers
+    /// of the blocks stored.
     #[allow(clippy::too_many_arguments)]
     fn changed_blocks<W: Write>(
         &self,
@@ -218,11 +229,13 @@ impl Reader {
         size: u64,
         pf: &ParentFile,
         progress: &Progress,
-    ) -> io::Result<(String, Stored, Vec<u8>)> {
+    ) -> io::Result<(String, Stored, Vec<u8>, Vec<u32>)> {
         let theirs = pf.blocks.as_deref().unwrap_or_default();
         let mut spool = tempfile::spooled_tempfile(SPOOL_MEMORY);
         let mut changed: Vec<u32> = Vec::new();
         let mut scan = self.scan(e, f, size, progress, true);
+        // One hash pass: the record holds the digest of the block hashes.
+        scan.whole_hash = false;
         while let Some((offset, len)) = scan.next_chunk()? {
             let first = (offset / BLCKSZ as u64) as usize;
             let hashes = scan.blocks.as_deref().expect("block hashes");
@@ -236,21 +249,21 @@ impl Reader {
                 }
             }
         }
-        let (sha, blocks) = scan.finish();
-        let blocks = blocks.expect("block hashes");
-        // Every block the parent's: the same content (the parent's record may
-        // hold a blocks digest rather than this sha256).
+        let blocks = scan.finish().1.expect("block hashes");
+        // Every block the parent's: the same content (the parent's record
+        // holds its sha256 or its blocks digest).
         if size == pf.size && changed.is_empty() {
-            return Ok((pf.sha256.clone(), Stored::Parent, blocks));
+            return Ok((pf.sha256.clone(), Stored::Parent, blocks, changed));
         }
         let stored = blocks_entry(b, e, size, &changed, spool)?;
-        Ok((sha, stored, blocks))
+        Ok((super::blocks_digest(&blocks, size), stored, blocks, changed))
     }
 
     /// A relation file against its parent's copy with WAL summaries: only the
     /// blocks they name, and those past the parent's end, are read; the
     /// others are the parent's. Returns the blocks digest (or the parent's
-    /// sha256 when nothing changed), how it is stored and its block hashes.
+    /// sha256 when nothing changed), how it is stored, its block hashes and
+    /// the numbers of the blocks stored.
     #[allow(clippy::too_many_arguments)]
     fn summarized_blocks<W: Write>(
         &self,
@@ -263,7 +276,7 @@ impl Reader {
         changed: Option<&Changed>,
         seg: u32,
         progress: &Progress,
-    ) -> io::Result<(String, Stored, Vec<u8>)> {
+    ) -> io::Result<(String, Stored, Vec<u8>, Vec<u32>)> {
         let count = (size / BLCKSZ as u64) as usize;
         let their_count = theirs.len() / BLOCK_HASH;
         let first = seg as u64 * RELSEG_BLOCKS;
@@ -302,10 +315,10 @@ impl Reader {
         }
         progress.add(size);
         if size == pf.size && differ.is_empty() {
-            return Ok((pf.sha256.clone(), Stored::Parent, hashes));
+            return Ok((pf.sha256.clone(), Stored::Parent, hashes, differ));
         }
         let stored = blocks_entry(b, e, size, &differ, spool)?;
-        Ok((super::blocks_digest(&hashes, size), stored, hashes))
+        Ok((super::blocks_digest(&hashes, size), stored, hashes, differ))
     }
 
     /// A page whose checksum failed is read again once (it may have been
@@ -376,6 +389,8 @@ struct Scan<'a> {
     /// File offset of `buf`'s first byte.
     offset: u64,
     hash: Sha256,
+    /// The whole file's sha256 is computed (else only its blocks' hashes).
+    whole_hash: bool,
     progress: &'a Progress,
     /// The relation block number of the file's first page, when pages are verified.
     first_block: Option<u64>,
@@ -409,7 +424,9 @@ impl Scan<'_> {
         }
         crate::throttle::take(&self.reader.throttle, len as u64);
         let chunk = &self.buf[..len];
-        self.hash.update(chunk);
+        if self.whole_hash {
+            self.hash.update(chunk);
+        }
         if let Some(blocks) = &mut self.blocks {
             for p in chunk.chunks_exact(BLCKSZ) {
                 blocks.extend_from_slice(&Sha256::digest(p)[..BLOCK_HASH]);

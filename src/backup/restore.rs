@@ -438,6 +438,7 @@ mod tests {
             part: 0,
             stored: Stored::Whole,
             block_sha: None,
+            block_changes: None,
         };
         (path.to_string(), rec)
     }

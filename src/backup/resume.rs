@@ -230,6 +230,7 @@ mod tests {
             part: 0,
             stored: super::super::Stored::Whole,
             block_sha: None,
+            block_changes: None,
         }
     }
 

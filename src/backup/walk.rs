@@ -34,6 +34,8 @@ const SKIP_TOP_FILES: &[&str] = &[
     // This host's copy of the last backup's file list (backup::parent).
     super::parent::CACHE_FILE,
     "walvault_backup_files.json.tmp",
+    super::parent::CACHE_STORED_FILE,
+    "walvault_backup_files.json.stored.tmp",
     // The journal of a backup-push in progress (backup::resume).
     super::resume::JOURNAL_FILE,
     "walvault_backup_journal.jsonl.tmp",
