@@ -698,6 +698,9 @@ fn bench_calls(a: &Args, s: &Setup) {
 
 /// Runs a command under GNU time; returns (seconds, peak RSS KiB, stdout); panics on failure.
 fn timed_ok(c: Command, what: &str) -> (f64, i64, String) {
+    // Earlier steps' dirty pages written out first: no step (of either tool)
+    // pays for another's writeback.
+    unsafe { libc::sync() };
     let t = Instant::now();
     let (out, rss) = measure(&c);
     let secs = t.elapsed().as_secs_f64();

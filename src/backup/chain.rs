@@ -362,23 +362,30 @@ fn at_target(batch: &[FileRecord], target: &Target, threads: usize) -> Result<Ve
         .iter()
         .map(|r| target.dest(&r.path))
         .collect::<Result<Vec<_>>>()?;
+    Ok(on_threads(batch.len(), threads, |i| {
+        local(&batch[i], &dests[i])
+    }))
+}
+
+/// `f` of `0..n` on `threads` threads, the results in that order.
+fn on_threads<T: Send>(n: usize, threads: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
     let next = AtomicUsize::new(0);
-    let found = std::sync::Mutex::new(Vec::new());
+    let done = std::sync::Mutex::new(Vec::with_capacity(n));
     std::thread::scope(|s| {
         for _ in 0..threads.max(1) {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                let (Some(rec), Some(dest)) = (batch.get(i), dests.get(i)) else {
+                if i >= n {
                     break;
-                };
-                let here = local(rec, dest);
-                found.lock().expect("found").push((i, here));
+                }
+                let r = f(i);
+                done.lock().expect("results").push((i, r));
             });
         }
     });
-    let mut found = found.into_inner().expect("found");
-    found.sort_unstable_by_key(|(i, _)| *i);
-    Ok(found.into_iter().map(|(_, l)| l).collect())
+    let mut done = done.into_inner().expect("results");
+    done.sort_unstable_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, r)| r).collect()
 }
 
 /// What `dest` holds of the file `rec` records.
@@ -416,24 +423,10 @@ fn local(rec: &FileRecord, dest: &Path) -> Local {
 /// The indexes (in `files`) of the files that do not have their recorded
 /// sha256, hashed on `threads` threads.
 fn differing(files: &[(PathBuf, FileRecord)], threads: usize) -> Vec<usize> {
-    let next = AtomicUsize::new(0);
-    let differ = std::sync::Mutex::new(Vec::new());
-    std::thread::scope(|s| {
-        for _ in 0..threads.max(1) {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some((dest, rec)) = files.get(i) else {
-                    break;
-                };
-                if !rec.matches_file(dest) {
-                    differ.lock().expect("differ").push(i);
-                }
-            });
-        }
+    let same = on_threads(files.len(), threads, |i| {
+        files[i].1.matches_file(&files[i].0)
     });
-    let mut d = differ.into_inner().expect("differ");
-    d.sort_unstable();
-    d
+    (0..files.len()).filter(|&i| !same[i]).collect()
 }
 
 /// The databases (`base/<oid>`) of a list, and of each tablespace version

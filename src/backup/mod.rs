@@ -80,8 +80,8 @@ pub struct Manifest {
     pub stop_time: DateTime<Utc>,
     pub wal_segment_size: u64,
     pub raw_bytes: u64,
-    /// The parts' stored bytes and the file list's (before format 3 and
-    /// the sparse lists: the parts' only).
+    /// The parts' stored bytes and the file list's (in manifests written
+    /// before the list was counted, the parts' only).
     pub stored_bytes: u64,
     pub files: u64,
     pub duration_seconds: f64,
