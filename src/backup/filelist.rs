@@ -191,7 +191,6 @@ impl Spool {
 }
 
 /// A [`Spool`] written.
-#[derive(Clone)]
 pub struct Spooled {
     file: Arc<File>,
     len: u64,

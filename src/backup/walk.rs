@@ -139,7 +139,8 @@ fn database_dir(rel: &str) -> bool {
     }
 }
 
-/// Every entry of PGDATA at once (tests and small trees).
+/// Every entry of PGDATA at once (the unit tests'; backups use [`Walker`]).
+#[cfg(test)]
 pub fn walk(pgdata: &Path) -> Result<Walked> {
     let mut w = Walker::new(pgdata);
     let entries = w.by_ref().collect::<Result<Vec<_>>>()?;
