@@ -109,8 +109,23 @@ fn increments_recover_exactly_and_name_a_broken_parent() {
     assert_eq!(m1["parent"], full.as_str());
     assert_eq!(m2["parent"], incr1.as_str());
     assert_eq!(m2["chain"], serde_json::json!([full, incr1]));
-    assert_eq!(m2["format"], 3);
+    assert_eq!(m2["format"], 4);
+    // The chain hashes blocks as its full backup does.
+    for m in [&m_full, &m1, &m2] {
+        assert_eq!(m["block_hash"], "blake3", "{m}");
+    }
     assert_eq!(m2["changes_from"], "block hashes");
+    // pg_control and the files at the top of the data directory (PG_VERSION,
+    // the .conf files, postmaster.opts) make the final part: a delta restore
+    // reads the ones changed at its target from a part of a few KiB.
+    // (An increment's holds only those changed since its parent.)
+    for (m, least) in [(&m_full, 6), (&m2, 1)] {
+        let last = m["parts"].as_array().unwrap().last().unwrap();
+        assert!(
+            num(&last["files"]) >= least && num(&last["raw_bytes"]) < 1 << 20,
+            "{last}"
+        );
+    }
     // 600 pgbench transactions touch a small share of a 60 MiB database.
     let (f, i1) = (num(&m_full["stored_bytes"]), num(&m1["stored_bytes"]));
     assert!(i1 * 5 < f, "increment stores {i1} bytes, full {f}");

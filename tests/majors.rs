@@ -209,7 +209,7 @@ fn a_cluster_of(major: u32) {
     };
     assert_eq!(
         (m["changes_from"].as_str(), m["format"].as_u64()),
-        (Some(how), Some(3)),
+        (Some(how), Some(4)),
         "PostgreSQL {major}: {m}"
     );
 

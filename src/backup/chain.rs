@@ -15,6 +15,7 @@
 //! With `delta`, files already there with the backup's size and sha256 stay;
 //! files the backup does not have are removed.
 
+use super::blockhash::BlockHash;
 use super::filelist::{self, ByPart, Parts, Sorted, Spool, Spooled};
 use super::restore::{self, Apply, Restored, Target};
 use super::walk::EMPTY_DIRS;
@@ -84,27 +85,29 @@ enum Local {
     Nothing,
     /// Its sha256 and size (a file that is not a relation's main fork).
     Sha(String, u64),
-    /// The digest of its blocks' hashes ([`super::blocks_digest`]; not the
+    /// The digest of its blocks' hashes ([`BlockHash::digest`]; not the
     /// hashes: a batch may hold thousands of 1 GiB segments) and its size (a
     /// relation main-fork file).
     Blocks(String, u64),
 }
 
 impl Local {
-    /// Whether the target's file is the one `r` records.
-    fn holds(&self, r: &FileRecord) -> bool {
+    /// Whether the target's file is the one `r` records, in a backup whose
+    /// blocks are hashed with `kind`.
+    fn holds(&self, r: &FileRecord, kind: BlockHash) -> bool {
         match self {
             Local::Nothing => false,
             Local::Sha(sha, size) => *size == r.size && *sha == r.sha256,
+            // A digest names its kind: one of another kind never matches.
             Local::Blocks(digest, size) => {
                 *size == r.size
-                    && if r.sha256.starts_with(super::BLOCKS_DIGEST) {
+                    && if BlockHash::of_digest(&r.sha256).is_some() {
                         *digest == r.sha256
                     } else {
                         r.block_sha
                             .as_deref()
                             .and_then(|b| hex::decode(b).ok())
-                            .is_some_and(|h| super::blocks_digest(&h, r.size) == *digest)
+                            .is_some_and(|h| kind.digest(&h, r.size) == *digest)
                     }
             }
         }
@@ -144,7 +147,7 @@ fn plan(chain: &Chain, local: &mut dyn FnMut(&[FileRecord]) -> Result<Vec<Local>
         let locals = local(&batch)?;
         for (rec, here) in batch.iter().zip(locals) {
             files += 1;
-            if here.holds(rec) {
+            if here.holds(rec, chain.backups[last].block_hash) {
                 kept += 1;
                 continue;
             }
@@ -154,7 +157,8 @@ fn plan(chain: &Chain, local: &mut dyn FnMut(&[FileRecord]) -> Result<Vec<Local>
             loop {
                 // The target holds this backup's version: only what later
                 // backups changed (already wanted) goes over it.
-                if i < last && !r.stored.is_parent() && here.holds(&r) {
+                if i < last && !r.stored.is_parent() && here.holds(&r, chain.backups[i].block_hash)
+                {
                     if in_assembled {
                         based += 1;
                     } else {
@@ -239,7 +243,7 @@ pub async fn restore(
             }
             plan(&chain, &mut |batch| {
                 if delta {
-                    at_target(batch, &target, threads)
+                    at_target(batch, &target, threads, chain.backups[last].block_hash)
                 } else {
                     Ok(batch.iter().map(|_| Local::Nothing).collect())
                 }
@@ -266,6 +270,12 @@ pub async fn restore(
             let lost = wanted.records(*n)?.into_keys().next().unwrap_or_default();
             bail!("file {lost} of {} was not in any part", in_chain(b, m));
         }
+        tracing::debug!(
+            "restore: backup {} gives files from {} of its {} parts",
+            b.id,
+            counts.len(),
+            b.parts.len()
+        );
         let wanted = Arc::new(wanted);
         let pinned = b.pinned(store.clone());
         let sem = Arc::new(tokio::sync::Semaphore::new(opts.concurrency.max(1)));
@@ -357,13 +367,18 @@ pub async fn restore(
 /// threads: a relation's main-fork file by blocks, whatever its size (it may
 /// be an earlier backup's version); another file whole when it has the
 /// recorded size.
-fn at_target(batch: &[FileRecord], target: &Target, threads: usize) -> Result<Vec<Local>> {
+fn at_target(
+    batch: &[FileRecord],
+    target: &Target,
+    threads: usize,
+    kind: BlockHash,
+) -> Result<Vec<Local>> {
     let dests = batch
         .iter()
         .map(|r| target.dest(&r.path))
         .collect::<Result<Vec<_>>>()?;
     Ok(on_threads(batch.len(), threads, |i| {
-        local(&batch[i], &dests[i])
+        local(&batch[i], &dests[i], kind)
     }))
 }
 
@@ -388,8 +403,8 @@ fn on_threads<T: Send>(n: usize, threads: usize, f: impl Fn(usize) -> T + Sync) 
     done.into_iter().map(|(_, r)| r).collect()
 }
 
-/// What `dest` holds of the file `rec` records.
-fn local(rec: &FileRecord, dest: &Path) -> Local {
+/// What `dest` holds of the file `rec` records; its blocks hashed with `kind`.
+fn local(rec: &FileRecord, dest: &Path, kind: BlockHash) -> Local {
     let Ok(meta) = std::fs::symlink_metadata(dest) else {
         return Local::Nothing;
     };
@@ -402,12 +417,12 @@ fn local(rec: &FileRecord, dest: &Path) -> Local {
     };
     // By blocks when the record can be compared so (a list written before
     // block hashes holds only the file's sha256).
-    let by_blocks = rec.sha256.starts_with(super::BLOCKS_DIGEST)
+    let by_blocks = BlockHash::of_digest(&rec.sha256).is_some()
         || rec.block_sha.is_some()
         || rec.stored.is_parent();
     if main_fork && by_blocks && meta.len() % super::page::BLCKSZ as u64 == 0 {
-        return match super::block_hashes_of(&f) {
-            Ok((h, size)) => Local::Blocks(super::blocks_digest(&h, size), size),
+        return match kind.of_file(&f) {
+            Ok((h, size)) => Local::Blocks(kind.digest(&h, size), size),
             Err(_) => Local::Nothing,
         };
     }
@@ -650,5 +665,27 @@ mod tests {
             e.contains("backup b1 takes a from its parent, and backup b0 does not hold it"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn block_digests_match_only_hashes_of_their_own_kind() {
+        let hashes = vec![7u8; 32];
+        let here = Local::Blocks(BlockHash::Blake3.digest(&hashes, 16384), 16384);
+        // A full backup's record: the file's sha256 and its block hashes.
+        let mut full = rec("a", Stored::Whole);
+        full.size = 16384;
+        full.block_sha = Some(hex::encode(&hashes));
+        assert!(here.holds(&full, BlockHash::Blake3));
+        assert!(
+            !here.holds(&full, BlockHash::Sha256),
+            "a chain of SHA-256 hashes"
+        );
+        // An incremental's record: a digest naming its kind.
+        let mut incr = rec("a", blocks());
+        incr.size = 16384;
+        incr.sha256 = BlockHash::Blake3.digest(&hashes, 16384);
+        assert!(here.holds(&incr, BlockHash::Blake3));
+        incr.sha256 = BlockHash::Sha256.digest(&hashes, 16384);
+        assert!(!here.holds(&incr, BlockHash::Blake3));
     }
 }

@@ -7,6 +7,7 @@
 //! manifest does not exist). The manifest is clear so listing and stored-byte
 //! verification work on a host that holds only the public recipient.
 
+pub mod blockhash;
 pub mod catalog;
 pub mod chain;
 pub mod delta;
@@ -27,6 +28,7 @@ use crate::codec::Codec;
 use crate::store::{ObjectMeta, Store};
 use crate::wal::names::Lsn;
 use anyhow::{Context, Result};
+use blockhash::BlockHash;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -34,11 +36,13 @@ use std::sync::Arc;
 
 /// Full backups keep format 1 (any walvault restores them). Incremental
 /// backups were format 2 (a walvault that cannot assemble chains refuses
-/// them instead of restoring only what changed); they are now format 3: the
-/// record of a relation file held in part holds a blocks digest
-/// ([`blocks_digest`]), never computed by a walvault of format 2.
+/// them instead of restoring only what changed), then format 3: the record
+/// of a relation file held in part holds a blocks digest
+/// ([`BlockHash::digest`]), never computed by a walvault of format 2. They
+/// are now format 4: that digest may be of BLAKE3 block hashes, which a
+/// walvault of format 3 cannot check.
 pub const MANIFEST_FORMAT: u32 = 1;
-pub const INCREMENTAL_FORMAT: u32 = 3;
+pub const INCREMENTAL_FORMAT: u32 = 4;
 
 pub fn prefix(id: &str) -> String {
     format!("backups/{id}/")
@@ -107,6 +111,10 @@ pub struct Manifest {
     /// Pages whose checksum failed when read (data checksums on).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checksum_failures: Vec<ChecksumFailure>,
+    /// How its relation files' blocks are hashed: its chain's kind
+    /// (SHA-256 in manifests without the field).
+    #[serde(default, skip_serializing_if = "BlockHash::is_sha256")]
+    pub block_hash: BlockHash,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -170,7 +178,8 @@ pub struct FileRecord {
     #[serde(default, skip_serializing_if = "Stored::is_whole")]
     pub stored: Stored,
     /// A relation file's 8 KiB blocks: the first 16 bytes of each one's
-    /// sha256, in hex, in order. What an incremental backup compares with.
+    /// hash (of the manifest's `block_hash` kind), in hex, in order. What an
+    /// incremental backup compares with.
     /// A stored incremental list leaves it out where the parent's hashes
     /// serve (see [`FileRecord::as_stored`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -185,7 +194,7 @@ pub struct FileRecord {
 /// `block_changes` of `numbers` (ascending) taken from `hashes`: for each, the
 /// number (u32, little-endian) then the block's hash, all in hex.
 pub fn block_changes(numbers: &[u32], hashes: &[u8]) -> String {
-    use read::BLOCK_HASH;
+    use blockhash::BLOCK_HASH;
     let mut raw = Vec::with_capacity(numbers.len() * (4 + BLOCK_HASH));
     for &n in numbers {
         let at = n as usize * BLOCK_HASH;
@@ -199,7 +208,7 @@ pub fn block_changes(numbers: &[u32], hashes: &[u8]) -> String {
 /// hashes cut or extended (with zeros) to a file of `size` bytes. None when
 /// the changes are malformed or name a block past that size.
 pub fn apply_block_changes(mut hashes: Vec<u8>, changes: &str, size: u64) -> Option<Vec<u8>> {
-    use read::BLOCK_HASH;
+    use blockhash::BLOCK_HASH;
     let count = (size / page::BLCKSZ as u64) as usize;
     hashes.resize(count * BLOCK_HASH, 0);
     let raw = hex::decode(changes).ok()?;
@@ -245,90 +254,16 @@ impl Stored {
     }
 }
 
-/// The prefix of a record's `sha256` that holds a blocks digest.
-pub const BLOCKS_DIGEST: &str = "blocks:";
-
-/// What the record of a relation file read only in part holds instead of
-/// its sha256: the sha256 of its blocks' hashes (16 bytes each, in order)
-/// and its size, prefixed with [`BLOCKS_DIGEST`].
-pub fn blocks_digest(block_hashes: &[u8], size: u64) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(block_hashes);
-    h.update(size.to_le_bytes());
-    format!("{BLOCKS_DIGEST}{}", hex::encode(h.finalize()))
-}
-
-/// The hashes of a file's 8 KiB blocks (the last one may be short) and its
-/// size. A large file is hashed in ranges on several threads: the hash of
-/// the one 1 GiB segment would otherwise be a restore's longest step.
-pub fn block_hashes_of(f: &std::fs::File) -> std::io::Result<(Vec<u8>, u64)> {
-    use std::os::unix::fs::FileExt;
-    const RANGE_MIN: u64 = 64 << 20;
-    let size = f.metadata()?.len();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
-    let ranges = (size / RANGE_MIN).clamp(1, threads.max(1));
-    let per = (size / ranges).div_ceil(page::BLCKSZ as u64) * page::BLCKSZ as u64;
-    let hash_range = |from: u64, to: u64| -> std::io::Result<Vec<u8>> {
-        use sha2::{Digest, Sha256};
-        let mut buf = vec![0u8; 1 << 20];
-        let mut hashes = Vec::with_capacity(((to - from) / 512) as usize);
-        let mut at = from;
-        while at < to {
-            let want = buf.len().min((to - at) as usize);
-            let mut len = 0;
-            while len < want {
-                match f.read_at(&mut buf[len..want], at + len as u64) {
-                    Ok(0) => break,
-                    Ok(n) => len += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            if len < want {
-                return Err(std::io::Error::other("the file shrank while it was read"));
-            }
-            for p in buf[..len].chunks(page::BLCKSZ) {
-                hashes.extend_from_slice(&Sha256::digest(p)[..read::BLOCK_HASH]);
-            }
-            at += len as u64;
-        }
-        Ok(hashes)
-    };
-    let bounds: Vec<(u64, u64)> = (0..ranges)
-        .map(|i| ((i * per).min(size), ((i + 1) * per).min(size)))
-        .filter(|(a, b)| a < b)
-        .collect();
-    let parts: Vec<std::io::Result<Vec<u8>>> = if bounds.len() <= 1 {
-        vec![hash_range(0, size)]
-    } else {
-        std::thread::scope(|s| {
-            let handles: Vec<_> = bounds
-                .iter()
-                .map(|&(a, b)| s.spawn(move || hash_range(a, b)))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("hashing thread"))
-                .collect()
-        })
-    };
-    let mut all = Vec::new();
-    for p in parts {
-        all.extend(p?);
-    }
-    Ok((all, size))
-}
-
 impl FileRecord {
     /// Whether the file at `path` has this record's size and sha256 (or
     /// blocks digest); reads it whole.
     pub fn matches_file(&self, path: &std::path::Path) -> bool {
-        if self.sha256.starts_with(BLOCKS_DIGEST) {
+        if let Some(kind) = BlockHash::of_digest(&self.sha256) {
             return std::fs::File::open(path).is_ok_and(|f| {
                 f.metadata().is_ok_and(|m| m.len() == self.size)
-                    && block_hashes_of(&f)
-                        .is_ok_and(|(h, size)| blocks_digest(&h, size) == self.sha256)
+                    && kind
+                        .of_file(&f)
+                        .is_ok_and(|(h, size)| kind.digest(&h, size) == self.sha256)
             });
         }
         std::fs::File::open(path)

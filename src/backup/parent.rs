@@ -212,8 +212,8 @@ pub fn parent_file(f: FileRecord) -> ParentFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backup::blockhash::BLOCK_HASH;
     use crate::backup::page::BLCKSZ;
-    use crate::backup::read::BLOCK_HASH;
 
     fn h(c: u8) -> Vec<u8> {
         vec![c; BLOCK_HASH]

@@ -4,6 +4,7 @@
 //! walvault dies in between, the server ends the backup with the session and the
 //! repository holds parts without a manifest: an incomplete backup, never listed.
 
+use super::blockhash::BlockHash;
 use super::filelist;
 use super::read::Reader;
 use super::resume;
@@ -219,6 +220,10 @@ pub async fn run(
         .as_ref()
         .map(|(m, _, _)| m.chain.iter().cloned().chain([m.id.clone()]).collect())
         .unwrap_or_default();
+    // A chain hashes its blocks as its full backup does.
+    let block_hash = parent
+        .as_ref()
+        .map_or(BlockHash::NEW, |(m, _, _)| m.block_hash);
     let (parent, parent_files) = match parent {
         Some((_, p, files)) => (Some(p), Some(files)),
         None => (None, None),
@@ -228,6 +233,7 @@ pub async fn run(
         checksums,
         start,
         crate::throttle::Throttle::mib_per_second(cfg.backup.max_rate_mb),
+        block_hash,
     ));
 
     // The walk streams groups of files (each with the parent's record of it)
@@ -242,7 +248,14 @@ pub async fn run(
         })
     };
 
-    // Data parts in parallel; pg_control alone in the final part, read after all others.
+    // Data parts in parallel; pg_control and the top-level files in the
+    // final part, read after all others.
+    // An incremental's parts are mostly changed pages, scattered.
+    let part_codec = if parent_id.is_some() {
+        codec.for_scattered_pages()
+    } else {
+        codec.clone()
+    };
     let mut parts: BTreeMap<u32, Part> = BTreeMap::new();
     let sem = Arc::new(tokio::sync::Semaphore::new(cfg.backup.concurrency as usize));
     let mut tasks = tokio::task::JoinSet::new();
@@ -270,7 +283,7 @@ pub async fn run(
             .flatten();
         let (store, codec, progress, id, reader, journal) = (
             store.clone(),
-            codec.clone(),
+            part_codec.clone(),
             progress.clone(),
             id.clone(),
             reader.clone(),
@@ -300,10 +313,7 @@ pub async fn run(
     while let Some(r) = tasks.join_next().await {
         joined(r)?;
     }
-    let walk::Walked {
-        entries: control,
-        tablespaces,
-    } = walker.await.context("walk task failed")??;
+    let (final_entries, tablespaces) = walker.await.context("walk task failed")??;
     if previous.is_some() {
         tracing::info!("backup {id}: {reused} stored part(s) reused, their files unchanged");
     }
@@ -313,7 +323,7 @@ pub async fn run(
         codec,
         format!("{}part-{last:04}{part_suffix}.tar", super::prefix(&id)),
         last,
-        control.into_iter().map(|e| (e, None)).collect(),
+        final_entries,
         progress.clone(),
         reader.clone(),
     )
@@ -425,6 +435,7 @@ pub async fn run(
         chain,
         changes_from: manifest_changes_from(&reader),
         checksum_failures,
+        block_hash,
     };
     // Last: from this moment the backup exists.
     let json = serde_json::to_vec_pretty(&manifest)?;
@@ -503,26 +514,35 @@ impl Grouper {
     }
 }
 
+/// (oid, target directory) of each tablespace link in pg_tblspc.
+type Tablespaces = Vec<(String, std::path::PathBuf)>;
+
+/// Whether a file is stored in the final part, read after all others:
+/// pg_control, and the small files at the top of the data directory. A
+/// restore's target usually has those changed (a restore's own recovery
+/// settings in postgresql.auto.conf, a replica's, postmaster.opts after a
+/// start): a delta restore then reads a part of a few KiB for them instead
+/// of a data part of hundreds of MiB.
+fn in_final_part(path: &str) -> bool {
+    path == PG_CONTROL || !path.contains('/')
+}
+
 /// Walks PGDATA, sending groups of entries (each file with the parent's
-/// record) as they fill; returns pg_control's entry (stored last, not sent)
-/// and the tablespaces met.
+/// record) as they fill; returns the entries of the final part (not sent,
+/// see [`in_final_part`]) and the tablespaces met.
 fn walk_into_groups(
     pgdata: &std::path::Path,
     mut parent: Option<filelist::Lookup>,
     target: u64,
     progress: &Progress,
     tx: tokio::sync::mpsc::Sender<Vec<Item>>,
-) -> Result<walk::Walked> {
+) -> Result<(Vec<Item>, Tablespaces)> {
     let mut walker = walk::Walker::new(pgdata);
     let mut grouper = Grouper::new(target);
-    let mut control = Vec::new();
+    let mut last = Vec::new();
     for e in walker.by_ref() {
         let e = e?;
         progress.grow(e.size);
-        if e.path == PG_CONTROL {
-            control.push(e);
-            continue;
-        }
         let theirs = match (&mut parent, &e.kind) {
             (Some(p), Kind::File) => p
                 .find(&e.path)
@@ -530,6 +550,10 @@ fn walk_into_groups(
                 .map(super::parent::parent_file),
             _ => None,
         };
+        if matches!(e.kind, Kind::File) && in_final_part(&e.path) {
+            last.push((e, theirs));
+            continue;
+        }
         if let Some(group) = grouper.push((e, theirs)) {
             if tx.blocking_send(group).is_err() {
                 // The backup failed (a part did): it says why.
@@ -541,10 +565,7 @@ fn walk_into_groups(
     if !rest.is_empty() {
         let _ = tx.blocking_send(rest);
     }
-    Ok(walk::Walked {
-        entries: control,
-        tablespaces: walker.tablespaces,
-    })
+    Ok((last, walker.tablespaces))
 }
 
 /// Writes the file list, the records of parts `0..parts` as journaled then
@@ -677,8 +698,10 @@ async fn wait_for_wal(
     let last = Lsn(stop.0.saturating_sub(1)).segno(seg_size);
     let t = Instant::now();
     // The archiver usually stores the last segment within a few hundred
-    // milliseconds of pg_backup_stop: look often at first, then every 500 ms.
-    let mut pause = Duration::from_millis(25);
+    // milliseconds of pg_backup_stop: look every 20 ms for the first two
+    // seconds (a HEAD is about a millisecond; a backoff from the start added
+    // up to half the wait to an incremental backup), then back off to 500 ms.
+    let mut pause = Duration::from_millis(20);
     for segno in start.segno(seg_size)..=last {
         let name = SegmentName::from_segno(tli, segno, seg_size);
         let key = crate::wal::key(&name.to_string());
@@ -690,7 +713,9 @@ async fn wait_for_wal(
                 );
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(500));
+            if t.elapsed() > Duration::from_secs(2) {
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
         }
     }
     Ok(())

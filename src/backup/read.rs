@@ -1,5 +1,6 @@
 //! Reading PGDATA's files into a backup's tar parts: whole, hashed, every
-//! relation page's checksum verified and each 8 KiB block's hash recorded;
+//! relation page's checksum verified and each 8 KiB block's hash recorded
+//! ([`super::blockhash`]);
 //! or, against the parent of an incremental backup, only what changed.
 //!
 //! A block is the parent's when its hash is the one the parent recorded for
@@ -11,9 +12,10 @@
 //! start, only the blocks they name (and blocks past the parent's end) are
 //! read; the others are the parent's, as PostgreSQL's own incremental backup
 //! takes them. Such a file's record holds the digest of its blocks' hashes
-//! ([`super::blocks_digest`]) instead of the sha256 of a content never read
+//! ([`BlockHash::digest`]) instead of the sha256 of a content never read
 //! whole.
 
+use super::blockhash::{BlockHash, BLOCK_HASH};
 use super::page::{self, BLCKSZ, RELSEG_BLOCKS};
 use super::walk::{self, Entry};
 use super::{delta, FileRecord, Stored};
@@ -67,12 +69,13 @@ pub struct Reader {
     pub start: Lsn,
     /// `backup.max_rate_mb`: bytes read from the data directory.
     pub throttle: Option<std::sync::Arc<crate::throttle::Throttle>>,
+    /// How blocks are hashed: the chain's kind.
+    pub block_hash: BlockHash,
     failures: Mutex<BTreeMap<String, Vec<u32>>>,
 }
 
-const CHUNK: usize = 1 << 20;
-/// The bytes of a block's sha256 kept as its hash.
-pub const BLOCK_HASH: usize = 16;
+// Large enough that splitting its block hashing across threads pays.
+const CHUNK: usize = 4 << 20;
 /// Changed blocks are gathered in memory up to this, then in a temporary file.
 const SPOOL_MEMORY: usize = 16 << 20;
 
@@ -82,12 +85,14 @@ impl Reader {
         checksums: bool,
         start: Lsn,
         throttle: Option<std::sync::Arc<crate::throttle::Throttle>>,
+        block_hash: BlockHash,
     ) -> Self {
         Reader {
             parent,
             checksums,
             start,
             throttle,
+            block_hash,
             failures: Mutex::new(BTreeMap::new()),
         }
     }
@@ -256,7 +261,12 @@ impl Reader {
             return Ok((pf.sha256.clone(), Stored::Parent, blocks, changed));
         }
         let stored = blocks_entry(b, e, size, &changed, spool)?;
-        Ok((super::blocks_digest(&blocks, size), stored, blocks, changed))
+        Ok((
+            self.block_hash.digest(&blocks, size),
+            stored,
+            blocks,
+            changed,
+        ))
     }
 
     /// A relation file against its parent's copy with WAL summaries: only the
@@ -306,8 +316,8 @@ impl Reader {
             if self.checksums {
                 self.check_page(&e.path, f, at, &page, first + blk as u64);
             }
-            let mine = &Sha256::digest(&page)[..BLOCK_HASH];
-            hashes[blk * BLOCK_HASH..(blk + 1) * BLOCK_HASH].copy_from_slice(mine);
+            let mine = &mut hashes[blk * BLOCK_HASH..(blk + 1) * BLOCK_HASH];
+            self.block_hash.one(&page, mine);
             if theirs.get(blk * BLOCK_HASH..(blk + 1) * BLOCK_HASH) != Some(mine) {
                 differ.push(blk as u32);
                 spool.write_all(&page)?;
@@ -318,7 +328,12 @@ impl Reader {
             return Ok((pf.sha256.clone(), Stored::Parent, hashes, differ));
         }
         let stored = blocks_entry(b, e, size, &differ, spool)?;
-        Ok((super::blocks_digest(&hashes, size), stored, hashes, differ))
+        Ok((
+            self.block_hash.digest(&hashes, size),
+            stored,
+            hashes,
+            differ,
+        ))
     }
 
     /// A page whose checksum failed is read again once (it may have been
@@ -428,9 +443,7 @@ impl Scan<'_> {
             self.hash.update(chunk);
         }
         if let Some(blocks) = &mut self.blocks {
-            for p in chunk.chunks_exact(BLCKSZ) {
-                blocks.extend_from_slice(&Sha256::digest(p)[..BLOCK_HASH]);
-            }
+            self.reader.block_hash.append(chunk, blocks);
         }
         self.progress.add(len as u64);
         if let Some(first) = self.first_block {

@@ -1,0 +1,170 @@
+//! The hash of each 8 KiB block of a relation file: what an incremental
+//! backup compares with its parent's to find what changed, and what a file
+//! assembled from blocks is checked by.
+//!
+//! Backups before incremental format 4 hash blocks with SHA-256; newer ones
+//! with BLAKE3, about twice as fast on this work (an incremental reads and
+//! hashes the whole cluster) for the same 128-bit hash kept. A chain keeps
+//! the algorithm of its full backup (the manifest says which), so increments
+//! always compare like with like.
+
+use super::page::BLCKSZ;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::io;
+use std::os::unix::fs::FileExt;
+
+/// The bytes of a block's hash kept.
+pub const BLOCK_HASH: usize = 16;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlockHash {
+    /// Manifests without the field: written before BLAKE3.
+    #[default]
+    Sha256,
+    Blake3,
+}
+
+impl BlockHash {
+    /// What a new full backup uses.
+    pub const NEW: BlockHash = BlockHash::Blake3;
+
+    pub fn is_sha256(&self) -> bool {
+        *self == BlockHash::Sha256
+    }
+
+    /// The prefix of a record's `sha256` that holds a blocks digest of this kind.
+    fn prefix(self) -> &'static str {
+        match self {
+            BlockHash::Sha256 => "blocks:",
+            BlockHash::Blake3 => "blocks-blake3:",
+        }
+    }
+
+    /// The kind of blocks digest `sha256` (a record's) is; None for a sha256.
+    pub fn of_digest(sha256: &str) -> Option<BlockHash> {
+        [BlockHash::Sha256, BlockHash::Blake3]
+            .into_iter()
+            .find(|h| sha256.starts_with(h.prefix()))
+    }
+
+    /// One block's hash into `out` (BLOCK_HASH bytes).
+    pub fn one(self, block: &[u8], out: &mut [u8]) {
+        match self {
+            BlockHash::Sha256 => out.copy_from_slice(&Sha256::digest(block)[..BLOCK_HASH]),
+            BlockHash::Blake3 => out.copy_from_slice(&blake3::hash(block).as_bytes()[..BLOCK_HASH]),
+        }
+    }
+
+    /// What the record of a relation file read only in part holds instead of
+    /// its sha256: the sha256 of its blocks' hashes (in order) and its size,
+    /// prefixed with the kind of hashes.
+    pub fn digest(self, hashes: &[u8], size: u64) -> String {
+        let mut h = Sha256::new();
+        h.update(hashes);
+        h.update(size.to_le_bytes());
+        format!("{}{}", self.prefix(), hex::encode(h.finalize()))
+    }
+
+    /// Appends the hash of each block of `chunk` to `out` (a short last block
+    /// is hashed as it is). A large chunk is split across the cores: hashing
+    /// is most of an incremental backup's work, and a 1 GiB segment would
+    /// otherwise keep one core busy while the other waits.
+    pub fn append(self, chunk: &[u8], out: &mut Vec<u8>) {
+        static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        let threads = *THREADS
+            .get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(8)));
+        let blocks = chunk.len().div_ceil(BLCKSZ);
+        let first = out.len();
+        out.resize(first + blocks * BLOCK_HASH, 0);
+        let hash = |pages: &[u8], into: &mut [u8]| {
+            for (p, h) in pages.chunks(BLCKSZ).zip(into.chunks_exact_mut(BLOCK_HASH)) {
+                self.one(p, h);
+            }
+        };
+        // Below this a thread costs more than it saves.
+        const SPLIT_MIN_BLOCKS: usize = 64;
+        let pieces = threads.min(blocks / SPLIT_MIN_BLOCKS);
+        if pieces < 2 {
+            return hash(chunk, &mut out[first..]);
+        }
+        let per = blocks.div_ceil(pieces);
+        std::thread::scope(|s| {
+            let mut pieces = chunk
+                .chunks(per * BLCKSZ)
+                .zip(out[first..].chunks_mut(per * BLOCK_HASH));
+            // The first piece on this thread, the others beside it.
+            let mine = pieces.next();
+            for (pages, into) in pieces {
+                s.spawn(move || hash(pages, into));
+            }
+            if let Some((pages, into)) = mine {
+                hash(pages, into);
+            }
+        });
+    }
+
+    /// The hashes of a file's blocks and its size, read in 4 MiB chunks.
+    pub fn of_file(self, f: &std::fs::File) -> io::Result<(Vec<u8>, u64)> {
+        let size = f.metadata()?.len();
+        let mut buf = vec![0u8; 4 << 20];
+        let mut hashes = Vec::with_capacity((size / BLCKSZ as u64) as usize * BLOCK_HASH + 16);
+        let mut at = 0;
+        while at < size {
+            let want = buf.len().min((size - at) as usize);
+            let mut len = 0;
+            while len < want {
+                match f.read_at(&mut buf[len..want], at + len as u64) {
+                    Ok(0) => break,
+                    Ok(n) => len += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if len < want {
+                return Err(io::Error::other("the file shrank while it was read"));
+            }
+            self.append(&buf[..len], &mut hashes);
+            at += len as u64;
+        }
+        Ok((hashes, size))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_hashing_gives_each_block_its_own_hash_in_order() {
+        // 300 blocks and a short one: split across threads, and not.
+        let data: Vec<u8> = (0..300 * BLCKSZ + 100).map(|i| (i * 7 / 5) as u8).collect();
+        for kind in [BlockHash::Sha256, BlockHash::Blake3] {
+            let mut all = Vec::new();
+            kind.append(&data, &mut all);
+            let mut one_by_one = Vec::new();
+            for p in data.chunks(BLCKSZ) {
+                let mut h = [0u8; BLOCK_HASH];
+                kind.one(p, &mut h);
+                one_by_one.extend_from_slice(&h);
+            }
+            assert_eq!(all.len(), 301 * BLOCK_HASH);
+            assert_eq!(all, one_by_one);
+        }
+        let (mut a, mut b) = ([0u8; BLOCK_HASH], [0u8; BLOCK_HASH]);
+        BlockHash::Sha256.one(&data[..BLCKSZ], &mut a);
+        BlockHash::Blake3.one(&data[..BLCKSZ], &mut b);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn a_digest_names_its_kind() {
+        let d = BlockHash::Blake3.digest(&[1; 32], 16384);
+        assert_eq!(BlockHash::of_digest(&d), Some(BlockHash::Blake3));
+        let s = BlockHash::Sha256.digest(&[1; 32], 16384);
+        assert_eq!(BlockHash::of_digest(&s), Some(BlockHash::Sha256));
+        assert!(s.starts_with("blocks:"), "older lists' digests still read");
+        assert_eq!(BlockHash::of_digest(&"ab".repeat(32)), None);
+    }
+}
