@@ -72,9 +72,7 @@ impl BlockHash {
     /// is most of an incremental backup's work, and a 1 GiB segment would
     /// otherwise keep one core busy while the other waits.
     pub fn append(self, chunk: &[u8], out: &mut Vec<u8>) {
-        static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-        let threads = *THREADS
-            .get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(8)));
+        let threads = threads();
         let blocks = chunk.len().div_ceil(BLCKSZ);
         let first = out.len();
         out.resize(first + blocks * BLOCK_HASH, 0);
@@ -105,31 +103,73 @@ impl BlockHash {
         });
     }
 
-    /// The hashes of a file's blocks and its size, read in 4 MiB chunks.
+    /// The hashes of a file's blocks and its size. A large file is read and
+    /// hashed in ranges, one per core: reading a 1 GiB segment on one thread
+    /// is a quarter of a second of copying alone, a delta restore's longest
+    /// step (it hashes the target, then checks what it assembled).
     pub fn of_file(self, f: &std::fs::File) -> io::Result<(Vec<u8>, u64)> {
+        const RANGE_MIN: u64 = 64 << 20;
         let size = f.metadata()?.len();
-        let mut buf = vec![0u8; 4 << 20];
-        let mut hashes = Vec::with_capacity((size / BLCKSZ as u64) as usize * BLOCK_HASH + 16);
-        let mut at = 0;
-        while at < size {
-            let want = buf.len().min((size - at) as usize);
-            let mut len = 0;
-            while len < want {
-                match f.read_at(&mut buf[len..want], at + len as u64) {
-                    Ok(0) => break,
-                    Ok(n) => len += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
+        let ranges = (size / RANGE_MIN).clamp(1, threads() as u64);
+        let per = (size / ranges).div_ceil(BLCKSZ as u64) * BLCKSZ as u64;
+        let range = |from: u64, to: u64| -> io::Result<Vec<u8>> {
+            let mut buf = vec![0u8; (1 << 20).min((to - from) as usize)];
+            let blocks = (to - from).div_ceil(BLCKSZ as u64) as usize;
+            let mut hashes = Vec::with_capacity(blocks * BLOCK_HASH);
+            let mut at = from;
+            while at < to {
+                let want = buf.len().min((to - at) as usize);
+                let mut len = 0;
+                while len < want {
+                    match f.read_at(&mut buf[len..want], at + len as u64) {
+                        Ok(0) => break,
+                        Ok(n) => len += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
                 }
+                if len < want {
+                    return Err(io::Error::other("the file shrank while it was read"));
+                }
+                for p in buf[..len].chunks(BLCKSZ) {
+                    let mut h = [0u8; BLOCK_HASH];
+                    self.one(p, &mut h);
+                    hashes.extend_from_slice(&h);
+                }
+                at += len as u64;
             }
-            if len < want {
-                return Err(io::Error::other("the file shrank while it was read"));
-            }
-            self.append(&buf[..len], &mut hashes);
-            at += len as u64;
+            Ok(hashes)
+        };
+        let bounds: Vec<(u64, u64)> = (0..ranges)
+            .map(|i| ((i * per).min(size), ((i + 1) * per).min(size)))
+            .filter(|(a, b)| a < b)
+            .collect();
+        let parts: Vec<io::Result<Vec<u8>>> = if bounds.len() <= 1 {
+            vec![range(0, size)]
+        } else {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = bounds
+                    .iter()
+                    .map(|&(a, b)| s.spawn(move || range(a, b)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("hashing thread"))
+                    .collect()
+            })
+        };
+        let mut all = Vec::with_capacity(size.div_ceil(BLCKSZ as u64) as usize * BLOCK_HASH);
+        for p in parts {
+            all.extend(p?);
         }
-        Ok((hashes, size))
+        Ok((all, size))
     }
+}
+
+/// The cores used to hash one file or chunk (at most 8).
+fn threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(8)))
 }
 
 #[cfg(test)]
@@ -156,6 +196,23 @@ mod tests {
         BlockHash::Sha256.one(&data[..BLCKSZ], &mut a);
         BlockHash::Blake3.one(&data[..BLCKSZ], &mut b);
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn a_file_hashed_in_ranges_gives_the_hashes_of_its_blocks_in_order() {
+        // 150 MiB and a short block: two ranges or more on a machine of two cores.
+        let mut f = tempfile::tempfile().unwrap();
+        let data: Vec<u8> = (0..150 * (1 << 20) + 100)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        std::io::Write::write_all(&mut f, &data).unwrap();
+        for kind in [BlockHash::Sha256, BlockHash::Blake3] {
+            let (hashes, size) = kind.of_file(&f).unwrap();
+            let mut whole = Vec::new();
+            kind.append(&data, &mut whole);
+            assert_eq!(size, data.len() as u64);
+            assert_eq!(hashes, whole);
+        }
     }
 
     #[test]
