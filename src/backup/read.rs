@@ -74,7 +74,7 @@ pub struct Reader {
     failures: Mutex<BTreeMap<String, Vec<u32>>>,
 }
 
-// Large enough that splitting its block hashing across threads pays.
+/// Large enough that splitting its block hashing across threads pays.
 const CHUNK: usize = 4 << 20;
 /// Changed blocks are gathered in memory up to this, then in a temporary file.
 const SPOOL_MEMORY: usize = 16 << 20;
