@@ -119,15 +119,7 @@ impl BlockHash {
             let mut at = from;
             while at < to {
                 let want = buf.len().min((to - at) as usize);
-                let mut len = 0;
-                while len < want {
-                    match f.read_at(&mut buf[len..want], at + len as u64) {
-                        Ok(0) => break,
-                        Ok(n) => len += n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e),
-                    }
-                }
+                let len = read_full_at(f, &mut buf[..want], at)?;
                 if len < want {
                     return Err(io::Error::other("the file shrank while it was read"));
                 }
@@ -164,6 +156,20 @@ impl BlockHash {
         }
         Ok((all, size))
     }
+}
+
+/// Reads into `buf` from `at` until it is full or the file ends: the bytes read.
+pub fn read_full_at(f: &std::fs::File, buf: &mut [u8], at: u64) -> io::Result<usize> {
+    let mut len = 0;
+    while len < buf.len() {
+        match f.read_at(&mut buf[len..], at + len as u64) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(len)
 }
 
 /// The cores used to hash one file or chunk (at most 8).

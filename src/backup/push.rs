@@ -514,9 +514,6 @@ impl Grouper {
     }
 }
 
-/// (oid, target directory) of each tablespace link in pg_tblspc.
-type Tablespaces = Vec<(String, std::path::PathBuf)>;
-
 /// Whether a file is stored in the final part, read after all others:
 /// pg_control, and the small files at the top of the data directory. A
 /// restore's target usually has those changed (a restore's own recovery
@@ -536,7 +533,7 @@ fn walk_into_groups(
     target: u64,
     progress: &Progress,
     tx: tokio::sync::mpsc::Sender<Vec<Item>>,
-) -> Result<(Vec<Item>, Tablespaces)> {
+) -> Result<(Vec<Item>, walk::Tablespaces)> {
     let mut walker = walk::Walker::new(pgdata);
     let mut grouper = Grouper::new(target);
     let mut last = Vec::new();

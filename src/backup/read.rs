@@ -303,15 +303,7 @@ impl Reader {
             let at = (blk * BLCKSZ) as u64;
             // Cut since the walk: zeros, as a whole read pads them; replay repairs it.
             page.fill(0);
-            let mut got = 0;
-            while got < BLCKSZ {
-                match f.read_at(&mut page[got..], at + got as u64) {
-                    Ok(0) => break,
-                    Ok(n) => got += n,
-                    Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                    Err(err) => return Err(err),
-                }
-            }
+            super::blockhash::read_full_at(f, &mut page, at)?;
             crate::throttle::take(&self.throttle, BLCKSZ as u64);
             if self.checksums {
                 self.check_page(&e.path, f, at, &page, first + blk as u64);

@@ -61,10 +61,13 @@ pub struct Entry {
     pub mode: u32,
 }
 
+/// (oid, target directory) of each tablespace link in pg_tblspc.
+pub type Tablespaces = Vec<(String, PathBuf)>;
+
+#[cfg(test)]
 pub struct Walked {
     pub entries: Vec<Entry>,
-    /// (oid, target directory) of each tablespace link in pg_tblspc.
-    pub tablespaces: Vec<(String, PathBuf)>,
+    pub tablespaces: Tablespaces,
 }
 
 fn skip_name(name: &str) -> bool {
@@ -155,8 +158,8 @@ pub fn walk(pgdata: &Path) -> Result<Walked> {
 /// the directories being walked are held, in one buffer each.
 pub struct Walker {
     stack: Vec<Frame>,
-    /// (oid, target directory) of each tablespace link in pg_tblspc met so far.
-    pub tablespaces: Vec<(String, PathBuf)>,
+    /// The tablespace links in pg_tblspc met so far.
+    pub tablespaces: Tablespaces,
     /// Yielded before walking on (pg_wal/archive_status after pg_wal).
     pending: Option<Entry>,
     /// The data directory could not be listed: the first item is the error.
