@@ -15,7 +15,7 @@
 //! With `delta`, files already there with the backup's size and sha256 stay;
 //! files the backup does not have are removed.
 
-use super::blockhash::BlockHash;
+use super::blockhash::{self, BlockHash};
 use super::filelist::{self, ByPart, Parts, Sorted, Spool, Spooled};
 use super::restore::{self, Apply, Restored, Target};
 use super::walk::EMPTY_DIRS;
@@ -106,7 +106,7 @@ impl Local {
                     } else {
                         r.block_sha
                             .as_deref()
-                            .and_then(|b| hex::decode(b).ok())
+                            .and_then(blockhash::from_hex)
                             .is_some_and(|h| kind.digest(&h, r.size) == *digest)
                     }
             }
@@ -674,7 +674,7 @@ mod tests {
         // A full backup's record: the file's sha256 and its block hashes.
         let mut full = rec("a", Stored::Whole);
         full.size = 16384;
-        full.block_sha = Some(hex::encode(&hashes));
+        full.block_sha = Some(blockhash::to_hex(&hashes));
         assert!(here.holds(&full, BlockHash::Blake3));
         assert!(
             !here.holds(&full, BlockHash::Sha256),

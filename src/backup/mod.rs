@@ -201,7 +201,7 @@ pub fn block_changes(numbers: &[u32], hashes: &[u8]) -> String {
         raw.extend_from_slice(&n.to_le_bytes());
         raw.extend_from_slice(&hashes[at..at + BLOCK_HASH]);
     }
-    hex::encode(raw)
+    blockhash::to_hex(&raw)
 }
 
 /// Writes `changes` (see [`block_changes`]) over `hashes`, the parent's block
@@ -211,7 +211,7 @@ pub fn apply_block_changes(mut hashes: Vec<u8>, changes: &str, size: u64) -> Opt
     use blockhash::BLOCK_HASH;
     let count = (size / page::BLCKSZ as u64) as usize;
     hashes.resize(count * BLOCK_HASH, 0);
-    let raw = hex::decode(changes).ok()?;
+    let raw = blockhash::from_hex(changes)?;
     if raw.len() % (4 + BLOCK_HASH) != 0 {
         return None;
     }

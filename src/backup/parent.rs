@@ -16,6 +16,7 @@
 //! the blocks it changed ([`FileRecord::as_stored`]). Without the copy, the
 //! parent's hashes are put back from its chain's lists ([`fold`]).
 
+use super::blockhash;
 use super::filelist::{Lookup, Records, Sorted};
 use super::read::{Parent, ParentFile};
 use super::{FileRecord, Listing, Manifest, Stored};
@@ -163,7 +164,7 @@ pub fn fold(lists: &[Sorted]) -> std::io::Result<Sorted> {
     let folded = top.iter().map(move |r| {
         let mut r = r?;
         if r.block_sha.is_none() {
-            r.block_sha = hashes(&r, &mut lowers)?.map(hex::encode);
+            r.block_sha = hashes(&r, &mut lowers)?.as_deref().map(blockhash::to_hex);
         }
         Ok(r)
     });
@@ -173,7 +174,7 @@ pub fn fold(lists: &[Sorted]) -> std::io::Result<Sorted> {
 /// The block hashes of `r`, from the lists below it (the nearest last).
 fn hashes(r: &FileRecord, lowers: &mut [Lookup]) -> std::io::Result<Option<Vec<u8>>> {
     if let Some(h) = &r.block_sha {
-        return Ok(hex::decode(h).ok());
+        return Ok(blockhash::from_hex(h));
     }
     let Some((below, rest)) = lowers.split_last_mut() else {
         return Ok(None);
@@ -203,7 +204,7 @@ pub fn parent(m: &Manifest) -> Result<Parent> {
 /// A file of the parent as the reader compares with it.
 pub fn parent_file(f: FileRecord) -> ParentFile {
     ParentFile {
-        blocks: f.block_sha.as_deref().and_then(|h| hex::decode(h).ok()),
+        blocks: f.block_sha.as_deref().and_then(blockhash::from_hex),
         size: f.size,
         sha256: f.sha256,
     }
@@ -230,7 +231,7 @@ mod tests {
             sha256: "x".into(),
             part: 0,
             block_changes: held.then(|| super::super::block_changes(changed, &hashes)),
-            block_sha: Some(hex::encode(&hashes)),
+            block_sha: Some(blockhash::to_hex(&hashes)),
             stored,
         }
     }

@@ -373,6 +373,7 @@ pub async fn run(
         versions.extend(up.version.map(|v| (map_key, v)));
     }
     let wait = Duration::from_secs(cfg.backup.wal_wait_seconds as u64);
+    let waited = Instant::now();
     if let Err(e) = wait_for_wal(store.as_ref(), timeline, start, stop, seg_size as u64, wait).await
     {
         bail!(
@@ -380,6 +381,10 @@ pub async fn run(
             archiver_report(&client).await
         );
     }
+    tracing::debug!(
+        "backup {id}: its WAL reached the repository {} ms after the backup stopped",
+        waited.elapsed().as_millis()
+    );
 
     // The file list, from the journal part by part, in part order: stored,
     // and copied here whole for the next incremental.

@@ -15,7 +15,7 @@
 //! ([`BlockHash::digest`]) instead of the sha256 of a content never read
 //! whole.
 
-use super::blockhash::{BlockHash, BLOCK_HASH};
+use super::blockhash::{self, BlockHash, BLOCK_HASH};
 use super::page::{self, BLCKSZ, RELSEG_BLOCKS};
 use super::walk::{self, Entry};
 use super::{delta, FileRecord, Stored};
@@ -137,7 +137,7 @@ impl Reader {
             sha256,
             part,
             stored,
-            block_sha: blocks.map(hex::encode),
+            block_sha: blocks.as_deref().map(blockhash::to_hex),
             block_changes: None,
         };
         // A file held as changed blocks also records which, for its stored list.
@@ -198,21 +198,20 @@ impl Reader {
         progress: &'a Progress,
         block_hashes: bool,
     ) -> Scan<'a> {
-        let first_block = walk::relation_segment(&e.path)
-            .filter(|_| self.checksums)
-            .map(|(_, seg)| seg as u64 * RELSEG_BLOCKS);
+        let first_block = self.first_checked_block(e);
+        // A small file's buffer is its size: most files are a few KiB.
+        let buf_len = CHUNK.min((size as usize).next_multiple_of(BLCKSZ).max(BLCKSZ));
         Scan {
             // Read up to the size it had when opened, padded with zeros if it
             // shrinks meanwhile: replay from the backup's start repairs it.
             src: Box::new(f.take(size).chain(io::repeat(0).take(size)).take(size)),
             file: f,
             path: &e.path,
-            buf: vec![0; CHUNK],
+            buf: vec![0; buf_len],
             pos: 0,
             len: 0,
             offset: 0,
             hash: Sha256::new(),
-            whole_hash: true,
             progress,
             first_block,
             reader: self,
@@ -224,7 +223,10 @@ impl Reader {
     /// blocks whose hash is not the parent's, or none at all when the file is
     /// the parent's. Returns the blocks digest (the parent's sha256 when
     /// nothing changed), how it is stored, its block hashes and the numbers
-    /// of the blocks stored.
+    /// of the blocks stored. A large file is read in ranges, one per core
+    /// ([`blockhash::ranges`]): reading and hashing are all of an
+    /// incremental's work, and one thread copying a 1 GiB segment leaves the
+    /// others waiting.
     #[allow(clippy::too_many_arguments)]
     fn changed_blocks<W: Write>(
         &self,
@@ -236,31 +238,57 @@ impl Reader {
         progress: &Progress,
     ) -> io::Result<(String, Stored, Vec<u8>, Vec<u32>)> {
         let theirs = pf.blocks.as_deref().unwrap_or_default();
-        let mut spool = tempfile::spooled_tempfile(SPOOL_MEMORY);
-        let mut changed: Vec<u32> = Vec::new();
-        let mut scan = self.scan(e, f, size, progress, true);
-        // One hash pass: the record holds the digest of the block hashes.
-        scan.whole_hash = false;
-        while let Some((offset, len)) = scan.next_chunk()? {
-            let first = (offset / BLCKSZ as u64) as usize;
-            let hashes = scan.blocks.as_deref().expect("block hashes");
-            for (i, p) in scan.buf[..len].chunks_exact(BLCKSZ).enumerate() {
-                let blk = first + i;
-                let mine = &hashes[blk * BLOCK_HASH..(blk + 1) * BLOCK_HASH];
-                let same = theirs.get(blk * BLOCK_HASH..(blk + 1) * BLOCK_HASH) == Some(mine);
-                if !same {
-                    changed.push(blk as u32);
-                    spool.write_all(p)?;
+        let first_block = self.first_checked_block(e);
+        let bounds = blockhash::ranges(size);
+        let spool_memory = SPOOL_MEMORY / bounds.len();
+        let range = |from: u64, to: u64| -> io::Result<ChangedRange> {
+            let mut buf = vec![0u8; blockhash::READ_BUF.min((to - from) as usize)];
+            let mut out = ChangedRange {
+                hashes: Vec::with_capacity((to - from) as usize / BLCKSZ * BLOCK_HASH),
+                changed: Vec::new(),
+                pages: tempfile::spooled_tempfile(spool_memory),
+            };
+            let mut at = from;
+            while at < to {
+                let want = buf.len().min((to - at) as usize);
+                let got = blockhash::read_full_at(f, &mut buf[..want], at)?;
+                // Cut since the walk: zeros, as a whole read pads them;
+                // replay from the backup's start repairs it.
+                buf[got..want].fill(0);
+                let chunk = &buf[..want];
+                crate::throttle::take(&self.throttle, want as u64);
+                progress.add(want as u64);
+                self.check_pages(&e.path, f, at, chunk, first_block);
+                let blk0 = (at / BLCKSZ as u64) as usize;
+                let mine0 = out.hashes.len();
+                self.block_hash.hash_blocks(chunk, &mut out.hashes);
+                for (i, p) in chunk.chunks_exact(BLCKSZ).enumerate() {
+                    let mine = &out.hashes[mine0 + i * BLOCK_HASH..mine0 + (i + 1) * BLOCK_HASH];
+                    let blk = blk0 + i;
+                    if theirs.get(blk * BLOCK_HASH..(blk + 1) * BLOCK_HASH) != Some(mine) {
+                        out.changed.push(blk as u32);
+                        out.pages.write_all(p)?;
+                    }
                 }
+                at += want as u64;
             }
+            Ok(out)
+        };
+        let mut blocks = Vec::with_capacity(size as usize / BLCKSZ * BLOCK_HASH);
+        let mut changed: Vec<u32> = Vec::new();
+        let mut pages = Vec::new();
+        for r in blockhash::in_parallel(&bounds, range) {
+            let r = r?;
+            blocks.extend(r.hashes);
+            changed.extend(r.changed);
+            pages.push(r.pages);
         }
-        let blocks = scan.finish().1.expect("block hashes");
         // Every block the parent's: the same content (the parent's record
         // holds its sha256 or its blocks digest).
         if size == pf.size && changed.is_empty() {
             return Ok((pf.sha256.clone(), Stored::Parent, blocks, changed));
         }
-        let stored = blocks_entry(b, e, size, &changed, spool)?;
+        let stored = blocks_entry(b, e, size, &changed, pages)?;
         Ok((
             self.block_hash.digest(&blocks, size),
             stored,
@@ -303,7 +331,7 @@ impl Reader {
             let at = (blk * BLCKSZ) as u64;
             // Cut since the walk: zeros, as a whole read pads them; replay repairs it.
             page.fill(0);
-            super::blockhash::read_full_at(f, &mut page, at)?;
+            blockhash::read_full_at(f, &mut page, at)?;
             crate::throttle::take(&self.throttle, BLCKSZ as u64);
             if self.checksums {
                 self.check_page(&e.path, f, at, &page, first + blk as u64);
@@ -319,13 +347,38 @@ impl Reader {
         if size == pf.size && differ.is_empty() {
             return Ok((pf.sha256.clone(), Stored::Parent, hashes, differ));
         }
-        let stored = blocks_entry(b, e, size, &differ, spool)?;
+        let stored = blocks_entry(b, e, size, &differ, vec![spool])?;
         Ok((
             self.block_hash.digest(&hashes, size),
             stored,
             hashes,
             differ,
         ))
+    }
+
+    /// The relation block number of `e`'s first page, when its pages are
+    /// verified: data checksums are on and it is a relation file.
+    fn first_checked_block(&self, e: &Entry) -> Option<u64> {
+        walk::relation_segment(&e.path)
+            .filter(|_| self.checksums)
+            .map(|(_, seg)| seg as u64 * RELSEG_BLOCKS)
+    }
+
+    /// Verifies the pages of `chunk`, read at `offset` of a file whose first
+    /// page is relation block `first_block` (None: not verified).
+    fn check_pages(
+        &self,
+        path: &str,
+        f: &File,
+        offset: u64,
+        chunk: &[u8],
+        first_block: Option<u64>,
+    ) {
+        let Some(first) = first_block else { return };
+        for (i, p) in chunk.chunks_exact(BLCKSZ).enumerate() {
+            let at = offset + (i * BLCKSZ) as u64;
+            self.check_page(path, f, at, p, first + at / BLCKSZ as u64);
+        }
     }
 
     /// A page whose checksum failed is read again once (it may have been
@@ -351,20 +404,23 @@ impl Reader {
     }
 }
 
-/// Appends the delta entry of `changed` blocks (their pages in `spool`) of a
-/// file cut or extended to `size`.
+/// Appends the delta entry of `changed` blocks (their pages in `spools`, in
+/// order) of a file cut or extended to `size`.
 fn blocks_entry<W: Write>(
     b: &mut tar::Builder<W>,
     e: &Entry,
     size: u64,
     changed: &[u32],
-    mut spool: tempfile::SpooledTempFile,
+    spools: Vec<tempfile::SpooledTempFile>,
 ) -> io::Result<Stored> {
-    spool.rewind()?;
-    let head = delta::header(size, changed);
+    let mut inner: Box<dyn Read> = Box::new(io::Cursor::new(delta::header(size, changed)));
+    for mut spool in spools {
+        spool.rewind()?;
+        inner = Box::new(inner.chain(spool));
+    }
     let bytes = delta::entry_len(changed.len() as u64);
     let mut entry = Hashed {
-        inner: io::Cursor::new(head).chain(spool),
+        inner,
         hash: Sha256::new(),
     };
     b.append_data(&mut tar_header(e.mode, bytes), &e.path, &mut entry)?;
@@ -396,8 +452,6 @@ struct Scan<'a> {
     /// File offset of `buf`'s first byte.
     offset: u64,
     hash: Sha256,
-    /// The whole file's sha256 is computed (else only its blocks' hashes).
-    whole_hash: bool,
     progress: &'a Progress,
     /// The relation block number of the file's first page, when pages are verified.
     first_block: Option<u64>,
@@ -412,8 +466,8 @@ impl Scan<'_> {
         (hex::encode(self.hash.finalize_reset()), self.blocks.take())
     }
 
-    /// Reads the next chunk into `buf`: its file offset and length.
-    fn next_chunk(&mut self) -> io::Result<Option<(u64, usize)>> {
+    /// Reads the next chunk into `buf`; false at the end.
+    fn next_chunk(&mut self) -> io::Result<bool> {
         self.offset += self.len as u64;
         let mut len = 0;
         while len < self.buf.len() {
@@ -427,31 +481,24 @@ impl Scan<'_> {
         self.len = len;
         self.pos = 0;
         if len == 0 {
-            return Ok(None);
+            return Ok(false);
         }
         crate::throttle::take(&self.reader.throttle, len as u64);
         let chunk = &self.buf[..len];
-        if self.whole_hash {
-            self.hash.update(chunk);
-        }
+        self.hash.update(chunk);
         if let Some(blocks) = &mut self.blocks {
             self.reader.block_hash.append(chunk, blocks);
         }
         self.progress.add(len as u64);
-        if let Some(first) = self.first_block {
-            for (i, p) in chunk.chunks_exact(BLCKSZ).enumerate() {
-                let at = self.offset + (i * BLCKSZ) as u64;
-                self.reader
-                    .check_page(self.path, self.file, at, p, first + at / BLCKSZ as u64);
-            }
-        }
-        Ok(Some((self.offset, len)))
+        self.reader
+            .check_pages(self.path, self.file, self.offset, chunk, self.first_block);
+        Ok(true)
     }
 }
 
 impl Read for Scan<'_> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if self.pos == self.len && self.next_chunk()?.is_none() {
+        if self.pos == self.len && !self.next_chunk()? {
             return Ok(0);
         }
         let n = out.len().min(self.len - self.pos);
@@ -459,6 +506,14 @@ impl Read for Scan<'_> {
         self.pos += n;
         Ok(n)
     }
+}
+
+/// What one range of [`Reader::changed_blocks`] found: its blocks' hashes,
+/// the numbers of those not the parent's and their pages.
+struct ChangedRange {
+    hashes: Vec<u8>,
+    changed: Vec<u32>,
+    pages: tempfile::SpooledTempFile,
 }
 
 struct Hashed<R> {
@@ -471,5 +526,87 @@ impl<R: Read> Read for Hashed<R> {
         let n = self.inner.read(buf)?;
         self.hash.update(&buf[..n]);
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backup::walk::Kind;
+
+    #[test]
+    fn a_file_read_in_ranges_stores_exactly_its_changed_blocks() {
+        // 40 MiB: read in two ranges or more on a machine of two cores.
+        let count = 40 * 128;
+        let size = (count * BLCKSZ) as u64;
+        if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
+            assert!(blockhash::ranges(size).len() > 1, "a file in ranges");
+        }
+        let old: Vec<u8> = (0..count * BLCKSZ)
+            .map(|i| ((i / BLCKSZ) * 31 + i % 251) as u8)
+            .collect();
+        let kind = BlockHash::Blake3;
+        let mut theirs = Vec::new();
+        kind.hash_blocks(&old, &mut theirs);
+        // The first block, both sides of the boundary between two ranges, the last.
+        let half = blockhash::ranges(size)[0].1 as usize / BLCKSZ;
+        let mut changed = vec![0, 7, half - 1, half, count as u32 as usize - 1];
+        changed.dedup();
+        let mut new = old.clone();
+        for &blk in &changed {
+            new[blk * BLCKSZ + 100] ^= 0xff;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("16384");
+        std::fs::write(&source, &new).unwrap();
+        let e = Entry {
+            path: "base/5/16384".into(),
+            source: source.clone(),
+            kind: Kind::File,
+            size,
+            mode: 0o600,
+        };
+        let pf = ParentFile {
+            size,
+            sha256: "the parent's".into(),
+            blocks: Some(theirs),
+        };
+        let reader = Reader::new(None, false, Lsn(0), None, kind);
+        let mut b = tar::Builder::new(Vec::new());
+        let f = File::open(&source).unwrap();
+        let (digest, stored, hashes, numbers) = reader
+            .changed_blocks(&mut b, &e, &f, size, &pf, &Progress::hidden())
+            .unwrap();
+        let expected: Vec<u32> = changed.iter().map(|&n| n as u32).collect();
+        assert_eq!(numbers, expected);
+        let mut whole = Vec::new();
+        kind.hash_blocks(&new, &mut whole);
+        assert!(hashes == whole, "every block's hash, in order");
+        assert_eq!(digest, kind.digest(&whole, size));
+        assert!(matches!(stored, Stored::Blocks { blocks: 5, .. }));
+        // The entry written over the parent's file gives the file read.
+        let tar = b.into_inner().unwrap();
+        let mut archive = tar::Archive::new(&tar[..]);
+        let mut entry = archive.entries().unwrap().next().unwrap().unwrap();
+        let target = dir.path().join("restored");
+        std::fs::write(&target, &old).unwrap();
+        let out = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&target)
+            .unwrap();
+        delta::apply(&mut entry, &out, "base/5/16384").unwrap();
+        assert!(std::fs::read(&target).unwrap() == new);
+
+        // Unchanged: the parent's record, nothing stored.
+        let pf = ParentFile {
+            blocks: Some(whole),
+            ..pf
+        };
+        let mut b = tar::Builder::new(Vec::new());
+        let (sha, stored, _, numbers) = reader
+            .changed_blocks(&mut b, &e, &f, size, &pf, &Progress::hidden())
+            .unwrap();
+        assert_eq!(sha, "the parent's");
+        assert!(matches!(stored, Stored::Parent) && numbers.is_empty());
     }
 }
