@@ -976,38 +976,23 @@ fn bench_incremental(a: &Args, s: &Setup) -> String {
     let mut changed_pct = Vec::new();
     for run in 0..a.runs {
         eprintln!("incremental run {} of {} ...", run + 1, a.runs);
-        let mut ids = (String::new(), String::new());
-        let backup = |t: &mut Table, kind: &str| timed_backup(s, &src, &conf, t, kind);
-        let pgbr_backup = |t: &mut Table, kind: &str| timed_pgbr_backup(&pgbr, t, kind);
-        alternated(
-            run,
-            &mut t,
-            |t| ids.0 = backup(t, "full"),
-            |t| pgbr_backup(t, "full"),
-        );
-        bytes
-            .entry("walvault full")
-            .or_default()
-            .push(stored(&ids.0));
-        bytes
-            .entry("pgBackRest full")
-            .or_default()
-            .push(pgbr_stored());
-        // About 1% of the pages: random pgbench updates, each touching a
-        // page of pgbench_accounts, its index and the small tables.
-        let before = src.psql("select pg_current_wal_lsn()");
-        src.pgbench(&["-n", "-c", "2", "-t", &format!("{}", a.scale * 6)]);
-        src.psql("checkpoint");
-        let wal_mb: f64 = src
-            .psql(&format!("select (pg_current_wal_lsn() - '{before}') / 1e6"))
-            .parse()
-            .unwrap();
-        alternated(
-            run,
-            &mut t,
-            |t| ids.1 = backup(t, "incremental"),
-            |t| pgbr_backup(t, "incr"),
-        );
+        let mut wal_mb = 0.0;
+        let ids = full_then_incremental(run, s, &src, &conf, &pgbr, &mut t, |full| {
+            bytes.entry("walvault full").or_default().push(stored(full));
+            bytes
+                .entry("pgBackRest full")
+                .or_default()
+                .push(pgbr_stored());
+            // About 1% of the pages: random pgbench updates, each touching a
+            // page of pgbench_accounts, its index and the small tables.
+            let before = src.psql("select pg_current_wal_lsn()");
+            src.pgbench(&["-n", "-c", "2", "-t", &format!("{}", a.scale * 6)]);
+            src.psql("checkpoint");
+            wal_mb = src
+                .psql(&format!("select (pg_current_wal_lsn() - '{before}') / 1e6"))
+                .parse()
+                .unwrap();
+        });
         let m = manifest_json_with(s, &conf, &ids.1);
         assert_eq!(m["parent"], ids.0.as_str(), "an incremental on the full");
         bytes
@@ -1024,33 +1009,16 @@ fn bench_incremental(a: &Args, s: &Setup) -> String {
         // Restores of the incremental: into an empty directory, and delta
         // over a copy restored from the full backup.
         touch_memory((db_mb * 1e6 * 4.0) as usize);
-        let restore = |dir: &Path, id: &str, delta: bool| -> (f64, i64) {
-            let mut args = vec![
-                "recover".to_string(),
-                "--pgdata".into(),
-                dir.display().to_string(),
-                "--backup".into(),
-                id.to_string(),
-                "--target".into(),
-                "immediate".into(),
-            ];
-            if delta {
-                args.push("--delta".into());
-            }
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let (secs, rss, _) = timed_ok(s.walvault(&conf, &args), "recover");
-            (secs, rss)
-        };
         let empty = root.join(format!("incr-full-restore-{run}"));
-        let (secs, rss) = restore(&empty, &ids.1, false);
+        let (secs, rss) = timed_recover(s, &conf, &empty, &ids.1, false);
         t.add(
             "walvault recover of the incremental, empty directory",
             secs,
             rss,
         );
         let lagging = root.join(format!("incr-delta-restore-{run}"));
-        restore(&lagging, &ids.0, false);
-        let (secs, rss) = restore(&lagging, &ids.1, true);
+        timed_recover(s, &conf, &lagging, &ids.0, false);
+        let (secs, rss) = timed_recover(s, &conf, &lagging, &ids.1, true);
         t.add("walvault recover --delta over the full's copy", secs, rss);
         let same = files_equal(&empty, &lagging);
         assert!(
@@ -1189,6 +1157,57 @@ fn timed_backup(s: &Setup, src: &Cluster, conf: &Path, t: &mut Table, kind: &str
     let (secs, rss, out) = timed_ok(c, "backup-push");
     t.add(&format!("walvault backup-push --{kind}"), secs, rss);
     out.trim().to_string()
+}
+
+/// A full backup with each tool, then `change` (given walvault's full
+/// backup), then an incremental with each; which tool goes first alternates
+/// by run. Timed into `t`; returns walvault's two backup ids.
+fn full_then_incremental(
+    run: usize,
+    s: &Setup,
+    src: &Cluster,
+    conf: &Path,
+    pgbr: &PgBackRest,
+    t: &mut Table,
+    change: impl FnOnce(&str),
+) -> (String, String) {
+    let mut ids = (String::new(), String::new());
+    let backup = |t: &mut Table, kind: &str| timed_backup(s, src, conf, t, kind);
+    let pgbr_backup = |t: &mut Table, kind: &str| timed_pgbr_backup(pgbr, t, kind);
+    alternated(
+        run,
+        t,
+        |t| ids.0 = backup(t, "full"),
+        |t| pgbr_backup(t, "full"),
+    );
+    change(&ids.0);
+    alternated(
+        run,
+        t,
+        |t| ids.1 = backup(t, "incremental"),
+        |t| pgbr_backup(t, "incr"),
+    );
+    ids
+}
+
+/// walvault `recover --target immediate` of backup `id` into `dir` (with
+/// `--delta`, over what is there), timed: seconds and peak RSS.
+fn timed_recover(s: &Setup, conf: &Path, dir: &Path, id: &str, delta: bool) -> (f64, i64) {
+    let dir = dir.display().to_string();
+    let mut args = vec![
+        "recover",
+        "--pgdata",
+        &dir,
+        "--backup",
+        id,
+        "--target",
+        "immediate",
+    ];
+    if delta {
+        args.push("--delta");
+    }
+    let (secs, rss, _) = timed_ok(s.walvault(conf, &args), "recover");
+    (secs, rss)
 }
 
 /// pgBackRest `backup --type=KIND`, timed into `t`.
@@ -2184,42 +2203,16 @@ fn bench_files(a: &Args, s: &Setup) -> String {
     let mut t = Table::default();
     for run in 0..a.runs {
         eprintln!("files run {} of {} ...", run + 1, a.runs);
-        let mut ids = (String::new(), String::new());
-        let backup = |t: &mut Table, kind: &str| timed_backup(s, &src, &conf, t, kind);
-        let pgbr_backup = |t: &mut Table, kind: &str| timed_pgbr_backup(&pgbr, t, kind);
-        alternated(
-            run,
-            &mut t,
-            |t| ids.0 = backup(t, "full"),
-            |t| pgbr_backup(t, "full"),
-        );
-        src.psql("create table if not exists touched(i int); insert into touched values (1)");
-        alternated(
-            run,
-            &mut t,
-            |t| ids.1 = backup(t, "incremental"),
-            |t| pgbr_backup(t, "incr"),
-        );
+        let ids = full_then_incremental(run, s, &src, &conf, &pgbr, &mut t, |_| {
+            src.psql("create table if not exists touched(i int); insert into touched values (1)");
+        });
         let (secs, rss, _) = timed_ok(s.walvault(&conf, &["verify", "--backup", &ids.1]), "verify");
         t.add("walvault verify of the incremental's chain", secs, rss);
         let (secs, rss, _) = timed_ok(pgbr.cmd(&["verify"]), "pgbackrest verify");
         t.add("pgBackRest verify", secs, rss);
         let restored = root.join(format!("files-restore-{run}"));
         let recover = |t: &mut Table, delta: bool, label: &str| {
-            let mut args = vec![
-                "recover".to_string(),
-                "--pgdata".into(),
-                restored.display().to_string(),
-                "--backup".into(),
-                ids.1.clone(),
-                "--target".into(),
-                "immediate".into(),
-            ];
-            if delta {
-                args.push("--delta".into());
-            }
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let (secs, rss, _) = timed_ok(s.walvault(&conf, &args), "recover");
+            let (secs, rss) = timed_recover(s, &conf, &restored, &ids.1, delta);
             t.add(label, secs, rss);
         };
         recover(&mut t, false, "walvault recover, empty directory");

@@ -232,20 +232,7 @@ fn increments_recover_exactly_and_name_a_broken_parent() {
     // full's version there; the result is a restore's, file for file.
     let over_full = s.root.path().join("over_full");
     recover_into(&keyed, &over_full, &full, &[]);
-    let out = walvault(
-        &[
-            "recover",
-            "--pgdata",
-            over_full.to_str().unwrap(),
-            "--backup",
-            &incr3,
-            "--target",
-            "immediate",
-            "--delta",
-        ],
-        &keyed,
-        None,
-    );
+    let out = run_recover(&keyed, &over_full, &incr3, &["--delta"]);
     let log = stderr(&out);
     assert!(out.status.success(), "{log}");
     let line = log.lines().find(|l| l.contains("delta restore: ")).unwrap();
@@ -268,19 +255,7 @@ fn increments_recover_exactly_and_name_a_broken_parent() {
     bad[mid] ^= 0x55;
     std::fs::write(&part, &bad).unwrap();
     let dir = s.root.path().join("broken_chain");
-    let out = walvault(
-        &[
-            "recover",
-            "--pgdata",
-            dir.to_str().unwrap(),
-            "--backup",
-            &incr2,
-            "--target",
-            "immediate",
-        ],
-        &keyed,
-        None,
-    );
+    let out = run_recover(&keyed, &dir, &incr2, &[]);
     let (code, err) = failure(&out);
     assert_eq!(code, Some(1), "{err}");
     assert!(
@@ -344,12 +319,13 @@ fn inode_and_mtime(p: &Path) -> (u64, i64, i64) {
     (m.ino(), m.mtime(), m.mtime_nsec())
 }
 
-fn recover_into(
+/// `walvault recover --target immediate` of `backup` into `dir`, with `extra`.
+fn run_recover(
     env: &BTreeMap<String, String>,
     dir: &Path,
     backup: &str,
     extra: &[&str],
-) -> String {
+) -> std::process::Output {
     let mut args = vec![
         "recover",
         "--pgdata",
@@ -360,7 +336,17 @@ fn recover_into(
         "immediate",
     ];
     args.extend_from_slice(extra);
-    ok(&walvault(&args, env, None), "recover")
+    walvault(&args, env, None)
+}
+
+/// [`run_recover`], which must succeed: its stdout.
+fn recover_into(
+    env: &BTreeMap<String, String>,
+    dir: &Path,
+    backup: &str,
+    extra: &[&str],
+) -> String {
+    ok(&run_recover(env, dir, backup, extra), "recover")
 }
 
 /// Delta restore over a copy with a few files changed, one removed and a
@@ -419,23 +405,9 @@ fn delta_restore_rewrites_only_what_differs() {
         .map(|p| (p.clone(), inode_and_mtime(&copy.join(p))))
         .collect();
 
-    let delta_args = |start: &[&str]| {
-        let mut v = vec![
-            "recover".to_string(),
-            "--pgdata".into(),
-            copy.display().to_string(),
-            "--backup".into(),
-            id.clone(),
-            "--target".into(),
-            "immediate".into(),
-            "--delta".into(),
-        ];
-        v.extend(start.iter().map(|x| x.to_string()));
-        v
-    };
-    let run = |args: Vec<String>| {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = walvault(&args, &s.env, None);
+    let run = |extra: &[&str]| {
+        let args: Vec<&str> = ["--delta"].iter().chain(extra).copied().collect();
+        let out = run_recover(&s.env, &copy, &id, &args);
         assert!(out.status.success(), "{}", stderr(&out));
         stderr(&out)
     };
@@ -445,7 +417,7 @@ fn delta_restore_rewrites_only_what_differs() {
         let words: Vec<&str> = rest.split_whitespace().collect();
         (words[0].parse().unwrap(), words[2].parse().unwrap())
     };
-    let log = run(delta_args(&[]));
+    let log = run(&[]);
     let (same, of) = matched(&log);
     // The four damaged files and postgresql.auto.conf (which holds the
     // earlier restore's recovery settings) differ; the rest stays.
@@ -466,7 +438,7 @@ fn delta_restore_rewrites_only_what_differs() {
     let mut start = c_dir.recover_args();
     start.retain(|a| a != "--pgdata" && a != copy.to_str().unwrap());
     let start: Vec<&str> = start.iter().skip(1).map(String::as_str).collect();
-    let log = run(delta_args(&start));
+    let log = run(&start);
     let (same, of) = matched(&log);
     assert_eq!(same, of - 1, "only postgresql.auto.conf differs now: {log}");
     let mut c = c_dir;
@@ -816,20 +788,7 @@ fn delta_restore_with_a_tablespace() {
     // A file a delta restore there would remove as a stray.
     let canary = ts_src.join(version).join(db).join("888888");
     std::fs::write(&canary, "canary").unwrap();
-    let out = walvault(
-        &[
-            "recover",
-            "--pgdata",
-            copy.to_str().unwrap(),
-            "--backup",
-            &id,
-            "--target",
-            "immediate",
-            "--delta",
-        ],
-        &s.env,
-        None,
-    );
+    let out = run_recover(&s.env, &copy, &id, &["--delta"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains(&format!("--tablespace-map {oid}={}", ts_src.display())),
