@@ -24,7 +24,7 @@ use crate::codec::Codec;
 use crate::progress::Progress;
 use crate::store::Store;
 use anyhow::{bail, Context, Result};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -236,9 +236,11 @@ pub async fn restore(
             (chain.clone(), target.clone(), opts.delta, opts.concurrency);
         tokio::task::spawn_blocking(move || {
             if delta {
-                remove_strays(&target.dir, &chain.lists[last])?;
+                let list = &chain.lists[last];
+                let dirs = Subdirectories::of(list)?;
+                remove_strays(&target.dir, list, &dirs)?;
                 for (oid, dir) in &target.tablespaces {
-                    remove_tablespace_strays(oid, dir, &chain.lists[last])?;
+                    remove_tablespace_strays(oid, dir, list, &dirs)?;
                 }
             }
             plan(&chain, &mut |batch| {
@@ -444,28 +446,52 @@ fn differing(files: &[(PathBuf, FileRecord)], threads: usize) -> Vec<usize> {
     (0..files.len()).filter(|&i| !same[i]).collect()
 }
 
-/// The databases (`base/<oid>`) of a list, and of each tablespace version
-/// directory (`pg_tblspc/<oid>/<version>/<db>`): few, held in memory.
-fn databases(list: &Sorted, prefix: &str) -> Result<BTreeSet<String>> {
-    let mut out = BTreeSet::new();
-    for r in list.iter() {
-        let r = r?;
-        if let Some(rest) = r.path.strip_prefix(prefix) {
-            let mut parts = rest.split('/');
-            if let (Some(db), Some(_)) = (parts.next(), parts.next()) {
-                out.insert(db.to_string());
+/// The directories a backup's list has below `base/` (its databases) and
+/// below each tablespace (`pg_tblspc/<oid>/<version>/<db>`): few, held in
+/// memory, gathered in one pass over the list.
+struct Subdirectories(BTreeMap<String, BTreeSet<String>>);
+
+impl Subdirectories {
+    fn of(list: &Sorted) -> Result<Subdirectories> {
+        let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for r in list.iter() {
+            let r = r?;
+            let parts: Vec<&str> = r.path.split('/').collect();
+            match parts.as_slice() {
+                ["base", db, _, ..] => {
+                    out.entry("base/".into())
+                        .or_default()
+                        .insert(db.to_string());
+                }
+                ["pg_tblspc", oid, version, rest @ ..] if !rest.is_empty() => {
+                    let under = format!("pg_tblspc/{oid}/");
+                    out.entry(under.clone())
+                        .or_default()
+                        .insert(version.to_string());
+                    if let [db, _, ..] = rest {
+                        out.entry(format!("{under}{version}/"))
+                            .or_default()
+                            .insert(db.to_string());
+                    }
+                }
+                _ => {}
             }
         }
+        Ok(Subdirectories(out))
     }
-    Ok(out)
+
+    /// The names of the directories below `prefix` (ending in `/`) that hold files.
+    fn below(&self, prefix: &str) -> BTreeSet<String> {
+        self.0.get(prefix).cloned().unwrap_or_default()
+    }
 }
 
 /// Removes below `dir` every file the backup does not have, the
 /// contents of the directories a backup leaves empty (pg_wal…), and the
 /// directories of databases the backup does not have. The directory is
 /// walked in walk order, side by side with the backup's list.
-fn remove_strays(dir: &Path, list: &Sorted) -> Result<()> {
-    let databases = databases(list, "base/")?;
+fn remove_strays(dir: &Path, list: &Sorted, dirs: &Subdirectories) -> Result<()> {
+    let databases = dirs.below("base/");
     let mut lookup = list.lookup();
     remove_below(dir, "", &mut lookup, &mut |rel, name| {
         (rel == "base" && !databases.contains(name)).then_some(true)
@@ -517,11 +543,15 @@ fn remove_below(
 /// In tablespace `oid`'s directory `dir`, below each version directory the
 /// backup has there (`PG_<major>_<catalog>`): the files the backup lacks, and
 /// the directories of databases it lacks. Other majors' directories stay.
-fn remove_tablespace_strays(oid: &str, dir: &Path, list: &Sorted) -> Result<()> {
+fn remove_tablespace_strays(
+    oid: &str,
+    dir: &Path,
+    list: &Sorted,
+    dirs: &Subdirectories,
+) -> Result<()> {
     let prefix = format!("pg_tblspc/{oid}/");
-    let versions = databases(list, &prefix)?;
-    for v in versions {
-        let dbs = databases(list, &format!("{prefix}{v}/"))?;
+    for v in dirs.below(&prefix) {
+        let dbs = dirs.below(&format!("{prefix}{v}/"));
         let root = format!("{prefix}{v}");
         let vdir = dir.join(&v);
         if !vdir.is_dir() {
@@ -580,6 +610,31 @@ mod tests {
                 .map(|l| Sorted::from_records(l.into_iter().map(Ok)).unwrap())
                 .collect(),
         }
+    }
+
+    #[test]
+    fn a_lists_databases_and_tablespace_directories_in_one_pass() {
+        let list = Sorted::from_records(
+            [
+                "base/1/1259",
+                "base/5/16384",
+                "base/5/PG_VERSION",
+                "global/pg_control",
+                "pg_tblspc/16400/PG_15_202209061/5/16401",
+                "pg_tblspc/16400/PG_15_202209061/5/16402",
+                "pg_tblspc/16500/PG_15_202209061/7/16501",
+            ]
+            .into_iter()
+            .map(|p| Ok(rec(p, Stored::Whole))),
+        )
+        .unwrap();
+        let dirs = Subdirectories::of(&list).unwrap();
+        let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        assert_eq!(dirs.below("base/"), set(&["1", "5"]));
+        assert_eq!(dirs.below("pg_tblspc/16400/"), set(&["PG_15_202209061"]));
+        assert_eq!(dirs.below("pg_tblspc/16400/PG_15_202209061/"), set(&["5"]));
+        assert_eq!(dirs.below("pg_tblspc/16500/PG_15_202209061/"), set(&["7"]));
+        assert!(dirs.below("global/").is_empty());
     }
 
     #[test]
