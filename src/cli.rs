@@ -70,7 +70,8 @@ decompresses it, and writes it to the destination atomically (temporary file, fs
 rename).
 
 Exit status: 0 restored; 1 the file is not in the archive (normal: PostgreSQL asks
-for files that do not exist); 128 the file could not be restored although it may
+for files that do not exist; logged at info level, at debug level on a standby, which
+asks every few seconds for what is not archived yet); 128 the file could not be restored although it may
 exist (store unreachable after retries, damaged object, missing or wrong key). 128
 makes PostgreSQL stop recovery with an error instead of ending it early.")]
     WalFetch {

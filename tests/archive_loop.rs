@@ -424,6 +424,22 @@ fn s3_faults_and_refusals() {
     let out = fetch("00000009.history", &env);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(!dest.exists(), "an absent history file creates no file");
+    // A standby polls every few seconds, for days, for what is not archived
+    // yet: its misses are not logged at the default level; archive
+    // recovery's (the end of the archive) is.
+    let pgdata_like = root.path().join("standby");
+    std::fs::create_dir_all(pgdata_like.join("pg_wal")).unwrap();
+    chown_pg(&pgdata_like);
+    let poll = pgdata_like.join("pg_wal/RECOVERYXLOG");
+    let poll = poll.to_str().unwrap();
+    let miss = || walvault(&["wal-fetch", "0000000100000000000000FF", poll], &env, None);
+    let out = miss();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is not in the archive"), "{}", stderr(&out));
+    std::fs::write(pgdata_like.join("standby.signal"), "").unwrap();
+    let out = miss();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "", "a standby's miss says nothing at info level");
 
     // A flipped byte: fatal, naming the object; never "absent".
     let mut bad = stored_before.clone();

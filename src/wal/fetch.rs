@@ -200,7 +200,7 @@ async fn fetch_with_retries(
                     .await
                     .map(|()| Fetched::Restored);
             }
-            Ok(false) => return absent(store, name).await,
+            Ok(false) => return absent(store, name, to.dest).await,
             Err(e) => {
                 let _ = std::fs::remove_file(tmp);
                 let key_problem = e
@@ -238,10 +238,17 @@ fn no_repository(store: &dyn Store) -> anyhow::Error {
 
 /// Answers "absent" only for a repository that exists: a wrong bucket, prefix or
 /// path must stop recovery, not make every file look absent.
-async fn absent(store: &dyn Store, name: &str) -> Result<Fetched, Fatal> {
+async fn absent(store: &dyn Store, name: &str, dest: &Path) -> Result<Fetched, Fatal> {
     match repo::load(store).await {
         Ok(Some(_)) => {
-            tracing::info!("{name} is not in the archive");
+            // A standby asks every few seconds, for days, for what is not
+            // archived yet: said at debug level, not thousands of lines a
+            // day in the server's log. Archive recovery's miss is its end.
+            if in_standby_mode(dest) {
+                tracing::debug!("{name} is not in the archive (yet)");
+            } else {
+                tracing::info!("{name} is not in the archive");
+            }
             Ok(Fetched::Absent)
         }
         Ok(None) => Err(Fatal(no_repository(store))),
@@ -249,6 +256,17 @@ async fn absent(store: &dyn Store, name: &str) -> Result<Fetched, Fatal> {
             e.context(format!("cannot tell whether {name} exists")),
         )),
     }
+}
+
+/// Whether the server asking is a standby: `standby.signal` in its data
+/// directory, the parent of the `pg_wal` that `%p` names.
+fn in_standby_mode(dest: &Path) -> bool {
+    let pgdata = match dest.parent().and_then(Path::parent) {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        // %p is relative to the data directory, the command's working directory.
+        _ => Path::new("."),
+    };
+    pgdata.join("standby.signal").exists()
 }
 
 /// Downloads into `tmp`, verified (checksums) and durable; the object may not
