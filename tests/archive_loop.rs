@@ -435,11 +435,19 @@ fn s3_faults_and_refusals() {
     let miss = || walvault(&["wal-fetch", "0000000100000000000000FF", poll], &env, None);
     let out = miss();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("is not in the archive"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not in the archive"),
+        "{}",
+        stderr(&out)
+    );
     std::fs::write(pgdata_like.join("standby.signal"), "").unwrap();
     let out = miss();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert_eq!(stderr(&out), "", "a standby's miss says nothing at info level");
+    assert_eq!(
+        stderr(&out),
+        "",
+        "a standby's miss says nothing at info level"
+    );
 
     // A flipped byte: fatal, naming the object; never "absent".
     let mut bad = stored_before.clone();

@@ -71,6 +71,9 @@ fn in_chain(b: &Manifest, of: &Manifest) -> String {
 struct Plan {
     wanted: Vec<Parts>,
     assembled: Spooled,
+    /// For each file of `assembled`, in order: how a delta restore checks
+    /// it without reading it whole again, when it can.
+    based_on_target: Vec<Option<Based>>,
     files: u64,
     kept: u64,
     /// Files of a delta restore brought from an earlier backup's version to
@@ -85,10 +88,57 @@ enum Local {
     Nothing,
     /// Its sha256 and size (a file that is not a relation's main fork).
     Sha(String, u64),
-    /// The digest of its blocks' hashes ([`BlockHash::digest`]; not the
-    /// hashes: a batch may hold thousands of 1 GiB segments) and its size (a
-    /// relation main-fork file).
-    Blocks(String, u64),
+    /// The digest of its blocks' hashes ([`BlockHash::digest`]) and its size
+    /// (a relation main-fork file); where its hashes are in the
+    /// [`TargetHashes`] when it is not the last backup's file already.
+    Blocks(String, u64, Option<HashesAt>),
+}
+
+/// Where a file's block hashes are in [`TargetHashes`]: offset and length.
+#[derive(Clone, Copy, Debug)]
+struct HashesAt(u64, u64);
+
+/// The block hashes a delta restore took of the target's files that differ
+/// from the backup, in a temporary file (a batch may hold thousands of 1 GiB
+/// segments): a file then assembled over its target version is checked
+/// with them and only the blocks written over it read back, not read whole
+/// a second time.
+struct TargetHashes {
+    file: std::fs::File,
+    end: std::sync::Mutex<u64>,
+}
+
+impl TargetHashes {
+    fn new() -> Result<TargetHashes> {
+        Ok(TargetHashes {
+            file: tempfile::tempfile().context("cannot create a temporary file")?,
+            end: std::sync::Mutex::new(0),
+        })
+    }
+
+    fn put(&self, hashes: &[u8]) -> std::io::Result<HashesAt> {
+        use std::os::unix::fs::FileExt;
+        let mut end = self.end.lock().expect("hashes end");
+        self.file.write_all_at(hashes, *end)?;
+        let at = HashesAt(*end, hashes.len() as u64);
+        *end += hashes.len() as u64;
+        Ok(at)
+    }
+
+    fn get(&self, at: HashesAt) -> std::io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let mut h = vec![0u8; at.1 as usize];
+        self.file.read_exact_at(&mut h, at.0)?;
+        Ok(h)
+    }
+}
+
+/// A file a delta restore assembles over the target's version of it: the
+/// target's block hashes and the blocks the chain writes over them.
+#[derive(Debug)]
+struct Based {
+    hashes: HashesAt,
+    written: BTreeSet<u32>,
 }
 
 impl Local {
@@ -99,7 +149,7 @@ impl Local {
             Local::Nothing => false,
             Local::Sha(sha, size) => *size == r.size && *sha == r.sha256,
             // A digest names its kind: one of another kind never matches.
-            Local::Blocks(digest, size) => {
+            Local::Blocks(digest, size, _) => {
                 *size == r.size
                     && if BlockHash::of_digest(&r.sha256).is_some() {
                         *digest == r.sha256
@@ -131,6 +181,7 @@ fn plan(chain: &Chain, local: &mut dyn FnMut(&[FileRecord]) -> Result<Vec<Local>
         .map(|_| ByPart::new())
         .collect::<std::io::Result<Vec<_>>>()?;
     let mut assembled = Spool::new()?;
+    let mut based_on_target = Vec::new();
     let (mut files, mut kept, mut based, mut bytes) = (0, 0, 0, 0);
     let mut finals = chain.lists[last].iter();
     let mut batch = Vec::with_capacity(BATCH);
@@ -154,6 +205,8 @@ fn plan(chain: &Chain, local: &mut dyn FnMut(&[FileRecord]) -> Result<Vec<Local>
             let mut i = last;
             let mut r = rec.clone();
             let mut in_assembled = false;
+            // The blocks the chain writes over an earlier version, while known.
+            let mut written = Some(BTreeSet::new());
             loop {
                 // The target holds this backup's version: only what later
                 // backups changed (already wanted) goes over it.
@@ -161,6 +214,13 @@ fn plan(chain: &Chain, local: &mut dyn FnMut(&[FileRecord]) -> Result<Vec<Local>
                 {
                     if in_assembled {
                         based += 1;
+                        if let (Local::Blocks(_, _, Some(hashes)), Some(written)) = (&here, written)
+                        {
+                            *based_on_target.last_mut().expect("assembled") = Some(Based {
+                                hashes: *hashes,
+                                written,
+                            });
+                        }
                     } else {
                         kept += 1;
                     }
@@ -175,11 +235,22 @@ fn plan(chain: &Chain, local: &mut dyn FnMut(&[FileRecord]) -> Result<Vec<Local>
                     Stored::Blocks { bytes: b, .. } => {
                         bytes += b;
                         wanted[i].push(&r)?;
-                        // Assembled somewhere down the chain: checked whole at the end.
+                        // Assembled somewhere down the chain: checked at the end.
                         if !in_assembled {
                             assembled.push(rec)?;
+                            based_on_target.push(None);
                             in_assembled = true;
                         }
+                        written = written
+                            .zip(
+                                r.block_changes
+                                    .as_deref()
+                                    .and_then(super::changed_block_numbers),
+                            )
+                            .map(|(mut w, numbers)| {
+                                w.extend(numbers);
+                                w
+                            });
                     }
                     Stored::Parent => {}
                 }
@@ -208,6 +279,7 @@ fn plan(chain: &Chain, local: &mut dyn FnMut(&[FileRecord]) -> Result<Vec<Local>
             .map(ByPart::finish)
             .collect::<std::io::Result<_>>()?,
         assembled: assembled.finish()?,
+        based_on_target,
         files,
         kept,
         based,
@@ -231,9 +303,16 @@ pub async fn restore(
 ) -> Result<Restored> {
     let chain = Arc::new(load(store.clone(), codec, m).await?);
     let last = chain.backups.len() - 1;
+    let kind = chain.backups[last].block_hash;
+    let target_hashes = Arc::new(TargetHashes::new()?);
     let plan = {
-        let (chain, target, delta, threads) =
-            (chain.clone(), target.clone(), opts.delta, opts.concurrency);
+        let (chain, target, delta, threads, kept) = (
+            chain.clone(),
+            target.clone(),
+            opts.delta,
+            opts.concurrency,
+            target_hashes.clone(),
+        );
         tokio::task::spawn_blocking(move || {
             if delta {
                 let list = &chain.lists[last];
@@ -245,7 +324,7 @@ pub async fn restore(
             }
             plan(&chain, &mut |batch| {
                 if delta {
-                    at_target(batch, &target, threads, chain.backups[last].block_hash)
+                    at_target(batch, &target, threads, kind, &kept)
                 } else {
                     Ok(batch.iter().map(|_| Local::Nothing).collect())
                 }
@@ -329,22 +408,29 @@ pub async fn restore(
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700))?;
     }
     restore::make_links(&target, links)?;
-    // Files assembled from blocks: the whole file against the backup's sha256.
+    // Files assembled from blocks against the backup's record: read whole,
+    // or, over a version the target held, by the hashes taken of it when
+    // planning and the blocks written read back.
     let differ = {
-        let (assembled, target, threads) = (plan.assembled, target.clone(), opts.concurrency);
+        let (assembled, based, target, threads) = (
+            plan.assembled,
+            plan.based_on_target,
+            target.clone(),
+            opts.concurrency,
+        );
         tokio::task::spawn_blocking(move || -> Result<Option<String>> {
             let mut batch = Vec::with_capacity(BATCH);
-            let mut records = assembled.iter();
+            let mut records = assembled.iter().zip(based);
             loop {
                 batch.clear();
-                for r in records.by_ref().take(BATCH) {
+                for (r, based) in records.by_ref().take(BATCH) {
                     let r = r?;
-                    batch.push((target.dest(&r.path)?, r));
+                    batch.push((target.dest(&r.path)?, r, based));
                 }
                 if batch.is_empty() {
                     return Ok(None);
                 }
-                if let Some(&i) = differing(&batch, threads).first() {
+                if let Some(&i) = differing(&batch, threads, kind, &target_hashes).first() {
                     return Ok(Some(batch[i].1.path.clone()));
                 }
             }
@@ -374,13 +460,14 @@ fn at_target(
     target: &Target,
     threads: usize,
     kind: BlockHash,
+    kept: &TargetHashes,
 ) -> Result<Vec<Local>> {
     let dests = batch
         .iter()
         .map(|r| target.dest(&r.path))
         .collect::<Result<Vec<_>>>()?;
     Ok(on_threads(batch.len(), threads, |i| {
-        local(&batch[i], &dests[i], kind)
+        local(&batch[i], &dests[i], kind, kept)
     }))
 }
 
@@ -405,8 +492,9 @@ fn on_threads<T: Send>(n: usize, threads: usize, f: impl Fn(usize) -> T + Sync) 
     done.into_iter().map(|(_, r)| r).collect()
 }
 
-/// What `dest` holds of the file `rec` records; its blocks hashed with `kind`.
-fn local(rec: &FileRecord, dest: &Path, kind: BlockHash) -> Local {
+/// What `dest` holds of the file `rec` records; its blocks hashed with
+/// `kind`, and kept in `kept` when they are not `rec`'s.
+fn local(rec: &FileRecord, dest: &Path, kind: BlockHash, kept: &TargetHashes) -> Local {
     let Ok(meta) = std::fs::symlink_metadata(dest) else {
         return Local::Nothing;
     };
@@ -424,7 +512,18 @@ fn local(rec: &FileRecord, dest: &Path, kind: BlockHash) -> Local {
         || rec.stored.is_parent();
     if main_fork && by_blocks && meta.len() % super::page::BLCKSZ as u64 == 0 {
         return match kind.of_file(&f) {
-            Ok((h, size)) => Local::Blocks(kind.digest(&h, size), size),
+            Ok((h, size)) => {
+                let here = Local::Blocks(kind.digest(&h, size), size, None);
+                if here.holds(rec, kind) {
+                    return here;
+                }
+                match (here, kept.put(&h)) {
+                    (Local::Blocks(digest, size, _), Ok(at)) => {
+                        Local::Blocks(digest, size, Some(at))
+                    }
+                    (here, _) => here,
+                }
+            }
             Err(_) => Local::Nothing,
         };
     }
@@ -437,13 +536,59 @@ fn local(rec: &FileRecord, dest: &Path, kind: BlockHash) -> Local {
     }
 }
 
-/// The indexes (in `files`) of the files that do not have their recorded
-/// sha256, hashed on `threads` threads.
-fn differing(files: &[(PathBuf, FileRecord)], threads: usize) -> Vec<usize> {
+/// The indexes (in `files`) of the files assembled from blocks that do not
+/// have their recorded content, checked on `threads` threads.
+fn differing(
+    files: &[(PathBuf, FileRecord, Option<Based>)],
+    threads: usize,
+    kind: BlockHash,
+    kept: &TargetHashes,
+) -> Vec<usize> {
     let same = on_threads(files.len(), threads, |i| {
-        files[i].1.matches_file(&files[i].0)
+        let (dest, rec, based) = &files[i];
+        match based {
+            Some(b) => assembled_over_target(rec, dest, b, kind, kept),
+            None => rec.matches_file(dest),
+        }
     });
     (0..files.len()).filter(|&i| !same[i]).collect()
+}
+
+/// Whether `dest`, the target's version of a file with the chain's blocks
+/// written over it, is the file `rec` records: the target's hashes taken
+/// when planning, each written block read back and hashed over them.
+fn assembled_over_target(
+    rec: &FileRecord,
+    dest: &Path,
+    b: &Based,
+    kind: BlockHash,
+    kept: &TargetHashes,
+) -> bool {
+    use super::blockhash::BLOCK_HASH;
+    use super::page::BLCKSZ;
+    let Ok(mut hashes) = kept.get(b.hashes) else {
+        return false;
+    };
+    let Ok(f) = std::fs::File::open(dest) else {
+        return false;
+    };
+    if !f.metadata().is_ok_and(|m| m.len() == rec.size) {
+        return false;
+    }
+    let count = (rec.size / BLCKSZ as u64) as usize;
+    hashes.resize(count * BLOCK_HASH, 0);
+    let mut page = vec![0u8; BLCKSZ];
+    for &n in &b.written {
+        let n = n as usize;
+        if n >= count
+            || !blockhash::read_full_at(&f, &mut page, (n * BLCKSZ) as u64)
+                .is_ok_and(|len| len == BLCKSZ)
+        {
+            return false;
+        }
+        kind.one(&page, &mut hashes[n * BLOCK_HASH..(n + 1) * BLOCK_HASH]);
+    }
+    Local::Blocks(kind.digest(&hashes, rec.size), rec.size, None).holds(rec, kind)
 }
 
 /// The directories a backup's list has below `base/` (its databases) and
@@ -638,6 +783,71 @@ mod tests {
     }
 
     #[test]
+    fn a_file_assembled_over_the_targets_version_is_checked_by_the_blocks_written() {
+        use crate::backup::page::BLCKSZ;
+        let kind = BlockHash::Blake3;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("16384");
+        let old: Vec<u8> = (0..4 * BLCKSZ).map(|i| (i / 7) as u8).collect();
+        let mut at_plan = Vec::new();
+        kind.hash_blocks(&old, &mut at_plan);
+        let kept = TargetHashes::new().unwrap();
+        kept.put(&[7; 32]).unwrap(); // another file's, before it
+        let at = kept.put(&at_plan).unwrap();
+        // The chain writes block 1 and a new block 4: the file grows.
+        let mut new = old.clone();
+        new[BLCKSZ + 5] ^= 1;
+        new.extend(vec![9u8; BLCKSZ]);
+        let mut hashes = Vec::new();
+        kind.hash_blocks(&new, &mut hashes);
+        let record = FileRecord {
+            size: new.len() as u64,
+            sha256: kind.digest(&hashes, new.len() as u64),
+            ..rec("base/5/16384", blocks())
+        };
+        let based = |written: &[u32]| Based {
+            hashes: at,
+            written: written.iter().copied().collect(),
+        };
+        std::fs::write(&path, &new).unwrap();
+        assert!(assembled_over_target(
+            &record,
+            &path,
+            &based(&[1, 4]),
+            kind,
+            &kept
+        ));
+        // A block the plan did not name as written keeps the target's hash: found.
+        assert!(!assembled_over_target(
+            &record,
+            &path,
+            &based(&[4]),
+            kind,
+            &kept
+        ));
+        // A written block that is not the one recorded: found.
+        let mut bad = new.clone();
+        bad[4 * BLCKSZ + 1] ^= 1;
+        std::fs::write(&path, &bad).unwrap();
+        assert!(!assembled_over_target(
+            &record,
+            &path,
+            &based(&[1, 4]),
+            kind,
+            &kept
+        ));
+        // Not the recorded size: found.
+        std::fs::write(&path, &new[..4 * BLCKSZ]).unwrap();
+        assert!(!assembled_over_target(
+            &record,
+            &path,
+            &based(&[1]),
+            kind,
+            &kept
+        ));
+    }
+
+    #[test]
     fn each_file_is_traced_to_its_whole_copy_and_checked_when_assembled() {
         let c = chain(vec![
             vec![
@@ -725,7 +935,7 @@ mod tests {
     #[test]
     fn block_digests_match_only_hashes_of_their_own_kind() {
         let hashes = vec![7u8; 32];
-        let here = Local::Blocks(BlockHash::Blake3.digest(&hashes, 16384), 16384);
+        let here = Local::Blocks(BlockHash::Blake3.digest(&hashes, 16384), 16384, None);
         // A full backup's record: the file's sha256 and its block hashes.
         let mut full = rec("a", Stored::Whole);
         full.size = 16384;

@@ -204,6 +204,18 @@ pub fn block_changes(numbers: &[u32], hashes: &[u8]) -> String {
     blockhash::to_hex(&raw)
 }
 
+/// The block numbers `changes` names (see [`block_changes`]); None when malformed.
+pub fn changed_block_numbers(changes: &str) -> Option<Vec<u32>> {
+    use blockhash::BLOCK_HASH;
+    let raw = blockhash::from_hex(changes)?;
+    if raw.len() % (4 + BLOCK_HASH) != 0 {
+        return None;
+    }
+    raw.chunks_exact(4 + BLOCK_HASH)
+        .map(|c| c[..4].try_into().ok().map(u32::from_le_bytes))
+        .collect()
+}
+
 /// Writes `changes` (see [`block_changes`]) over `hashes`, the parent's block
 /// hashes cut or extended (with zeros) to a file of `size` bytes. None when
 /// the changes are malformed or name a block past that size.
