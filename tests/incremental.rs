@@ -934,9 +934,10 @@ fn memory_of_each_step(s: &Source, files: usize) -> BTreeMap<&'static str, i64> 
 /// The file list is streamed: memory does not grow with the number of
 /// files. One part at a time (so that what the parts in flight hold, at
 /// most 20,000 files each, is at its most from 65,000 files on): from 65,000
-/// files to 165,000, each step's peak grows by less than 24 MiB and stays
+/// files to 165,000, each step's peak grows by less than 32 MiB and stays
 /// under 100 MiB. Holding the list whole took about 1 KiB a file (+100 MiB
-/// here). The benchmark measures a million files (`scripts/bench.sh --only files`).
+/// here); runs of one binary grow by 9 to 21 MiB (the allocator's arenas),
+/// so the bound is a third of that failure, not the last run's figure. The benchmark measures a million files (`scripts/bench.sh --only files`).
 #[test]
 fn memory_does_not_grow_with_the_number_of_files() {
     let mut s = source(fs_repo);
@@ -959,7 +960,7 @@ fn memory_does_not_grow_with_the_number_of_files() {
     eprintln!("peak memory, 65,000 -> 165,000 files: {}", grew.join(", "));
     for (step, kib) in &many {
         assert!(
-            kib - few[step] < 24 << 10 && *kib < 100 << 10,
+            kib - few[step] < 32 << 10 && *kib < 100 << 10,
             "{step} grew with the file count: {}",
             grew.join(", ")
         );
