@@ -243,6 +243,13 @@ fn increments_recover_exactly_and_name_a_broken_parent() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{line}"));
     assert!(based >= 2, "{line}");
+    // Checked by the blocks written over them, not read whole again.
+    assert!(
+        log.contains(&format!(
+            "delta restore: {based} of the {based} files assembled from blocks checked by the blocks written"
+        )),
+        "{log}"
+    );
     let fresh = s.root.path().join("fresh_incr3");
     recover_into(&keyed, &fresh, &incr3, &[]);
     same_tree(&tree(&over_full), &tree(&fresh));
