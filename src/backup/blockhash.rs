@@ -161,11 +161,11 @@ pub const READ_BUF: usize = 1 << 20;
 pub fn ranges(size: u64) -> Vec<(u64, u64)> {
     // Below this a thread costs more than it saves.
     const RANGE_MIN: u64 = 16 << 20;
-    let n = (size / RANGE_MIN).clamp(1, threads() as u64);
-    let per = (size / n).div_ceil(BLCKSZ as u64) * BLCKSZ as u64;
     if size == 0 {
         return vec![(0, 0)];
     }
+    let n = (size / RANGE_MIN).clamp(1, threads() as u64);
+    let per = (size / n).div_ceil(BLCKSZ as u64) * BLCKSZ as u64;
     (0..n)
         .map(|i| ((i * per).min(size), ((i + 1) * per).min(size)))
         .filter(|(a, b)| a < b)

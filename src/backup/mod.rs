@@ -204,16 +204,32 @@ pub fn block_changes(numbers: &[u32], hashes: &[u8]) -> String {
     blockhash::to_hex(&raw)
 }
 
-/// The block numbers `changes` names (see [`block_changes`]); None when malformed.
-pub fn changed_block_numbers(changes: &str) -> Option<Vec<u32>> {
+/// The (number, hash) pairs of `changes` (see [`block_changes`]); None when
+/// malformed.
+fn block_change_pairs(changes: &str) -> Option<Vec<(u32, [u8; blockhash::BLOCK_HASH])>> {
     use blockhash::BLOCK_HASH;
     let raw = blockhash::from_hex(changes)?;
     if raw.len() % (4 + BLOCK_HASH) != 0 {
         return None;
     }
     raw.chunks_exact(4 + BLOCK_HASH)
-        .map(|c| c[..4].try_into().ok().map(u32::from_le_bytes))
+        .map(|c| {
+            Some((
+                u32::from_le_bytes(c[..4].try_into().ok()?),
+                c[4..].try_into().ok()?,
+            ))
+        })
         .collect()
+}
+
+/// The block numbers `changes` names (see [`block_changes`]); None when malformed.
+pub fn changed_block_numbers(changes: &str) -> Option<Vec<u32>> {
+    Some(
+        block_change_pairs(changes)?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect(),
+    )
 }
 
 /// Writes `changes` (see [`block_changes`]) over `hashes`, the parent's block
@@ -223,16 +239,12 @@ pub fn apply_block_changes(mut hashes: Vec<u8>, changes: &str, size: u64) -> Opt
     use blockhash::BLOCK_HASH;
     let count = (size / page::BLCKSZ as u64) as usize;
     hashes.resize(count * BLOCK_HASH, 0);
-    let raw = blockhash::from_hex(changes)?;
-    if raw.len() % (4 + BLOCK_HASH) != 0 {
-        return None;
-    }
-    for c in raw.chunks_exact(4 + BLOCK_HASH) {
-        let n = u32::from_le_bytes(c[..4].try_into().ok()?) as usize;
+    for (n, hash) in block_change_pairs(changes)? {
+        let n = n as usize;
         if n >= count {
             return None;
         }
-        hashes[n * BLOCK_HASH..(n + 1) * BLOCK_HASH].copy_from_slice(&c[4..]);
+        hashes[n * BLOCK_HASH..(n + 1) * BLOCK_HASH].copy_from_slice(&hash);
     }
     Some(hashes)
 }
