@@ -114,7 +114,12 @@ Connects like psql (PGHOST, PGPORT, PGUSER, PGPASSWORD, or postgres.conninfo), r
 pg_backup_start, reads the data directory itself (same exclusions as pg_basebackup,
 tablespaces included), stores it as compressed, encrypted tar parts uploaded in parallel,
 then pg_backup_stop, waiting until the WAL the backup needs is archived. The manifest
-is written last: a backup that did not finish is never listed.")]
+is written last: a backup that did not finish is never listed.
+
+On a streaming standby the backup runs there (its reads stay off the primary): refused
+when the standby does not stream or replays more than backup.standby_max_lag_mb behind;
+its last segment reaches the repository when the primary leaves it (archive_timeout
+there). backup-list shows the host and role each backup was taken on.")]
     BackupPush {
         /// The data directory (default: PGDATA, else asked from the server)
         #[arg(long, env = "PGDATA")]
@@ -144,13 +149,20 @@ is written last: a backup that did not finish is never listed.")]
 Examples:
   walvault recover --pgdata /srv/restore --target-time '2026-11-22 14:32:00+01' --start --port 5433
   walvault recover --pgdata /srv/restore --target latest --dry-run
+  walvault recover --pgdata /var/lib/postgresql/15/main --standby \
+      --primary-conninfo 'host=db1 user=replicator' --start     # a new replica from the archive
 
 Chooses the newest complete backup that ended before the target (or --backup), checks
 that every WAL segment needed is in the repository, restores and verifies every file,
 writes recovery.signal and the recovery settings (restore_command calling this binary),
 and with --start runs PostgreSQL until the target and prints where it ended.
 The restored cluster does not archive (archive_mode = off) unless --archive: a copy
-must not push a new timeline into the production repository.")]
+must not push a new timeline into the production repository.
+
+--standby makes a standby instead (standby.signal, no target): it replays the archive
+without end, streams from the primary when given one (--primary-conninfo,
+--primary-slot-name, or the standby.* settings), keeps production's archive settings,
+and with --start is waited for until consistent.")]
     Recover {
         /// Directory to restore into (must be empty or absent)
         #[arg(long, short = 'D')]
@@ -192,6 +204,17 @@ must not push a new timeline into the production repository.")]
         /// Keep archiving on in the restored cluster (it becomes the primary)
         #[arg(long)]
         archive: bool,
+        /// Make a standby (standby.signal): it replays the archive without end and
+        /// streams from its primary when given one; production's archive settings kept
+        #[arg(long)]
+        standby: bool,
+        /// primary_conninfo of the standby (default standby.primary_conninfo; a
+        /// password belongs in the config file or ~/.pgpass, not on a command line)
+        #[arg(long, requires = "standby", value_name = "CONNINFO")]
+        primary_conninfo: Option<String>,
+        /// primary_slot_name of the standby (default standby.primary_slot_name)
+        #[arg(long, requires = "standby", value_name = "SLOT")]
+        primary_slot_name: Option<String>,
     },
     /// Keep a backup whatever the retention policy (audit keeps), or unmark it
     #[command(after_help = "\

@@ -263,6 +263,21 @@ pub const KEYS: &[(&str, Kind, &str)] = &[
         "how long backup-push waits for the backup's last WAL to reach the repository before it fails",
     ),
     (
+        "backup.standby_max_lag_mb",
+        Kind::Int,
+        "backup-push on a standby: refused when its replay is more than N MiB of WAL behind its primary",
+    ),
+    (
+        "standby.primary_conninfo",
+        Kind::Str,
+        "recover --standby: the primary_conninfo the standby streams with (may hold a password: never logged, never carried into restore_command)",
+    ),
+    (
+        "standby.primary_slot_name",
+        Kind::Str,
+        "recover --standby: the replication slot on the primary the standby streams from",
+    ),
+    (
         "restore.concurrency",
         Kind::Int,
         "backup parts downloaded and extracted at once",
@@ -359,6 +374,8 @@ pub struct Config {
     pub backup: Backup,
     #[serde(default)]
     pub restore: Restore,
+    #[serde(default)]
+    pub standby: Standby,
     #[serde(default)]
     pub retention: Retention,
     #[serde(default)]
@@ -533,6 +550,16 @@ pub struct Backup {
     pub max_increments: i64,
     #[serde(default)]
     pub max_rate_mb: i64,
+    #[serde(default = "default_standby_max_lag")]
+    pub standby_max_lag_mb: i64,
+}
+
+/// What `recover --standby` writes for streaming (the command line wins).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Standby {
+    pub primary_conninfo: Option<String>,
+    pub primary_slot_name: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -554,6 +581,7 @@ impl Default for Backup {
             full_every_days: default_full_every_days(),
             max_increments: default_max_increments(),
             max_rate_mb: 0,
+            standby_max_lag_mb: default_standby_max_lag(),
         }
     }
 }
@@ -574,6 +602,11 @@ fn default_backup_part() -> i64 {
 // retries a slow store, not one that is failing.
 fn default_wal_wait() -> i64 {
     600
+}
+// A standby a GiB of WAL behind is not streaming its primary's pace: its
+// backup would start well behind what the primary holds.
+fn default_standby_max_lag() -> i64 {
+    1024
 }
 // A weekly full and daily increments: a restore reads at most seven backups.
 fn default_full_every_days() -> i64 {
@@ -765,7 +798,7 @@ pub fn parse_sets(sets: &[String]) -> Result<Vec<(String, String)>> {
 }
 
 /// Settings that hold or may hold a secret: never carried onto a command line.
-const SECRET_KEYS: &[&str] = &["postgres.conninfo"];
+const SECRET_KEYS: &[&str] = &["postgres.conninfo", "standby.primary_conninfo"];
 
 /// The settings this process took from outside its config file (WALVAULT_*
 /// variables, `--set`, and the AWS endpoint and region variables), as
@@ -955,6 +988,11 @@ impl Config {
             ("backup.max_increments", self.backup.max_increments, 0),
             ("restore.concurrency", self.restore.concurrency, 1),
             ("backup.max_rate_mb", self.backup.max_rate_mb, 0),
+            (
+                "backup.standby_max_lag_mb",
+                self.backup.standby_max_lag_mb,
+                0,
+            ),
             ("restore.max_rate_mb", self.restore.max_rate_mb, 0),
             ("retention.keep_last", self.retention.keep_last, 0),
             ("retention.keep_days", self.retention.keep_days, 0),

@@ -269,6 +269,9 @@ async fn dispatch(command: Command, cfg: Config, ctx: Context) -> anyhow::Result
             socket_dir,
             tablespace_map,
             archive,
+            standby,
+            primary_conninfo,
+            primary_slot_name,
         } => {
             use walvault::recover::target::Action;
             let (target, timeline) = parse_target(target)?;
@@ -298,6 +301,10 @@ async fn dispatch(command: Command, cfg: Config, ctx: Context) -> anyhow::Result
                 config_file,
                 carry: walvault::config::carried_settings(&ctx.sets)?,
                 postgres: cfg.postgres.clone(),
+                standby: standby.then(|| walvault::recover::Standby {
+                    primary_conninfo: primary_conninfo.or(cfg.standby.primary_conninfo.clone()),
+                    primary_slot_name: primary_slot_name.or(cfg.standby.primary_slot_name.clone()),
+                }),
             };
             walvault::recover::run(&cfg, store, &codec, opts).await?;
             Ok(exit::OK)

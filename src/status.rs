@@ -63,6 +63,10 @@ pub const METRICS: &[(&str, &str)] = &[
         "1 when a WAL segment is missing with later ones present: recovery stops before it.",
     ),
     (
+        "walvault_timeline",
+        "The newest timeline in the repository: it grows at each failover or promoted recovery.",
+    ),
+    (
         "walvault_last_drill_time_seconds",
         "When the newest restore drill kept in the repository finished.",
     ),
@@ -121,6 +125,9 @@ pub struct Status {
     pub window_start: Option<DateTime<Utc>>,
     pub window_end: Option<DateTime<Utc>>,
     pub wal_gap: Option<String>,
+    /// The newest timeline in the repository, and how it began (a failover).
+    pub timeline: Option<u32>,
+    pub timeline_switch: Option<crate::wal::switches::Switch>,
     pub last_drill_id: Option<String>,
     pub last_drill_time: Option<DateTime<Utc>>,
     pub last_drill_passed: Option<bool>,
@@ -181,6 +188,11 @@ async fn read_repository(store: &dyn Store, codec: &Codec, st: &mut Status) -> R
         st.last_archived_segment = Some(s.to_string());
         st.last_archived_time = stored;
     }
+    let tli = inv.latest_timeline();
+    st.timeline = Some(tli);
+    st.timeline_switch = crate::wal::switches::of(&inv)
+        .into_iter()
+        .find(|s| s.timeline == tli);
     st.backups = Some(listing.complete.len());
     if let Some(m) = listing.complete.last() {
         st.last_backup_id = Some(m.id.clone());
@@ -315,6 +327,7 @@ pub fn prometheus(st: &Status) -> String {
         secs(&st.window_end),
         st.repository_up
             .then(|| if st.wal_gap.is_some() { 1.0 } else { 0.0 }),
+        st.timeline.map(f64::from),
         secs(&st.last_drill_time),
         st.last_drill_passed.and_then(flag),
         secs(&st.last_passed_drill_time),
@@ -359,6 +372,15 @@ fn print(st: &Status) {
                 st.last_archived_segment.as_deref().unwrap_or("none"),
                 ago(&st.last_archived_time)
             );
+            if let Some(t) = st.timeline {
+                println!(
+                    "  timeline       {t}{}",
+                    st.timeline_switch
+                        .as_ref()
+                        .map(|s| format!(": {}", crate::wal::switches::describe(s)))
+                        .unwrap_or_default()
+                );
+            }
             println!(
                 "  last backup    {} ended {}, {} MiB stored",
                 st.last_backup_id.as_deref().unwrap_or("none"),

@@ -111,9 +111,10 @@ pub async fn run(store: &dyn Store, codec: &Codec, json: bool) -> Result<()> {
         println!("no complete backups in {}", store.locate(""));
     } else {
         println!(
-            "{:<17} {:<4} {:>3} {:<20} {:<20} {:>12} {:>12} {:>4} {:>9} {:>9} {:>8}  WAL",
+            "{:<17} {:<4} {:<24} {:>3} {:<20} {:<20} {:>12} {:>12} {:>4} {:>9} {:>9} {:>8}  WAL",
             "ID",
             "KIND",
+            "TAKEN ON",
             "PG",
             "START (UTC)",
             "STOP (UTC)",
@@ -127,9 +128,12 @@ pub async fn run(store: &dyn Store, codec: &Codec, json: bool) -> Result<()> {
         for r in &catalog.backups {
             let m = r.manifest;
             println!(
-                "{:<17} {:<4} {:>3} {:<20} {:<20} {:>12} {:>12} {:>4} {:>9} {:>9} {:>8.1}  {}{}",
+                "{:<17} {:<4} {:<24} {:>3} {:<20} {:<20} {:>12} {:>12} {:>4} {:>9} {:>9} {:>8.1}  {}{}",
                 m.id,
                 r.kind,
+                m.taken_on
+                    .as_ref()
+                    .map_or_else(|| "-".to_string(), |t| t.to_string()),
                 m.pg_version_num / 10000,
                 m.start_time.format("%Y-%m-%d %H:%M:%S"),
                 m.stop_time.format("%Y-%m-%d %H:%M:%S"),

@@ -144,8 +144,9 @@ pub async fn classify(store: &dyn Store, m: &Manifest, class: Class) -> Result<u
         .into_iter()
         .map(|o| o.key)
         .collect();
-    // A backup's own WAL lies on its own timeline (standbys are not backed up):
-    // no history file, so no key, is needed to name it.
+    // A backup's own WAL lies on its own timeline (on a standby too: a switch
+    // during its backup fails the wait for its WAL): no history file, so no
+    // key, is needed to name it.
     let seg = m.wal_segment_size;
     let last = Lsn(m.stop()?.0.saturating_sub(1)).segno(seg);
     let needed: HashSet<SegmentName> = (m.start()?.segno(seg)..=last)

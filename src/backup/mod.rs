@@ -20,6 +20,7 @@ pub mod push;
 pub mod read;
 pub mod restore;
 pub mod resume;
+pub mod standby;
 pub mod summaries;
 pub mod verify;
 pub mod walk;
@@ -115,6 +116,24 @@ pub struct Manifest {
     /// (SHA-256 in manifests without the field).
     #[serde(default, skip_serializing_if = "BlockHash::is_sha256")]
     pub block_hash: BlockHash,
+    /// Where it was taken (absent in manifests written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taken_on: Option<TakenOn>,
+}
+
+/// The host a backup was read on and the role its server had then.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TakenOn {
+    pub host: String,
+    /// "primary", or "standby" (a streaming standby: the backup's I/O stayed
+    /// off the primary).
+    pub role: String,
+}
+
+impl std::fmt::Display for TakenOn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.host, self.role)
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -10,7 +10,8 @@ use super::read::Reader;
 use super::resume;
 use super::walk::{self, Entry, Kind, PG_CONTROL};
 use super::{
-    ChecksumFailure, FileRecord, Manifest, Part, Tablespace, INCREMENTAL_FORMAT, MANIFEST_FORMAT,
+    ChecksumFailure, FileRecord, Manifest, Part, Tablespace, TakenOn, INCREMENTAL_FORMAT,
+    MANIFEST_FORMAT,
 };
 use crate::codec::Codec;
 use crate::config::Config;
@@ -77,10 +78,13 @@ pub async fn run(
         pg::majors::of_version_num(version.into()),
         &format!("the server's server_version_num is {version}"),
     )?;
-    if in_recovery {
-        bail!("the server is a standby; run backup-push against the primary");
-    }
-    if archive_mode == "off" {
+    // On a standby the primary archives (or both, with archive_mode = always).
+    let upstream = if in_recovery {
+        Some(super::standby::check(&client, cfg.backup.standby_max_lag_mb).await?)
+    } else {
+        None
+    };
+    if upstream.is_none() && archive_mode == "off" {
         bail!("archive_mode is off: a base backup without archived WAL cannot be restored; set archive_mode = on and archive_command = 'walvault wal-push %p'");
     }
     let sysid: u64 = sysid.parse().context("system identifier")?;
@@ -181,8 +185,16 @@ pub async fn run(
         .get(0);
     let start = Lsn::parse(&start_lsn)?;
     tracing::info!(
-        "backup {id}: started at {start}, reading {}{}",
+        "backup {id}: started at {start}, reading {}{}{}",
         pgdata.display(),
+        match &upstream {
+            Some(u) => format!(
+                " on a standby of {} ({} KiB of replay behind it)",
+                u.primary,
+                u.lag_bytes >> 10
+            ),
+            None => String::new(),
+        },
         match &parent {
             Some((m, _, _)) => format!(
                 " (incremental on {}: what changed since {})",
@@ -374,12 +386,19 @@ pub async fn run(
     }
     let wait = Duration::from_secs(cfg.backup.wal_wait_seconds as u64);
     let waited = Instant::now();
+    if let Some(u) = &upstream {
+        tracing::info!(
+            "backup {id}: stopped at {stop} on the standby; its last segment reaches the repository once the primary {} leaves it (archive_timeout there, or a switch)",
+            u.primary
+        );
+    }
     if let Err(e) = wait_for_wal(store.as_ref(), timeline, start, stop, seg_size as u64, wait).await
     {
-        bail!(
-            "{e:#}; {}; backup {id} stays incomplete (never listed, never restored)",
-            archiver_report(&client).await
-        );
+        let why = match &upstream {
+            Some(u) => super::standby::archiving_report(&archive_mode, &u.primary),
+            None => archiver_report(&client).await,
+        };
+        bail!("{e:#}; {why}; backup {id} stays incomplete (never listed, never restored)");
     }
     tracing::debug!(
         "backup {id}: its WAL reached the repository {} ms after the backup stopped",
@@ -441,6 +460,15 @@ pub async fn run(
         changes_from: manifest_changes_from(&reader),
         checksum_failures,
         block_hash,
+        taken_on: Some(TakenOn {
+            host: super::standby::host_name(),
+            role: if upstream.is_some() {
+                "standby"
+            } else {
+                "primary"
+            }
+            .into(),
+        }),
     };
     // Last: from this moment the backup exists.
     let json = serde_json::to_vec_pretty(&manifest)?;

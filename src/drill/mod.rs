@@ -120,6 +120,7 @@ pub async fn run(
         config_file: opts.config_file.clone(),
         carry: opts.carry.clone(),
         postgres: cfg.postgres.clone(),
+        standby: None,
     };
     let t0 = Instant::now();
     // A backup that does not exist or cannot reach the target is bad input, not a

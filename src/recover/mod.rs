@@ -49,6 +49,16 @@ pub struct Options {
     pub carry: Vec<String>,
     /// Where the server programs of each major are (`postgres.bin_dir*`).
     pub postgres: crate::config::Postgres,
+    /// Make a standby (standby.signal) instead of a server that ends recovery.
+    pub standby: Option<Standby>,
+}
+
+/// What a restored standby streams from, when it should (else it follows the archive).
+#[derive(Clone, Debug, Default)]
+pub struct Standby {
+    /// primary_conninfo; never logged nor printed (it may hold a password).
+    pub primary_conninfo: Option<String>,
+    pub primary_slot_name: Option<String>,
 }
 
 pub struct Plan {
@@ -137,6 +147,18 @@ pub async fn run(cfg: &Config, store: Arc<dyn Store>, codec: &Codec, opts: Optio
         return Ok(());
     }
     let t1 = Instant::now();
+    if opts.standby.is_some() {
+        let (end, upstream) = start_standby(&opts, &plan).await?;
+        println!(
+            "standby:  consistent at LSN {} on timeline {}, accepting read-only connections, {upstream}; restore {:.1} s, recovery {:.1} s, total {:.1} s",
+            end.lsn,
+            end.timeline,
+            restore_secs,
+            t1.elapsed().as_secs_f64(),
+            t0.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
     let end = start(&opts, &plan, &[]).await?;
     println!(
         "recovered: ended at LSN {} on timeline {}, last replayed commit {}; restore {:.1} s, recovery {:.1} s, total {:.1} s",
@@ -237,6 +259,99 @@ pub async fn start(opts: &Options, plan: &Plan, extra: &[String]) -> Result<End>
         .as_ref()
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .join("pg_ctl");
+    // The log is read for where replay stopped: only this start's lines.
+    crate::store::fs::remove_if_present(&log_path(opts))?;
+    pg::ctl::start(
+        &pg_ctl,
+        &opts.pgdata,
+        &log_path(opts),
+        &server_options(opts, extra),
+    )?;
+    wait(opts, &log_path(opts), plan.major).await
+}
+
+/// Starts a restored standby and waits until it is consistent (it then
+/// follows the archive, and streams when given a primary); returns where
+/// replay stood and what it follows.
+async fn start_standby(opts: &Options, plan: &Plan) -> Result<(End, String)> {
+    let pg_ctl = plan
+        .bin_dir
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .join("pg_ctl");
+    crate::store::fs::remove_if_present(&log_path(opts))?;
+    pg::ctl::start(
+        &pg_ctl,
+        &opts.pgdata,
+        &log_path(opts),
+        &server_options(opts, &[]),
+    )?;
+    let conninfo = conninfo(opts);
+    let mut last_note = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if pg::ctl::running_pid(&opts.pgdata).is_none() {
+            bail!(
+                "PostgreSQL stopped before the standby was consistent: {}",
+                log_tail(&log_path(opts), 6)
+            );
+        }
+        let client = match pg::conn::connect(Some(&conninfo)).await {
+            Ok(c) => c,
+            Err(_) => {
+                if last_note.elapsed() > Duration::from_secs(10) {
+                    tracing::info!("standby starting: not yet consistent (hot_standby must be on for walvault to see it)");
+                    last_note = Instant::now();
+                }
+                continue;
+            }
+        };
+        let row = client
+            .query_one(
+                "select pg_is_in_recovery(), pg_last_wal_replay_lsn()::text,                  (select timeline_id from pg_control_checkpoint()),                  (select status || ' from ' || coalesce(sender_host, '?') || ':' || coalesce(sender_port::text, '?')                   from pg_stat_wal_receiver)",
+                &[],
+            )
+            .await?;
+        let in_recovery: bool = row.get(0);
+        if !in_recovery {
+            bail!(
+                "the restored server left recovery: it is no standby (was standby.signal removed?)"
+            );
+        }
+        let receiver: Option<String> = row.get(3);
+        let upstream = match (
+            &receiver,
+            opts.standby
+                .as_ref()
+                .and_then(|s| s.primary_conninfo.as_ref()),
+        ) {
+            (Some(r), _) => format!("WAL receiver {r}"),
+            (None, Some(_)) => {
+                "following the archive until its WAL receiver connects to the primary".into()
+            }
+            (None, None) => "following the archive (no primary_conninfo)".into(),
+        };
+        return Ok((
+            End {
+                lsn: row.get::<_, Option<String>>(1).unwrap_or_default(),
+                timeline: row.get(2),
+                last_commit: None,
+            },
+            upstream,
+        ));
+    }
+}
+
+/// The last `n` lines of a log, joined on one line.
+fn log_tail(log: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(n).collect();
+    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+}
+
+/// pg_ctl's -o for a restored server: our port and socket directory, `extra`
+/// settings (`name=value`).
+fn server_options(opts: &Options, extra: &[String]) -> String {
     let mut server_opts = String::new();
     if let Some(p) = opts.port {
         server_opts.push_str(&format!("-p {p} "));
@@ -250,10 +365,22 @@ pub async fn start(opts: &Options, plan: &Plan, extra: &[String]) -> Result<End>
     for setting in extra {
         server_opts.push_str(&format!("-c {} ", pg::ctl::shell_quote(setting)));
     }
-    // The log is read for where replay stopped: only this start's lines.
-    crate::store::fs::remove_if_present(&log_path(opts))?;
-    pg::ctl::start(&pg_ctl, &opts.pgdata, &log_path(opts), server_opts.trim())?;
-    wait(opts, &log_path(opts), plan.major).await
+    server_opts.trim().to_string()
+}
+
+/// How walvault connects to the restored server: our overrides, else what
+/// its configuration says.
+fn conninfo(opts: &Options) -> String {
+    let sock = opts.socket_dir.clone().unwrap_or_else(|| {
+        conf_value(&opts.pgdata, "unix_socket_directories")
+            .and_then(|v| v.split(',').next().map(|d| PathBuf::from(d.trim())))
+            .unwrap_or_else(|| PathBuf::from("/var/run/postgresql"))
+    });
+    let port = opts
+        .port
+        .or_else(|| conf_value(&opts.pgdata, "port").and_then(|p| p.parse().ok()))
+        .unwrap_or(5432);
+    format!("host={} port={port} dbname=postgres", sock.display())
 }
 
 /// The server log of a restored cluster started by walvault, in its data directory.
@@ -274,6 +401,12 @@ pub async fn plan(store: &dyn Store, codec: &Codec, opts: &Options) -> Result<Pl
     }
     if !opts.delta {
         ensure_empty(&opts.pgdata, opts.overwrite, false, "target directory")?;
+    }
+    if opts.standby.is_some() && opts.target != Target::Latest {
+        bail!(
+            "--standby: a standby follows its primary without end; a recovery target ({}) is for a recovery that stops (leave it out)",
+            opts.target.describe()
+        );
     }
     if opts.start && unsafe { libc::geteuid() } == 0 {
         bail!("--start: PostgreSQL refuses to run as root; run walvault recover as the cluster's OS user (e.g. postgres)");
@@ -563,6 +696,20 @@ fn write_settings(opts: &Options, plan: &Plan) -> Result<()> {
         "recovery_target_action = {}",
         target::quote(opts.action.as_str())
     ));
+    if let Some(s) = &opts.standby {
+        // A member of the cluster: it keeps production's archiving (a standby
+        // archives only with archive_mode = always, and does once promoted).
+        let mut replaced = Vec::new();
+        if let Some(c) = &s.primary_conninfo {
+            lines.push(format!("primary_conninfo = {}", target::quote(c)));
+            replaced.push("primary_conninfo");
+        }
+        if let Some(slot) = &s.primary_slot_name {
+            lines.push(format!("primary_slot_name = {}", target::quote(slot)));
+            replaced.push("primary_slot_name");
+        }
+        return settings::write(&opts.pgdata, &lines, "standby.signal", &replaced);
+    }
     if !opts.archive {
         // A restored copy must not act on production: no new timeline pushed
         // into its repository, no subscription pulling from (and advancing the
@@ -570,7 +717,7 @@ fn write_settings(opts: &Options, plan: &Plan) -> Result<()> {
         lines.push("archive_mode = off".into());
         lines.push("max_logical_replication_workers = 0".into());
     }
-    settings::write(&opts.pgdata, &lines, "recovery.signal")
+    settings::write(&opts.pgdata, &lines, "recovery.signal", &[])
 }
 
 /// `walvault` as restore_command runs it: this binary, the config file in use
@@ -607,17 +754,7 @@ async fn wait(opts: &Options, log: &Path, major: u32) -> Result<End> {
     } else {
         "case when pg_is_wal_replay_paused() then 'paused' else 'not paused' end"
     };
-    // Where the server listens: our overrides, else what its configuration says.
-    let sock = opts.socket_dir.clone().unwrap_or_else(|| {
-        conf_value(&opts.pgdata, "unix_socket_directories")
-            .and_then(|v| v.split(',').next().map(|d| PathBuf::from(d.trim())))
-            .unwrap_or_else(|| PathBuf::from("/var/run/postgresql"))
-    });
-    let port = opts
-        .port
-        .or_else(|| conf_value(&opts.pgdata, "port").and_then(|p| p.parse().ok()))
-        .unwrap_or(5432);
-    let conninfo = format!("host={} port={port} dbname=postgres", sock.display());
+    let conninfo = conninfo(opts);
     let mut last_note = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -630,11 +767,7 @@ async fn wait(opts: &Options, log: &Path, major: u32) -> Result<End> {
                     last_commit: None,
                 });
             }
-            let tail: Vec<&str> = log_text.lines().rev().take(6).collect();
-            bail!(
-                "PostgreSQL stopped during recovery: {}",
-                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-            );
+            bail!("PostgreSQL stopped during recovery: {}", log_tail(log, 6));
         }
         let Ok(client) = pg::conn::connect(Some(&conninfo)).await else {
             if last_note.elapsed() > Duration::from_secs(10) {

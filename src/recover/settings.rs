@@ -81,15 +81,21 @@ pub fn clean(text: &str) -> String {
 }
 
 /// Cleans `pgdata`'s configuration, writes `lines` as walvault's one block and
-/// leaves `signal` (recovery.signal) as the only signal file.
-pub fn write(pgdata: &Path, lines: &[String], signal: &str) -> Result<()> {
+/// leaves `signal` (recovery.signal or standby.signal) as the only signal
+/// file. Lines setting a `replaced` key elsewhere in the file go too (a
+/// standby's new primary_conninfo replaces the one its backup carried).
+pub fn write(pgdata: &Path, lines: &[String], signal: &str, replaced: &[&str]) -> Result<()> {
     let auto = pgdata.join("postgresql.auto.conf");
     let old = match std::fs::read_to_string(&auto) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", auto.display())),
     };
-    let mut text = clean(&old);
+    let mut text: String = clean(&old)
+        .lines()
+        .filter(|l| !key_of(l).is_some_and(|k| replaced.contains(&k.as_str())))
+        .map(|l| format!("{l}\n"))
+        .collect();
     text.push_str(BEGIN);
     text.push('\n');
     for l in lines {
@@ -152,17 +158,44 @@ mod tests {
             d.path(),
             &["restore_command = 'one'".into()],
             "recovery.signal",
+            &[],
         )
         .unwrap();
         write(
             d.path(),
             &["restore_command = 'two'".into()],
             "recovery.signal",
+            &[],
         )
         .unwrap();
         let text = std::fs::read_to_string(d.path().join("postgresql.auto.conf")).unwrap();
         assert_eq!(text, format!("{BEGIN}\nrestore_command = 'two'\n{END}\n"));
         assert!(!d.path().join("standby.signal").exists());
         assert!(d.path().join("recovery.signal").exists());
+    }
+
+    #[test]
+    fn a_standby_block_replaces_the_primary_its_backup_named() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("postgresql.auto.conf"),
+            "primary_conninfo = 'host=old'\nwork_mem = '8MB'\nprimary_slot_name = 'old'\n",
+        )
+        .unwrap();
+        std::fs::write(d.path().join("recovery.signal"), "").unwrap();
+        write(
+            d.path(),
+            &["primary_conninfo = 'host=new'".into()],
+            "standby.signal",
+            &["primary_conninfo"],
+        )
+        .unwrap();
+        let text = std::fs::read_to_string(d.path().join("postgresql.auto.conf")).unwrap();
+        assert_eq!(
+            text,
+            format!("work_mem = '8MB'\nprimary_slot_name = 'old'\n{BEGIN}\nprimary_conninfo = 'host=new'\n{END}\n")
+        );
+        assert!(d.path().join("standby.signal").exists());
+        assert!(!d.path().join("recovery.signal").exists());
     }
 }

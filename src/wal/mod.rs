@@ -11,6 +11,7 @@ pub mod names;
 pub mod prefetch;
 pub mod push;
 pub mod segments;
+pub mod switches;
 pub mod verify;
 
 /// The object key of a WAL file in the repository.

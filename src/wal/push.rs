@@ -317,7 +317,7 @@ async fn settle(
     let (sha, len) = sha256_of_file(path).await?;
     if sha != stored.plain_sha256 || len != stored.plain_len {
         bail!(
-            "{name} is already archived at {} with DIFFERENT content (stored sha256 {}, {} bytes; this file sha256 {}, {len} bytes); refusing to overwrite. Two clusters may be archiving into one repository, or this cluster was restored without a new timeline: keep the repository and give this cluster its own",
+            "{name} is already archived at {} with DIFFERENT content (stored sha256 {}, {} bytes; this file sha256 {}, {len} bytes); refusing to overwrite: the stored copy is the history recovery follows. Another server wrote this timeline differently: after a failover, an old primary that wrote on or was started again without being rewound (rebuild it from the new primary with pg_rewind, or walvault recover --standby --delta, and it archives only the new timeline); else two clusters archiving into one repository, or a copy restored without a new timeline (give it a repository of its own)",
             store.locate(key),
             hex::encode(stored.plain_sha256),
             stored.plain_len,

@@ -51,6 +51,8 @@ pub struct Report {
     /// Gaps on the latest timeline's path since the oldest restorable backup.
     pub gaps: Vec<Gap>,
     pub timeline_breaks: Vec<String>,
+    /// Every timeline switch the history files record.
+    pub switches: Vec<super::switches::Switch>,
     pub window_from: Option<String>,
     pub window_broken: bool,
 }
@@ -172,6 +174,7 @@ pub fn analyse(
         backups: rows,
         gaps,
         timeline_breaks: breaks,
+        switches: super::switches::of(inv),
         window_from,
         window_broken,
     }
@@ -279,6 +282,9 @@ fn print(r: &Report) {
             }
         }
         None => println!("no restorable backup on the latest timeline: nothing to recover from"),
+    }
+    for s in &r.switches {
+        println!("{}", super::switches::describe(s));
     }
     for b in &r.timeline_breaks {
         println!("TIMELINE BREAK: {b}");

@@ -856,6 +856,8 @@ pub struct Cluster {
     pub sockdir: PathBuf,
     pub env: BTreeMap<String, String>,
     pid: Option<i32>,
+    /// The server started by walvault (adopted) logs into its data directory.
+    adopted: bool,
 }
 
 impl Cluster {
@@ -919,6 +921,7 @@ impl Cluster {
             sockdir: root.join(format!("{name}-sock")),
             env: base_env(),
             pid: None,
+            adopted: false,
         }
     }
 
@@ -945,6 +948,9 @@ impl Cluster {
     }
 
     pub fn log_path(&self) -> PathBuf {
+        if self.adopted {
+            return self.pgdata.join("walvault-recover.log");
+        }
         self.root.join(format!(
             "{}.log",
             self.pgdata.file_name().unwrap().to_string_lossy()
@@ -960,6 +966,7 @@ impl Cluster {
 
     pub fn start_opts(&mut self, env: &BTreeMap<String, String>, wait: bool) {
         self.env = env.clone();
+        self.adopted = false;
         std::fs::create_dir_all(&self.sockdir).unwrap();
         chown_pg(&self.sockdir);
         // A pid file left behind means the last stop (by the test or by
@@ -1008,6 +1015,7 @@ impl Cluster {
     pub fn adopt(&mut self) {
         let text = std::fs::read_to_string(self.pgdata.join("postmaster.pid")).unwrap_or_default();
         self.pid = text.lines().next().and_then(|l| l.trim().parse().ok());
+        self.adopted = true;
         assert!(
             self.pid.is_some_and(process_alive),
             "no running server in {}",
