@@ -168,6 +168,11 @@ pub const KEYS: &[(&str, Kind, &str)] = &[
         "wal-push: uploads at once within one call",
     ),
     (
+        "push.max_backlog",
+        Kind::Int,
+        "wal-push: when the repository fails and N or more .ready files wait, the segment is dropped from the archive and recorded as a deliberate gap (trades point-in-time recovery for the primary's disk; 0 = never, the default)",
+    ),
+    (
         "fetch.prefetch",
         Kind::Int,
         "wal-fetch: segments downloaded ahead into the spool (0 = no prefetch)",
@@ -682,6 +687,8 @@ pub struct Push {
     pub lookahead: i64,
     #[serde(default = "default_push_concurrency")]
     pub concurrency: i64,
+    #[serde(default)]
+    pub max_backlog: i64,
 }
 
 impl Default for Push {
@@ -689,6 +696,7 @@ impl Default for Push {
         Push {
             lookahead: default_lookahead(),
             concurrency: default_push_concurrency(),
+            max_backlog: 0,
         }
     }
 }
@@ -981,6 +989,7 @@ impl Config {
             ),
             ("push.lookahead", self.push.lookahead, 0),
             ("push.concurrency", self.push.concurrency, 1),
+            ("push.max_backlog", self.push.max_backlog, 0),
             ("backup.part_size_mb", self.backup.part_size_mb, 1),
             ("backup.concurrency", self.backup.concurrency, 1),
             ("backup.wal_wait_seconds", self.backup.wal_wait_seconds, 1),

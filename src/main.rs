@@ -150,9 +150,20 @@ async fn dispatch(command: Command, cfg: Config, ctx: Context) -> anyhow::Result
         };
         // Encoding starts before the repository is opened (see push::prepare).
         let prepared = wal::push::prepare(&codec, path, &opts)?;
-        let store = store::open(&cfg).await?;
-        wal::push::run(store.as_ref(), &codec, prepared, &opts).await?;
-        return Ok(exit::OK);
+        let pushed = async {
+            let store = store::open(&cfg).await?;
+            wal::push::run(store.as_ref(), &codec, prepared, &opts).await?;
+            anyhow::Ok(store)
+        }
+        .await;
+        return match pushed {
+            Ok(store) => {
+                wal::backlog::record_journaled(store.as_ref(), path).await;
+                Ok(exit::OK)
+            }
+            Err(e) if wal::backlog::drop_if_over(cfg.push.max_backlog, path, &e)? => Ok(exit::OK),
+            Err(e) => Err(e),
+        };
     }
     let store = store::open(&cfg).await?;
     match command {

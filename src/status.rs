@@ -63,6 +63,10 @@ pub const METRICS: &[(&str, &str)] = &[
         "1 when a WAL segment is missing with later ones present: recovery stops before it.",
     ),
     (
+        "walvault_wal_dropped_segments",
+        "WAL segments push.max_backlog dropped from the archive on purpose (recorded under gaps/): recovery cannot pass them.",
+    ),
+    (
         "walvault_timeline",
         "The newest timeline in the repository: it grows at each failover or promoted recovery.",
     ),
@@ -125,6 +129,10 @@ pub struct Status {
     pub window_start: Option<DateTime<Utc>>,
     pub window_end: Option<DateTime<Utc>>,
     pub wal_gap: Option<String>,
+    /// Segments push.max_backlog dropped on purpose, as recorded in the
+    /// repository (the newest named in `wal_gap_dropped` when it is the gap).
+    pub wal_dropped_segments: Option<u64>,
+    pub wal_gap_dropped: Option<String>,
     /// The newest timeline in the repository, and how it began (a failover).
     pub timeline: Option<u32>,
     pub timeline_switch: Option<crate::wal::switches::Switch>,
@@ -200,10 +208,14 @@ async fn read_repository(store: &dyn Store, codec: &Codec, st: &mut Status) -> R
         st.last_backup_stored_bytes = Some(m.stored_bytes);
         st.last_backup_raw_bytes = Some(m.raw_bytes);
     }
-    if let Some(w) = backup::catalog::window(&listing, &inv) {
+    let dropped = crate::wal::backlog::recorded(store).await?;
+    st.wal_dropped_segments = Some(dropped.len() as u64);
+    if let Some(mut w) = backup::catalog::window(&listing, &inv) {
+        w.mark_dropped(&dropped);
         st.window_start = Some(w.from);
         st.window_end = w.to;
         st.wal_gap = w.gap;
+        st.wal_gap_dropped = w.gap_dropped.as_ref().map(backup::catalog::describe_drop);
     }
     // Drills since the last pass; a year of monthly ones at most.
     let (newest, passed) = crate::drill::history::latest(store, 12).await?;
@@ -327,6 +339,7 @@ pub fn prometheus(st: &Status) -> String {
         secs(&st.window_end),
         st.repository_up
             .then(|| if st.wal_gap.is_some() { 1.0 } else { 0.0 }),
+        st.wal_dropped_segments.map(|v| v as f64),
         st.timeline.map(f64::from),
         secs(&st.last_drill_time),
         st.last_drill_passed.and_then(flag),
@@ -397,7 +410,13 @@ fn print(st: &Status) {
                     .unwrap_or_else(|| "-".into()),
                 st.wal_gap
                     .as_ref()
-                    .map(|g| format!("  WAL GAP at {g}"))
+                    .map(|g| format!(
+                        "  WAL GAP at {g}{}",
+                        st.wal_gap_dropped
+                            .as_ref()
+                            .map(|d| format!(" ({d})"))
+                            .unwrap_or_default()
+                    ))
                     .unwrap_or_default()
             );
             println!(

@@ -547,3 +547,113 @@ fn an_archive_following_standby_idles_cheaply() {
     assert_eq!(summary(&b), expected(&[(1, 20)]));
     b.stop();
 }
+
+/// `push.max_backlog`: with the repository down and the bound reached, the
+/// oldest waiting segments are dropped on purpose (PostgreSQL may recycle
+/// them), each logged at error level; once S3 is back archiving resumes, the
+/// drops are recorded in the repository, and wal-verify, backup-list and
+/// status name the gap as deliberate.
+#[test]
+fn push_max_backlog_drops_segments_while_s3_is_down_and_records_the_gap() {
+    let mut weed = Seaweed::start();
+    let root = pg_tempdir();
+    let mut env = weed.walvault_env("backlog");
+    env.insert("WALVAULT_PUSH_MAX_BACKLOG".into(), "3".into());
+    env.insert("WALVAULT_S3_MAX_ATTEMPTS".into(), "1".into());
+    let mut a = Cluster::init(root.path(), "a");
+    a.archive_to_walvault();
+    a.conf("wal_keep_size = 256MB");
+    a.start(&env);
+    a.psql("create table t(i bigint primary key, note text)");
+    insert(&a, 1, 10);
+    ok(
+        &walvault(&["backup-push", "--fast"], &a.pg_env(&env), None),
+        "backup-push",
+    );
+    a.flush_archive();
+    let from = a.log_len();
+
+    // Six segments while the repository is down: the first four are dropped
+    // (6, 5, 4 then 3 files waiting), the last two wait under the bound.
+    weed.stop();
+    let mut closed = Vec::new();
+    for k in 0..6 {
+        insert(&a, 11 + k * 10, 20 + k * 10);
+        closed.push(a.switch_wal());
+    }
+    wait_for("four segments dropped", Duration::from_secs(180), || {
+        a.log_since(from)
+            .matches("is DROPPED from the archive")
+            .count()
+            == 4
+            && ready_files(&a.pgdata).len() == 2
+    });
+    let journal = a.pgdata.join("pg_wal/walvault_skipped");
+    assert_eq!(
+        std::fs::read_to_string(&journal).unwrap().lines().count(),
+        4
+    );
+    let logged = a.log_since(from);
+    for s in &closed[..4] {
+        assert!(
+            logged.contains(&format!("{s} is DROPPED from the archive")),
+            "{s}: {logged}"
+        );
+    }
+
+    // S3 back: archiving resumes and the drops reach the repository.
+    weed.restart();
+    let last = a.switch_wal();
+    a.wait_archived(&last, Duration::from_secs(180));
+    wait_for("the drops recorded", Duration::from_secs(60), || {
+        weed.list("backlog/gaps/").len() == 4 && !journal.exists()
+    });
+    let stored = stored_segments(&weed, "backlog");
+    for s in &closed[..4] {
+        assert!(!stored.contains(s), "{s} was dropped, yet stored");
+    }
+    for s in closed[4..].iter().chain([&last]) {
+        assert!(stored.contains(s), "{s} lost");
+    }
+
+    let out = walvault(&["wal-verify"], &env, None);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "the window is broken: {text}");
+    assert!(
+        text.contains(&format!(
+            "GAP {} .. {} (4 segments, DROPPED on purpose by push.max_backlog",
+            closed[0], closed[3]
+        )),
+        "{text}"
+    );
+    let list = ok(&walvault(&["backup-list"], &env, None), "backup-list");
+    assert!(
+        list.contains(&format!(
+            "WAL GAP: segment {} is missing (DROPPED on purpose by push.max_backlog",
+            closed[0]
+        )),
+        "{list}"
+    );
+    let status = ok(&walvault(&["status"], &a.pg_env(&env), None), "status");
+    assert!(
+        status.contains(&format!(
+            "WAL GAP at {} (DROPPED on purpose by push.max_backlog",
+            closed[0]
+        )),
+        "{status}"
+    );
+    let prom = root.path().join("walvault.prom");
+    walvault(
+        &["status", "--prometheus", prom.to_str().unwrap()],
+        &a.pg_env(&env),
+        None,
+    );
+    let metrics = std::fs::read_to_string(&prom).unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("walvault_wal_dropped_segments{") && l.ends_with(" 4")),
+        "{metrics}"
+    );
+    a.stop();
+}

@@ -3,6 +3,7 @@
 use super::{Listing, Manifest};
 use crate::codec::Codec;
 use crate::store::Store;
+use crate::wal::backlog::Dropped;
 use crate::wal::inventory::Inventory;
 use anyhow::Result;
 use chrono::{DateTime, Utc};
@@ -18,6 +19,31 @@ pub struct Window {
     pub timeline: u32,
     /// A missing segment with later ones present: the window ends before it.
     pub gap: Option<String>,
+    /// When that segment was dropped on purpose (push.max_backlog).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gap_dropped: Option<Dropped>,
+}
+
+impl Window {
+    /// Names the drop behind the gap, when push.max_backlog made it.
+    pub fn mark_dropped(&mut self, dropped: &[Dropped]) {
+        self.gap_dropped = self
+            .gap
+            .as_ref()
+            .and_then(|g| dropped.iter().find(|d| &d.segment == g))
+            .cloned();
+    }
+}
+
+/// How a dropped segment reads in a gap line.
+pub fn describe_drop(d: &Dropped) -> String {
+    format!(
+        "DROPPED on purpose by push.max_backlog on {} at {} ({} files waiting, bound {})",
+        d.host,
+        d.at.to_rfc3339(),
+        d.backlog,
+        d.max_backlog
+    )
 }
 
 #[derive(Serialize)]
@@ -53,6 +79,7 @@ pub fn window(listing: &Listing, inv: &Inventory) -> Option<Window> {
                 end_lsn: run.end_lsn.to_string(),
                 timeline: tli,
                 gap: run.gap.map(|g| g.to_string()),
+                gap_dropped: None,
             }
         })
 }
@@ -94,7 +121,10 @@ pub async fn run(store: &dyn Store, codec: &Codec, json: bool) -> Result<()> {
                 .and_then(|k| k.reason(chrono::Utc::now())),
         });
     }
-    let window = window(&listing, &inv);
+    let mut window = window(&listing, &inv);
+    if let Some(w) = window.as_mut().filter(|w| w.gap.is_some()) {
+        w.mark_dropped(&crate::wal::backlog::recorded(store).await?);
+    }
     let catalog = Catalog {
         previous: identity.previous,
         successor,
@@ -174,7 +204,13 @@ pub async fn run(store: &dyn Store, codec: &Codec, json: bool) -> Result<()> {
                 w.end_lsn
             );
             if let Some(g) = &w.gap {
-                println!("WAL GAP: segment {g} is missing; the window ends before it and later WAL cannot be replayed");
+                println!(
+                    "WAL GAP: segment {g} is missing{}; the window ends before it and later WAL cannot be replayed",
+                    w.gap_dropped
+                        .as_ref()
+                        .map(|d| format!(" ({})", describe_drop(d)))
+                        .unwrap_or_default()
+                );
             }
         }
         None if !catalog.backups.is_empty() => {

@@ -2,6 +2,7 @@
 //! commands PostgreSQL calls, `push` (archive_command) and `fetch` (restore_command).
 
 pub mod archived;
+pub mod backlog;
 pub mod catalog;
 pub mod fetch;
 pub mod header;

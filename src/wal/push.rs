@@ -14,6 +14,18 @@ use std::io::Read;
 use std::path::Path;
 use std::time::Instant;
 
+/// A push refused because of the file itself (another cluster's, different
+/// content under a stored name): never a repository failure, so never
+/// dropped by `push.max_backlog`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+/// Whether `e` (at any depth) is a refusal of the file.
+pub fn refused(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<Refused>())
+}
+
 /// A local file that passed the checks, and what it says about its cluster.
 struct Checked {
     path: std::path::PathBuf,
@@ -218,16 +230,20 @@ async fn push_one(
     };
     match (identity, file_sysid) {
         (Some(id), Some(s)) if id.sysid()? != s => {
-            return Err(repo::mismatch(store, id.sysid()?, s).await);
+            let why = repo::mismatch(store, id.sysid()?, s).await;
+            return Err(Refused(format!("{why:#}")).into());
         }
         (Some(_), _) => {}
         (None, Some(s)) => {
             repo::ensure(store, s, checked.pg_version).await?;
         }
-        (None, None) => bail!(
-            "repository {} is not initialised and {name} does not say which cluster it belongs to; run 'walvault repo-init --pgdata <data directory>'",
-            store.locate("")
-        ),
+        (None, None) => {
+            return Err(Refused(format!(
+                "repository {} is not initialised and {name} does not say which cluster it belongs to; run 'walvault repo-init --pgdata <data directory>'",
+                store.locate("")
+            ))
+            .into())
+        }
     }
 
     let existing = match existing {
@@ -316,13 +332,14 @@ async fn settle(
 ) -> Result<Option<Pushed>> {
     let (sha, len) = sha256_of_file(path).await?;
     if sha != stored.plain_sha256 || len != stored.plain_len {
-        bail!(
+        return Err(Refused(format!(
             "{name} is already archived at {} with DIFFERENT content (stored sha256 {}, {} bytes; this file sha256 {}, {len} bytes); refusing to overwrite: the stored copy is the history recovery follows. Another server wrote this timeline differently: after a failover, an old primary that wrote on or was started again without being rewound (rebuild it from the new primary with pg_rewind, or walvault recover --standby --delta, and it archives only the new timeline); else two clusters archiving into one repository, or a copy restored without a new timeline (give it a repository of its own)",
             store.locate(key),
             hex::encode(stored.plain_sha256),
             stored.plain_len,
             hex::encode(sha)
-        );
+        ))
+        .into());
     }
     // PostgreSQL re-sends only after a failure: worth one read to be sure the
     // stored copy is whole, and to mend it from the file while it still exists.

@@ -18,8 +18,13 @@ pub struct Gap {
     pub first: String,
     pub last: String,
     pub segments: u64,
-    /// "pending" (probably still being pushed) or "lost".
+    /// "pending" (probably still being pushed), "lost", or "dropped" (on
+    /// purpose, by push.max_backlog).
     pub status: &'static str,
+    /// For a dropped gap: when, where and with what backlog the first of its
+    /// segments was dropped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dropped: Option<super::backlog::Dropped>,
 }
 
 #[derive(Serialize)]
@@ -71,7 +76,7 @@ pub async fn run(
         .filter(|(_, k)| k.reason(now).is_some())
         .map(|(id, _)| id.clone())
         .collect();
-    let report = analyse(
+    let mut report = analyse(
         &inv,
         &listing.complete,
         &pinned,
@@ -79,6 +84,7 @@ pub async fn run(
         Duration::seconds(pending_seconds),
         store.locate(""),
     );
+    mark_dropped(&mut report, &super::backlog::recorded(store).await?);
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -180,6 +186,29 @@ pub fn analyse(
     }
 }
 
+/// Marks the gaps holding a segment push.max_backlog dropped as "dropped":
+/// deliberate, and as final as a lost one.
+pub fn mark_dropped(r: &mut Report, dropped: &[super::backlog::Dropped]) {
+    let mark = |g: &mut Gap| {
+        // Names of one timeline sort as their segment numbers.
+        if let Some(d) = dropped
+            .iter()
+            .find(|d| d.segment >= g.first && d.segment <= g.last)
+        {
+            g.status = "dropped";
+            g.dropped = Some(d.clone());
+        }
+    };
+    r.gaps.iter_mut().for_each(mark);
+    for b in &mut r.backups {
+        b.missing_own.iter_mut().for_each(mark);
+        b.gap.iter_mut().for_each(mark);
+    }
+    if r.gaps.iter().any(|g| g.status == "dropped") {
+        r.window_broken = true;
+    }
+}
+
 /// Missing segments from `first` to `last` (segment numbers) along `tli`'s
 /// history, as runs, each pending or lost by when its successors were stored.
 fn gaps_between(
@@ -206,16 +235,21 @@ fn gaps_between(
                 last: name(z).to_string(),
                 segments: z - a + 1,
                 status,
+                dropped: None,
             }
         })
         .collect()
 }
 
 fn describe(g: &Gap) -> String {
-    let what = if g.status == "pending" {
-        "missing, probably still being pushed"
-    } else {
-        "LOST"
+    let dropped;
+    let what = match (&g.dropped, g.status) {
+        (Some(d), _) => {
+            dropped = crate::backup::catalog::describe_drop(d);
+            dropped.as_str()
+        }
+        (None, "pending") => "missing, probably still being pushed",
+        _ => "LOST",
     };
     if g.segments == 1 {
         format!("{} ({what})", g.first)
