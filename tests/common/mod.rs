@@ -856,8 +856,9 @@ pub struct Cluster {
     pub sockdir: PathBuf,
     pub env: BTreeMap<String, String>,
     pid: Option<i32>,
-    /// The server started by walvault (adopted) logs into its data directory.
-    adopted: bool,
+    /// Where an adopted server logs, when not where `start` would have it
+    /// (walvault recover --start logs into the data directory).
+    log: Option<PathBuf>,
 }
 
 impl Cluster {
@@ -921,7 +922,7 @@ impl Cluster {
             sockdir: root.join(format!("{name}-sock")),
             env: base_env(),
             pid: None,
-            adopted: false,
+            log: None,
         }
     }
 
@@ -948,8 +949,8 @@ impl Cluster {
     }
 
     pub fn log_path(&self) -> PathBuf {
-        if self.adopted {
-            return self.pgdata.join("walvault-recover.log");
+        if let Some(l) = &self.log {
+            return l.clone();
         }
         self.root.join(format!(
             "{}.log",
@@ -966,7 +967,7 @@ impl Cluster {
 
     pub fn start_opts(&mut self, env: &BTreeMap<String, String>, wait: bool) {
         self.env = env.clone();
-        self.adopted = false;
+        self.log = None;
         std::fs::create_dir_all(&self.sockdir).unwrap();
         chown_pg(&self.sockdir);
         // A pid file left behind means the last stop (by the test or by
@@ -1015,7 +1016,13 @@ impl Cluster {
     pub fn adopt(&mut self) {
         let text = std::fs::read_to_string(self.pgdata.join("postmaster.pid")).unwrap_or_default();
         self.pid = text.lines().next().and_then(|l| l.trim().parse().ok());
-        self.adopted = true;
+        // The log written last is the running server's.
+        self.log = None;
+        let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let recover_log = self.pgdata.join("walvault-recover.log");
+        if mtime(&recover_log) > mtime(&self.log_path()) {
+            self.log = Some(recover_log);
+        }
         assert!(
             self.pid.is_some_and(process_alive),
             "no running server in {}",
