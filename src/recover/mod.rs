@@ -308,7 +308,10 @@ async fn start_standby(opts: &Options, plan: &Plan) -> Result<(End, String)> {
         };
         let row = client
             .query_one(
-                "select pg_is_in_recovery(), pg_last_wal_replay_lsn()::text,                  (select timeline_id from pg_control_checkpoint()),                  (select status || ' from ' || coalesce(sender_host, '?') || ':' || coalesce(sender_port::text, '?')                   from pg_stat_wal_receiver)",
+                "select pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, \
+                 (select timeline_id from pg_control_checkpoint()), \
+                 (select status || ' from ' || coalesce(sender_host, '?') || ':' \
+                  || coalesce(sender_port::text, '?') from pg_stat_wal_receiver)",
                 &[],
             )
             .await?;
