@@ -54,26 +54,44 @@ fn insert_until(c: &Cluster, from: i64, stop: &AtomicBool, last: &AtomicI64) {
     }
 }
 
-/// `walvault recover` into a new cluster `name` (not started as a standby),
-/// checked, running; the caller reads it and drops it.
+/// `walvault recover --start` into a new cluster `name`, checked at its end.
 fn recover(
     root: &std::path::Path,
     name: &str,
     args: &[&str],
     env: &BTreeMap<String, String>,
 ) -> Cluster {
-    let mut c = Cluster::at(root, name);
-    let mut all = c.recover_args();
-    all.extend(args.iter().map(|s| s.to_string()));
-    let out = walvault(
-        &all.iter().map(String::as_str).collect::<Vec<_>>(),
-        env,
-        None,
-    );
-    let text = ok(&out, &format!("recover {args:?}"));
+    let (c, text) = recover_new(root, name, 15, args, env);
     assert!(text.contains("checked:"), "{text}");
-    c.adopt();
     c
+}
+
+/// `standby` streams from `primary`, replays rows `from..=to` written there,
+/// and archives (archive_mode = always) the primary's next segment; neither
+/// server's log has a walvault error since the offsets given.
+fn follows(
+    standby: &Cluster,
+    primary: &Cluster,
+    (from, to): (i64, i64),
+    (standby_log, primary_log): (u64, u64),
+) {
+    wait_for("the standby streaming", Duration::from_secs(60), || {
+        receiver(standby) == "streaming"
+    });
+    insert(primary, from, to);
+    let want = (to - from + 1).to_string();
+    wait_for("the rows on the standby", Duration::from_secs(60), || {
+        standby
+            .psql_try(&format!(
+                "select count(*) from t where i between {from} and {to}"
+            ))
+            .is_ok_and(|n| n == want)
+    });
+    let last = primary.switch_wal();
+    primary.wait_archived(&last, Duration::from_secs(60));
+    standby.wait_archived(&last, Duration::from_secs(60));
+    assert_eq!(walvault_errors(standby, standby_log), Vec::<String>::new());
+    assert_eq!(walvault_errors(primary, primary_log), Vec::<String>::new());
 }
 
 #[test]
@@ -285,27 +303,7 @@ fn a_standby_built_from_the_archive_backs_up_fails_over_and_the_old_primary_rejo
     assert!(out.status.success(), "pg_rewind: {}", stderr(&out));
     let a_log = a.log_len();
     a.start(&env);
-    wait_for(
-        "the old primary streaming from b",
-        Duration::from_secs(60),
-        || receiver(&a) == "streaming",
-    );
-    insert(&b, 2101, 2110);
-    b.flush_archive();
-    wait_for(
-        "rows of b on the old primary",
-        Duration::from_secs(60),
-        || {
-            a.psql_try("select count(*) from t where i between 2101 and 2110")
-                .as_deref()
-                == Ok("10")
-        },
-    );
-    let last = b.switch_wal();
-    b.wait_archived(&last, Duration::from_secs(60));
-    a.wait_archived(&last, Duration::from_secs(60));
-    assert_eq!(walvault_errors(&a, a_log), Vec::<String>::new());
-    assert_eq!(walvault_errors(&b, b_log), Vec::<String>::new());
+    follows(&a, &b, (2101, 2110), (a_log, b_log));
     a.stop();
 
     // The other way back: the old primary rebuilt as a standby by a delta
@@ -331,26 +329,7 @@ fn a_standby_built_from_the_archive_backs_up_fails_over_and_the_old_primary_rejo
     assert!(text.contains("standby:  consistent at LSN"), "{text}");
     assert!(stderr(&out).contains("delta restore: "), "{}", stderr(&out));
     a.adopt();
-    let a_log = a.log_len();
-    wait_for(
-        "the rebuilt standby streaming from b",
-        Duration::from_secs(60),
-        || receiver(&a) == "streaming",
-    );
-    insert(&b, 2111, 2120);
-    wait_for(
-        "rows of b on the rebuilt standby",
-        Duration::from_secs(60),
-        || {
-            a.psql_try("select count(*) from t where i between 2101 and 2120")
-                .as_deref()
-                == Ok("20")
-        },
-    );
-    let last = b.switch_wal();
-    b.wait_archived(&last, Duration::from_secs(60));
-    a.wait_archived(&last, Duration::from_secs(60));
-    assert_eq!(walvault_errors(&a, a_log), Vec::<String>::new());
+    follows(&a, &b, (2111, 2120), (a.log_len(), b_log));
     // The switch as the key-less jobs show it: the new timeline, where it
     // branched, the old timeline's last segment kept as .partial.
     let verify = ok(&walvault(&["wal-verify"], &env, None), "wal-verify");
@@ -552,6 +531,12 @@ fn an_archive_following_standby_idles_cheaply() {
     // it the kernel mapping the binary); past 1% something polls harder.
     assert!(cpu / secs < 0.01, "{cpu:.2} s of CPU in {secs:.0} s");
     assert_eq!(summary(&b), expected(&[(1, 20)]));
+    // A standby with no WAL receiver is no place for a backup: it may be
+    // arbitrarily behind its primary.
+    let out = walvault(&["backup-push"], &b.pg_env(&env), None);
+    let (code, err) = failure(&out);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("a standby that does not stream"), "{err}");
     b.stop();
 }
 

@@ -24,27 +24,6 @@ fn keyed_repo(root: &Path) -> BTreeMap<String, String> {
     env
 }
 
-/// `recover --start` into `name` with these extra arguments; the running cluster.
-fn recover(
-    root: &Path,
-    name: &str,
-    major: u32,
-    args: &[&str],
-    env: &BTreeMap<String, String>,
-) -> (Cluster, String) {
-    let mut c = Cluster::at_major(root, name, major);
-    let mut all = c.recover_args();
-    all.extend(args.iter().map(|s| s.to_string()));
-    let out = walvault(
-        &all.iter().map(String::as_str).collect::<Vec<_>>(),
-        env,
-        None,
-    );
-    let text = ok(&out, &format!("PostgreSQL {major}: recover {args:?}"));
-    c.adopt();
-    (c, text)
-}
-
 /// `recover --start` into `dir` that must be refused in one line, writing
 /// nothing; the line.
 fn recover_refused(dir: &Path, env: &BTreeMap<String, String>) -> String {
@@ -260,7 +239,7 @@ fn a_cluster_of(major: u32) {
 
     // Exact to the row between the two commits: paused there (watched through
     // each major's own pause function), and promoted.
-    let (mut q, text) = recover(
+    let (mut q, text) = recover_new(
         root.path(),
         "q",
         major,
@@ -284,7 +263,7 @@ fn a_cluster_of(major: u32) {
         "PostgreSQL {major}: the page with a forged LSN was taken"
     );
     q.stop();
-    let (mut p, text) = recover(
+    let (mut p, text) = recover_new(
         root.path(),
         "p",
         major,
@@ -320,7 +299,7 @@ fn a_cluster_of(major: u32) {
     p.stop();
 
     // Latest: on timeline 1 every row and the bank; across the switch, timeline 2's rows.
-    let (mut l1, text) = recover(
+    let (mut l1, text) = recover_new(
         root.path(),
         "l1",
         major,
@@ -343,7 +322,7 @@ fn a_cluster_of(major: u32) {
     l1.psql("insert into u values (1)");
     assert_eq!(l1.psql("select count(*) from u"), "1", "and usable");
     l1.stop();
-    let (mut l2, _) = recover(root.path(), "l2", major, &["--target", "latest"], &env);
+    let (mut l2, _) = recover_new(root.path(), "l2", major, &["--target", "latest"], &env);
     l2.wait_promoted(Duration::from_secs(60));
     assert_eq!(
         summary(&l2),

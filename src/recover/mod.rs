@@ -254,43 +254,39 @@ pub async fn restore_into(
 /// Starts PostgreSQL on the restored directory (with `extra` server options,
 /// each `name=value`) and waits until recovery has reached its target.
 pub async fn start(opts: &Options, plan: &Plan, extra: &[String]) -> Result<End> {
+    launch(opts, plan, extra)?;
+    wait(opts, &log_path(opts), plan.major).await
+}
+
+/// pg_ctl start of the restored directory with the backup's major, logging
+/// into a new [`LOG_FILE`] (it is read for where replay stopped: only this
+/// start's lines).
+fn launch(opts: &Options, plan: &Plan, extra: &[String]) -> Result<()> {
     let pg_ctl = plan
         .bin_dir
         .as_ref()
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .join("pg_ctl");
-    // The log is read for where replay stopped: only this start's lines.
     crate::store::fs::remove_if_present(&log_path(opts))?;
     pg::ctl::start(
         &pg_ctl,
         &opts.pgdata,
         &log_path(opts),
         &server_options(opts, extra),
-    )?;
-    wait(opts, &log_path(opts), plan.major).await
+    )
 }
 
 /// Starts a restored standby and waits until it is consistent (it then
 /// follows the archive, and streams when given a primary); returns where
 /// replay stood and what it follows.
 async fn start_standby(opts: &Options, plan: &Plan) -> Result<(End, String)> {
-    let pg_ctl = plan
-        .bin_dir
-        .as_ref()
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .join("pg_ctl");
-    crate::store::fs::remove_if_present(&log_path(opts))?;
-    pg::ctl::start(
-        &pg_ctl,
-        &opts.pgdata,
-        &log_path(opts),
-        &server_options(opts, &[]),
-    )?;
+    launch(opts, plan, &[])?;
     let conninfo = conninfo(opts);
     let mut last_note = Instant::now();
+    let mut postmaster = Postmaster::new();
     loop {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        if pg::ctl::running_pid(&opts.pgdata).is_none() {
+        if postmaster.stopped(&opts.pgdata, &log_path(opts)) {
             bail!(
                 "PostgreSQL stopped before the standby was consistent: {}",
                 log_tail(&log_path(opts), 6)
@@ -342,6 +338,35 @@ async fn start_standby(opts: &Options, plan: &Plan) -> Result<(End, String)> {
             },
             upstream,
         ));
+    }
+}
+
+/// Whether the server `launch` started has stopped. pg_ctl -W returns before
+/// the postmaster writes its pid file, which on a loaded host takes more than
+/// a poll: until the file has been seen, only a FATAL line or the end of a
+/// shutdown in the log, or a minute without it, means the server stopped.
+struct Postmaster {
+    launched: Instant,
+    seen: bool,
+}
+
+impl Postmaster {
+    fn new() -> Postmaster {
+        Postmaster {
+            launched: Instant::now(),
+            seen: false,
+        }
+    }
+
+    fn stopped(&mut self, pgdata: &Path, log: &Path) -> bool {
+        if pg::ctl::running_pid(pgdata).is_some() {
+            self.seen = true;
+            return false;
+        }
+        self.seen
+            || self.launched.elapsed() > Duration::from_secs(60)
+            || std::fs::read_to_string(log)
+                .is_ok_and(|t| t.contains("FATAL:") || t.contains("database system is shut down"))
     }
 }
 
@@ -759,10 +784,11 @@ async fn wait(opts: &Options, log: &Path, major: u32) -> Result<End> {
     };
     let conninfo = conninfo(opts);
     let mut last_note = Instant::now();
+    let mut postmaster = Postmaster::new();
     loop {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let log_text = std::fs::read_to_string(log).unwrap_or_default();
-        if pg::ctl::running_pid(&opts.pgdata).is_none() {
+        if postmaster.stopped(&opts.pgdata, log) {
             if opts.action == Action::Shutdown && log_text.contains("recovery stopping") {
                 return Ok(End {
                     lsn: log_line(&log_text, "redo done at ").unwrap_or_default(),

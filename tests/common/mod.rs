@@ -1291,6 +1291,29 @@ pub fn under_load<T>(a: &Cluster, during: impl FnOnce() -> T) -> T {
     })
 }
 
+/// `walvault recover --start` of a backup of PostgreSQL `major` into a new
+/// cluster `name` below `root`, with these extra arguments: the running
+/// cluster (this test stops it) and what recover printed.
+pub fn recover_new(
+    root: &Path,
+    name: &str,
+    major: u32,
+    args: &[&str],
+    env: &BTreeMap<String, String>,
+) -> (Cluster, String) {
+    let mut c = Cluster::at_major(root, name, major);
+    let mut all = c.recover_args();
+    all.extend(args.iter().map(|s| s.to_string()));
+    let out = walvault(
+        &all.iter().map(String::as_str).collect::<Vec<_>>(),
+        env,
+        None,
+    );
+    let text = ok(&out, &format!("PostgreSQL {major}: recover {args:?}"));
+    c.adopt();
+    (c, text)
+}
+
 // ---------------------------------------------------------------- rows and results
 
 /// The stdout of a command that must succeed; its output otherwise.
