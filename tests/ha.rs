@@ -66,6 +66,27 @@ fn recover(
     c
 }
 
+/// `walvault recover --standby --start` into `c` with these extra arguments:
+/// checked consistent, adopted (this test stops it); what recover said.
+fn recover_standby(
+    c: &mut Cluster,
+    args: &[&str],
+    env: &BTreeMap<String, String>,
+) -> std::process::Output {
+    let mut all = c.recover_args();
+    all.push("--standby".into());
+    all.extend(args.iter().map(|s| s.to_string()));
+    let out = walvault(
+        &all.iter().map(String::as_str).collect::<Vec<_>>(),
+        env,
+        None,
+    );
+    let text = ok(&out, &format!("recover --standby {args:?}"));
+    assert!(text.contains("standby:  consistent at LSN"), "{text}");
+    c.adopt();
+    out
+}
+
 /// `standby` streams from `primary`, replays rows `from..=to` written there,
 /// and archives (archive_mode = always) the primary's next segment; neither
 /// server's log has a walvault error since the offsets given.
@@ -123,16 +144,7 @@ fn a_standby_built_from_the_archive_backs_up_fails_over_and_the_old_primary_rejo
     // 2. A replica from the archive (nothing read from the primary), which
     // then streams from the primary.
     let mut b = Cluster::at(root.path(), "b");
-    let mut args = b.recover_args();
-    args.extend(["--standby", "--primary-conninfo", &conninfo(&a, "b")].map(String::from));
-    let out = walvault(
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-        &env,
-        None,
-    );
-    let text = ok(&out, "recover --standby");
-    assert!(text.contains("standby:  consistent at LSN"), "{text}");
-    b.adopt();
+    recover_standby(&mut b, &["--primary-conninfo", &conninfo(&a, "b")], &env);
     assert!(b.pgdata.join("standby.signal").exists());
     assert!(!b.pgdata.join("recovery.signal").exists());
     let auto = std::fs::read_to_string(b.pgdata.join("postgresql.auto.conf")).unwrap();
@@ -308,27 +320,18 @@ fn a_standby_built_from_the_archive_backs_up_fails_over_and_the_old_primary_rejo
 
     // The other way back: the old primary rebuilt as a standby by a delta
     // restore from the archive (only what differs is written), streaming from b.
-    let mut args = a.recover_args();
-    args.extend(
-        [
+    let out = recover_standby(
+        &mut a,
+        &[
             "--delta",
-            "--standby",
             "--backup",
             &from_standby,
             "--primary-conninfo",
             &conninfo(&b, "a"),
-        ]
-        .map(String::from),
-    );
-    let out = walvault(
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        ],
         &env,
-        None,
     );
-    let text = ok(&out, "recover --standby --delta");
-    assert!(text.contains("standby:  consistent at LSN"), "{text}");
     assert!(stderr(&out).contains("delta restore: "), "{}", stderr(&out));
-    a.adopt();
     follows(&a, &b, (2111, 2120), (a.log_len(), b_log));
     // The switch as the key-less jobs show it: the new timeline, where it
     // branched, the old timeline's last segment kept as .partial.
