@@ -377,6 +377,62 @@ report names each failure), or when the drill could not start (bad input).")]
         #[arg(long)]
         operator: Option<String>,
     },
+    /// Bring tables back as they were at a point in time, beside or in place of the live ones
+    #[command(after_help = "\
+Restores the backup into a scratch cluster (as a drill does: private socket, nothing acting
+outward, removed on any exit), recovers it to the target, and takes the tables from there
+with their indexes, constraints, sequences' values and grants. Destinations:
+  (default)      beside the live table as NAME_restored_YYYYMMDD_HHMMSS, or --as NEW_NAME
+  --replace      in place of the live table: DROP and load in one transaction; refused when
+                 views or other tables' foreign keys depend on it, unless --cascade
+  --to-file F    a custom-format dump (pg_restore -d DB F loads it)
+The destination is postgres.conninfo (or PGHOST...) with --database, or --into CONNINFO.
+Names taken, unknown tables and targets outside the window are refused before anything is
+written. Example, the orders as they were before a bad DELETE at 14:05:
+    walvault restore-table --database shop --table public.orders \\
+        --target-time '2026-12-03 14:04:59+00' --as orders_before_delete")]
+    RestoreTable {
+        /// A table to restore, SCHEMA.NAME (public when no schema; repeatable)
+        #[arg(
+            long,
+            value_name = "SCHEMA.NAME",
+            required_unless_present = "schema",
+            conflicts_with = "schema"
+        )]
+        table: Vec<String>,
+        /// Every table of this schema (restored beside as a new schema)
+        #[arg(long, value_name = "SCHEMA")]
+        schema: Option<String>,
+        /// The database the tables are in
+        #[arg(long, short = 'd', value_name = "NAME")]
+        database: String,
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Stop just before the target instead of just after it
+        #[arg(long)]
+        exclusive: bool,
+        /// Use this backup instead of choosing one
+        #[arg(long)]
+        backup: Option<String>,
+        /// The server to load into (default: postgres.conninfo with --database)
+        #[arg(long, value_name = "CONNINFO", conflicts_with = "to_file")]
+        into: Option<String>,
+        /// The restored table's name (or schema's, with --schema) beside the live one
+        #[arg(long = "as", value_name = "NEW_NAME", conflicts_with_all = ["replace", "to_file"])]
+        as_name: Option<String>,
+        /// Replace the live tables, in one transaction
+        #[arg(long, conflicts_with = "to_file")]
+        replace: bool,
+        /// With --replace: also drop the views and foreign keys that depend on the tables
+        #[arg(long, requires = "replace")]
+        cascade: bool,
+        /// Write a custom-format dump file instead of loading
+        #[arg(long, value_name = "FILE")]
+        to_file: Option<PathBuf>,
+        /// Where to make the scratch directory (default drill.scratch_dir)
+        #[arg(long, value_name = "DIR")]
+        scratch_dir: Option<PathBuf>,
+    },
     /// Bind the repository to a cluster (done by the first wal-push otherwise)
     RepoInit {
         /// The cluster's data directory
@@ -406,7 +462,7 @@ running retention on it. Then take a base backup of the upgraded cluster at once
     },
 }
 
-/// Where recovery stops; shared by `recover` and `drill`.
+/// Where recovery stops; shared by `recover`, `drill` and `restore-table`.
 #[derive(clap::Args, Debug)]
 pub struct TargetArgs {
     /// Recover to this time: RFC 3339 or PostgreSQL's form, with a zone

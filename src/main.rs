@@ -15,6 +15,7 @@ fn main() -> ExitCode {
             | Command::Recover { .. }
             | Command::Verify { .. }
             | Command::Drill { .. }
+            | Command::RestoreTable { .. }
     ) {
         few_malloc_arenas();
     }
@@ -112,6 +113,7 @@ fn command_name(c: &Command) -> &'static str {
         Command::Verify { .. } => "verify",
         Command::Status { .. } => "status",
         Command::Drill { .. } => "drill",
+        Command::RestoreTable { .. } => "restore-table",
     }
 }
 
@@ -405,6 +407,56 @@ async fn dispatch(command: Command, cfg: Config, ctx: Context) -> anyhow::Result
             };
             let passed = walvault::drill::run(&cfg, store, &codec, opts).await?;
             Ok(if passed { exit::OK } else { exit::FAILURE })
+        }
+        Command::RestoreTable {
+            table,
+            schema,
+            database,
+            target,
+            exclusive,
+            backup,
+            into,
+            as_name,
+            replace,
+            cascade,
+            to_file,
+            scratch_dir,
+        } => {
+            use walvault::table::{self, names, Destination, Selection};
+            let (target, timeline) = parse_target(target)?;
+            let selection = match schema {
+                Some(s) => Selection::Schema(names::parse_identifier(&s, "--schema")?),
+                None => Selection::Tables(
+                    table
+                        .iter()
+                        .map(|t| names::parse_table(t))
+                        .collect::<anyhow::Result<_>>()?,
+                ),
+            };
+            let destination = match (to_file, replace) {
+                (Some(f), _) => Destination::File(f),
+                (None, true) => Destination::Replace { into, cascade },
+                (None, false) => Destination::Beside {
+                    into,
+                    rename: as_name
+                        .map(|n| names::parse_identifier(&n, "--as"))
+                        .transpose()?,
+                },
+            };
+            let opts = table::Options {
+                selection,
+                database,
+                destination,
+                target,
+                timeline,
+                exclusive,
+                backup,
+                scratch_root: scratch_dir.unwrap_or_else(|| cfg.drill.scratch_dir.clone()),
+                config_file,
+                carry: walvault::config::carried_settings(&ctx.sets)?,
+            };
+            table::run(&cfg, store, &codec, opts).await?;
+            Ok(exit::OK)
         }
         // keygen needs no configuration, wal-push no store before its encoding starts.
         Command::Keygen { .. } | Command::WalPush { .. } => unreachable!("handled above"),

@@ -10,7 +10,8 @@ pub mod report;
 use crate::codec::Codec;
 use crate::config::Config;
 use crate::pg;
-use crate::recover::{self, target::Action, target::Target};
+use crate::recover::{self, target::Target};
+use crate::scratch::{self, Scratch};
 use crate::store::{fs::write_file_atomically, Class, Store};
 use anyhow::{bail, Context, Result};
 use checks::{CheckResult, Status, UserCheck};
@@ -18,7 +19,7 @@ use chrono::Utc;
 use report::Report;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 pub struct Options {
     pub target: Target,
@@ -100,49 +101,35 @@ pub async fn run(
         failures: Vec::new(),
     };
 
-    let scratch_dir = Scratch::path(&opts.scratch_root, &drill_id);
-    let ropts = recover::Options {
-        pgdata: scratch_dir.join("data"),
-        target: opts.target.clone(),
-        timeline: opts.timeline,
-        action: Action::Promote,
-        exclusive: false,
-        backup: opts.backup.clone(),
-        overwrite: false,
-        delta: false,
-        dry_run: false,
-        start: true,
-        port: Some(free_port()?),
-        socket_dir: Some(scratch_dir.join("socket")),
-        tablespace_map: Default::default(),
-        tablespace_root: Some(scratch_dir.join("tablespaces")),
-        archive: false,
-        config_file: opts.config_file.clone(),
-        carry: opts.carry.clone(),
-        postgres: cfg.postgres.clone(),
-        standby: None,
-    };
     let t0 = Instant::now();
     // A backup that does not exist or cannot reach the target is bad input, not a
     // failed drill: a clear error and nothing written.
-    let plan = recover::plan(store.as_ref(), codec, &ropts).await?;
-    let scratch = Scratch::create(scratch_dir)?;
+    let scratch = Scratch::create(&opts.scratch_root, "drill", &drill_id)?;
+    let mut ropts = scratch.recover_options(
+        opts.target.clone(),
+        opts.timeline,
+        cfg,
+        opts.config_file.clone(),
+        opts.carry.clone(),
+    );
+    ropts.backup = opts.backup.clone();
+    let plan = match recover::plan(store.as_ref(), codec, &ropts).await {
+        Ok(p) => p,
+        Err(e) => {
+            drop(scratch);
+            return Err(e);
+        }
+    };
     let outcome = tokio::select! {
         r = drill(cfg, store.clone(), codec, &ropts, &plan, &scratch, &user_checks, opts.amcheck, &mut rep, t0) => r,
-        sig = interrupted() => Err(anyhow::anyhow!("interrupted by {sig}")),
+        sig = scratch::interrupted() => Err(anyhow::anyhow!("interrupted by {sig}")),
     };
     if let Err(e) = outcome {
         // Keep the server's last words before the scratch directory goes.
-        let log = recover::log_path(&ropts);
         let mut msg = format!("{e:#}");
-        if rep.recovered.is_none() && log.exists() {
-            let tail = std::fs::read_to_string(&log).unwrap_or_default();
-            let last: Vec<&str> = tail.lines().rev().take(3).collect();
-            if !last.is_empty() && !msg.contains("PostgreSQL stopped") {
-                msg.push_str(&format!(
-                    " (server log: {})",
-                    last.into_iter().rev().collect::<Vec<_>>().join(" | ")
-                ));
+        if rep.recovered.is_none() && !msg.contains("PostgreSQL stopped") {
+            if let Some(tail) = scratch::log_tail(&recover::log_path(&ropts), 3) {
+                msg.push_str(&format!(" (server log: {tail})"));
             }
         }
         rep.failures.push(msg);
@@ -258,7 +245,7 @@ async fn drill(
     println!("isolated: no network listener, archive_mode off, logical replication workers off (subscriptions do not run)");
 
     let t2 = Instant::now();
-    let end = recover::start(ropts, plan, &scratch_settings(scratch)).await?;
+    let end = recover::start(ropts, plan, &scratch.server_settings()).await?;
     rep.timings.recovery_seconds = Some(t2.elapsed().as_secs_f64());
     rep.timings.rto_seconds = Some(t0.elapsed().as_secs_f64());
     println!(
@@ -305,7 +292,7 @@ async fn drill(
     ));
 
     let t3 = Instant::now();
-    run_checks(ropts, user_checks, amcheck, rep).await?;
+    run_checks(scratch, user_checks, amcheck, rep).await?;
     rep.timings.checks_seconds = Some(t3.elapsed().as_secs_f64());
 
     for c in rep.checks.iter().filter(|c| c.status == Status::Failed) {
@@ -337,48 +324,14 @@ async fn drill(
     Ok(())
 }
 
-/// Server settings for the scratch cluster: reachable only through its own
-/// socket, with access for the drill only, logging where walvault reads it, and
-/// nothing that would reach outside (TLS files, the archive).
-fn scratch_settings(scratch: &Scratch) -> Vec<String> {
-    let mut s = vec![
-        "listen_addresses=".to_string(),
-        format!("hba_file={}", scratch.dir.join("pg_hba.conf").display()),
-        format!("ident_file={}", scratch.dir.join("pg_ident.conf").display()),
-        "logging_collector=off".into(),
-        "ssl=off".into(),
-        "archive_mode=off".into(),
-    ];
-    if !scratch.pgdata().join("postgresql.conf").exists() {
-        // Debian keeps postgresql.conf in /etc: the backup has none.
-        s.push(format!(
-            "config_file={}",
-            scratch.dir.join("postgresql.conf").display()
-        ));
-    }
-    s
-}
-
 async fn run_checks(
-    ropts: &recover::Options,
+    scratch: &Scratch,
     user_checks: &[UserCheck],
     amcheck: bool,
     rep: &mut Report,
 ) -> Result<()> {
     let connect = |db: &str| {
-        let conninfo = format!(
-            "host='{}' port={} dbname='{}'",
-            escape(
-                &ropts
-                    .socket_dir
-                    .as_ref()
-                    .expect("scratch socket")
-                    .display()
-                    .to_string()
-            ),
-            ropts.port.expect("scratch port"),
-            escape(db)
-        );
+        let conninfo = scratch.conninfo(db);
         async move { pg::conn::connect(Some(&conninfo)).await }
     };
     let admin = connect("postgres")
@@ -438,98 +391,6 @@ async fn run_checks(
     Ok(())
 }
 
-/// A value in single quotes for a libpq-style connection string.
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('\'', "\\'")
-}
-
-/// The scratch directory of one drill: data directory, socket directory,
-/// tablespaces and the server's access files. Dropping it stops the server and
-/// removes everything, whatever happened before.
-struct Scratch {
-    dir: PathBuf,
-}
-
-impl Scratch {
-    fn path(root: &Path, id: &str) -> PathBuf {
-        root.join(format!("walvault-drill-{id}-{}", std::process::id()))
-    }
-
-    fn create(dir: PathBuf) -> Result<Scratch> {
-        if let Some(root) = dir.parent() {
-            std::fs::create_dir_all(root)
-                .with_context(|| format!("cannot create {}", root.display()))?;
-        }
-        // create_dir, not _all: the directory is ours alone, never one that existed.
-        std::fs::create_dir(&dir)
-            .with_context(|| format!("cannot create scratch directory {}", dir.display()))?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-        let scratch = Scratch { dir };
-        std::fs::create_dir(scratch.dir.join("socket"))?;
-        let user = pg::conn::os_user();
-        // Only the drill's OS user can reach the private socket: trust is safe there.
-        std::fs::write(
-            scratch.dir.join("pg_hba.conf"),
-            "# walvault drill: the private socket directory is the access control\nlocal all all trust\n",
-        )?;
-        std::fs::write(scratch.dir.join("pg_ident.conf"), "")?;
-        std::fs::write(
-            scratch.dir.join("postgresql.conf"),
-            format!("# walvault drill (run by {user}): the backup held no postgresql.conf\n"),
-        )?;
-        Ok(scratch)
-    }
-
-    fn pgdata(&self) -> PathBuf {
-        self.dir.join("data")
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        // Fast shutdown, then immediate, then SIGKILL: the copy is thrown away.
-        pg::ctl::stop(&self.pgdata(), libc::SIGINT, Duration::from_secs(20));
-        pg::ctl::stop(&self.pgdata(), libc::SIGQUIT, Duration::from_secs(10));
-        // An interrupted restore may still be finishing a file: retry until gone.
-        for _ in 0..40 {
-            let _ = std::fs::remove_dir_all(&self.dir);
-            if !self.dir.exists() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-        eprintln!(
-            "walvault drill: could not remove scratch directory {}; remove it by hand",
-            self.dir.display()
-        );
-    }
-}
-
-/// Resolves when SIGINT, SIGTERM or SIGHUP arrives; names it.
-async fn interrupted() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
-        _ = hup.recv() => "SIGHUP",
-    }
-}
-
-/// A port number no TCP listener uses now; the scratch server listens on its
-/// socket only, the port names the socket file.
-fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot pick a free port")?;
-    Ok(l.local_addr()?.port())
-}
-
 fn writable_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create report directory {}", dir.display()))?;
@@ -548,28 +409,5 @@ fn hostname() -> String {
         String::from_utf8_lossy(&buf[..end]).into_owned()
     } else {
         "unknown".into()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn scratch_is_removed_with_a_running_server_gone() {
-        let root = std::env::temp_dir().join(format!("wv-scratch-test-{}", std::process::id()));
-        let s = Scratch::create(Scratch::path(&root, "t")).unwrap();
-        let dir = s.dir.clone();
-        std::fs::create_dir_all(s.pgdata().join("base")).unwrap();
-        std::fs::write(s.pgdata().join("base/1"), b"x").unwrap();
-        assert!(dir.join("pg_hba.conf").exists());
-        drop(s);
-        assert!(!dir.exists());
-        std::fs::remove_dir_all(root).unwrap();
-    }
-
-    #[test]
-    fn conninfo_values_are_quoted() {
-        assert_eq!(escape(r"it's a\b"), r"it\'s a\\b");
     }
 }

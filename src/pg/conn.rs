@@ -8,6 +8,27 @@ use std::path::Path;
 use tokio_postgres::{Client, NoTls};
 
 pub async fn connect(conninfo: Option<&str>) -> Result<Client> {
+    connect_config(resolve(conninfo)?).await
+}
+
+/// Connects with resolved settings (see [`resolve`]).
+pub async fn connect_config(cfg: tokio_postgres::Config) -> Result<Client> {
+    let where_ = describe(&cfg);
+    let (client, connection) = cfg
+        .connect(NoTls)
+        .await
+        .with_context(|| format!("cannot connect to PostgreSQL at {where_} (set PGHOST/PGPORT/PGUSER or postgres.conninfo)"))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!("connection closed: {e}");
+        }
+    });
+    Ok(client)
+}
+
+/// The connection settings libpq would use: the string's, then the
+/// environment's, then libpq's defaults.
+pub fn resolve(conninfo: Option<&str>) -> Result<tokio_postgres::Config> {
     let mut cfg: tokio_postgres::Config = match conninfo {
         Some(s) => s
             .parse()
@@ -49,22 +70,62 @@ pub async fn connect(conninfo: Option<&str>) -> Result<Client> {
             env("PGDATABASE").unwrap_or_else(|| cfg.get_user().unwrap_or("postgres").to_string());
         cfg.dbname(db);
     }
-    cfg.application_name("walvault");
-    let where_ = describe(&cfg);
-    let (client, connection) = cfg
-        .connect(NoTls)
-        .await
-        .with_context(|| format!("cannot connect to PostgreSQL at {where_} (set PGHOST/PGPORT/PGUSER or postgres.conninfo)"))?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!("connection closed: {e}");
-        }
-    });
-    Ok(client)
+    if cfg.get_application_name().is_none() {
+        cfg.application_name("walvault");
+    }
+    Ok(cfg)
+}
+
+/// A resolved configuration as a libpq key=value string for a client program
+/// (psql, pg_dump), without the password: that goes in the returned value, for
+/// the program's PGPASSWORD, so it never shows on a command line.
+pub fn to_libpq(cfg: &tokio_postgres::Config) -> (String, Option<String>) {
+    let q = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+    let mut parts = Vec::new();
+    let hosts: Vec<String> = cfg
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+        })
+        .collect();
+    if !hosts.is_empty() {
+        parts.push(format!("host={}", q(&hosts.join(","))));
+    }
+    let ports: Vec<String> = cfg.get_ports().iter().map(|p| p.to_string()).collect();
+    if !ports.is_empty() {
+        parts.push(format!("port={}", q(&ports.join(","))));
+    }
+    if let Some(u) = cfg.get_user() {
+        parts.push(format!("user={}", q(u)));
+    }
+    if let Some(d) = cfg.get_dbname() {
+        parts.push(format!("dbname={}", q(d)));
+    }
+    if let Some(o) = cfg.get_options() {
+        parts.push(format!("options={}", q(o)));
+    }
+    if let Some(a) = cfg.get_application_name() {
+        parts.push(format!("application_name={}", q(a)));
+    }
+    let ssl = match cfg.get_ssl_mode() {
+        tokio_postgres::config::SslMode::Disable => "disable",
+        tokio_postgres::config::SslMode::Require => "require",
+        _ => "prefer",
+    };
+    parts.push(format!("sslmode={ssl}"));
+    if let Some(t) = cfg.get_connect_timeout() {
+        parts.push(format!("connect_timeout={}", t.as_secs().max(1)));
+    }
+    let password = cfg
+        .get_password()
+        .map(|p| String::from_utf8_lossy(p).into_owned());
+    (parts.join(" "), password)
 }
 
 /// Host, port and user for messages (never the password).
-fn describe(cfg: &tokio_postgres::Config) -> String {
+pub fn describe(cfg: &tokio_postgres::Config) -> String {
     let host = match cfg.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
         Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),

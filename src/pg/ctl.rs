@@ -55,7 +55,7 @@ pub fn server_major(dir: &Path) -> Result<u32> {
 }
 
 /// The major a program reports with `--version`.
-fn program_major(program: &Path) -> Result<u32> {
+pub(crate) fn program_major(program: &Path) -> Result<u32> {
     let name = program.file_name().unwrap_or_default().to_string_lossy();
     if !program.is_file() {
         bail!("no {name} there");

@@ -4,3 +4,4 @@ pub mod conn;
 pub mod control;
 pub mod ctl;
 pub mod majors;
+pub mod tools;

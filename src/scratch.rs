@@ -1,0 +1,211 @@
+//! A scratch cluster: a backup restored into a private directory and started
+//! there, reachable only through its own socket, with nothing that acts
+//! outward. `drill` proves restores in one; `restore-table` dumps tables out
+//! of one. Dropping it stops the server and removes everything, whatever
+//! happened before (also on SIGINT, SIGTERM and SIGHUP through [`interrupted`]).
+
+use crate::pg;
+use crate::recover::{self, target::Action, target::Target};
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The scratch directory of one run: data directory, socket directory,
+/// tablespaces and the server's access files.
+pub struct Scratch {
+    pub dir: PathBuf,
+    /// The port that names the socket file (no TCP listener).
+    pub port: u16,
+}
+
+impl Scratch {
+    /// `<root>/walvault-<kind>-<id>-<pid>`, made new (never one that existed), 0700.
+    pub fn create(root: &Path, kind: &str, id: &str) -> Result<Scratch> {
+        let dir = root.join(format!("walvault-{kind}-{id}-{}", std::process::id()));
+        std::fs::create_dir_all(root)
+            .with_context(|| format!("cannot create {}", root.display()))?;
+        // create_dir, not _all: the directory is ours alone.
+        std::fs::create_dir(&dir)
+            .with_context(|| format!("cannot create scratch directory {}", dir.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        let scratch = Scratch {
+            dir,
+            port: free_port()?,
+        };
+        std::fs::create_dir(scratch.socket_dir())?;
+        let user = pg::conn::os_user();
+        // Only this OS user can reach the private socket: trust is safe there.
+        std::fs::write(
+            scratch.dir.join("pg_hba.conf"),
+            "# walvault scratch cluster: the private socket directory is the access control\nlocal all all trust\n",
+        )?;
+        std::fs::write(scratch.dir.join("pg_ident.conf"), "")?;
+        std::fs::write(
+            scratch.dir.join("postgresql.conf"),
+            format!(
+                "# walvault scratch cluster (run by {user}): the backup held no postgresql.conf\n"
+            ),
+        )?;
+        Ok(scratch)
+    }
+
+    pub fn pgdata(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    pub fn socket_dir(&self) -> PathBuf {
+        self.dir.join("socket")
+    }
+
+    /// Recovery options that restore everything inside the scratch directory
+    /// and promote at the target (the copy is then writable, never archived);
+    /// the newest backup that reaches it, inclusive (callers change those).
+    pub fn recover_options(
+        &self,
+        target: Target,
+        timeline: Option<u32>,
+        cfg: &crate::config::Config,
+        config_file: Option<PathBuf>,
+        carry: Vec<String>,
+    ) -> recover::Options {
+        recover::Options {
+            pgdata: self.pgdata(),
+            target,
+            timeline,
+            action: Action::Promote,
+            exclusive: false,
+            backup: None,
+            overwrite: false,
+            delta: false,
+            dry_run: false,
+            start: true,
+            port: Some(self.port),
+            socket_dir: Some(self.socket_dir()),
+            tablespace_map: Default::default(),
+            tablespace_root: Some(self.dir.join("tablespaces")),
+            archive: false,
+            config_file,
+            carry,
+            postgres: cfg.postgres.clone(),
+            standby: None,
+        }
+    }
+
+    /// Server settings: its own socket only, access for this user only, logging
+    /// where walvault reads it, and nothing that would reach outside (TLS
+    /// files, the archive).
+    pub fn server_settings(&self) -> Vec<String> {
+        let mut s = vec![
+            "listen_addresses=".to_string(),
+            format!("hba_file={}", self.dir.join("pg_hba.conf").display()),
+            format!("ident_file={}", self.dir.join("pg_ident.conf").display()),
+            "logging_collector=off".into(),
+            "ssl=off".into(),
+            "archive_mode=off".into(),
+        ];
+        if !self.pgdata().join("postgresql.conf").exists() {
+            // Debian keeps postgresql.conf in /etc: the backup has none.
+            s.push(format!(
+                "config_file={}",
+                self.dir.join("postgresql.conf").display()
+            ));
+        }
+        s
+    }
+
+    /// A libpq connection string to database `db` of the scratch server.
+    pub fn conninfo(&self, db: &str) -> String {
+        format!(
+            "host='{}' port={} dbname='{}'",
+            escape(&self.socket_dir().display().to_string()),
+            self.port,
+            escape(db)
+        )
+    }
+
+    pub async fn connect(&self, db: &str) -> Result<tokio_postgres::Client> {
+        pg::conn::connect(Some(&self.conninfo(db))).await
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // Fast shutdown, then immediate, then SIGKILL: the copy is thrown away.
+        pg::ctl::stop(&self.pgdata(), libc::SIGINT, Duration::from_secs(20));
+        pg::ctl::stop(&self.pgdata(), libc::SIGQUIT, Duration::from_secs(10));
+        // An interrupted restore may still be finishing a file: retry until gone.
+        for _ in 0..40 {
+            let _ = std::fs::remove_dir_all(&self.dir);
+            if !self.dir.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        eprintln!(
+            "walvault: could not remove scratch directory {}; remove it by hand",
+            self.dir.display()
+        );
+    }
+}
+
+/// A value in single quotes for a libpq-style connection string.
+pub fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('\'', "\\'")
+}
+
+/// Resolves when SIGINT, SIGTERM or SIGHUP arrives; names it.
+pub async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+        _ = hup.recv() => "SIGHUP",
+    }
+}
+
+/// A port number no TCP listener uses now; the scratch server listens on its
+/// socket only, the port names the socket file.
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot pick a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// The last lines of the scratch server's log, for an error that would
+/// otherwise lose them with the directory.
+pub fn log_tail(log: &Path, lines: usize) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let last: Vec<&str> = text.lines().rev().take(lines).collect();
+    (!last.is_empty()).then(|| last.into_iter().rev().collect::<Vec<_>>().join(" | "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scratch_is_removed_with_a_running_server_gone() {
+        let root = std::env::temp_dir().join(format!("wv-scratch-test-{}", std::process::id()));
+        let s = Scratch::create(&root, "test", "t").unwrap();
+        let dir = s.dir.clone();
+        std::fs::create_dir_all(s.pgdata().join("base")).unwrap();
+        std::fs::write(s.pgdata().join("base/1"), b"x").unwrap();
+        assert!(dir.join("pg_hba.conf").exists());
+        assert!(s.conninfo("db").contains(&format!("port={}", s.port)));
+        drop(s);
+        assert!(!dir.exists());
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn conninfo_values_are_quoted() {
+        assert_eq!(escape(r"it's a\b"), r"it\'s a\\b");
+    }
+}

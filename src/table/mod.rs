@@ -1,0 +1,620 @@
+//! `restore-table`: one table (or several, or a schema) back as it was at any
+//! point in time, without rolling the cluster back. The backup is restored into
+//! a scratch cluster (the drill's: private socket, nothing acting outward,
+//! removed on any exit), recovered to the target and promoted; the tables are
+//! renamed there when they go beside the live ones, dumped by pg_dump with their
+//! indexes, constraints, sequences' values and grants, and loaded by psql into
+//! the destination in one transaction (with the DROP of the live tables, for
+//! `--replace`), or written as a custom-format dump file.
+//!
+//! Everything that can be refused is refused before production is written:
+//! names taken, a table to replace that others depend on, a table that did not
+//! exist at the target, a target outside the window.
+
+pub mod names;
+pub mod objects;
+
+use crate::codec::Codec;
+use crate::config::Config;
+use crate::pg::{self, tools};
+use crate::recover::{self, target::Target};
+use crate::scratch::{self, Scratch};
+use crate::store::Store;
+use anyhow::{bail, Context, Result};
+use names::{ident, Qualified};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What to bring back.
+#[derive(Clone, Debug)]
+pub enum Selection {
+    Tables(Vec<Qualified>),
+    Schema(String),
+}
+
+/// Where it goes.
+#[derive(Clone, Debug)]
+pub enum Destination {
+    /// Beside the live objects, under a new name (`--as`, else a stamped one).
+    Beside {
+        into: Option<String>,
+        rename: Option<String>,
+    },
+    /// In place of the live tables, in one transaction.
+    Replace { into: Option<String>, cascade: bool },
+    /// A custom-format dump file (pg_restore reads it).
+    File(PathBuf),
+}
+
+pub struct Options {
+    pub selection: Selection,
+    pub database: String,
+    pub destination: Destination,
+    pub target: Target,
+    pub timeline: Option<u32>,
+    pub exclusive: bool,
+    pub backup: Option<String>,
+    pub scratch_root: PathBuf,
+    pub config_file: Option<PathBuf>,
+    pub carry: Vec<String>,
+}
+
+/// A table as restored: its name at the target, its name in the destination
+/// (or the file), its rows.
+struct Restored {
+    at_target: Qualified,
+    loaded_as: Qualified,
+    rows: i64,
+}
+
+/// What production was checked for before anything was restored.
+struct Preflight {
+    /// The destination's connection settings (not for `--to-file`).
+    dest: Option<tokio_postgres::Config>,
+    /// The new name of each table (in the order asked), or of the schema,
+    /// beside the live ones.
+    new_names: Vec<String>,
+    /// Dependents dropped with replaced tables (`--cascade`).
+    cascaded: Vec<String>,
+}
+
+pub async fn run(cfg: &Config, store: Arc<dyn Store>, codec: &Codec, opts: Options) -> Result<()> {
+    if unsafe { libc::geteuid() } == 0 {
+        bail!("restore-table starts PostgreSQL, which refuses to run as root; run it as the cluster's OS user (e.g. postgres)");
+    }
+    let stamp = chrono::Utc::now().format("%Y%m%d_%H%M%S").to_string();
+    let pre = preflight(cfg, &opts, &stamp).await?;
+
+    let t0 = Instant::now();
+    let scratch = Scratch::create(&opts.scratch_root, "table", &stamp)?;
+    let mut ropts = scratch.recover_options(
+        opts.target.clone(),
+        opts.timeline,
+        cfg,
+        opts.config_file.clone(),
+        opts.carry.clone(),
+    );
+    ropts.exclusive = opts.exclusive;
+    ropts.backup = opts.backup.clone();
+    let outcome = tokio::select! {
+        r = restore(cfg, store, codec, &opts, &pre, &ropts, &scratch, t0) => r,
+        sig = scratch::interrupted() => Err(anyhow::anyhow!("interrupted by {sig}; nothing was written to the destination")),
+    };
+    let outcome = outcome.map_err(|e| {
+        let msg = format!("{e:#}");
+        match scratch::log_tail(&recover::log_path(&ropts), 3) {
+            Some(tail) if msg.contains("recovery") && !msg.contains("PostgreSQL stopped") => {
+                anyhow::anyhow!("{msg} (server log: {tail})")
+            }
+            _ => e,
+        }
+    });
+    drop(scratch); // stops the server and removes the directory
+    outcome?;
+    println!("done in {:.1} s", t0.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The destination's checks, before anything is restored: names free for a
+/// copy beside the live tables, tables present and free of dependents (or
+/// `--cascade`) for `--replace`, no file in the way for `--to-file`.
+async fn preflight(cfg: &Config, opts: &Options, stamp: &str) -> Result<Preflight> {
+    let mut pre = Preflight {
+        dest: None,
+        new_names: Vec::new(),
+        cascaded: Vec::new(),
+    };
+    let into = match &opts.destination {
+        Destination::File(path) => {
+            if path.exists() {
+                bail!(
+                    "{} exists; restore-table never overwrites a file",
+                    path.display()
+                );
+            }
+            let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+            if let Some(dir) = parent {
+                if !dir.is_dir() {
+                    bail!("directory {} does not exist", dir.display());
+                }
+            }
+            return Ok(pre);
+        }
+        Destination::Beside { into, .. } | Destination::Replace { into, .. } => into.as_deref(),
+    };
+    let dest = destination_config(into, cfg.postgres.conninfo.as_deref(), &opts.database)?;
+    let client = pg::conn::connect_config(dest.clone())
+        .await
+        .context("connecting to the destination")?;
+    let where_ = format!(
+        "database {} at {}",
+        dest.get_dbname().unwrap_or("?"),
+        pg::conn::describe(&dest)
+    );
+    match (&opts.destination, &opts.selection) {
+        (Destination::Beside { rename, .. }, Selection::Tables(tables)) => {
+            if rename.is_some() && tables.len() > 1 {
+                bail!("--as names one table; without it each table gets NAME_restored_{stamp}");
+            }
+            for t in tables {
+                let new = rename
+                    .clone()
+                    .unwrap_or_else(|| names::restored_copy(&t.name, stamp));
+                if !objects::taken(&client, &t.schema, std::slice::from_ref(&new))
+                    .await?
+                    .is_empty()
+                {
+                    bail!("{}.{new} already exists in {where_}; choose another name with --as (restore-table never overwrites without --replace)", t.schema);
+                }
+                pre.new_names.push(new);
+            }
+        }
+        (Destination::Beside { rename, .. }, Selection::Schema(schema)) => {
+            let new = rename
+                .clone()
+                .unwrap_or_else(|| names::restored_copy(schema, stamp));
+            if objects::schema_exists(&client, &new).await? {
+                bail!("schema {new} already exists in {where_}; choose another name with --as");
+            }
+            pre.new_names.push(new);
+        }
+        (Destination::Replace { cascade, .. }, Selection::Tables(tables)) => {
+            let mut oids = Vec::new();
+            for t in tables {
+                match objects::table_oid(&client, t).await? {
+                    Some(oid) => oids.push(oid),
+                    None => bail!("table {t} does not exist in {where_}; --replace swaps a live table (restore beside it with --as)"),
+                }
+            }
+            for (t, oid) in tables.iter().zip(&oids) {
+                let deps = objects::dependents(&client, *oid, &oids).await?;
+                if deps.is_empty() {
+                    continue;
+                }
+                if !cascade {
+                    bail!(
+                        "refused: {} depend{} on table {t} ({}); --cascade drops {} with it, or restore beside it with --as and move the rows",
+                        deps.len(),
+                        if deps.len() == 1 { "s" } else { "" },
+                        deps.join(", "),
+                        if deps.len() == 1 { "it" } else { "them" }
+                    );
+                }
+                pre.cascaded.extend(deps);
+            }
+        }
+        (Destination::Replace { .. }, Selection::Schema(_)) => {
+            bail!("--replace swaps tables: name them with --table (a schema is restored beside the live one, --as NEW_SCHEMA)")
+        }
+        (Destination::File(_), _) => unreachable!("returned above"),
+    }
+    pre.dest = Some(dest);
+    Ok(pre)
+}
+
+/// The destination's settings: `--into` as given (its database, else
+/// `--database`), else production's (`postgres.conninfo`, the environment)
+/// with `--database`.
+fn destination_config(
+    into: Option<&str>,
+    production: Option<&str>,
+    database: &str,
+) -> Result<tokio_postgres::Config> {
+    match into {
+        Some(s) => {
+            let named = s
+                .parse::<tokio_postgres::Config>()
+                .context("--into is not a valid connection string")?
+                .get_dbname()
+                .is_some();
+            let mut c = pg::conn::resolve(Some(s))?;
+            if !named {
+                c.dbname(database);
+            }
+            Ok(c)
+        }
+        None => {
+            let mut c = pg::conn::resolve(production)?;
+            c.dbname(database);
+            Ok(c)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn restore(
+    cfg: &Config,
+    store: Arc<dyn Store>,
+    codec: &Codec,
+    opts: &Options,
+    pre: &Preflight,
+    ropts: &recover::Options,
+    scratch: &Scratch,
+    t0: Instant,
+) -> Result<()> {
+    let plan = recover::plan(store.as_ref(), codec, ropts).await?;
+    println!(
+        "restore-table: backup {} (ended {}), target {}, database {}, scratch {}",
+        plan.backup.id,
+        plan.backup.stop_time.to_rfc3339(),
+        ropts.target.describe(),
+        opts.database,
+        scratch.dir.display()
+    );
+    // The client programs are checked before the long part.
+    let pg_dump = tools::find("pg_dump", plan.major, &cfg.postgres)?;
+    let psql = match pre.dest {
+        Some(_) => Some(tools::find("psql", pg_dump.major, &cfg.postgres)?),
+        None => None,
+    };
+    let plan_s = t0.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let restored = recover::restore_into(cfg, store.clone(), codec, ropts, &plan).await?;
+    let restore_s = t.elapsed().as_secs_f64();
+    println!(
+        "restored: {} files, {} MiB in {restore_s:.1} s",
+        restored.files,
+        restored.bytes >> 20
+    );
+
+    let t = Instant::now();
+    let end = recover::start(ropts, &plan, &scratch.server_settings()).await?;
+    let log = std::fs::read_to_string(recover::log_path(ropts)).unwrap_or_default();
+    let reached = recover::end::check(&ropts.target, ropts.exclusive, &plan, &end, &log)?;
+    let recovery_s = t.elapsed().as_secs_f64();
+    println!(
+        "recovered: LSN {} on timeline {}, last replayed commit {} in {recovery_s:.1} s ({reached})",
+        end.lsn,
+        end.timeline,
+        end.last_commit
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_else(|| "none".into()),
+    );
+
+    let t = Instant::now();
+    let admin = scratch.connect("postgres").await?;
+    if admin
+        .query_opt(
+            "select 1 from pg_database where datname = $1",
+            &[&opts.database],
+        )
+        .await?
+        .is_none()
+    {
+        bail!(
+            "database {} did not exist at {}; nothing was written",
+            opts.database,
+            ropts.target.describe()
+        );
+    }
+    let db = scratch.connect(&opts.database).await?;
+    let mut tables = resolve_selection(&db, opts, &ropts.target).await?;
+    if let Some(client) = destination_client(pre).await? {
+        rename_beside(&db, &client, opts, pre, &mut tables).await?;
+    }
+    for t in &mut tables {
+        t.rows = objects::count_rows(&db, &t.loaded_as).await?;
+    }
+    let file = match &opts.destination {
+        Destination::File(path) => path.clone(),
+        _ => scratch.dir.join("tables.sql"),
+    };
+    dump(&pg_dump, scratch, opts, pre, &tables, &file)?;
+    let dump_s = t.elapsed().as_secs_f64();
+    println!(
+        "dumped: {} in {dump_s:.1} s (pg_dump {})",
+        tables
+            .iter()
+            .map(|t| format!("{} ({} rows)", t.at_target, t.rows))
+            .collect::<Vec<_>>()
+            .join(", "),
+        pg_dump.major
+    );
+
+    let t = Instant::now();
+    match (&opts.destination, &pre.dest, &psql) {
+        (Destination::File(path), _, _) => {
+            let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+            println!(
+                "written: {} ({} KiB, custom format: pg_restore -d DB {} loads it)",
+                path.display(),
+                size >> 10,
+                path.display()
+            );
+        }
+        (_, Some(dest), Some(psql)) => {
+            load(psql, scratch, dest, opts, &tables, &file)?;
+            let client = pg::conn::connect_config(dest.clone()).await?;
+            for t in &tables {
+                let rows = objects::count_rows(&client, &t.loaded_as).await?;
+                if rows != t.rows {
+                    bail!(
+                        "{} holds {rows} rows after the load, {} were dumped",
+                        t.loaded_as,
+                        t.rows
+                    );
+                }
+            }
+            let load_s = t.elapsed().as_secs_f64();
+            let verb = match opts.destination {
+                Destination::Replace { .. } => "replaced",
+                _ => "loaded",
+            };
+            for t in &tables {
+                println!(
+                    "{verb}: {} ({} rows, as at the target)",
+                    t.loaded_as, t.rows
+                );
+            }
+            if !pre.cascaded.is_empty() {
+                println!("dropped with --cascade: {}", pre.cascaded.join(", "));
+            }
+            println!(
+                "into:     database {} at {} in one transaction, {load_s:.1} s",
+                dest.get_dbname().unwrap_or("?"),
+                pg::conn::describe(dest)
+            );
+        }
+        _ => unreachable!("a destination server has its psql"),
+    }
+    println!(
+        "timings:  plan {plan_s:.1} s, restore {restore_s:.1} s, recovery {recovery_s:.1} s, dump {dump_s:.1} s, load {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn destination_client(pre: &Preflight) -> Result<Option<tokio_postgres::Client>> {
+    match &pre.dest {
+        Some(d) => Ok(Some(
+            pg::conn::connect_config(d.clone())
+                .await
+                .context("connecting to the destination")?,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// The tables asked for, as they were at the target: each must exist there.
+async fn resolve_selection(
+    db: &tokio_postgres::Client,
+    opts: &Options,
+    target: &Target,
+) -> Result<Vec<Restored>> {
+    let tables = match &opts.selection {
+        Selection::Tables(t) => t.clone(),
+        Selection::Schema(s) => {
+            if !objects::schema_exists(db, s).await? {
+                bail!(
+                    "schema {s} did not exist at {} in database {}; nothing was written",
+                    target.describe(),
+                    opts.database
+                );
+            }
+            objects::tables_of(db, s).await?
+        }
+    };
+    let mut out = Vec::new();
+    for t in tables {
+        if objects::table_oid(db, &t).await?.is_none() {
+            bail!(
+                "table {t} did not exist at {} in database {}; nothing was written",
+                target.describe(),
+                opts.database
+            );
+        }
+        out.push(Restored {
+            loaded_as: t.clone(),
+            at_target: t,
+            rows: 0,
+        });
+    }
+    Ok(out)
+}
+
+/// For a copy beside the live tables: renames them in the scratch cluster
+/// (with their indexes and owned sequences, whose names are per schema), after
+/// checking that none of the new names is taken in the destination.
+async fn rename_beside(
+    db: &tokio_postgres::Client,
+    dest: &tokio_postgres::Client,
+    opts: &Options,
+    pre: &Preflight,
+    tables: &mut [Restored],
+) -> Result<()> {
+    let Destination::Beside { .. } = opts.destination else {
+        return Ok(());
+    };
+    let mut sql = Vec::new();
+    match &opts.selection {
+        Selection::Schema(schema) => {
+            let new = pre.new_names[0].clone();
+            sql.push(format!(
+                "ALTER SCHEMA {} RENAME TO {}",
+                ident(schema),
+                ident(&new)
+            ));
+            for t in tables.iter_mut() {
+                t.loaded_as.schema = new.clone();
+            }
+        }
+        Selection::Tables(_) => {
+            for (t, new) in tables.iter_mut().zip(&pre.new_names) {
+                let old = &t.at_target;
+                let new = new.clone();
+                let oid = objects::table_oid(db, old).await?.expect("resolved");
+                for name in objects::own_constraints(db, oid).await? {
+                    let renamed = names::derived(&name, &old.name, &new);
+                    sql.push(format!(
+                        "ALTER TABLE {} RENAME CONSTRAINT {} TO {}",
+                        old.sql(),
+                        ident(&name),
+                        ident(&renamed)
+                    ));
+                }
+                let mut wanted = vec![new.clone()];
+                for (name, kind) in objects::companions(db, oid).await? {
+                    let renamed = names::derived(&name, &old.name, &new);
+                    sql.push(objects::rename_sql(kind, &old.schema, &name, &renamed));
+                    wanted.push(renamed);
+                }
+                let mut seen = std::collections::HashSet::new();
+                if let Some(dup) = wanted.iter().find(|n| !seen.insert(*n)) {
+                    bail!("restoring {old} as {new} would give two objects the name {dup}; choose another name with --as");
+                }
+                let taken = objects::taken(dest, &old.schema, &wanted).await?;
+                if !taken.is_empty() {
+                    bail!(
+                        "restoring {old} as {new} needs the names {} in schema {}, taken in the destination; choose another name with --as",
+                        taken.join(", "),
+                        old.schema
+                    );
+                }
+                sql.push(objects::rename_sql("TABLE", &old.schema, &old.name, &new));
+                t.loaded_as.name = new;
+            }
+        }
+    }
+    let script = format!("BEGIN; {}; COMMIT;", sql.join("; "));
+    db.batch_execute(&script)
+        .await
+        .context("renaming in the scratch cluster")?;
+    Ok(())
+}
+
+/// pg_dump of exactly the selected objects from the scratch server: plain SQL
+/// for psql, or custom format for `--to-file` (written beside, then renamed).
+fn dump(
+    pg_dump: &tools::Tool,
+    scratch: &Scratch,
+    opts: &Options,
+    pre: &Preflight,
+    tables: &[Restored],
+    file: &Path,
+) -> Result<()> {
+    let custom = matches!(opts.destination, Destination::File(_));
+    let partial = file.with_extension("walvault-partial");
+    let mut cmd = pg_dump.command();
+    cmd.arg("--dbname")
+        .arg(scratch.conninfo(&opts.database))
+        .arg("--strict-names")
+        .arg("--no-subscriptions")
+        .arg("--file")
+        .arg(&partial)
+        .arg(if custom {
+            "--format=custom"
+        } else {
+            "--format=plain"
+        });
+    match (&opts.selection, &opts.destination) {
+        (Selection::Schema(_), Destination::Beside { .. }) => {
+            cmd.arg("--schema").arg(ident(&pre.new_names[0]));
+        }
+        (Selection::Schema(s), _) => {
+            cmd.arg("--schema").arg(ident(s));
+        }
+        (Selection::Tables(_), _) => {
+            for t in tables {
+                cmd.arg("--table").arg(t.loaded_as.sql());
+            }
+        }
+    }
+    let r = tools::run(cmd, "pg_dump");
+    if r.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    r?;
+    if custom {
+        std::fs::File::open(&partial)
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("fsync {}", partial.display()))?;
+    }
+    std::fs::rename(&partial, file)
+        .with_context(|| format!("cannot rename {} to {}", partial.display(), file.display()))?;
+    Ok(())
+}
+
+/// psql runs the dump (after the DROP of the live tables, for `--replace`) in
+/// one transaction: on any error nothing of it stays in the destination.
+fn load(
+    psql: &tools::Tool,
+    scratch: &Scratch,
+    dest: &tokio_postgres::Config,
+    opts: &Options,
+    tables: &[Restored],
+    script: &Path,
+) -> Result<()> {
+    let (conninfo, password) = pg::conn::to_libpq(dest);
+    let mut cmd = psql.command();
+    cmd.args([
+        "--no-psqlrc",
+        "--quiet",
+        "--set",
+        "ON_ERROR_STOP=1",
+        "--single-transaction",
+    ])
+    .arg("--dbname")
+    .arg(conninfo);
+    if let Destination::Replace { cascade, .. } = opts.destination {
+        let drop = format!(
+            "DROP TABLE {}{};\n",
+            tables
+                .iter()
+                .map(|t| t.at_target.sql())
+                .collect::<Vec<_>>()
+                .join(", "),
+            if cascade { " CASCADE" } else { "" }
+        );
+        let pre_sql = scratch.dir.join("replace.sql");
+        std::fs::write(&pre_sql, drop)?;
+        cmd.arg("--file").arg(pre_sql);
+    }
+    cmd.arg("--file").arg(script);
+    if let Some(p) = password {
+        cmd.env("PGPASSWORD", p);
+    }
+    tools::run(cmd, "psql").map_err(|e| {
+        anyhow::anyhow!(
+            "loading into the destination failed, nothing of it was kept (one transaction): {e:#}"
+        )
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_destination_database_follows_into_else_the_option() {
+        let c = destination_config(Some("host=/tmp port=5433 dbname=prod"), None, "app").unwrap();
+        assert_eq!(c.get_dbname(), Some("prod"));
+        let c = destination_config(Some("host=/tmp port=5433"), None, "app").unwrap();
+        assert_eq!(c.get_dbname(), Some("app"));
+        let c = destination_config(None, Some("host=/tmp dbname=postgres"), "app").unwrap();
+        assert_eq!(c.get_dbname(), Some("app"));
+        assert!(destination_config(Some("nonsense=1"), None, "app").is_err());
+    }
+}
