@@ -433,6 +433,53 @@ written. Example, the orders as they were before a bad DELETE at 14:05:
         #[arg(long, value_name = "DIR")]
         scratch_dir: Option<PathBuf>,
     },
+    /// Logical dumps: pg_dump of each database (and the globals) into the repository
+    #[command(after_help = "\
+Each database's pg_dump --format=custom is streamed through the codec (zstd, age, sha256)
+into dumps/<id>/<database>.dump, the roles and tablespaces (pg_dumpall --globals-only)
+into dumps/<id>/globals.sql, and a clear manifest (server version, sizes, sha256, every
+table with its row estimate) is written last. Prints the dump id. Any later PostgreSQL
+restores it (dump-restore): the long keeps a physical backup cannot promise.")]
+    DumpPush {
+        /// A database to dump (repeatable; default: every database that accepts connections)
+        #[arg(long, short = 'd', value_name = "NAME")]
+        database: Vec<String>,
+        /// Leave out the roles and tablespaces
+        #[arg(long)]
+        no_globals: bool,
+    },
+    /// List the logical dumps
+    DumpList {
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a logical dump (a whole database, or tables) into a server of the same or a newer major
+    DumpRestore {
+        /// Dump id, as dump-list shows it
+        id: String,
+        /// The server and database to restore into (default database: the dump's name);
+        /// a database that does not exist is created
+        #[arg(long, value_name = "CONNINFO")]
+        into: String,
+        /// Which database of the dump (when it holds several)
+        #[arg(long, short = 'd', value_name = "NAME")]
+        database: Option<String>,
+        /// Only this table, SCHEMA.NAME (repeatable, one schema)
+        #[arg(long, value_name = "SCHEMA.NAME")]
+        table: Vec<String>,
+        /// Apply the dump's roles and tablespaces first
+        #[arg(long)]
+        globals: bool,
+    },
+    /// Check logical dumps: stored bytes without the key, the archive's table of contents with it
+    DumpVerify {
+        /// Dump ids (default: all)
+        ids: Vec<String>,
+        /// Check only the stored bytes, even with the key
+        #[arg(long)]
+        stored_only: bool,
+    },
     /// Bind the repository to a cluster (done by the first wal-push otherwise)
     RepoInit {
         /// The cluster's data directory

@@ -39,6 +39,9 @@ fn main() -> ExitCode {
         // PostgreSQL's calls write nothing to stdout; a person's command piped
         // into a pager that quits early ends quietly, as other tools do.
         Command::WalPush { .. } | Command::WalPrefetch { .. } => {}
+        // These feed pg_restore and psql through pipes: one that exits early
+        // is an error with its own words, not a silent death by SIGPIPE.
+        Command::DumpRestore { .. } | Command::DumpVerify { .. } => {}
         _ => unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         },
@@ -114,6 +117,10 @@ fn command_name(c: &Command) -> &'static str {
         Command::Status { .. } => "status",
         Command::Drill { .. } => "drill",
         Command::RestoreTable { .. } => "restore-table",
+        Command::DumpPush { .. } => "dump-push",
+        Command::DumpList { .. } => "dump-list",
+        Command::DumpRestore { .. } => "dump-restore",
+        Command::DumpVerify { .. } => "dump-verify",
     }
 }
 
@@ -457,6 +464,47 @@ async fn dispatch(command: Command, cfg: Config, ctx: Context) -> anyhow::Result
             };
             table::run(&cfg, store, &codec, opts).await?;
             Ok(exit::OK)
+        }
+        Command::DumpPush {
+            database,
+            no_globals,
+        } => {
+            let opts = walvault::dump::push::Options {
+                databases: database,
+                globals: !no_globals,
+            };
+            let id = walvault::dump::push::run(&cfg, store.as_ref(), &codec, opts).await?;
+            println!("{id}");
+            Ok(exit::OK)
+        }
+        Command::DumpList { json } => {
+            walvault::dump::run_list(store.as_ref(), json).await?;
+            Ok(exit::OK)
+        }
+        Command::DumpRestore {
+            id,
+            into,
+            database,
+            table,
+            globals,
+        } => {
+            let opts = walvault::dump::restore::Options {
+                id,
+                database,
+                tables: table
+                    .iter()
+                    .map(|t| walvault::table::names::parse_table(t))
+                    .collect::<anyhow::Result<_>>()?,
+                into,
+                globals,
+            };
+            walvault::dump::restore::run(&cfg, store.as_ref(), &codec, opts).await?;
+            Ok(exit::OK)
+        }
+        Command::DumpVerify { ids, stored_only } => {
+            let opts = walvault::dump::verify::Options { ids, stored_only };
+            let ok = walvault::dump::verify::run(&cfg, store.as_ref(), &codec, opts).await?;
+            Ok(if ok { exit::OK } else { exit::FAILURE })
         }
         // keygen needs no configuration, wal-push no store before its encoding starts.
         Command::Keygen { .. } | Command::WalPush { .. } => unreachable!("handled above"),

@@ -461,7 +461,7 @@ pub async fn run(
         checksum_failures,
         block_hash,
         taken_on: Some(TakenOn {
-            host: super::standby::host_name(),
+            host: crate::host::name(),
             role: if upstream.is_some() {
                 "standby"
             } else {

@@ -56,18 +56,6 @@ pub async fn check(client: &tokio_postgres::Client, max_lag_mb: i64) -> Result<U
     })
 }
 
-/// This host's name, as backup-list shows where a backup came from.
-pub fn host_name() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer outlives the call and its length is passed.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return "unknown".into();
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
-}
-
 /// Why a standby's backup did not get its WAL: who was to archive it.
 pub fn archiving_report(archive_mode: &str, primary: &str) -> String {
     if archive_mode == "always" {

@@ -72,7 +72,7 @@ pub async fn run(
         result: "failed".into(),
         started_at: started,
         finished_at: None,
-        host: hostname(),
+        host: crate::host::name(),
         operator: opts
             .operator
             .clone()
@@ -399,15 +399,4 @@ fn writable_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("report directory {} is not writable", dir.display()))?;
     let _ = std::fs::remove_file(probe);
     Ok(())
-}
-
-fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    let ok = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) } == 0;
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    if ok && end > 0 {
-        String::from_utf8_lossy(&buf[..end]).into_owned()
-    } else {
-        "unknown".into()
-    }
 }

@@ -96,7 +96,9 @@ pub fn run(mut cmd: std::process::Command, what: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The last meaningful lines of a program's stderr, on one line.
+/// A program's stderr on one line: its first error with the detail after it
+/// (what a statement's failure says; the lines after are the statement), else
+/// its last lines.
 pub fn last_lines(stderr: &[u8]) -> String {
     let text = String::from_utf8_lossy(stderr);
     let lines: Vec<&str> = text
@@ -104,12 +106,154 @@ pub fn last_lines(stderr: &[u8]) -> String {
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect();
+    if let Some(i) = lines
+        .iter()
+        .position(|l| l.contains("ERROR") || l.contains("error:"))
+    {
+        let mut out = vec![lines[i]];
+        out.extend(
+            lines[i + 1..]
+                .iter()
+                .take_while(|l| l.starts_with("DETAIL") || l.starts_with("HINT")),
+        );
+        return out.join(" | ");
+    }
     let tail = &lines[lines.len().saturating_sub(3)..];
     if tail.is_empty() {
         "no message".into()
     } else {
         tail.join(" | ")
     }
+}
+
+/// Runs `cmd` with its stdout copied into `out` (a dump streamed to the
+/// repository); an exit other than 0 is an error with its stderr's last lines,
+/// so a failed program never passes for a short, complete output.
+pub fn copy_stdout(
+    mut cmd: std::process::Command,
+    what: &str,
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<u64> {
+    use std::process::Stdio;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot run {what}: {e}")))?;
+    let errs = drain(child.stderr.take().expect("piped"));
+    let mut stdout = child.stdout.take().expect("piped");
+    let copied = std::io::copy(&mut stdout, out);
+    if copied.is_err() {
+        let _ = child.kill();
+    }
+    let status = child.wait()?;
+    let err = errs.join().unwrap_or_default();
+    if !status.success() {
+        return Err(std::io::Error::other(format!(
+            "{what} failed ({status}): {}",
+            last_lines(&err)
+        )));
+    }
+    copied
+}
+
+/// A program reading what walvault feeds its stdin (pg_restore, psql), its
+/// stdout and stderr collected on threads.
+pub struct Fed {
+    child: std::process::Child,
+    stdout: std::thread::JoinHandle<Vec<u8>>,
+    stderr: std::thread::JoinHandle<Vec<u8>>,
+    what: String,
+}
+
+impl Fed {
+    pub fn spawn(
+        mut cmd: std::process::Command,
+        what: &str,
+    ) -> Result<(Fed, std::process::ChildStdin)> {
+        use std::process::Stdio;
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot run {what}: {e}"))?;
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = drain(child.stdout.take().expect("piped"));
+        let stderr = drain(child.stderr.take().expect("piped"));
+        Ok((
+            Fed {
+                child,
+                stdout,
+                stderr,
+                what: what.to_string(),
+            },
+            stdin,
+        ))
+    }
+
+    /// Waits for the end (stdin must be closed by then); its stdout, or the
+    /// error with its stderr's last lines.
+    pub fn finish(mut self) -> Result<(String, String)> {
+        let status = self.child.wait()?;
+        let out = self.stdout.join().unwrap_or_default();
+        let err = self.stderr.join().unwrap_or_default();
+        if !status.success() {
+            bail!("{} failed ({status}): {}", self.what, last_lines(&err));
+        }
+        Ok((
+            String::from_utf8_lossy(&out).into_owned(),
+            String::from_utf8_lossy(&err).into_owned(),
+        ))
+    }
+}
+
+/// A program's stdin that may close before the end (pg_restore --list reads
+/// the table of contents only; a table's restore stops after its data): what
+/// it no longer takes is dropped, so the stream is still decoded, and so
+/// checked, to its end.
+pub struct Tolerant<W> {
+    inner: W,
+    closed: bool,
+}
+
+impl<W: std::io::Write> Tolerant<W> {
+    pub fn new(inner: W) -> Tolerant<W> {
+        Tolerant {
+            inner,
+            closed: false,
+        }
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for Tolerant<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.closed {
+            return Ok(buf.len());
+        }
+        match self.inner.write(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                Ok(buf.len())
+            }
+            r => r,
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self.inner.flush() {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            r => r,
+        }
+    }
+}
+
+fn drain<R: std::io::Read + Send + 'static>(mut r: R) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = r.read_to_end(&mut b);
+        b
+    })
 }
 
 #[cfg(test)]
@@ -132,8 +276,34 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_program_is_an_error_not_a_short_output() {
+        let mut sh = std::process::Command::new("sh");
+        sh.args([
+            "-c",
+            "echo partial; echo 'pg_dump: error: gone' >&2; exit 1",
+        ]);
+        let mut out = Vec::new();
+        let e = copy_stdout(sh, "pg_dump", &mut out).unwrap_err();
+        assert!(
+            e.to_string().contains("pg_dump failed") && e.to_string().contains("gone"),
+            "{e}"
+        );
+        let mut sh = std::process::Command::new("sh");
+        sh.args(["-c", "cat; echo done >&2"]);
+        let (fed, mut stdin) = Fed::spawn(sh, "cat").unwrap();
+        std::io::Write::write_all(&mut stdin, b"fed").unwrap();
+        drop(stdin);
+        let (out, err) = fed.finish().unwrap();
+        assert_eq!((out.as_str(), err.trim()), ("fed", "done"));
+    }
+
+    #[test]
     fn stderr_tail_is_one_line() {
         assert_eq!(last_lines(b"a\n\nb\nc\nd\n"), "b | c | d");
         assert_eq!(last_lines(b""), "no message");
+        assert_eq!(
+            last_lines(b"psql:x.sql:9: ERROR:  violates foreign key\nDETAIL:  Key (id)=(3)\nCREATE TABLE t (\n);\n"),
+            "psql:x.sql:9: ERROR:  violates foreign key | DETAIL:  Key (id)=(3)"
+        );
     }
 }

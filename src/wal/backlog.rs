@@ -59,7 +59,7 @@ pub fn drop_if_over(max: i64, path: &Path, e: &anyhow::Error) -> Result<bool> {
         at: Utc::now(),
         backlog,
         max_backlog: max as u64,
-        host: crate::backup::standby::host_name(),
+        host: crate::host::name(),
         error: format!("{e:#}"),
     };
     append(&journal_path(pg_wal), &d)?;
