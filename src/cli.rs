@@ -358,6 +358,10 @@ report names each failure), or when the drill could not start (bad input).")]
         /// Use this backup instead of choosing one
         #[arg(long)]
         backup: Option<String>,
+        /// Drill a logical dump instead (dump-list): restored into a new cluster of
+        /// the newest major installed, then checked
+        #[arg(long, value_name = "ID", conflicts_with_all = ["backup", "target_time", "target_lsn", "target_xid", "target_name", "target", "target_timeline"])]
+        dump: Option<String>,
         /// SQL file of named checks (overrides drill.checks_file)
         #[arg(long, value_name = "FILE")]
         checks: Option<PathBuf>,

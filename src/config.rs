@@ -308,6 +308,21 @@ pub const KEYS: &[(&str, Kind, &str)] = &[
         "delete: keep every backup needed to recover to any time in the last N days (0 = no age policy)",
     ),
     (
+        "retention.dump_keep_daily",
+        Kind::Int,
+        "delete: keep the newest logical dump of each of the N latest days that have one (0 = no daily policy; with no dump policy at all every dump is kept)",
+    ),
+    (
+        "retention.dump_keep_weekly",
+        Kind::Int,
+        "delete: keep the newest logical dump of each of the N latest ISO weeks that have one",
+    ),
+    (
+        "retention.dump_keep_monthly",
+        Kind::Int,
+        "delete: keep the newest logical dump of each of the N latest months that have one",
+    ),
+    (
         "verify.concurrency",
         Kind::Int,
         "verify: objects downloaded and checked at once",
@@ -472,6 +487,12 @@ pub struct Retention {
     pub keep_days: i64,
     #[serde(default)]
     pub keep_full: i64,
+    #[serde(default)]
+    pub dump_keep_daily: i64,
+    #[serde(default)]
+    pub dump_keep_weekly: i64,
+    #[serde(default)]
+    pub dump_keep_monthly: i64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -1006,6 +1027,21 @@ impl Config {
             ("retention.keep_last", self.retention.keep_last, 0),
             ("retention.keep_days", self.retention.keep_days, 0),
             ("retention.keep_full", self.retention.keep_full, 0),
+            (
+                "retention.dump_keep_daily",
+                self.retention.dump_keep_daily,
+                0,
+            ),
+            (
+                "retention.dump_keep_weekly",
+                self.retention.dump_keep_weekly,
+                0,
+            ),
+            (
+                "retention.dump_keep_monthly",
+                self.retention.dump_keep_monthly,
+                0,
+            ),
             ("verify.concurrency", self.verify.concurrency, 1),
             ("verify.pending_seconds", self.verify.pending_seconds, 0),
             ("drill.rto_target_seconds", self.drill.rto_target_seconds, 0),

@@ -357,7 +357,16 @@ async fn dispatch(command: Command, cfg: Config, ctx: Context) -> anyhow::Result
                 keep_days: keep_days.unwrap_or(cfg.retention.keep_days as u32),
                 keep_full: keep_full.unwrap_or(cfg.retention.keep_full as u32),
             };
-            let opts = walvault::retention::Options { policy, confirm };
+            let dumps = walvault::dump::retention::Policy {
+                keep_daily: cfg.retention.dump_keep_daily as u32,
+                keep_weekly: cfg.retention.dump_keep_weekly as u32,
+                keep_monthly: cfg.retention.dump_keep_monthly as u32,
+            };
+            let opts = walvault::retention::Options {
+                policy,
+                dumps,
+                confirm,
+            };
             let clean = walvault::retention::run(store.as_ref(), &codec, opts).await?;
             Ok(if clean { exit::OK } else { exit::FAILURE })
         }
@@ -391,6 +400,7 @@ async fn dispatch(command: Command, cfg: Config, ctx: Context) -> anyhow::Result
         Command::Drill {
             target,
             backup,
+            dump,
             checks,
             scratch_dir,
             report_dir,
@@ -403,6 +413,7 @@ async fn dispatch(command: Command, cfg: Config, ctx: Context) -> anyhow::Result
                 target,
                 timeline,
                 backup,
+                dump,
                 checks: checks.or_else(|| cfg.drill.checks_file.clone()),
                 scratch_root: scratch_dir.unwrap_or_else(|| cfg.drill.scratch_dir.clone()),
                 report_dir: report_dir.unwrap_or_else(|| cfg.drill.report_dir.clone()),

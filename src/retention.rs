@@ -25,7 +25,7 @@ use futures_util::stream::{self, StreamExt};
 use std::collections::BTreeMap;
 
 /// An incomplete backup (no manifest) younger than this may be a push still running.
-const INCOMPLETE_GRACE_HOURS: i64 = 24;
+pub(crate) const INCOMPLETE_GRACE_HOURS: i64 = 24;
 /// Deletions in flight at once.
 const DELETE_CONCURRENCY: usize = 16;
 
@@ -313,23 +313,47 @@ pub fn plan_wal(
 
 pub struct Options {
     pub policy: Policy,
+    /// Logical dumps' own policy (`retention.dump_keep_*`).
+    pub dumps: crate::dump::retention::Policy,
     pub confirm: bool,
 }
 
 /// Outcome counts, for the summary and the exit status.
 #[derive(Default)]
-struct Tally {
-    removed: usize,
-    bytes: u64,
-    locked: Vec<(String, Option<DateTime<Utc>>)>,
-    failed: Vec<String>,
+pub(crate) struct Tally {
+    pub removed: usize,
+    pub bytes: u64,
+    pub locked: Vec<(String, Option<DateTime<Utc>>)>,
+    pub failed: Vec<String>,
 }
 
 pub async fn run(store: &dyn Store, codec: &crate::codec::Codec, opts: Options) -> Result<bool> {
     let p = opts.policy;
-    if p.keep_last == 0 && p.keep_days == 0 && p.keep_full == 0 {
-        bail!("no retention policy: set retention.keep_last, retention.keep_full or retention.keep_days in the config, or give --keep-last N / --keep-full N / --keep-days D");
+    let backups = p.keep_last > 0 || p.keep_days > 0 || p.keep_full > 0;
+    if !backups && !opts.dumps.any() {
+        bail!("no retention policy: set retention.keep_last, retention.keep_full or retention.keep_days in the config, or give --keep-last N / --keep-full N / --keep-days D (logical dumps: retention.dump_keep_daily, _weekly, _monthly)");
     }
+    let mut clean = true;
+    if backups {
+        clean &= run_backups(store, codec, p, opts.confirm).await?;
+    } else {
+        println!(
+            "retention for {}: no backup policy, every backup kept",
+            store.locate("")
+        );
+    }
+    if opts.dumps.any() {
+        clean &= crate::dump::retention::run(store, opts.dumps, opts.confirm).await?;
+    }
+    Ok(clean)
+}
+
+async fn run_backups(
+    store: &dyn Store,
+    codec: &crate::codec::Codec,
+    p: Policy,
+    confirm: bool,
+) -> Result<bool> {
     let now = Utc::now();
     let (listing, inv) = crate::backup::list_with_wal(store, codec).await?;
     let mut verdicts = plan_backups(&listing, &inv, p, now);
@@ -399,7 +423,7 @@ pub async fn run(store: &dyn Store, codec: &crate::codec::Codec, opts: Options) 
         wal_bytes >> 20
     );
     let gone: Vec<&Verdict> = verdicts.iter().filter(|v| !v.keep).collect();
-    if !opts.confirm {
+    if !confirm {
         println!(
             "dry run: nothing removed ({} backups and {} WAL objects would be); run with --confirm to remove them",
             gone.len(),
@@ -421,6 +445,11 @@ pub async fn run(store: &dyn Store, codec: &crate::codec::Codec, opts: Options) 
     // failed removal left, never claim one that is gone.
     crate::wal::catalog::save_without(store, &inv, &wal_plan.remove).await;
     remove(store, &wal_plan.remove, locking, now, &mut tally).await;
+    Ok(report(&tally, store, "delete"))
+}
+
+/// Prints what a removal did; false when an object could not be removed.
+pub(crate) fn report(tally: &Tally, store: &dyn Store, what: &str) -> bool {
     println!(
         "removed {} objects ({} MiB)",
         tally.removed,
@@ -436,9 +465,9 @@ pub async fn run(store: &dyn Store, codec: &crate::codec::Codec, opts: Options) 
         );
     }
     for f in &tally.failed {
-        eprintln!("walvault delete: could not remove {f}");
+        eprintln!("walvault {what}: could not remove {f}");
     }
-    Ok(tally.failed.is_empty())
+    tally.failed.is_empty()
 }
 
 fn describe(p: Policy) -> String {
@@ -446,7 +475,7 @@ fn describe(p: Policy) -> String {
 }
 
 /// When `key` is under Object Lock retention at `now`, its end.
-async fn locked_until(
+pub(crate) async fn locked_until(
     store: &dyn Store,
     key: &str,
     now: DateTime<Utc>,
@@ -458,7 +487,7 @@ async fn locked_until(
         .filter(|t| *t > now))
 }
 
-async fn remove(
+pub(crate) async fn remove(
     store: &dyn Store,
     objects: &[ObjectMeta],
     locking: bool,

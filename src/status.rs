@@ -70,6 +70,11 @@ pub const METRICS: &[(&str, &str)] = &[
         "walvault_timeline",
         "The newest timeline in the repository: it grows at each failover or promoted recovery.",
     ),
+    ("walvault_dumps", "Complete logical dumps in the repository."),
+    (
+        "walvault_last_dump_time_seconds",
+        "When the newest complete logical dump finished.",
+    ),
     (
         "walvault_last_drill_time_seconds",
         "When the newest restore drill kept in the repository finished.",
@@ -136,6 +141,10 @@ pub struct Status {
     /// The newest timeline in the repository, and how it began (a failover).
     pub timeline: Option<u32>,
     pub timeline_switch: Option<crate::wal::switches::Switch>,
+    pub dumps: Option<usize>,
+    pub last_dump_id: Option<String>,
+    pub last_dump_time: Option<DateTime<Utc>>,
+    pub last_dump_stored_bytes: Option<u64>,
     pub last_drill_id: Option<String>,
     pub last_drill_time: Option<DateTime<Utc>>,
     pub last_drill_passed: Option<bool>,
@@ -217,6 +226,16 @@ async fn read_repository(store: &dyn Store, codec: &Codec, st: &mut Status) -> R
         st.wal_gap = w.gap;
         st.wal_gap_dropped = w.gap_dropped.as_ref().map(backup::catalog::describe_drop);
     }
+    let dumps = crate::dump::list(store).await?;
+    st.dumps = Some(dumps.dumps.len());
+    if let Some(m) = dumps.dumps.last() {
+        st.last_dump_id = Some(m.id.clone());
+        st.last_dump_time = Some(m.finished_at);
+        st.last_dump_stored_bytes = Some(m.stored_bytes());
+    }
+    st.repository_size_bytes = st
+        .repository_size_bytes
+        .map(|b| b + dumps.dumps.iter().map(|m| m.stored_bytes()).sum::<u64>());
     // Drills since the last pass; a year of monthly ones at most.
     let (newest, passed) = crate::drill::history::latest(store, 12).await?;
     if let Some(d) = newest {
@@ -341,6 +360,8 @@ pub fn prometheus(st: &Status) -> String {
             .then(|| if st.wal_gap.is_some() { 1.0 } else { 0.0 }),
         st.wal_dropped_segments.map(|v| v as f64),
         st.timeline.map(f64::from),
+        st.dumps.map(|v| v as f64),
+        secs(&st.last_dump_time),
         secs(&st.last_drill_time),
         st.last_drill_passed.and_then(flag),
         secs(&st.last_passed_drill_time),
@@ -419,10 +440,19 @@ fn print(st: &Status) {
                     ))
                     .unwrap_or_default()
             );
+            if let Some(id) = &st.last_dump_id {
+                println!(
+                    "  last dump      {id} finished {}, {} MiB stored ({} dumps)",
+                    ago(&st.last_dump_time),
+                    st.last_dump_stored_bytes.unwrap_or(0) >> 20,
+                    st.dumps.unwrap_or(0)
+                );
+            }
             println!(
-                "  size           {} MiB in {} backups and WAL",
+                "  size           {} MiB in {} backups, WAL and {} dumps",
                 st.repository_size_bytes.unwrap_or(0) >> 20,
-                st.backups.unwrap_or(0)
+                st.backups.unwrap_or(0),
+                st.dumps.unwrap_or(0)
             );
             match (&st.last_drill_id, st.last_drill_passed) {
                 (Some(id), Some(passed)) => println!(

@@ -290,3 +290,191 @@ fn a_dump_of_postgresql_15_restores_into_a_newer_major_and_verifies() {
     b.stop();
     a.stop();
 }
+
+#[test]
+fn dumps_have_their_own_retention_marks_status_and_drill() {
+    let s3 = Seaweed::start();
+    let src = source(|_| {
+        let mut env = s3.walvault_env("dump-life");
+        env.insert("WALVAULT_S3_CLASS_TAGS".into(), "true".into());
+        env
+    });
+    let a = &src.a;
+    a.psql("create table t (i bigint primary key, note text);
+            insert into t select g, 'row ' || g from generate_series(1, 5000) g;
+            create table u (id int primary key); insert into u select generate_series(1, 10); analyze");
+    // The cluster archives into the repository (which makes it one).
+    let segment = a.switch_wal();
+    a.wait_archived(&segment, std::time::Duration::from_secs(60));
+    let env = a.pg_env(&src.env);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let out = walvault(&["dump-push", "--database", "postgres"], &env, None);
+        ids.push(ok(&out, "dump-push").trim().to_string());
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    // A push that died: no manifest, recent, so kept for now.
+    s3.put(
+        "dump-life/dumps/dump-20990101T000000Z/postgres.dump",
+        b"partial".to_vec(),
+    );
+    let mark = walvault(
+        &[
+            "backup-mark",
+            &ids[0],
+            "--permanent",
+            "--note",
+            "audit 2026",
+        ],
+        &src.env,
+        None,
+    );
+    let text = ok(&mark, "backup-mark dump");
+    assert!(
+        text.contains(&format!("dump {}: permanent: audit 2026", ids[0])),
+        "{text}"
+    );
+    assert_eq!(
+        s3.class_tag(&format!("dump-life/dumps/{}/postgres.dump", ids[0]))
+            .as_deref(),
+        Some("permanent")
+    );
+
+    // Retention: the newest of the day and the permanent one stay.
+    let policy = ["--set", "retention.dump_keep_daily=1"];
+    let out = walvault(&[&policy[..], &["delete"]].concat(), &src.env, None);
+    let text = ok(&out, "delete dry run");
+    assert!(
+        text.contains("no backup policy, every backup kept"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("dump {:<22} REMOVE", ids[1])),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "dump {:<22} keep    permanent: audit 2026",
+            ids[0]
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("dump {:<22} keep    newest of its day", ids[2])),
+        "{text}"
+    );
+    assert!(text.contains("may be a dump-push still running"), "{text}");
+    ok(
+        &walvault(
+            &[&policy[..], &["delete", "--confirm"]].concat(),
+            &src.env,
+            None,
+        ),
+        "delete",
+    );
+    let list = ok(&walvault(&["dump-list"], &src.env, None), "dump-list");
+    assert!(
+        list.contains(&ids[0]) && list.contains(&ids[2]) && !list.contains(&ids[1]),
+        "{list}"
+    );
+    assert!(s3.list(&format!("dump-life/dumps/{}/", ids[1])).is_empty());
+
+    // Status and its metrics name the newest dump.
+    let st: serde_json::Value =
+        serde_json::from_str(&ok(&walvault(&["status", "--json"], &env, None), "status")).unwrap();
+    assert_eq!(st["dumps"], 2);
+    assert_eq!(st["last_dump_id"], ids[2].as_str());
+    let prom = src.root.path().join("walvault.prom");
+    walvault(
+        &["status", "--prometheus", prom.to_str().unwrap()],
+        &env,
+        None,
+    );
+    let metrics = std::fs::read_to_string(&prom).unwrap();
+    assert!(
+        metrics.contains("walvault_dumps{") && metrics.contains("walvault_last_dump_time_seconds{"),
+        "{metrics}"
+    );
+
+    // A drill of the newest dump: a new cluster, every table there, the user's check.
+    let scratch = src.root.path().join("scratch");
+    let reports = src.root.path().join("reports");
+    for d in [&scratch, &reports] {
+        std::fs::create_dir_all(d).unwrap();
+        chown_pg(d);
+    }
+    let checks = src.root.path().join("checks.sql");
+    std::fs::write(
+        &checks,
+        "-- check: all rows of t\nselect count(*) = 5000 from t;\n",
+    )
+    .unwrap();
+    chown_pg(&checks);
+    let args = [
+        "drill",
+        "--dump",
+        &ids[2],
+        "--scratch-dir",
+        scratch.to_str().unwrap(),
+        "--report-dir",
+        reports.to_str().unwrap(),
+        "--checks",
+        checks.to_str().unwrap(),
+    ];
+    let out = walvault(&args, &env, None);
+    let text = ok(&out, "drill --dump");
+    assert!(text.contains("drill PASSED: dump restored in"), "{text}");
+    assert!(
+        std::fs::read_dir(&scratch).unwrap().next().is_none(),
+        "scratch left behind"
+    );
+    let report = std::fs::read_dir(&reports)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "json"))
+        .unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["result"], "passed");
+    assert_eq!(r["dump"]["id"], ids[2].as_str());
+    let names: Vec<&str> = r["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"the dump's 2 tables are restored") && names.contains(&"all rows of t"),
+        "{names:?}"
+    );
+    let md = std::fs::read_to_string(report.with_extension("md")).unwrap();
+    assert!(md.contains("## Dump used") && md.contains(&ids[2]), "{md}");
+    // A check that fails fails the drill.
+    std::fs::write(
+        &checks,
+        "-- check: too many rows\nselect count(*) = 5001 from t;\n",
+    )
+    .unwrap();
+    let out = walvault(&args, &env, None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("check 'too many rows' failed"));
+    // A dump that does not exist is bad input: nothing made.
+    let out = walvault(
+        &[
+            "drill",
+            "--dump",
+            "dump-19990101T000000Z",
+            "--scratch-dir",
+            scratch.to_str().unwrap(),
+            "--report-dir",
+            reports.to_str().unwrap(),
+        ],
+        &env,
+        None,
+    );
+    assert!(
+        failure(&out).1.contains("no dump dump-19990101T000000Z"),
+        "{}",
+        failure(&out).1
+    );
+    assert!(std::fs::read_dir(&scratch).unwrap().next().is_none());
+}

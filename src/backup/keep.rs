@@ -62,8 +62,19 @@ pub fn parse_date(s: &str) -> Result<NaiveDate> {
         .with_context(|| format!("--keep-until '{s}' is not a date; use YYYY-MM-DD"))
 }
 
-pub async fn run(store: &dyn Store, id: &str, mark: Mark, note: Option<String>) -> Result<()> {
-    let manifest = read_manifest(store, id).await?;
+impl Mark {
+    /// The lifecycle class a marked object goes into.
+    pub fn class(&self) -> Class {
+        match self {
+            Mark::Permanent => Class::Permanent,
+            Mark::Until(_) => Class::Kept,
+            Mark::Unmark => Class::Standard,
+        }
+    }
+}
+
+/// Writes a mark under `key` (replacing the last one) and returns it.
+pub async fn write(store: &dyn Store, key: &str, mark: Mark, note: Option<String>) -> Result<Keep> {
     let now = Utc::now();
     let keep = Keep {
         permanent: matches!(mark, Mark::Permanent),
@@ -84,21 +95,27 @@ pub async fn run(store: &dyn Store, id: &str, mark: Mark, note: Option<String>) 
     // The one object walvault replaces on purpose: a mark changes.
     store
         .write(
-            &key(id),
+            key,
             Box::new(std::io::Cursor::new(text)),
             Class::Standard,
             Mode::Replace,
         )
         .await?;
+    Ok(keep)
+}
+
+pub async fn run(store: &dyn Store, id: &str, mark: Mark, note: Option<String>) -> Result<()> {
+    if id.starts_with(crate::dump::ID_PREFIX) {
+        return crate::dump::keep::run(store, id, mark, note).await;
+    }
+    let manifest = read_manifest(store, id).await?;
+    let now = Utc::now();
+    let class = mark.class();
+    let keep = write(store, &key(id), mark, note).await?;
     match keep.reason(now) {
         Some(r) => println!("backup {id}: {r}; no retention policy removes it"),
         None => println!("backup {id}: unmarked; retention policies apply to it again"),
     }
-    let class = match mark {
-        Mark::Permanent => Class::Permanent,
-        Mark::Until(_) => Class::Kept,
-        Mark::Unmark => Class::Standard,
-    };
     let mut tagged = classify(store, &manifest, class).await.with_context(|| {
         format!("the mark is stored, but putting the backup in lifecycle class {} failed; run backup-mark again once fixed", class.as_str())
     })?;

@@ -4,6 +4,7 @@
 //! under `drills/`) and removes the scratch cluster, also on failure or interrupt.
 
 pub mod checks;
+mod dump_drill;
 pub mod history;
 pub mod report;
 
@@ -25,6 +26,8 @@ pub struct Options {
     pub target: Target,
     pub timeline: Option<u32>,
     pub backup: Option<String>,
+    /// Drill a logical dump instead of a backup (`--dump ID`).
+    pub dump: Option<String>,
     /// The user's SQL file of named checks.
     pub checks: Option<PathBuf>,
     /// Where the scratch directory is made.
@@ -81,6 +84,7 @@ pub async fn run(
         walvault_version: env!("CARGO_PKG_VERSION").to_string(),
         repository: store.locate(""),
         backup: None,
+        dump: None,
         target: report::TargetUsed {
             description: opts.target.describe(),
             timeline: opts.timeline,
@@ -102,39 +106,63 @@ pub async fn run(
     };
 
     let t0 = Instant::now();
-    // A backup that does not exist or cannot reach the target is bad input, not a
-    // failed drill: a clear error and nothing written.
+    // A backup or dump that does not exist or cannot reach the target is bad
+    // input, not a failed drill: a clear error and nothing written.
     let scratch = Scratch::create(&opts.scratch_root, "drill", &drill_id)?;
-    let mut ropts = scratch.recover_options(
-        opts.target.clone(),
-        opts.timeline,
-        cfg,
-        opts.config_file.clone(),
-        opts.carry.clone(),
-    );
-    ropts.backup = opts.backup.clone();
-    let plan = match recover::plan(store.as_ref(), codec, &ropts).await {
-        Ok(p) => p,
-        Err(e) => {
-            drop(scratch);
-            return Err(e);
-        }
-    };
-    let outcome = tokio::select! {
-        r = drill(cfg, store.clone(), codec, &ropts, &plan, &scratch, &user_checks, opts.amcheck, &mut rep, t0) => r,
-        sig = scratch::interrupted() => Err(anyhow::anyhow!("interrupted by {sig}")),
-    };
-    if let Err(e) = outcome {
-        // Keep the server's last words before the scratch directory goes.
-        let mut msg = format!("{e:#}");
-        if rep.recovered.is_none() && !msg.contains("PostgreSQL stopped") {
-            if let Some(tail) = scratch::log_tail(&recover::log_path(&ropts), 3) {
-                msg.push_str(&format!(" (server log: {tail})"));
+    if let Some(id) = &opts.dump {
+        let manifest = match dump_drill::prepare(codec, store.as_ref(), id, &opts).await {
+            Ok(m) => m,
+            Err(e) => {
+                drop(scratch);
+                return Err(e);
             }
+        };
+        let outcome = tokio::select! {
+            r = dump_drill::run(cfg, store.as_ref(), codec, &manifest, &scratch, &user_checks, opts.amcheck, &mut rep, t0) => r,
+            sig = scratch::interrupted() => Err(anyhow::anyhow!("interrupted by {sig}")),
+        };
+        if let Err(e) = outcome {
+            let mut msg = format!("{e:#}");
+            if let Some(tail) = scratch::log_tail(&dump_drill::log_path(&scratch), 3) {
+                if !msg.contains("server log") && rep.timings.restore_seconds.is_none() {
+                    msg.push_str(&format!(" (server log: {tail})"));
+                }
+            }
+            rep.failures.push(msg);
         }
-        rep.failures.push(msg);
+        drop(scratch);
+    } else {
+        let mut ropts = scratch.recover_options(
+            opts.target.clone(),
+            opts.timeline,
+            cfg,
+            opts.config_file.clone(),
+            opts.carry.clone(),
+        );
+        ropts.backup = opts.backup.clone();
+        let plan = match recover::plan(store.as_ref(), codec, &ropts).await {
+            Ok(p) => p,
+            Err(e) => {
+                drop(scratch);
+                return Err(e);
+            }
+        };
+        let outcome = tokio::select! {
+            r = drill(cfg, store.clone(), codec, &ropts, &plan, &scratch, &user_checks, opts.amcheck, &mut rep, t0) => r,
+            sig = scratch::interrupted() => Err(anyhow::anyhow!("interrupted by {sig}")),
+        };
+        if let Err(e) = outcome {
+            // Keep the server's last words before the scratch directory goes.
+            let mut msg = format!("{e:#}");
+            if rep.recovered.is_none() && !msg.contains("PostgreSQL stopped") {
+                if let Some(tail) = scratch::log_tail(&recover::log_path(&ropts), 3) {
+                    msg.push_str(&format!(" (server log: {tail})"));
+                }
+            }
+            rep.failures.push(msg);
+        }
+        drop(scratch); // stops the server and removes the directory
     }
-    drop(scratch); // stops the server and removes the directory
     rep.timings.total_seconds = Some(t0.elapsed().as_secs_f64());
     rep.finished_at = Some(Utc::now());
     rep.result = if rep.passed() { "passed" } else { "failed" }.into();
@@ -159,7 +187,13 @@ pub async fn run(
         }
         println!("uploaded: {}", store.locate(&format!("drills/{drill_id}/")));
     }
-    if rep.passed() {
+    if rep.passed() && rep.dump.is_some() {
+        println!(
+            "drill PASSED: dump restored in {:.1} s, {} checks",
+            rep.timings.rto_seconds.unwrap_or_default(),
+            rep.checks.len()
+        );
+    } else if rep.passed() {
         println!(
             "drill PASSED: RTO {:.1} s, newest WAL {} s old, {} checks",
             rep.timings.rto_seconds.unwrap_or_default(),
@@ -295,6 +329,12 @@ async fn drill(
     run_checks(scratch, user_checks, amcheck, rep).await?;
     rep.timings.checks_seconds = Some(t3.elapsed().as_secs_f64());
 
+    conclude(rep);
+    Ok(())
+}
+
+/// Failed checks and missed objectives become the report's failures.
+pub(super) fn conclude(rep: &mut Report) {
     for c in rep.checks.iter().filter(|c| c.status == Status::Failed) {
         let failure = match &c.database {
             Some(db) => format!("check '{}' failed in {db}: {}", c.name, c.detail),
@@ -321,10 +361,9 @@ async fn drill(
             ));
         }
     }
-    Ok(())
 }
 
-async fn run_checks(
+pub(super) async fn run_checks(
     scratch: &Scratch,
     user_checks: &[UserCheck],
     amcheck: bool,

@@ -19,6 +19,9 @@ pub struct Report {
     pub walvault_version: String,
     pub repository: String,
     pub backup: Option<BackupUsed>,
+    /// A drill of a logical dump (`drill --dump`) instead of a backup.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dump: Option<DumpUsed>,
     pub target: TargetUsed,
     pub wal: Option<WalUsed>,
     pub recovered: Option<Recovered>,
@@ -39,6 +42,20 @@ pub struct BackupUsed {
     pub start_lsn: String,
     pub stop_lsn: String,
     pub stop_time: DateTime<Utc>,
+    pub raw_bytes: u64,
+    pub stored_bytes: u64,
+    pub encrypted: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DumpUsed {
+    pub id: String,
+    pub finished_at: DateTime<Utc>,
+    /// The dumped server's version, and the major of the scratch server it
+    /// was restored into.
+    pub server_version: String,
+    pub restored_into_major: u32,
+    pub databases: Vec<String>,
     pub raw_bytes: u64,
     pub stored_bytes: u64,
     pub encrypted: bool,
@@ -129,6 +146,32 @@ impl Report {
             }
         }
 
+        if let Some(d) = &self.dump {
+            let _ = writeln!(m, "\n## Dump used\n");
+            row(&mut m, "Dump", &d.id);
+            row(&mut m, "Finished (UTC)", &ts(Some(d.finished_at)));
+            row(
+                &mut m,
+                "Dumped from",
+                &format!("PostgreSQL {}", d.server_version),
+            );
+            row(
+                &mut m,
+                "Restored into",
+                &format!("PostgreSQL {}", d.restored_into_major),
+            );
+            row(&mut m, "Databases", &d.databases.join(", "));
+            row(
+                &mut m,
+                "Size",
+                &format!(
+                    "{} MiB raw, {} MiB stored",
+                    d.raw_bytes >> 20,
+                    d.stored_bytes >> 20
+                ),
+            );
+            row(&mut m, "Encrypted", if d.encrypted { "yes" } else { "no" });
+        }
         let _ = writeln!(m, "\n## Backup used\n");
         match &self.backup {
             Some(b) => {
@@ -152,6 +195,7 @@ impl Report {
                 );
                 row(&mut m, "Encrypted", if b.encrypted { "yes" } else { "no" });
             }
+            None if self.dump.is_some() => m.push_str("None: a logical dump was drilled.\n"),
             None => m.push_str("No backup could be used.\n"),
         }
 
@@ -345,6 +389,7 @@ mod tests {
             walvault_version: "0.1.0".into(),
             repository: "s3://b/p".into(),
             backup: None,
+            dump: None,
             target: TargetUsed {
                 description: "latest".into(),
                 timeline: None,

@@ -3,8 +3,10 @@
 //! `dumps/<id>/`, with a clear manifest written last. Any later PostgreSQL
 //! reads them, which a physical backup cannot promise for a 7-year keep.
 
+pub mod keep;
 pub mod push;
 pub mod restore;
+pub mod retention;
 pub mod verify;
 
 use crate::store::Store;

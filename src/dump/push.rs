@@ -38,6 +38,18 @@ pub async fn run(cfg: &Config, store: &dyn Store, codec: &Codec, opts: Options) 
     let server_version: String = row.get(0);
     let server_major = pg::majors::of_version_num(row.get::<_, i32>(1) as i64);
     let system_identifier: String = row.get(2);
+    // A repository belongs to one cluster: its dumps too.
+    if let Some(repo) = crate::repo::load(store).await? {
+        if repo.system_identifier != system_identifier {
+            let ids = (
+                repo.system_identifier.parse().unwrap_or_default(),
+                system_identifier.parse().unwrap_or_default(),
+            );
+            return Err(crate::repo::mismatch(store, ids.0, ids.1)
+                .await
+                .context("refused: the server to dump is not the repository's cluster"));
+        }
+    }
     let mut databases = opts.databases.clone();
     if databases.is_empty() {
         databases = client
