@@ -31,6 +31,9 @@ pub struct Verdict {
     pub why: String,
 }
 
+/// A calendar period a time falls in (a day, an ISO week, a month).
+type Period = fn(&DateTime<Utc>) -> (i32, u32);
+
 /// The verdict on every complete dump, newest first.
 pub fn plan(
     dumps: &[Manifest],
@@ -41,7 +44,7 @@ pub fn plan(
     let mut newest_first: Vec<&Manifest> = dumps.iter().collect();
     newest_first.sort_by_key(|m| std::cmp::Reverse(m.finished_at));
     let mut reasons: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    let periods: [(&str, u32, fn(&DateTime<Utc>) -> (i32, u32)); 3] = [
+    let periods: [(&str, u32, Period); 3] = [
         ("day", p.keep_daily, |t| (t.year(), t.ordinal())),
         ("week", p.keep_weekly, |t| {
             let w = t.iso_week();
