@@ -1,4 +1,4 @@
-//! Benchmark (not part of the test run): `scripts/bench.sh [--only calls,drain,replay,backups,incremental,summaries,catalog,files] [--runs N] ...`.
+//! Benchmark (not part of the test run): `scripts/bench.sh [--only calls,drain,replay,backups,incremental,summaries,catalog,files,logical] [--runs N] ...`.
 //!
 //! Real WAL and databases from pgbench; walvault against pgBackRest like for
 //! like: the same S3 endpoint over HTTPS (certificate checked against the same
@@ -30,6 +30,8 @@ struct Args {
     only: Vec<String>,
     /// Files of the many-files part.
     files: usize,
+    /// MiB of the table the logical part restores with restore-table.
+    table_mb: usize,
 }
 
 impl Args {
@@ -47,6 +49,7 @@ fn args() -> Args {
         replay_mb: 2200,
         only: Vec::new(),
         files: 1_000_000,
+        table_mb: 1024,
     };
     let v: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -70,6 +73,10 @@ fn args() -> Args {
             }
             "--replay-mb" => {
                 a.replay_mb = v[i + 1].parse().expect("--replay-mb N");
+                i += 1;
+            }
+            "--table-mb" => {
+                a.table_mb = v[i + 1].parse().expect("--table-mb N");
                 i += 1;
             }
             "--files" => {
@@ -410,6 +417,9 @@ fn main() {
     }
     if a.wants("files") {
         println!("{}", bench_files(&a, &s));
+    }
+    if a.wants("logical") {
+        println!("{}", bench_logical(&a, &s));
     }
     drop(az);
     drop(weed);
@@ -2184,6 +2194,7 @@ fn bench_files(a: &Args, s: &Setup) -> String {
         replay_mb: a.replay_mb,
         only: Vec::new(),
         files: a.files,
+        table_mb: a.table_mb,
     };
     let pgbr = archiving_pgbench(&small, s, &mut src, "files", &[&conf]);
     // pgBackRest at its best for many small files: bundled into larger
@@ -2298,5 +2309,200 @@ fn bench_files(a: &Args, s: &Setup) -> String {
         "\nwalvault's highest peak RSS: {:.1} MiB (target < 150 MiB)\n",
         worst as f64 / 1024.0
     ));
+    out
+}
+
+/// `restore-table` of one large table (`--table-mb`) against the procedure it
+/// replaces (the whole cluster recovered beside production, then `pg_dump -t |
+/// psql`), and `dump-push` / `dump-restore` of a pgbench database against
+/// plain `pg_dump -Fc` into a local file and `pg_restore` from it (what the
+/// codec, encryption and S3 cost).
+fn bench_logical(a: &Args, s: &Setup) -> String {
+    let mut src = Cluster::init(&s.root, "logical-src");
+    let conf = s.config(Backend::S3Https, "logical", &[]);
+    src.conf(&format!(
+        "max_wal_size = 4GB\narchive_mode = on\narchive_command = '{}'",
+        s.walvault_line(&conf, "wal-push %p").replace('\'', "''")
+    ));
+    src.start(&s.secrets);
+    eprintln!(
+        "making a pgbench database of scale {} and a {} MiB table ...",
+        a.scale, a.table_mb
+    );
+    src.pgbench(&["-i", "-s", &a.scale.to_string(), "-q"]);
+    // About 1 KiB a row once stored (a 900-byte text that does not compress).
+    let rows = a.table_mb * 1024 * 1024 / 1000;
+    src.psql(&format!(
+        "create table big (id bigint primary key, body text);
+         alter table big alter column body set storage external;
+         insert into big select g, string_agg(md5(g::text || k::text), '') from generate_series(1, {rows}) g, generate_series(1, 28) k group by g"
+    ));
+    src.psql("checkpoint");
+    let big_mb: i64 = src
+        .psql("select pg_total_relation_size('big') >> 20")
+        .parse()
+        .unwrap();
+    let db_mb: i64 = src
+        .psql("select (pg_database_size('postgres') - pg_total_relation_size('big')) >> 20")
+        .parse()
+        .unwrap();
+    let env = src.pg_env(&s.secrets);
+    let wv = |args: &[&str]| {
+        let mut c = pg_command(walvault_bin().to_str().unwrap(), &env);
+        c.arg("--config").arg(&conf).args(args);
+        c
+    };
+    timed_ok(wv(&["backup-push", "--fast"]), "backup-push");
+    let target = src.psql(
+        "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'",
+    );
+    src.psql("select pg_switch_wal()");
+    let scratch = s.root.join("logical-scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    chown_pg(&scratch);
+    let files = s.root.join("logical-files");
+    std::fs::create_dir_all(&files).unwrap();
+    chown_pg(&files);
+    let pg15 = |p: &str| format!("/usr/lib/postgresql/15/bin/{p}");
+    let mut t = Table::default();
+    let mut phases: Vec<String> = Vec::new();
+    for run in 0..a.runs {
+        eprintln!("logical run {} of {} ...", run + 1, a.runs);
+        // restore-table, one command.
+        let name = format!("big_r{run}");
+        let (secs, rss, out) = timed_ok(
+            wv(&[
+                "restore-table",
+                "--database",
+                "postgres",
+                "--table",
+                "big",
+                "--target-time",
+                &target,
+                "--as",
+                &name,
+                "--scratch-dir",
+                scratch.to_str().unwrap(),
+            ]),
+            "restore-table",
+        );
+        assert!(
+            out.contains(&format!("loaded: public.{name} ({rows} rows")),
+            "{out}"
+        );
+        t.add("restore-table", secs, rss);
+        phases.push(
+            out.lines()
+                .find(|l| l.starts_with("timings:"))
+                .unwrap_or("")
+                .to_string(),
+        );
+        src.psql(&format!("drop table {name}"));
+        // By hand: the whole cluster recovered beside production, then pg_dump -t | psql.
+        let dir = scratch.join(format!("hand-{run}"));
+        let port = free_port();
+        let t0 = Instant::now();
+        let (_, _, _) = timed_ok(
+            wv(&[
+                "recover",
+                "--pgdata",
+                dir.to_str().unwrap(),
+                "--target-time",
+                &target,
+                "--start",
+                "--port",
+                &port.to_string(),
+                "--socket-dir",
+                scratch.to_str().unwrap(),
+            ]),
+            "recover",
+        );
+        let hand = format!(
+            "{} -h {} -p {port} -d postgres -t big | sed 's/public\\.big\\b/public.big_hand/g; s/big_pkey/big_hand_pkey/g' | {} -X -q -v ON_ERROR_STOP=1 --single-transaction -h {} -p {} -d postgres",
+            pg15("pg_dump"), scratch.display(), pg15("psql"), src.sockdir.display(), src.port
+        );
+        let mut sh = pg_command("/bin/sh", &BTreeMap::new());
+        sh.args(["-c", &hand]);
+        timed_ok(sh, "pg_dump -t | psql");
+        t.add(
+            "by hand: recover + pg_dump -t | psql",
+            t0.elapsed().as_secs_f64(),
+            0,
+        );
+        assert_eq!(src.psql("select count(*) from big_hand"), rows.to_string());
+        src.psql("drop table big_hand");
+        let mut stop = pg_command(&pg15("pg_ctl"), &BTreeMap::new());
+        stop.args(["-D", dir.to_str().unwrap(), "-m", "immediate", "stop"]);
+        stop.output().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        // dump-push against pg_dump -Fc into a local file.
+        let (secs, rss, out) = timed_ok(
+            wv(&["dump-push", "--database", "postgres", "--no-globals"]),
+            "dump-push",
+        );
+        t.add("dump-push", secs, rss);
+        let id = out.trim().to_string();
+        let file = files.join(format!("postgres-{run}.dump"));
+        let mut d = pg_command(&pg15("pg_dump"), &BTreeMap::new());
+        d.args([
+            "-Fc",
+            "-h",
+            src.sockdir.to_str().unwrap(),
+            "-p",
+            &src.port.to_string(),
+            "-d",
+            "postgres",
+            "-f",
+            file.to_str().unwrap(),
+        ]);
+        let (secs, _, _) = timed_ok(d, "pg_dump -Fc");
+        t.add("pg_dump -Fc to a local file", secs, 0);
+        // dump-restore against pg_restore of that file, each into a new database.
+        let into = format!(
+            "host={} port={} dbname=wv_{run}",
+            src.sockdir.display(),
+            src.port
+        );
+        let (secs, rss, _) = timed_ok(wv(&["dump-restore", &id, "--into", &into]), "dump-restore");
+        t.add("dump-restore", secs, rss);
+        src.psql(&format!("create database pg_{run}"));
+        let mut r = pg_command(&pg15("pg_restore"), &BTreeMap::new());
+        r.args([
+            "--exit-on-error",
+            "--single-transaction",
+            "-h",
+            src.sockdir.to_str().unwrap(),
+            "-p",
+            &src.port.to_string(),
+            "-d",
+            &format!("pg_{run}"),
+            file.to_str().unwrap(),
+        ]);
+        let (secs, _, _) = timed_ok(r, "pg_restore");
+        t.add("pg_restore from the local file", secs, 0);
+        src.psql(&format!("drop database wv_{run}"));
+        src.psql(&format!("drop database pg_{run}"));
+        std::fs::remove_file(&file).unwrap();
+    }
+    let mut out = format!(
+        "\nLogical: a {big_mb} MiB table (restore-table) beside a pgbench database of scale {} ({db_mb} MiB); medians of {} runs, S3 over HTTPS, encrypted\n",
+        a.scale, a.runs
+    );
+    for (ours, base) in [
+        ("restore-table", "by hand: recover + pg_dump -t | psql"),
+        ("dump-push", "pg_dump -Fc to a local file"),
+        ("dump-restore", "pg_restore from the local file"),
+    ] {
+        let rss = t.0.iter().find(|r| r.0 == ours).map(|r| r.2).unwrap_or(0);
+        let (w, b) = (t.median(ours), t.median(base));
+        out.push_str(&format!(
+            "{ours:<14} {w:7.2} s ({} MiB peak)   {base:<38} {b:7.2} s   x {:.2}\n",
+            rss >> 10,
+            b / w
+        ));
+    }
+    out.push_str(&format!("restore-table phases: {}\n", phases.join(" / ")));
+    src.stop();
     out
 }
