@@ -22,6 +22,11 @@ create index orders_by_customer on orders (customer_id);
 grant select on orders to reporter;
 insert into orders (customer_id, amount, note)
     select 1 + g % 50, g, 'order ' || g from generate_series(1, 2000) g;
+create table events (id int, at date not null, what text) partition by range (at);
+create table events_2025 partition of events for values from ('2025-01-01') to ('2026-01-01');
+create table events_2026 partition of events for values from ('2026-01-01') to ('2027-01-01');
+create index on events (id);
+insert into events select g, date '2025-06-01' + g % 400, 'event ' || g from generate_series(1, 1000) g;
 create table audit (id bigint generated always as identity primary key, what text);
 insert into audit (what) select 'event ' || g from generate_series(1, 300) g;
 ";
@@ -86,16 +91,21 @@ fn a_table_comes_back_as_it_was_beside_or_in_place_and_nothing_else_moves() {
     // Work after the backup, replayed from the archive.
     a.psql("insert into orders (customer_id, amount, note) select 1 + g % 50, g, 'later ' || g from generate_series(1, 500) g");
     let then = digest(a, "orders");
+    let events_then = digest(a, "events");
+    let events_2026_then = digest(a, "events_2026");
     let seq_then = a.psql("select last_value from orders_id_seq");
     let target = now_utc(a);
     // The bad DELETE at T, then life goes on.
-    a.psql("delete from orders where customer_id <= 10");
+    a.psql(
+        "delete from orders where customer_id <= 10; delete from events where at >= '2026-01-01'",
+    );
     a.psql("insert into orders (customer_id, amount, note) select 20, g, 'after ' || g from generate_series(1, 100) g");
     a.psql("insert into audit (what) values ('after the delete')");
     src.flush_archive();
     let live = digest(a, "orders");
     let others = [digest(a, "customers"), digest(a, "audit")];
     assert_ne!(then, live);
+    assert_ne!(events_then, digest(a, "events"));
 
     let scratch = src.root.path().join("scratch");
     std::fs::create_dir_all(&scratch).unwrap();
@@ -199,6 +209,44 @@ fn a_table_comes_back_as_it_was_beside_or_in_place_and_nothing_else_moves() {
         failure(&out).1
     );
     a.psql("drop table orders_before");
+
+    // A partitioned table comes back with its partitions, named after it; a
+    // partition asked for alone comes back as a table of its own.
+    let out = restore_table(
+        &env,
+        &scratch,
+        &[&at[..], &["--table", "events", "--as", "events_before"]].concat(),
+    );
+    let text = ok(&out, "restore-table of a partitioned table");
+    assert!(
+        text.contains("public.events (1000 rows in 2 partitions)"),
+        "{text}"
+    );
+    assert_eq!(digest(a, "events_before"), events_then);
+    assert_eq!(
+        a.psql("select string_agg(c.relname, ',' order by c.relname) from pg_inherits i join pg_class c on c.oid = i.inhrelid where i.inhparent = 'events_before'::regclass"),
+        "events_before_2025,events_before_2026"
+    );
+    let out = restore_table(
+        &env,
+        &scratch,
+        &[
+            &at[..],
+            &["--table", "events_2026", "--as", "events_2026_back"],
+        ]
+        .concat(),
+    );
+    ok(&out, "restore-table of one partition");
+    assert_eq!(digest(a, "events_2026_back"), events_2026_then);
+    assert_eq!(
+        a.psql("select relispartition from pg_class where relname = 'events_2026_back'"),
+        "f"
+    );
+    assert_eq!(
+        a.psql("select count(*) from events"),
+        a.psql("select count(*) from events_2025"),
+        "the live table is untouched"
+    );
 
     // In place: refused while a view and another table's foreign key depend on it.
     a.psql(

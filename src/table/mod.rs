@@ -66,6 +66,9 @@ struct Restored {
     at_target: Qualified,
     loaded_as: Qualified,
     rows: i64,
+    /// A partition brought with the partitioned table at this index (its rows
+    /// are counted with it).
+    part_of: Option<usize>,
 }
 
 /// What production was checked for before anything was restored.
@@ -314,7 +317,7 @@ async fn restore(
     if let Some(client) = destination_client(pre).await? {
         rename_beside(&db, &client, opts, pre, &mut tables).await?;
     }
-    for t in &mut tables {
+    for t in tables.iter_mut().filter(|t| t.part_of.is_none()) {
         t.rows = objects::count_rows(&db, &t.loaded_as).await?;
     }
     let file = match &opts.destination {
@@ -327,7 +330,14 @@ async fn restore(
         "dumped: {} in {dump_s:.1} s (pg_dump {})",
         tables
             .iter()
-            .map(|t| format!("{} ({} rows)", t.at_target, t.rows))
+            .enumerate()
+            .filter(|(_, t)| t.part_of.is_none())
+            .map(|(i, t)| {
+                match tables.iter().filter(|p| p.part_of == Some(i)).count() {
+                    0 => format!("{} ({} rows)", t.at_target, t.rows),
+                    n => format!("{} ({} rows in {n} partitions)", t.at_target, t.rows),
+                }
+            })
             .collect::<Vec<_>>()
             .join(", "),
         pg_dump.major
@@ -347,7 +357,7 @@ async fn restore(
         (_, Some(dest), Some(psql)) => {
             load(psql, scratch, dest, opts, &tables, &file)?;
             let client = pg::conn::connect_config(dest.clone()).await?;
-            for t in &tables {
+            for t in tables.iter().filter(|t| t.part_of.is_none()) {
                 let rows = objects::count_rows(&client, &t.loaded_as).await?;
                 if rows != t.rows {
                     bail!(
@@ -416,20 +426,33 @@ async fn resolve_selection(
             objects::tables_of(db, s).await?
         }
     };
+    let with_partitions = matches!(opts.selection, Selection::Tables(_));
     let mut out = Vec::new();
     for t in tables {
-        if objects::table_oid(db, &t).await?.is_none() {
+        let Some(oid) = objects::table_oid(db, &t).await? else {
             bail!(
                 "table {t} did not exist at {} in database {}; nothing was written",
                 target.describe(),
                 opts.database
             );
-        }
+        };
+        let root = out.len();
         out.push(Restored {
             loaded_as: t.clone(),
             at_target: t,
             rows: 0,
+            part_of: None,
         });
+        if with_partitions {
+            for p in objects::partitions(db, oid).await? {
+                out.push(Restored {
+                    loaded_as: p.clone(),
+                    at_target: p,
+                    rows: 0,
+                    part_of: Some(root),
+                });
+            }
+        }
     }
     Ok(out)
 }
@@ -461,10 +484,35 @@ async fn rename_beside(
             }
         }
         Selection::Tables(_) => {
-            for (t, new) in tables.iter_mut().zip(&pre.new_names) {
+            // The new name of each table: the asked ones in order, a partition
+            // named after its partitioned table's.
+            let mut asked = pre.new_names.iter();
+            let mut new_names: Vec<String> = Vec::new();
+            for t in tables.iter() {
+                let new = match t.part_of {
+                    None => asked.next().expect("a name for each table asked").clone(),
+                    Some(root) => names::derived(
+                        &t.at_target.name,
+                        &tables[root].at_target.name,
+                        &new_names[root],
+                    ),
+                };
+                new_names.push(new);
+            }
+            for (t, new) in tables.iter_mut().zip(new_names) {
                 let old = &t.at_target;
-                let new = new.clone();
                 let oid = objects::table_oid(db, old).await?.expect("resolved");
+                if t.part_of.is_none() {
+                    // A partition asked for alone comes back as a table of its
+                    // own: attached to the live parent it would meet its own rows.
+                    if let Some(parent) = objects::parent_of(db, oid).await? {
+                        sql.push(format!(
+                            "ALTER TABLE {} DETACH PARTITION {}",
+                            parent.sql(),
+                            old.sql()
+                        ));
+                    }
+                }
                 for name in objects::own_constraints(db, oid).await? {
                     let renamed = names::derived(&name, &old.name, &new);
                     sql.push(format!(
@@ -582,6 +630,7 @@ fn load(
             "DROP TABLE {}{};\n",
             tables
                 .iter()
+                .filter(|t| t.part_of.is_none())
                 .map(|t| t.at_target.sql())
                 .collect::<Vec<_>>()
                 .join(", "),

@@ -20,6 +20,42 @@ pub async fn table_oid(c: &Client, t: &Qualified) -> Result<Option<u32>> {
     Ok(row.map(|r| r.get(0)))
 }
 
+/// Every partition below a partitioned table, at any depth (none for a plain table).
+pub async fn partitions(c: &Client, oid: u32) -> Result<Vec<Qualified>> {
+    let rows = c
+        .query(
+            "select n.nspname, c.relname from pg_partition_tree($1::oid::regclass) p \
+             join pg_class c on c.oid = p.relid join pg_namespace n on n.oid = c.relnamespace \
+             where p.relid <> $1::oid::regclass order by p.level, 2",
+            &[&oid],
+        )
+        .await
+        .context("reading the table's partitions")?;
+    Ok(rows
+        .iter()
+        .map(|r| Qualified {
+            schema: r.get(0),
+            name: r.get(1),
+        })
+        .collect())
+}
+
+/// The partitioned table a partition belongs to, if it is one.
+pub async fn parent_of(c: &Client, oid: u32) -> Result<Option<Qualified>> {
+    let row = c
+        .query_opt(
+            "select n.nspname, p.relname from pg_inherits i join pg_class p on p.oid = i.inhparent \
+             join pg_namespace n on n.oid = p.relnamespace join pg_class c on c.oid = i.inhrelid \
+             where i.inhrelid = $1 and c.relispartition",
+            &[&oid],
+        )
+        .await?;
+    Ok(row.map(|r| Qualified {
+        schema: r.get(0),
+        name: r.get(1),
+    }))
+}
+
 pub async fn schema_exists(c: &Client, schema: &str) -> Result<bool> {
     Ok(
         c.query_opt("select 1 from pg_namespace where nspname = $1", &[&schema])
