@@ -131,8 +131,7 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        // Fast shutdown, then immediate, then SIGKILL: the copy is thrown away.
-        pg::ctl::stop(&self.pgdata(), libc::SIGINT, Duration::from_secs(20));
+        // Immediate shutdown (no checkpoint: the copy is thrown away), then SIGKILL.
         pg::ctl::stop(&self.pgdata(), libc::SIGQUIT, Duration::from_secs(10));
         // An interrupted restore may still be finishing a file: retry until gone.
         for _ in 0..40 {

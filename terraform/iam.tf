@@ -6,7 +6,7 @@
 # If-None-Match (walvault's s3.create_only, on by default), so a compromised
 # host cannot overwrite WAL or backups it already stored. The multipart start
 # and its parts take no conditional header and are exempt through
-# s3:ObjectCreationOperation; keep marks (backup-mark) and the catalogues
+# s3:ObjectCreationOperation; keep marks (backup-mark, of backups and dumps) and the catalogues
 # under catalog/ (caches that status and backup-list start from; recover,
 # retention and verify never trust them) are replaced on purpose.
 # A damaged stored copy is then not mended by wal-push: an administrator
@@ -52,6 +52,7 @@ data "aws_iam_policy_document" "database_host" {
       actions = ["s3:PutObject"]
       not_resources = [
         "${aws_s3_bucket.repo.arn}/${local.repo}backups/*/keep.json",
+        "${aws_s3_bucket.repo.arn}/${local.repo}dumps/*/keep.json",
         "${aws_s3_bucket.repo.arn}/${local.repo}catalog/*",
       ]
       condition {

@@ -2356,7 +2356,10 @@ fn bench_logical(a: &Args, s: &Setup) -> String {
     let target = src.psql(
         "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'",
     );
-    src.psql("select pg_switch_wal()");
+    // A commit after the target (recovery stops at the first one past it), archived.
+    src.psql("create table after_target (i int)");
+    let last = src.switch_wal();
+    src.wait_archived(&last, Duration::from_secs(120));
     let scratch = s.root.join("logical-scratch");
     std::fs::create_dir_all(&scratch).unwrap();
     chown_pg(&scratch);
@@ -2424,6 +2427,11 @@ fn bench_logical(a: &Args, s: &Setup) -> String {
         let mut sh = pg_command("/bin/sh", &BTreeMap::new());
         sh.args(["-c", &hand]);
         timed_ok(sh, "pg_dump -t | psql");
+        // And the copy stopped and removed, as restore-table does.
+        let mut stop = pg_command(&pg15("pg_ctl"), &BTreeMap::new());
+        stop.args(["-D", dir.to_str().unwrap(), "-m", "immediate", "stop"]);
+        stop.output().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
         t.add(
             "by hand: recover + pg_dump -t | psql",
             t0.elapsed().as_secs_f64(),
@@ -2431,10 +2439,6 @@ fn bench_logical(a: &Args, s: &Setup) -> String {
         );
         assert_eq!(src.psql("select count(*) from big_hand"), rows.to_string());
         src.psql("drop table big_hand");
-        let mut stop = pg_command(&pg15("pg_ctl"), &BTreeMap::new());
-        stop.args(["-D", dir.to_str().unwrap(), "-m", "immediate", "stop"]);
-        stop.output().unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
 
         // dump-push against pg_dump -Fc into a local file.
         let (secs, rss, out) = timed_ok(

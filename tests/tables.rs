@@ -27,6 +27,9 @@ create table events_2025 partition of events for values from ('2025-01-01') to (
 create table events_2026 partition of events for values from ('2026-01-01') to ('2027-01-01');
 create index on events (id);
 insert into events select g, date '2025-06-01' + g % 400, 'event ' || g from generate_series(1, 1000) g;
+create schema sales;
+create table sales.leads (id int primary key, name text);
+insert into sales.leads select g, 'lead ' || g from generate_series(1, 100) g;
 create table audit (id bigint generated always as identity primary key, what text);
 insert into audit (what) select 'event ' || g from generate_series(1, 300) g;
 ";
@@ -93,6 +96,7 @@ fn a_table_comes_back_as_it_was_beside_or_in_place_and_nothing_else_moves() {
     let then = digest(a, "orders");
     let events_then = digest(a, "events");
     let events_2026_then = digest(a, "events_2026");
+    let leads_then = digest(a, "sales.leads");
     let seq_then = a.psql("select last_value from orders_id_seq");
     let target = now_utc(a);
     // The bad DELETE at T, then life goes on.

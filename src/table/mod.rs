@@ -102,7 +102,7 @@ pub async fn run(cfg: &Config, store: Arc<dyn Store>, codec: &Codec, opts: Optio
     ropts.backup = opts.backup.clone();
     let outcome = tokio::select! {
         r = restore(cfg, store, codec, &opts, &pre, &ropts, &scratch, t0) => r,
-        sig = scratch::interrupted() => Err(anyhow::anyhow!("interrupted by {sig}; nothing was written to the destination")),
+        sig = scratch::interrupted() => Err(anyhow::anyhow!("interrupted by {sig} (the load into the destination is one transaction: whole or nothing)")),
     };
     let outcome = outcome.map_err(|e| {
         let msg = format!("{e:#}");
@@ -372,7 +372,7 @@ async fn restore(
                 Destination::Replace { .. } => "replaced",
                 _ => "loaded",
             };
-            for t in &tables {
+            for t in tables.iter().filter(|t| t.part_of.is_none()) {
                 println!(
                     "{verb}: {} ({} rows, as at the target)",
                     t.loaded_as, t.rows
