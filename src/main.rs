@@ -41,7 +41,8 @@ fn main() -> ExitCode {
         Command::WalPush { .. } | Command::WalPrefetch { .. } => {}
         // These feed pg_restore and psql through pipes: one that exits early
         // is an error with its own words, not a silent death by SIGPIPE.
-        Command::DumpRestore { .. } | Command::DumpVerify { .. } => {}
+        Command::DumpRestore { .. } | Command::DumpVerify { .. } | Command::RestoreTable { .. } => {
+        }
         _ => unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         },

@@ -173,7 +173,7 @@ fn a_table_comes_back_as_it_was_beside_or_in_place_and_nothing_else_moves() {
     for phase in [
         "restored:",
         "recovered:",
-        "dumped:",
+        "dumping: public.orders (2500 rows) as at the target",
         "loaded: public.orders_before (2500 rows",
         "timings:",
     ] {
@@ -271,7 +271,29 @@ fn a_table_comes_back_as_it_was_beside_or_in_place_and_nothing_else_moves() {
             && line.contains("--cascade"),
         "{line}"
     );
-    a.psql("drop view big_orders; drop table refunds");
+    // With --cascade they go with it, and the output names them.
+    let out = restore_table(
+        &env,
+        &scratch,
+        &[&at[..], &["--table", "orders", "--replace", "--cascade"]].concat(),
+    );
+    let text = ok(&out, "restore-table --replace --cascade");
+    assert!(
+        text.contains("dropped with --cascade:")
+            && text.contains("big_orders")
+            && text.contains("refunds"),
+        "{text}"
+    );
+    assert_eq!(digest(a, "orders"), then);
+    assert_eq!(
+        a.psql("select count(*) from pg_views where viewname = 'big_orders'"),
+        "0"
+    );
+    assert_eq!(
+        a.psql("select count(*) from pg_constraint where conrelid = 'refunds'::regclass and contype = 'f'"),
+        "0"
+    );
+    a.psql("drop table refunds");
     // One transaction: a restored row whose customer production no longer has
     // fails the foreign key, and the live table stays as it was.
     a.psql("delete from orders where customer_id = 3; delete from customers where id = 3");
@@ -313,6 +335,21 @@ fn a_table_comes_back_as_it_was_beside_or_in_place_and_nothing_else_moves() {
         "t"
     );
     assert_eq!([digest(a, "customers"), digest(a, "audit")], others);
+
+    // Without --as: a stamped name beside the live table.
+    let out = restore_table(&env, &scratch, &[&at[..], &["--table", "audit"]].concat());
+    let text = ok(&out, "restore-table, default name");
+    let copy = a.psql(
+        "select relname from pg_class where relname like 'audit\\_restored\\_%' and relkind = 'r'",
+    );
+    assert!(
+        copy.len() == "audit_restored_20261203_101010".len(),
+        "{copy}"
+    );
+    assert!(
+        text.contains(&format!("loaded: public.{copy} (300 rows")),
+        "{text}"
+    );
 
     // To a file: a custom-format dump pg_restore reads.
     let file = src.root.path().join("orders.dump");

@@ -193,6 +193,18 @@ impl Fed {
         ))
     }
 
+    /// Kills the program if it still runs (its input must not reach its end:
+    /// psql would commit); whether it was still running.
+    pub fn kill(&mut self) -> bool {
+        match self.child.try_wait() {
+            Ok(None) => {
+                let _ = self.child.kill();
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Waits for the end (stdin must be closed by then); its stdout, or the
     /// error with its stderr's last lines.
     pub fn finish(mut self) -> Result<(String, String)> {

@@ -320,14 +320,9 @@ async fn restore(
     for t in tables.iter_mut().filter(|t| t.part_of.is_none()) {
         t.rows = objects::count_rows(&db, &t.loaded_as).await?;
     }
-    let file = match &opts.destination {
-        Destination::File(path) => path.clone(),
-        _ => scratch.dir.join("tables.sql"),
-    };
-    dump(&pg_dump, scratch, opts, pre, &tables, &file)?;
-    let dump_s = t.elapsed().as_secs_f64();
+    let prepare_s = t.elapsed().as_secs_f64();
     println!(
-        "dumped: {} in {dump_s:.1} s (pg_dump {})",
+        "dumping: {} as at the target (pg_dump {})",
         tables
             .iter()
             .enumerate()
@@ -344,18 +339,32 @@ async fn restore(
     );
 
     let t = Instant::now();
+    let dump = dump_command(
+        &pg_dump,
+        scratch,
+        opts,
+        pre,
+        &tables,
+        if pre.dest.is_some() {
+            "plain"
+        } else {
+            "custom"
+        },
+    );
     match (&opts.destination, &pre.dest, &psql) {
         (Destination::File(path), _, _) => {
+            dump_to_file(dump, path)?;
             let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
             println!(
-                "written: {} ({} KiB, custom format: pg_restore -d DB {} loads it)",
+                "written: {} ({} KiB, custom format: pg_restore -d DB {} loads it) in {:.1} s",
                 path.display(),
                 size >> 10,
-                path.display()
+                path.display(),
+                t.elapsed().as_secs_f64()
             );
         }
         (_, Some(dest), Some(psql)) => {
-            load(psql, scratch, dest, opts, &tables, &file)?;
+            dump_into(dump, psql, dest, opts, &tables)?;
             let client = pg::conn::connect_config(dest.clone()).await?;
             for t in tables.iter().filter(|t| t.part_of.is_none()) {
                 let rows = objects::count_rows(&client, &t.loaded_as).await?;
@@ -367,7 +376,6 @@ async fn restore(
                     );
                 }
             }
-            let load_s = t.elapsed().as_secs_f64();
             let verb = match opts.destination {
                 Destination::Replace { .. } => "replaced",
                 _ => "loaded",
@@ -382,15 +390,16 @@ async fn restore(
                 println!("dropped with --cascade: {}", pre.cascaded.join(", "));
             }
             println!(
-                "into:     database {} at {} in one transaction, {load_s:.1} s",
+                "into:     database {} at {} in one transaction, {:.1} s",
                 dest.get_dbname().unwrap_or("?"),
-                pg::conn::describe(dest)
+                pg::conn::describe(dest),
+                t.elapsed().as_secs_f64()
             );
         }
         _ => unreachable!("a destination server has its psql"),
     }
     println!(
-        "timings:  plan {plan_s:.1} s, restore {restore_s:.1} s, recovery {recovery_s:.1} s, dump {dump_s:.1} s, load {:.1} s",
+        "timings:  plan {plan_s:.1} s, restore {restore_s:.1} s, recovery {recovery_s:.1} s, tables found and counted {prepare_s:.1} s, dump and load {:.1} s",
         t.elapsed().as_secs_f64()
     );
     Ok(())
@@ -552,30 +561,21 @@ async fn rename_beside(
     Ok(())
 }
 
-/// pg_dump of exactly the selected objects from the scratch server: plain SQL
-/// for psql, or custom format for `--to-file` (written beside, then renamed).
-fn dump(
+/// pg_dump of exactly the selected objects from the scratch server, in
+/// `format`, to its stdout.
+fn dump_command(
     pg_dump: &tools::Tool,
     scratch: &Scratch,
     opts: &Options,
     pre: &Preflight,
     tables: &[Restored],
-    file: &Path,
-) -> Result<()> {
-    let custom = matches!(opts.destination, Destination::File(_));
-    let partial = file.with_extension("walvault-partial");
+    format: &str,
+) -> std::process::Command {
     let mut cmd = pg_dump.command();
     cmd.arg("--dbname")
         .arg(scratch.conninfo(&opts.database))
-        .arg("--strict-names")
-        .arg("--no-subscriptions")
-        .arg("--file")
-        .arg(&partial)
-        .arg(if custom {
-            "--format=custom"
-        } else {
-            "--format=plain"
-        });
+        .args(["--strict-names", "--no-subscriptions"])
+        .arg(format!("--format={format}"));
     match (&opts.selection, &opts.destination) {
         (Selection::Schema(_), Destination::Beside { .. }) => {
             cmd.arg("--schema").arg(ident(&pre.new_names[0]));
@@ -589,30 +589,37 @@ fn dump(
             }
         }
     }
+    cmd
+}
+
+/// `--to-file`: a custom-format dump written beside the file's name, made
+/// durable, then renamed to it.
+fn dump_to_file(mut cmd: std::process::Command, file: &Path) -> Result<()> {
+    let partial = file.with_extension("walvault-partial");
+    cmd.arg("--file").arg(&partial);
     let r = tools::run(cmd, "pg_dump");
     if r.is_err() {
         let _ = std::fs::remove_file(&partial);
     }
     r?;
-    if custom {
-        std::fs::File::open(&partial)
-            .and_then(|f| f.sync_all())
-            .with_context(|| format!("fsync {}", partial.display()))?;
-    }
+    std::fs::File::open(&partial)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("fsync {}", partial.display()))?;
     std::fs::rename(&partial, file)
         .with_context(|| format!("cannot rename {} to {}", partial.display(), file.display()))?;
     Ok(())
 }
 
-/// psql runs the dump (after the DROP of the live tables, for `--replace`) in
-/// one transaction: on any error nothing of it stays in the destination.
-fn load(
+/// pg_dump's plain SQL streamed into psql (after the DROP of the live tables,
+/// for `--replace`), all in one transaction: committed only when pg_dump ended
+/// well and psql ran every statement; a pg_dump that fails gets its psql
+/// killed before the end of input, so the transaction is rolled back.
+fn dump_into(
+    dump: std::process::Command,
     psql: &tools::Tool,
-    scratch: &Scratch,
     dest: &tokio_postgres::Config,
     opts: &Options,
     tables: &[Restored],
-    script: &Path,
 ) -> Result<()> {
     let (conninfo, password) = pg::conn::to_libpq(dest);
     let mut cmd = psql.command();
@@ -622,34 +629,53 @@ fn load(
         "--set",
         "ON_ERROR_STOP=1",
         "--single-transaction",
+        "--file",
+        "-",
     ])
     .arg("--dbname")
     .arg(conninfo);
-    if let Destination::Replace { cascade, .. } = opts.destination {
-        let drop = format!(
-            "DROP TABLE {}{};\n",
-            tables
-                .iter()
-                .filter(|t| t.part_of.is_none())
-                .map(|t| t.at_target.sql())
-                .collect::<Vec<_>>()
-                .join(", "),
-            if cascade { " CASCADE" } else { "" }
-        );
-        let pre_sql = scratch.dir.join("replace.sql");
-        std::fs::write(&pre_sql, drop)?;
-        cmd.arg("--file").arg(pre_sql);
-    }
-    cmd.arg("--file").arg(script);
     if let Some(p) = password {
         cmd.env("PGPASSWORD", p);
     }
-    tools::run(cmd, "psql").map_err(|e| {
+    let failed = |e: anyhow::Error| {
         anyhow::anyhow!(
             "loading into the destination failed, nothing of it was kept (one transaction): {e:#}"
         )
-    })?;
-    Ok(())
+    };
+    let (mut fed, mut stdin) = tools::Fed::spawn(cmd, "psql")?;
+    let fed_all = || -> std::io::Result<u64> {
+        if let Destination::Replace { cascade, .. } = opts.destination {
+            let drop = format!(
+                "DROP TABLE {}{};\n",
+                tables
+                    .iter()
+                    .filter(|t| t.part_of.is_none())
+                    .map(|t| t.at_target.sql())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if cascade { " CASCADE" } else { "" }
+            );
+            std::io::Write::write_all(&mut stdin, drop.as_bytes())?;
+        }
+        tools::copy_stdout(dump, "pg_dump", &mut stdin)
+    };
+    match fed_all() {
+        Ok(_) => {
+            drop(stdin);
+            fed.finish().map_err(failed)?;
+            Ok(())
+        }
+        Err(e) => {
+            // psql may have stopped first (a statement failed): its words.
+            let was_running = fed.kill();
+            drop(stdin);
+            let psql = fed.finish();
+            match (was_running, psql) {
+                (false, Err(p)) => Err(failed(p)),
+                _ => Err(failed(anyhow::anyhow!("{e}"))),
+            }
+        }
+    }
 }
 
 #[cfg(test)]
