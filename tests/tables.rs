@@ -251,6 +251,24 @@ fn a_table_comes_back_as_it_was_beside_or_in_place_and_nothing_else_moves() {
         a.psql("select count(*) from events_2025"),
         "the live table is untouched"
     );
+    // A dropped schema comes back whole, beside (never in place).
+    let out = restore_table(
+        &env,
+        &scratch,
+        &[&at[..], &["--schema", "sales", "--replace"]].concat(),
+    );
+    assert!(
+        failure(&out).1.contains("--replace swaps tables"),
+        "{}",
+        failure(&out).1
+    );
+    let out = restore_table(
+        &env,
+        &scratch,
+        &[&at[..], &["--schema", "sales", "--as", "sales_back"]].concat(),
+    );
+    ok(&out, "restore-table --schema");
+    assert_eq!(digest(a, "sales_back.leads"), leads_then);
 
     // In place: refused while a view and another table's foreign key depend on it.
     a.psql(
