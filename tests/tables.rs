@@ -66,6 +66,14 @@ fn restore_table(
     walvault(&all, env, None)
 }
 
+/// A restore-table run that must be refused: exit 1, its error line.
+fn refused(env: &BTreeMap<String, String>, scratch: &Path, args: &[&str]) -> String {
+    let out = restore_table(env, scratch, args);
+    let (code, line) = failure(&out);
+    assert_eq!(code, Some(1), "{args:?}: {line}");
+    line
+}
+
 fn scratch_is_empty(scratch: &Path) {
     let left: Vec<_> = std::fs::read_dir(scratch)
         .unwrap()
@@ -118,18 +126,16 @@ fn a_table_comes_back_as_it_was_beside_or_in_place_and_nothing_else_moves() {
     let at = ["--database", "postgres", "--target-time", target.as_str()];
 
     // Refused before anything is restored: a name taken, a target before every backup.
-    let out = restore_table(
+    let line = refused(
         &env,
         &scratch,
         &[&at[..], &["--table", "orders", "--as", "customers"]].concat(),
     );
-    let (code, line) = failure(&out);
-    assert_eq!(code, Some(1));
     assert!(
         line.contains("public.customers already exists in database postgres"),
         "{line}"
     );
-    let out = restore_table(
+    let line = refused(
         &env,
         &scratch,
         &[
@@ -141,17 +147,13 @@ fn a_table_comes_back_as_it_was_beside_or_in_place_and_nothing_else_moves() {
             "2020-01-01 00:00:00+00",
         ],
     );
-    let (code, line) = failure(&out);
-    assert_eq!(code, Some(1), "{line}");
     assert!(line.contains("2020-01-01"), "{line}");
     // Refused after recovery, still before production: no such table at T.
-    let out = restore_table(
+    let line = refused(
         &env,
         &scratch,
         &[&at[..], &["--table", "public.nope"]].concat(),
     );
-    let (code, line) = failure(&out);
-    assert_eq!(code, Some(1));
     assert!(
         line.contains("table public.nope did not exist at time")
             && line.contains("nothing was written"),
@@ -275,13 +277,11 @@ fn a_table_comes_back_as_it_was_beside_or_in_place_and_nothing_else_moves() {
         "create view big_orders as select * from orders where amount > 1000;
             create table refunds (order_id int references orders, amount numeric)",
     );
-    let out = restore_table(
+    let line = refused(
         &env,
         &scratch,
         &[&at[..], &["--table", "orders", "--replace"]].concat(),
     );
-    let (code, line) = failure(&out);
-    assert_eq!(code, Some(1));
     assert!(
         line.contains("refused: 2 depend on table public.orders")
             && line.contains("big_orders")
@@ -317,13 +317,11 @@ fn a_table_comes_back_as_it_was_beside_or_in_place_and_nothing_else_moves() {
     a.psql("delete from orders where customer_id = 3; delete from customers where id = 3");
     let live = digest(a, "orders");
     let others = [digest(a, "customers"), digest(a, "audit")];
-    let out = restore_table(
+    let line = refused(
         &env,
         &scratch,
         &[&at[..], &["--table", "orders", "--replace"]].concat(),
     );
-    let (code, line) = failure(&out);
-    assert_eq!(code, Some(1));
     assert!(
         line.contains("nothing of it was kept") && line.contains("foreign key"),
         "{line}"
