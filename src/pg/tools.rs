@@ -144,8 +144,12 @@ pub fn copy_stdout(
     let errs = drain(child.stderr.take().expect("piped"));
     let mut stdout = child.stdout.take().expect("piped");
     let copied = std::io::copy(&mut stdout, out);
-    if copied.is_err() {
+    if let Err(e) = copied {
+        // The writing side failed (kept as it is: a closed pipe says the reader
+        // stopped); the program is stopped with it.
         let _ = child.kill();
+        let _ = child.wait();
+        return Err(e);
     }
     let status = child.wait()?;
     let err = errs.join().unwrap_or_default();
@@ -194,14 +198,10 @@ impl Fed {
     }
 
     /// Kills the program if it still runs (its input must not reach its end:
-    /// psql would commit); whether it was still running.
-    pub fn kill(&mut self) -> bool {
-        match self.child.try_wait() {
-            Ok(None) => {
-                let _ = self.child.kill();
-                true
-            }
-            _ => false,
+    /// psql would commit).
+    pub fn kill(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
         }
     }
 

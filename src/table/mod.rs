@@ -665,15 +665,23 @@ fn dump_into(
             fed.finish().map_err(failed)?;
             Ok(())
         }
-        Err(e) => {
-            // psql may have stopped first (a statement failed): its words.
-            let was_running = fed.kill();
+        // psql stopped reading (a statement failed): its own words.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
             drop(stdin);
-            let psql = fed.finish();
-            match (was_running, psql) {
-                (false, Err(p)) => Err(failed(p)),
-                _ => Err(failed(anyhow::anyhow!("{e}"))),
+            match fed.finish() {
+                Err(p) => Err(failed(p)),
+                Ok(_) => Err(failed(anyhow::anyhow!(
+                    "psql stopped reading before the end of the dump"
+                ))),
             }
+        }
+        // pg_dump failed: psql is killed before its input ends, so its
+        // transaction never commits.
+        Err(e) => {
+            fed.kill();
+            drop(stdin);
+            let _ = fed.finish();
+            Err(failed(anyhow::anyhow!("{e}")))
         }
     }
 }
@@ -681,6 +689,95 @@ fn dump_into(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stand-in for psql: takes its input into `log`, then writes
+    /// "committed", as psql commits at the end of its input; or, with
+    /// `fail`, refuses at once like a failing statement under ON_ERROR_STOP.
+    fn fake_psql(dir: &Path, log: &Path, fail: bool) -> tools::Tool {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(if fail { "psql-failing" } else { "psql" });
+        let body = if fail {
+            "echo 'psql:<stdin>:9: ERROR:  insert violates foreign key' >&2; exit 3".to_string()
+        } else {
+            format!("cat > '{0}'; echo committed >> '{0}'", log.display())
+        };
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        tools::Tool { path, major: 18 }
+    }
+
+    fn options() -> Options {
+        Options {
+            selection: Selection::Tables(Vec::new()),
+            database: "app".into(),
+            destination: Destination::Beside {
+                into: None,
+                rename: None,
+            },
+            target: Target::Latest,
+            timeline: None,
+            exclusive: false,
+            backup: None,
+            scratch_root: std::env::temp_dir(),
+            config_file: None,
+            carry: Vec::new(),
+        }
+    }
+
+    /// dump_into with `script` as pg_dump; run again when the fake psql was
+    /// "busy" (ETXTBSY: a test elsewhere forked while it was being written).
+    fn run(script: &str, psql: &tools::Tool) -> Result<()> {
+        let dest: tokio_postgres::Config = "host=/tmp dbname=app".parse().unwrap();
+        for _ in 0..50 {
+            let mut dump = std::process::Command::new("sh");
+            dump.args(["-c", script]);
+            match dump_into(dump, psql, &dest, &options(), &[]) {
+                Err(e) if format!("{e:#}").contains("Text file busy") => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                r => return r,
+            }
+        }
+        panic!("{} stayed busy", psql.path.display())
+    }
+
+    #[test]
+    fn a_failing_pg_dump_never_reaches_the_end_of_psqls_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("psql.log");
+        let psql = fake_psql(dir.path(), &log, false);
+        // pg_dump writes part of the dump, then fails.
+        let e = run(
+            "echo 'CREATE TABLE t ();'; sleep 0.2; echo 'pg_dump: error: lost' >&2; exit 1",
+            &psql,
+        )
+        .unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains("nothing of it was kept") && msg.contains("lost"),
+            "{msg}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let seen = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            !seen.contains("committed"),
+            "psql reached the end of its input: {seen}"
+        );
+        // A pg_dump that ends well: psql gets everything and commits.
+        run("echo 'CREATE TABLE t ();'", &psql).unwrap();
+        let seen = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(seen, "CREATE TABLE t ();\ncommitted\n");
+    }
+
+    #[test]
+    fn a_psql_that_stops_reading_is_reported_in_its_own_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let psql = fake_psql(dir.path(), &dir.path().join("unused"), true);
+        // More than a pipe holds: the writer meets the closed pipe.
+        let e = run("head -c 5000000 /dev/zero", &psql).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(msg.contains("ERROR:  insert violates foreign key"), "{msg}");
+    }
 
     #[test]
     fn the_destination_database_follows_into_else_the_option() {
