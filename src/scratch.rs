@@ -59,12 +59,13 @@ impl Scratch {
     }
 
     /// Recovery options that restore everything inside the scratch directory
-    /// and promote at the target (the copy is then writable, never archived);
-    /// the newest backup that reaches it, inclusive (callers change those).
+    /// and promote at the target (the copy is then writable, never archived),
+    /// from `backup` or the newest that reaches it; inclusive unless changed.
     pub fn recover_options(
         &self,
         target: Target,
         timeline: Option<u32>,
+        backup: Option<String>,
         cfg: &crate::config::Config,
         config_file: Option<PathBuf>,
         carry: Vec<String>,
@@ -75,7 +76,7 @@ impl Scratch {
             timeline,
             action: Action::Promote,
             exclusive: false,
-            backup: None,
+            backup,
             overwrite: false,
             delta: false,
             dry_run: false,

@@ -132,14 +132,14 @@ pub async fn run(
         }
         drop(scratch);
     } else {
-        let mut ropts = scratch.recover_options(
+        let ropts = scratch.recover_options(
             opts.target.clone(),
             opts.timeline,
+            opts.backup.clone(),
             cfg,
             opts.config_file.clone(),
             opts.carry.clone(),
         );
-        ropts.backup = opts.backup.clone();
         let plan = match recover::plan(store.as_ref(), codec, &ropts).await {
             Ok(p) => p,
             Err(e) => {

@@ -66,6 +66,8 @@ struct Restored {
     at_target: Qualified,
     loaded_as: Qualified,
     rows: i64,
+    /// Its oid in the scratch cluster.
+    oid: u32,
     /// A partition brought with the partitioned table at this index (its rows
     /// are counted with it).
     part_of: Option<usize>,
@@ -94,12 +96,12 @@ pub async fn run(cfg: &Config, store: Arc<dyn Store>, codec: &Codec, opts: Optio
     let mut ropts = scratch.recover_options(
         opts.target.clone(),
         opts.timeline,
+        opts.backup.clone(),
         cfg,
         opts.config_file.clone(),
         opts.carry.clone(),
     );
     ropts.exclusive = opts.exclusive;
-    ropts.backup = opts.backup.clone();
     let outcome = tokio::select! {
         r = restore(cfg, store, codec, &opts, &pre, &ropts, &scratch, t0) => r,
         sig = scratch::interrupted() => Err(anyhow::anyhow!("interrupted by {sig} (the load into the destination is one transaction: whole or nothing)")),
@@ -450,14 +452,16 @@ async fn resolve_selection(
             loaded_as: t.clone(),
             at_target: t,
             rows: 0,
+            oid,
             part_of: None,
         });
         if with_partitions {
-            for p in objects::partitions(db, oid).await? {
+            for (p, part_oid) in objects::partitions(db, oid).await? {
                 out.push(Restored {
                     loaded_as: p.clone(),
                     at_target: p,
                     rows: 0,
+                    oid: part_oid,
                     part_of: Some(root),
                 });
             }
@@ -510,7 +514,7 @@ async fn rename_beside(
             }
             for (t, new) in tables.iter_mut().zip(new_names) {
                 let old = &t.at_target;
-                let oid = objects::table_oid(db, old).await?.expect("resolved");
+                let oid = t.oid;
                 if t.part_of.is_none() {
                     // A partition asked for alone comes back as a table of its
                     // own: attached to the live parent it would meet its own rows.

@@ -20,11 +20,12 @@ pub async fn table_oid(c: &Client, t: &Qualified) -> Result<Option<u32>> {
     Ok(row.map(|r| r.get(0)))
 }
 
-/// Every partition below a partitioned table, at any depth (none for a plain table).
-pub async fn partitions(c: &Client, oid: u32) -> Result<Vec<Qualified>> {
+/// Every partition below a partitioned table, at any depth, with its oid
+/// (none for a plain table).
+pub async fn partitions(c: &Client, oid: u32) -> Result<Vec<(Qualified, u32)>> {
     let rows = c
         .query(
-            "select n.nspname, c.relname from pg_partition_tree($1::oid::regclass) p \
+            "select n.nspname, c.relname, c.oid from pg_partition_tree($1::oid::regclass) p \
              join pg_class c on c.oid = p.relid join pg_namespace n on n.oid = c.relnamespace \
              where p.relid <> $1::oid::regclass order by p.level, 2",
             &[&oid],
@@ -33,9 +34,14 @@ pub async fn partitions(c: &Client, oid: u32) -> Result<Vec<Qualified>> {
         .context("reading the table's partitions")?;
     Ok(rows
         .iter()
-        .map(|r| Qualified {
-            schema: r.get(0),
-            name: r.get(1),
+        .map(|r| {
+            (
+                Qualified {
+                    schema: r.get(0),
+                    name: r.get(1),
+                },
+                r.get(2),
+            )
         })
         .collect())
 }
