@@ -3,7 +3,8 @@
 //!
 //! Layout under `backups/<id>/`: `part-NNNN.tar` (encoded tar parts), `files.json`
 //! (encoded: every file with size and sha256), `backup_label`, `tablespace_map`
-//! (encoded), and `manifest.json` (clear JSON, written last: a backup without a
+//! (encoded), `server_config.json` (encoded: config files kept outside PGDATA),
+//! and `manifest.json` (clear JSON, written last: a backup without a
 //! manifest does not exist). The manifest is clear so listing and stored-byte
 //! verification work on a host that holds only the public recipient.
 
@@ -20,6 +21,7 @@ pub mod push;
 pub mod read;
 pub mod restore;
 pub mod resume;
+pub mod server_config;
 pub mod standby;
 pub mod summaries;
 pub mod verify;
@@ -116,6 +118,11 @@ pub struct Manifest {
     /// (SHA-256 in manifests without the field).
     #[serde(default, skip_serializing_if = "BlockHash::is_sha256")]
     pub block_hash: BlockHash,
+    /// Where the server's configuration was, and which of its files outside
+    /// the data directory are stored beside the backup (absent in manifests
+    /// written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_config: Option<server_config::ServerConfig>,
     /// Where it was taken (absent in manifests written before it was recorded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub taken_on: Option<TakenOn>,

@@ -88,6 +88,9 @@ pub async fn run(
         bail!("archive_mode is off: a base backup without archived WAL cannot be restored; set archive_mode = on and archive_command = 'walvault wal-push %p'");
     }
     let sysid: u64 = sysid.parse().context("system identifier")?;
+    // The configuration as the backup starts: files outside PGDATA are stored beside it.
+    let (server_config, config_files) =
+        super::server_config::collect(&client, &data_directory).await?;
     let pgdata = opts
         .pgdata
         .clone()
@@ -384,6 +387,10 @@ pub async fn run(
         let up = put_text(map_key.clone(), map).await?;
         versions.extend(up.version.map(|v| (map_key, v)));
     }
+    if !server_config.stored.is_empty() {
+        let v = super::server_config::put(store.as_ref(), codec, &id, &config_files).await?;
+        versions.extend(v.map(|v| (super::server_config::key(&id), v)));
+    }
     let wait = Duration::from_secs(cfg.backup.wal_wait_seconds as u64);
     let waited = Instant::now();
     if let Some(u) = &upstream {
@@ -460,6 +467,7 @@ pub async fn run(
         changes_from: manifest_changes_from(&reader),
         checksum_failures,
         block_hash,
+        server_config: Some(server_config),
         taken_on: Some(TakenOn {
             host: crate::host::name(),
             role: if upstream.is_some() {

@@ -161,6 +161,12 @@ pub async fn run(store: Arc<dyn Store>, codec: &Codec, opts: Options) -> Result<
                 &mut problems,
             );
         }
+        if m.server_config
+            .as_ref()
+            .is_some_and(|c| !c.stored.is_empty())
+        {
+            need(super::server_config::key(&m.id), What::Other, &mut problems);
+        }
         let map = format!("{}tablespace_map", super::prefix(&m.id));
         if present.contains_key(&map) {
             need(map, What::Other, &mut problems);

@@ -266,7 +266,7 @@ async fn drill(
     rep.timings.plan_seconds = Some(t0.elapsed().as_secs_f64());
 
     let t1 = Instant::now();
-    let restored = recover::restore_into(cfg, store.clone(), codec, ropts, plan).await?;
+    let (restored, _) = recover::restore_into(cfg, store.clone(), codec, ropts, plan).await?;
     rep.timings.restore_seconds = Some(t1.elapsed().as_secs_f64());
     rep.timings.downloaded_bytes = Some(b.stored_bytes);
     rep.timings.restored_bytes = Some(restored.bytes);

@@ -96,6 +96,69 @@ pub fn start(pg_ctl: &Path, pgdata: &Path, log: &Path, options: &str) -> Result<
     Ok(())
 }
 
+/// A postmaster walvault started itself: its exit is seen the moment it
+/// happens (a thread waits on it, so it is reaped and no zombie answers
+/// `kill(pid, 0)`).
+pub struct Server {
+    pub pid: i32,
+    exited: std::sync::Arc<std::sync::Mutex<Option<std::process::ExitStatus>>>,
+}
+
+impl Server {
+    /// How it ended, once it has.
+    pub fn exited(&self) -> Option<std::process::ExitStatus> {
+        *self.exited.lock().expect("exit status lock")
+    }
+}
+
+/// Starts `postgres -D pgdata args...` in a session of its own (a Ctrl-C at
+/// walvault's terminal does not reach it, and it outlives walvault), its
+/// stdout and stderr appended to `log`.
+pub fn spawn(postgres: &Path, pgdata: &Path, log: &Path, args: &[String]) -> Result<Server> {
+    use std::os::unix::process::CommandExt;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("cannot open {}", log.display()))?;
+    let mut cmd = std::process::Command::new(postgres);
+    cmd.arg("-D")
+        .arg(pgdata)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    // SAFETY: setsid is async-signal-safe and touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot run {}", postgres.display()))?;
+    let pid = child.id() as i32;
+    let exited = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let slot = exited.clone();
+    std::thread::spawn(move || {
+        if let Ok(status) = child.wait() {
+            *slot.lock().expect("exit status lock") = Some(status);
+        }
+    });
+    Ok(Server { pid, exited })
+}
+
+/// A running server's lock on `port`'s socket in `dir`: its pid, when alive.
+pub fn socket_in_use(dir: &Path, port: u16) -> Option<i32> {
+    let text = std::fs::read_to_string(dir.join(format!(".s.PGSQL.{port}.lock"))).ok()?;
+    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+    // EPERM: alive, another user's.
+    let alive = unsafe { libc::kill(pid, 0) } == 0
+        || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    alive.then_some(pid)
+}
+
 /// The postmaster's pid from postmaster.pid, when it is alive.
 pub fn running_pid(pgdata: &Path) -> Option<i32> {
     let text = std::fs::read_to_string(pgdata.join("postmaster.pid")).ok()?;

@@ -4,6 +4,7 @@
 //! Everything that can be refused is refused before anything is written.
 
 pub mod end;
+pub mod isolate;
 pub mod settings;
 pub mod target;
 
@@ -131,7 +132,7 @@ pub async fn run(cfg: &Config, store: Arc<dyn Store>, codec: &Codec, opts: Optio
         println!("dry run: nothing written");
         return Ok(());
     }
-    let restored = restore_into(cfg, store, codec, &opts, &plan).await?;
+    let (restored, isolation) = restore_into(cfg, store, codec, &opts, &plan).await?;
     let restore_secs = t0.elapsed().as_secs_f64();
     println!(
         "restored: {} files, {} MiB in {:.1} s; recovery settings in postgresql.auto.conf",
@@ -139,10 +140,26 @@ pub async fn run(cfg: &Config, store: Arc<dyn Store>, codec: &Codec, opts: Optio
         restored.bytes >> 20,
         restore_secs
     );
+    if let Some(line) = isolated_line(&opts, &isolation) {
+        println!("{line}");
+    }
+    if !isolation.refusals.is_empty() {
+        bail!(
+            "{}; the copy is restored in {} but was not started",
+            isolation.refusals.join("; "),
+            opts.pgdata.display()
+        );
+    }
+    if let (true, Some(why)) = (opts.start, &isolation.no_config) {
+        bail!("--start: {why}");
+    }
     if !opts.start {
         match &plan.bin_dir {
             Ok(dir) => println!("next:     {} -D {} start   (as the cluster's OS user, with walvault's settings in its environment)", dir.join("pg_ctl").display(), opts.pgdata.display()),
             Err(e) => println!("next:     pg_ctl of PostgreSQL {} -D {} start   (as the cluster's OS user, with walvault's settings in its environment); {e}", plan.major, opts.pgdata.display()),
+        }
+        if let Some(why) = &isolation.no_config {
+            println!("warning:  {why}");
         }
         return Ok(());
     }
@@ -169,9 +186,6 @@ pub async fn run(cfg: &Config, store: Arc<dyn Store>, codec: &Codec, opts: Optio
         t1.elapsed().as_secs_f64(),
         t0.elapsed().as_secs_f64()
     );
-    if !opts.archive {
-        println!("isolated: archive_mode off, logical replication workers off (subscriptions do not run); --archive for a cluster that becomes the primary");
-    }
     // Where replay ended, against what was asked: a mismatch is a failure.
     let log = std::fs::read_to_string(log_path(&opts)).unwrap_or_default();
     let reached =
@@ -186,15 +200,27 @@ pub async fn run(cfg: &Config, store: Arc<dyn Store>, codec: &Codec, opts: Optio
     Ok(())
 }
 
+/// The `isolated:` line: what keeps the copy from acting on production and
+/// which of the backup's outward files were made the copy's own.
+fn isolated_line(opts: &Options, iso: &isolate::Isolation) -> Option<String> {
+    let mut parts = Vec::new();
+    if !opts.archive && opts.standby.is_none() {
+        parts.push("archive_mode off, logical replication workers off (subscriptions do not run); --archive for a cluster that becomes the primary".to_string());
+    }
+    parts.extend(iso.notes.iter().cloned());
+    (!parts.is_empty()).then(|| format!("isolated: {}", parts.join("; ")))
+}
+
 /// Restores the planned backup into `opts.pgdata` (and its tablespace
-/// directories) and writes the recovery settings; the server is not started.
+/// directories), makes the copy's configuration its own and writes the
+/// recovery settings; the server is not started.
 pub async fn restore_into(
     cfg: &Config,
     store: Arc<dyn Store>,
     codec: &Codec,
     opts: &Options,
     plan: &Plan,
-) -> Result<restore::Restored> {
+) -> Result<(restore::Restored, isolate::Isolation)> {
     let b = &plan.backup;
     // The versions the backup wrote, whatever replaced them since.
     let store = b.pinned(store);
@@ -211,6 +237,10 @@ pub async fn restore_into(
         &format!("{}tablespace_map", backup::prefix(&b.id)),
     )
     .await?;
+    let stored_config = match &b.server_config {
+        Some(sc) => backup::server_config::get(store.as_ref(), codec, &b.id, sc).await?,
+        None => Default::default(),
+    };
     // Chosen and checked by plan, before anything was written.
     let ts_dirs = plan.tablespaces.clone();
     // Nothing is refused past this point: now --overwrite may clear the data
@@ -247,32 +277,41 @@ pub async fn restore_into(
             .collect();
         std::fs::write(opts.pgdata.join("tablespace_map"), map)?;
     }
-    write_settings(opts, plan)?;
-    Ok(restored)
+    let isolation = isolate::apply(
+        &opts.pgdata,
+        b.server_config.as_ref(),
+        &stored_config,
+        opts.standby.is_some(),
+    )?;
+    write_settings(opts, plan, &isolation.settings)?;
+    Ok((restored, isolation))
 }
 
 /// Starts PostgreSQL on the restored directory (with `extra` server options,
 /// each `name=value`) and waits until recovery has reached its target.
 pub async fn start(opts: &Options, plan: &Plan, extra: &[String]) -> Result<End> {
-    launch(opts, plan, extra)?;
-    wait(opts, &log_path(opts), plan.major).await
+    let server = launch(opts, plan, extra)?;
+    wait(opts, &server, &log_path(opts), plan.major).await
 }
 
-/// pg_ctl start of the restored directory with the backup's major, logging
-/// into a new [`LOG_FILE`] (it is read for where replay stopped: only this
-/// start's lines).
-fn launch(opts: &Options, plan: &Plan, extra: &[String]) -> Result<()> {
-    let pg_ctl = plan
-        .bin_dir
-        .as_ref()
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .join("pg_ctl");
+/// Starts the restored directory's postgres with the backup's major, logging
+/// to stderr into a new [`LOG_FILE`] whatever its configuration says (the log
+/// is read for where replay stopped: only this start's lines, in one place).
+fn launch(opts: &Options, plan: &Plan, extra: &[String]) -> Result<pg::ctl::Server> {
+    let bin = plan.bin_dir.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let eff = pg::conf::of_data_dir(&opts.pgdata).unwrap_or_default();
+    let (dirs, port) = socket(opts, &eff);
+    for d in &dirs {
+        if let Some(pid) = pg::ctl::socket_in_use(d, port) {
+            bail!("{}", socket_taken(port, pid, d));
+        }
+    }
     crate::store::fs::remove_if_present(&log_path(opts))?;
-    pg::ctl::start(
-        &pg_ctl,
+    pg::ctl::spawn(
+        &bin.join("postgres"),
         &opts.pgdata,
         &log_path(opts),
-        &server_options(opts, extra),
+        &server_args(opts, extra),
     )
 }
 
@@ -280,16 +319,15 @@ fn launch(opts: &Options, plan: &Plan, extra: &[String]) -> Result<()> {
 /// follows the archive, and streams when given a primary); returns where
 /// replay stood and what it follows.
 async fn start_standby(opts: &Options, plan: &Plan) -> Result<(End, String)> {
-    launch(opts, plan, &[])?;
+    let server = launch(opts, plan, &[])?;
     let conninfo = conninfo(opts);
     let mut last_note = Instant::now();
-    let mut postmaster = Postmaster::new();
     loop {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        if postmaster.stopped(&opts.pgdata, &log_path(opts)) {
+        if server.exited().is_some() {
             bail!(
                 "PostgreSQL stopped before the standby was consistent: {}",
-                log_tail(&log_path(opts), 6)
+                server_words(&log_path(opts))
             );
         }
         let client = match pg::conn::connect(Some(&conninfo)).await {
@@ -341,74 +379,80 @@ async fn start_standby(opts: &Options, plan: &Plan) -> Result<(End, String)> {
     }
 }
 
-/// Whether the server `launch` started has stopped. pg_ctl -W returns before
-/// the postmaster writes its pid file, which on a loaded host takes more than
-/// a poll: until the file has been seen, only a FATAL line or the end of a
-/// shutdown in the log, or a minute without it, means the server stopped.
-struct Postmaster {
-    launched: Instant,
-    seen: bool,
+fn socket_taken(port: u16, pid: i32, dir: &Path) -> String {
+    format!(
+        "port {port} is in use by a running server (pid {pid}, its socket lock in {}); give the copy its own: --port N (and --socket-dir DIR)",
+        dir.display()
+    )
 }
 
-impl Postmaster {
-    fn new() -> Postmaster {
-        Postmaster {
-            launched: Instant::now(),
-            seen: false,
-        }
-    }
-
-    fn stopped(&mut self, pgdata: &Path, log: &Path) -> bool {
-        if pg::ctl::running_pid(pgdata).is_some() {
-            self.seen = true;
-            return false;
-        }
-        self.seen
-            || self.launched.elapsed() > Duration::from_secs(60)
-            || std::fs::read_to_string(log)
-                .is_ok_and(|t| t.contains("FATAL:") || t.contains("database system is shut down"))
-    }
-}
-
-/// The last `n` lines of a log, joined on one line.
-fn log_tail(log: &Path, n: usize) -> String {
+/// Why a server stopped, in its own words: its first FATAL or PANIC line,
+/// else the last lines of its log.
+fn server_words(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
-    let tail: Vec<&str> = text.lines().rev().take(n).collect();
+    if let Some(l) = text
+        .lines()
+        .find(|l| l.contains("FATAL:") || l.contains("PANIC:"))
+    {
+        return l.trim().to_string();
+    }
+    let tail: Vec<&str> = text.lines().rev().take(6).collect();
     tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
 }
 
-/// pg_ctl's -o for a restored server: our port and socket directory, `extra`
-/// settings (`name=value`).
-fn server_options(opts: &Options, extra: &[String]) -> String {
-    let mut server_opts = String::new();
+/// postgres's arguments for a restored server: our port and socket
+/// directory, logging to stderr only (walvault reads it), `extra` settings.
+fn server_args(opts: &Options, extra: &[String]) -> Vec<String> {
+    let mut args = Vec::new();
     if let Some(p) = opts.port {
-        server_opts.push_str(&format!("-p {p} "));
+        args.extend(["-p".to_string(), p.to_string()]);
     }
     if let Some(d) = &opts.socket_dir {
-        server_opts.push_str(&format!(
-            "-k {} ",
-            pg::ctl::shell_quote(&d.display().to_string())
-        ));
+        args.extend(["-k".to_string(), d.display().to_string()]);
     }
-    for setting in extra {
-        server_opts.push_str(&format!("-c {} ", pg::ctl::shell_quote(setting)));
+    for setting in ["logging_collector=off", "log_destination=stderr"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(extra.iter().cloned())
+    {
+        args.extend(["-c".to_string(), setting]);
     }
-    server_opts.trim().to_string()
+    args
+}
+
+/// The socket directories and port the restored server will use.
+fn socket(opts: &Options, eff: &pg::conf::Loaded) -> (Vec<PathBuf>, u16) {
+    let dirs = match &opts.socket_dir {
+        Some(d) => vec![d.clone()],
+        None => eff
+            .get("unix_socket_directories")
+            .unwrap_or("/var/run/postgresql")
+            .split(',')
+            .map(|d| d.trim())
+            .filter(|d| !d.is_empty() && !d.starts_with('@'))
+            .map(|d| opts.pgdata.join(d))
+            .collect(),
+    };
+    let port = opts
+        .port
+        .or_else(|| eff.get("port").and_then(|p| p.parse().ok()))
+        .unwrap_or(5432);
+    (dirs, port)
 }
 
 /// How walvault connects to the restored server: our overrides, else what
 /// its configuration says.
 fn conninfo(opts: &Options) -> String {
-    let sock = opts.socket_dir.clone().unwrap_or_else(|| {
-        conf_value(&opts.pgdata, "unix_socket_directories")
-            .and_then(|v| v.split(',').next().map(|d| PathBuf::from(d.trim())))
-            .unwrap_or_else(|| PathBuf::from("/var/run/postgresql"))
-    });
-    let port = opts
-        .port
-        .or_else(|| conf_value(&opts.pgdata, "port").and_then(|p| p.parse().ok()))
-        .unwrap_or(5432);
-    format!("host={} port={port} dbname=postgres", sock.display())
+    let eff = pg::conf::of_data_dir(&opts.pgdata).unwrap_or_default();
+    let (dirs, port) = socket(opts, &eff);
+    let sock = dirs
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| PathBuf::from("/var/run/postgresql"));
+    format!(
+        "host='{}' port={port} dbname=postgres",
+        crate::scratch::escape(&sock.display().to_string())
+    )
 }
 
 /// The server log of a restored cluster started by walvault, in its data directory.
@@ -435,6 +479,12 @@ pub async fn plan(store: &dyn Store, codec: &Codec, opts: &Options) -> Result<Pl
             "--standby: a standby follows its primary without end; a recovery target ({}) is for a recovery that stops (leave it out)",
             opts.target.describe()
         );
+    }
+    if let (true, Some(port), Some(dir)) = (opts.start, opts.port, &opts.socket_dir) {
+        // Known before the restore: refused before anything is written.
+        if let Some(pid) = pg::ctl::socket_in_use(dir, port) {
+            bail!("{}", socket_taken(port, pid, dir));
+        }
     }
     if opts.start && unsafe { libc::geteuid() } == 0 {
         bail!("--start: PostgreSQL refuses to run as root; run walvault recover as the cluster's OS user (e.g. postgres)");
@@ -689,7 +739,7 @@ fn ensure_empty(dir: &Path, overwrite: bool, clear: bool, what: &str) -> Result<
 /// The recovery settings, as walvault's one block in postgresql.auto.conf (it
 /// is read last), and recovery.signal. Every recovery_target* key is written,
 /// the ones not asked for empty, so no setting in postgresql.conf adds a target.
-fn write_settings(opts: &Options, plan: &Plan) -> Result<()> {
+fn write_settings(opts: &Options, plan: &Plan, isolation: &[String]) -> Result<()> {
     let cmd = restore_command(opts)?;
     let end_cmd = format!("{cmd} wal-prefetch --clean");
     let fetch_cmd = format!("{cmd} wal-fetch %f %p");
@@ -724,6 +774,7 @@ fn write_settings(opts: &Options, plan: &Plan) -> Result<()> {
         "recovery_target_action = {}",
         target::quote(opts.action.as_str())
     ));
+    lines.extend(isolation.iter().cloned());
     if let Some(s) = &opts.standby {
         // A member of the cluster: it keeps production's archiving (a standby
         // archives only with archive_mode = always, and does once promoted).
@@ -774,7 +825,7 @@ pub struct End {
 
 /// Waits until recovery has reached its target (per the action), or fails with
 /// the server's own words when it stopped.
-async fn wait(opts: &Options, log: &Path, major: u32) -> Result<End> {
+async fn wait(opts: &Options, server: &pg::ctl::Server, log: &Path, major: u32) -> Result<End> {
     // pg_get_wal_replay_pause_state() came in 14; 13 has only the boolean, set
     // once replay has paused at the target.
     let pause_state = if major >= 14 {
@@ -784,11 +835,10 @@ async fn wait(opts: &Options, log: &Path, major: u32) -> Result<End> {
     };
     let conninfo = conninfo(opts);
     let mut last_note = Instant::now();
-    let mut postmaster = Postmaster::new();
     loop {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let log_text = std::fs::read_to_string(log).unwrap_or_default();
-        if postmaster.stopped(&opts.pgdata, log) {
+        if server.exited().is_some() {
             if opts.action == Action::Shutdown && log_text.contains("recovery stopping") {
                 return Ok(End {
                     lsn: log_line(&log_text, "redo done at ").unwrap_or_default(),
@@ -796,7 +846,7 @@ async fn wait(opts: &Options, log: &Path, major: u32) -> Result<End> {
                     last_commit: None,
                 });
             }
-            bail!("PostgreSQL stopped during recovery: {}", log_tail(log, 6));
+            bail!("PostgreSQL stopped during recovery: {}", server_words(log));
         }
         let Ok(client) = pg::conn::connect(Some(&conninfo)).await else {
             if last_note.elapsed() > Duration::from_secs(10) {
@@ -843,25 +893,6 @@ fn beyond_archive(t: &DateTime<Utc>, at: &DateTime<Utc>) -> bool {
     *t >= *at + chrono::Duration::seconds(1)
 }
 
-/// A setting from postgresql.conf and postgresql.auto.conf (the last one wins,
-/// as in the server), unquoted.
-fn conf_value(pgdata: &Path, key: &str) -> Option<String> {
-    let mut value = None;
-    for file in ["postgresql.conf", "postgresql.auto.conf"] {
-        let text = std::fs::read_to_string(pgdata.join(file)).unwrap_or_default();
-        for line in text.lines() {
-            let line = line.split('#').next().unwrap_or("").trim();
-            let Some((k, v)) = line.split_once('=') else {
-                continue;
-            };
-            if k.trim() == key {
-                value = Some(v.trim().trim_matches('\'').to_string());
-            }
-        }
-    }
-    value
-}
-
 fn log_line(log: &str, prefix: &str) -> Option<String> {
     log.lines().rev().find_map(|l| {
         l.find(prefix).map(|i| {
@@ -888,23 +919,5 @@ mod tests {
         );
         let later = target::parse_time("2026-11-22 06:44:53.5+00").unwrap();
         assert!(beyond_archive(&later, &at));
-    }
-
-    #[test]
-    fn reads_settings_like_the_server() {
-        let d = tempfile::tempdir().unwrap();
-        std::fs::write(
-            d.path().join("postgresql.conf"),
-            "#port = 1\nport = 5433 # main\nunix_socket_directories = '/run/pg, /tmp'\n",
-        )
-        .unwrap();
-        assert_eq!(conf_value(d.path(), "port").as_deref(), Some("5433"));
-        std::fs::write(d.path().join("postgresql.auto.conf"), "port = '6543'\n").unwrap();
-        assert_eq!(conf_value(d.path(), "port").as_deref(), Some("6543"));
-        assert_eq!(
-            conf_value(d.path(), "unix_socket_directories").as_deref(),
-            Some("/run/pg, /tmp")
-        );
-        assert_eq!(conf_value(d.path(), "nope"), None);
     }
 }

@@ -276,7 +276,7 @@ async fn restore(
     let plan_s = t0.elapsed().as_secs_f64();
 
     let t = Instant::now();
-    let restored = recover::restore_into(cfg, store.clone(), codec, ropts, &plan).await?;
+    let (restored, _) = recover::restore_into(cfg, store.clone(), codec, ropts, &plan).await?;
     let restore_s = t.elapsed().as_secs_f64();
     println!(
         "restored: {} files, {} MiB in {restore_s:.1} s",
