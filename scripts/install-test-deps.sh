@@ -2,8 +2,8 @@
 # Installs the real parts the tests use, when missing: PostgreSQL 15 server and
 # client binaries (initdb, pg_ctl, pg_basebackup, pgbench), the server binaries of
 # the other supported majors (13, 14, 16, 17, 18) into a cache directory,
-# SeaweedFS (weed) as the S3 server, and moto's S3 server as the second one
-# (signatures checked). Prints the directory holding `weed` on its
+# SeaweedFS (weed) as the S3 server, moto's S3 server as the second one
+# (signatures checked), and Patroni with etcd. Prints the directory holding `weed` on its
 # last line.
 set -euo pipefail
 
@@ -26,6 +26,22 @@ if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
 fi
 
 [ "${1:-}" = "--postgres-only" ] && exit 0
+
+# Patroni and etcd for tests/patroni.rs: Debian's packages (Patroni's etcd
+# client library is python3-etcd). The test runs its own etcd on loopback;
+# a packaged service started by the install is stopped again.
+if [ ! -x /usr/bin/patroni ] || [ ! -x /usr/bin/etcd ] || ! /usr/bin/python3 -c 'import etcd' 2>/dev/null; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "Patroni or etcd is missing: run as root, or 'sudo apt-get install patroni etcd-server python3-etcd'" >&2
+    exit 1
+  fi
+  echo "installing patroni, etcd-server ..." >&2
+  apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq patroni etcd-server python3-etcd >&2
+  if command -v systemctl >/dev/null 2>&1; then
+    systemctl disable --now etcd patroni >/dev/null 2>&1 || true
+  fi
+fi
 
 scripts/install-test-postgres-majors.sh >&2
 scripts/install-test-s3-servers.sh >&2

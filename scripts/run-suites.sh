@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 
 lanes=${SUITE_LANES:-3}
 # Longest first, as measured on a 2-core machine; the unit tests last.
-order=(ha soak faults majors incremental throughput archive_loop retention pitr life
+order=(ha soak patroni faults majors incremental throughput archive_loop retention pitr life
     cluster_shapes layouts tables dumps drill s3_second_server azure_store hostile isolation s3_store
     parsers_fuzz config_docs lib:walvault bin:walvault)
 

@@ -652,3 +652,79 @@ fn push_max_backlog_drops_segments_while_s3_is_down_and_records_the_gap() {
     );
     a.stop();
 }
+
+/// pg_rewind as a client of wal-fetch: after a failover, the old primary has
+/// recycled the WAL from before the fork that pg_rewind reads, so plain
+/// pg_rewind fails; `--restore-target-wal` runs the old primary's
+/// restore_command (walvault's, from archive-command/) and the old primary
+/// rejoins as a standby of the new one.
+#[test]
+fn pg_rewind_restores_recycled_target_wal_through_wal_fetch() {
+    let root = pg_tempdir();
+    let env = fs_repo(root.path());
+    let mut a = Cluster::init(root.path(), "a");
+    a.archive_to_walvault();
+    a.conf("track_commit_timestamp = on\nwal_log_hints = on\nmin_wal_size = '32MB'\nmax_wal_size = '32MB'\nwal_keep_size = 0");
+    a.start(&env);
+    let s = Source {
+        root,
+        a,
+        env: env.clone(),
+    };
+    let a = &s.a;
+    a.psql("create table t (i bigint primary key, note text)");
+    insert(a, 1, 10);
+    s.backup();
+    insert(a, 11, 20);
+    s.flush_archive();
+    // The failover: a copy recovered to the end of the archive and promoted
+    // (timeline 2); the old primary goes on writing on timeline 1.
+    let mut b = s.recover("b", &["--archive"]);
+    b.psql("checkpoint");
+    insert(a, 21, 30);
+    a.psql("create table filler as select g, md5(g::text) m from generate_series(1, 300000) g");
+    for _ in 0..6 {
+        a.psql("insert into filler select g, 'x' from generate_series(1, 20000) g");
+        a.switch_wal();
+        a.psql("checkpoint");
+    }
+    s.flush_archive();
+    let mut a = s.a;
+    a.stop();
+    let rewind = |extra: &[&str]| {
+        pg_command(server_bin(15).join("pg_rewind").to_str().unwrap(), &env)
+            .arg("-D")
+            .arg(&a.pgdata)
+            .arg("--source-server")
+            .arg(format!(
+                "host={} port={} user=postgres dbname=postgres",
+                b.sockdir.display(),
+                b.port
+            ))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = rewind(&[]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("could not open file"),
+        "the WAL before the fork is still in pg_wal, the test proves nothing: {}",
+        stderr(&out)
+    );
+    let out = rewind(&["--restore-target-wal", "-R"]);
+    assert!(out.status.success(), "pg_rewind -c: {}", stderr(&out));
+    a.start(&env);
+    insert(&b, 31, 40);
+    wait_for(
+        "the rewound primary follows",
+        Duration::from_secs(60),
+        || {
+            a.psql_try("select count(*) from t")
+                .is_ok_and(|c| c == "30")
+        },
+    );
+    assert_eq!(summary(&a), expected(&[(1, 20), (31, 40)]));
+    assert_eq!(a.psql("select pg_is_in_recovery()"), "t");
+    a.stop();
+    b.stop();
+}

@@ -45,7 +45,9 @@ struct Ctx<'a> {
 
 /// Rewrites the copy's configuration in `pgdata` (include lines, data_directory)
 /// and says what walvault's block must set. `standby`: a member of the same
-/// cluster, which keeps serving TLS.
+/// cluster (often under Patroni, which writes its own configuration): only the
+/// files it reads are made its own; its log, pid file and TLS stay as
+/// configured.
 pub fn apply(
     pgdata: &Path,
     sc: Option<&ServerConfig>,
@@ -102,8 +104,8 @@ pub fn apply(
     let eff = conf::of_data_dir(&copy)?;
     files_setting(&mut cx, &eff, "hba_file");
     files_setting(&mut cx, &eff, "ident_file");
-    if !cx.in_place {
-        outward_dirs(&mut cx, &eff, standby);
+    if !cx.in_place && !standby {
+        outward_dirs(&mut cx, &eff);
     }
     Ok(cx.out)
 }
@@ -281,7 +283,7 @@ fn files_setting(cx: &mut Ctx, eff: &conf::Loaded, key: &str) {
 
 /// Settings that write outward: logs, the external pid file, the stats
 /// directory of 14 and before; and TLS files outside the copy.
-fn outward_dirs(cx: &mut Ctx, eff: &conf::Loaded, standby: bool) {
+fn outward_dirs(cx: &mut Ctx, eff: &conf::Loaded) {
     let outside = |v: &str| {
         let p = Path::new(v);
         p.is_absolute() && !p.starts_with(&cx.copy)
@@ -308,7 +310,7 @@ fn outward_dirs(cx: &mut Ctx, eff: &conf::Loaded, standby: bool) {
     let ssl_on = eff
         .get("ssl")
         .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "on" | "true" | "yes" | "1"));
-    if ssl_on && !standby {
+    if ssl_on {
         let outer: Vec<String> = [
             "ssl_cert_file",
             "ssl_key_file",

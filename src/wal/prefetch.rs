@@ -95,6 +95,13 @@ impl Spool {
         let spool = match configured {
             Some(c) => Spool::at(c.to_path_buf()),
             None => {
+                // Only the startup process restores into pg_wal/RECOVERYXLOG.
+                // Other clients (pg_rewind --restore-target-wal names the
+                // segment itself) get no spool: pg_rewind walks pg_wal and
+                // fails on files a prefetcher adds and removes under it.
+                if dest.file_name()? != "RECOVERYXLOG" {
+                    return None;
+                }
                 let dir = dest.parent()?;
                 if dir.file_name()? != "pg_wal" {
                     return None;
@@ -450,6 +457,8 @@ mod tests {
         assert!(Spool::for_dest(&d.path().join("x/RECOVERYXLOG"), None).is_none());
         let s = Spool::for_dest(&wal.join("RECOVERYXLOG"), None).unwrap();
         assert_eq!(s.dir, wal.join(DIR));
+        // pg_rewind's %p is the segment's own name in pg_wal: no spool there.
+        assert!(Spool::for_dest(&wal.join("000000010000000000000003"), None).is_none());
         let c = Spool::for_dest(&d.path().join("x/f"), Some(Path::new("/spool"))).unwrap();
         assert_eq!(c.dir, Path::new("/spool"));
 
