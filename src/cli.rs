@@ -66,8 +66,10 @@ postgresql.conf (or what `walvault recover` writes):
     restore_command = '/usr/local/bin/walvault wal-fetch %f %p'
 
 Downloads wal/<name>, verifies its checksums, decrypts (encryption.identity_file) and
-decompresses it, and writes it to the destination atomically (temporary file, fsync,
-rename).
+decompresses it, checks a segment's header against its name and the cluster (the
+data directory's pg_control when %p lies in a pg_wal, else the repository's identity),
+and writes it to the destination atomically (temporary file in the same directory,
+rename; no fsync, as PostgreSQL makes durable every restored file it keeps).
 
 Exit status: 0 restored; 1 the file is not in the archive (normal: PostgreSQL asks
 for files that do not exist; logged at info level, at debug level on a standby, which
@@ -99,6 +101,13 @@ when PostgreSQL runs recovery_end_command).")]
         /// Stop a running prefetcher and remove the spool
         #[arg(long, conflicts_with = "names")]
         clean: bool,
+        /// After NAMES, keep this many segments after the one wal-fetch asked
+        /// for last, until replay stops asking (wal-fetch starts it so)
+        #[arg(long, value_name = "N", requires = "segment_size")]
+        ahead: Option<usize>,
+        /// The cluster's WAL segment size in bytes (with --ahead)
+        #[arg(long, value_name = "BYTES", requires = "ahead")]
+        segment_size: Option<u64>,
         /// Segment names to download
         names: Vec<String>,
     },

@@ -181,6 +181,8 @@ async fn dispatch(command: Command, cfg: Config, ctx: Context) -> anyhow::Result
             spool,
             timeline,
             clean,
+            ahead,
+            segment_size,
             names,
         } => {
             let dir = spool
@@ -191,15 +193,18 @@ async fn dispatch(command: Command, cfg: Config, ctx: Context) -> anyhow::Result
                 spool.clean()?;
             } else {
                 let tli = timeline.expect("clap requires it without --clean");
-                wal::prefetch::run(
-                    store.as_ref(),
-                    &codec,
-                    &spool,
+                let job = wal::prefetch::Job {
                     tli,
                     names,
-                    cfg.fetch.prefetch_concurrency as usize,
-                )
-                .await?;
+                    concurrency: cfg.fetch.prefetch_concurrency as usize,
+                    follow: ahead.zip(segment_size).map(|(ahead, segment_size)| {
+                        wal::prefetch::Follow {
+                            ahead,
+                            segment_size,
+                        }
+                    }),
+                };
+                wal::prefetch::run(store.as_ref(), &codec, &spool, job).await?;
             }
             Ok(exit::OK)
         }

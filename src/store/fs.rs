@@ -34,63 +34,6 @@ pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// A new file whose written pages are handed to the disk as they come (every
-/// 4 MiB), so that the fsync which makes it durable at the end has little left
-/// to wait for: decoding and the disk's writing overlap instead of following
-/// each other. A hint only: errors surface at the fsync.
-pub struct WriteBehind {
-    file: std::fs::File,
-    written: u64,
-    started: u64,
-}
-
-impl WriteBehind {
-    const STEP: u64 = 4 << 20;
-
-    pub fn new(file: std::fs::File) -> WriteBehind {
-        WriteBehind {
-            file,
-            written: 0,
-            started: 0,
-        }
-    }
-
-    pub fn into_inner(self) -> std::fs::File {
-        self.file
-    }
-}
-
-impl std::io::Write for WriteBehind {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.file.write(buf)?;
-        self.written += n as u64;
-        if self.written - self.started >= Self::STEP {
-            #[cfg(target_os = "linux")]
-            {
-                use std::os::fd::AsRawFd;
-                // SAFETY: a valid open descriptor and a range inside what was written.
-                unsafe {
-                    libc::sync_file_range(
-                        self.file.as_raw_fd(),
-                        self.started as libc::off64_t,
-                        (self.written - self.started) as libc::off64_t,
-                        libc::SYNC_FILE_RANGE_WRITE,
-                    )
-                };
-            }
-            self.started = self.written;
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.file.flush()
-    }
-}
-
-/// Writes a small local file all or nothing: a hidden temporary file beside it
-/// (`.<name>.tmp.<pid>`, which no reader of the directory mistakes for the
-/// real one), fsync, rename, fsync of the directory.
 /// Removes `path`; a file already absent is not an error.
 pub fn remove_if_present(path: &Path) -> anyhow::Result<()> {
     match std::fs::remove_file(path) {
@@ -101,6 +44,9 @@ pub fn remove_if_present(path: &Path) -> anyhow::Result<()> {
     }
 }
 
+/// Writes a small local file all or nothing: a hidden temporary file beside it
+/// (`.<name>.tmp.<pid>`, which no reader of the directory mistakes for the
+/// real one), fsync, rename, fsync of the directory.
 pub fn write_file_atomically(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     use anyhow::Context;
     use std::io::Write;
@@ -316,21 +262,6 @@ mod tests {
 
     fn body(b: &'static [u8]) -> Body {
         Box::new(b)
-    }
-
-    #[test]
-    fn write_behind_writes_everything_in_order() {
-        use std::io::Write;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        let data: Vec<u8> = (0..(9 << 20) + 123).map(|i| (i % 251) as u8).collect();
-        let mut w = WriteBehind::new(std::fs::File::create(&path).unwrap());
-        // Uneven chunks, so that the 4 MiB steps fall inside writes.
-        for chunk in data.chunks(1_000_003) {
-            w.write_all(chunk).unwrap();
-        }
-        w.into_inner().sync_all().unwrap();
-        assert!(std::fs::read(&path).unwrap() == data);
     }
 
     #[tokio::test]

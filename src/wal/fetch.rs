@@ -10,7 +10,6 @@ use super::names::{SegmentName, WalFile};
 use super::prefetch::Spool;
 use crate::codec::{Codec, DecodeError, Limited};
 use crate::repo;
-use crate::store::fs::{sync_dir, WriteBehind};
 use crate::store::Store;
 use anyhow::{anyhow, Context, Result};
 use std::path::{Path, PathBuf};
@@ -65,7 +64,6 @@ pub async fn run(
     let to = Place {
         tmp: &tmp,
         dest,
-        dir: &dir,
         kind: &kind,
     };
     let fetched = fetch_with_retries(store, &codec, name, &key, &to, retries).await;
@@ -96,7 +94,13 @@ pub fn from_spool(name: &str, dest: &Path, prefetch: &Prefetch) -> bool {
     let Some(spool) = Spool::for_dest(dest, prefetch.spool_dir.as_deref()) else {
         return false;
     };
+    spool.record_asked(name);
     spool.forget_before(seg);
+    // The prefetcher may be downloading it this very moment: a second download
+    // beside it would only slow both.
+    if !spool.has(name) && !spool.wait_for(name) {
+        return false;
+    }
     match spool.serve(name, dest) {
         Ok(true) => {
             tracing::info!(
@@ -116,40 +120,47 @@ pub fn from_spool(name: &str, dest: &Path, prefetch: &Prefetch) -> bool {
     }
 }
 
-/// Starts downloading what follows `seg` when the spool runs low (half empty).
-/// A prefetch that cannot start only costs speed: it is logged, never fatal.
+/// Starts a prefetcher for what follows `seg` when none runs and the spool
+/// runs low (half empty). A prefetch that cannot start only costs speed: it is
+/// logged, never fatal.
 fn prefetch_after(spool: &Spool, seg: SegmentName, dest: &Path, p: &Prefetch) {
-    let Ok(meta) = std::fs::metadata(dest) else {
+    if spool.prefetcher().is_some() {
+        return; // it follows `asked`
+    }
+    // The restored segment's size is the cluster's segment size.
+    let Ok(seg_size) = std::fs::metadata(dest).map(|m| m.len()) else {
         return;
     };
-    // The restored segment's size is the cluster's segment size.
-    let mut missing = spool.missing_after(seg, meta.len(), p.ahead);
+    let mut missing = spool.missing_after(seg, seg_size, p.ahead);
     if missing.len() * 2 < p.ahead.max(2) {
         return;
     }
     // A full disk must cost speed only: take what fits, keeping one segment free.
-    match spool.room_for(meta.len()) {
+    match spool.room_for(seg_size) {
         Ok(0) => {
             tracing::warn!(
                 "prefetch paused: {} has less than two segments ({} MiB) of free space; fetching from the repository directly",
                 spool.dir.display(),
-                (2 * meta.len()) >> 20
+                (2 * seg_size) >> 20
             );
             return;
         }
         Ok(room) => missing.truncate(room),
         Err(e) => tracing::warn!("{e:#}"),
     }
-    if let Err(e) = spool.spawn(p.config_file.as_deref(), &p.sets, seg.tli, &missing) {
+    let follow = super::prefetch::Follow {
+        ahead: p.ahead,
+        segment_size: seg_size,
+    };
+    if let Err(e) = spool.spawn(p.config_file.as_deref(), &p.sets, seg, follow, &missing) {
         tracing::warn!("prefetch not started: {e:#}");
     }
 }
 
-/// Where a fetched file goes: `tmp` first, then `dest` in `dir` once checked.
+/// Where a fetched file goes: `tmp` first, then `dest` once checked.
 struct Place<'a> {
     tmp: &'a Path,
     dest: &'a Path,
-    dir: &'a Path,
     kind: &'a WalFile,
 }
 
@@ -171,12 +182,18 @@ async fn fetch_with_retries(
         WalFile::Segment(s) | WalFile::Partial(s) => Some(*s),
         _ => None,
     };
+    // The cluster a segment must belong to. Restoring into a data directory
+    // (restore_command's %p, pg_rewind's), its own pg_control answers, as
+    // PostgreSQL itself checks each segment against it; elsewhere (a file
+    // fetched by hand) the repository's identity, read beside the download.
+    let own_sysid = segment
+        .and_then(|_| crate::pg::control::pgdata_of_wal_path(to.dest))
+        .and_then(|d| crate::pg::control::system_identifier(&d).ok());
     for attempt in 1..=attempts {
-        // The repository's identity, for the segment's header check, beside the download.
         let identity = async {
-            match segment {
-                Some(_) => Some(repo::load(store).await),
-                None => None,
+            match (segment, own_sysid) {
+                (Some(_), None) => Some(repo::load(store).await),
+                _ => None,
             }
         };
         let (got, identity) = tokio::join!(fetch_once(store, codec, key, to), identity);
@@ -194,7 +211,7 @@ async fn fetch_with_retries(
                             "cannot read the repository's identity to check {name}"
                         ))));
                     }
-                    None => None,
+                    None => own_sysid,
                 };
                 return place(store, key, name, segment, sysid, to)
                     .await
@@ -269,8 +286,10 @@ fn in_standby_mode(dest: &Path) -> bool {
     pgdata.join("standby.signal").exists()
 }
 
-/// Downloads into `tmp`, verified (checksums) and durable; the object may not
-/// decode to more than its kind can hold. `Ok(false)`: no such object.
+/// Downloads into `tmp`, verified (checksums); the object may not decode to
+/// more than its kind can hold. `Ok(false)`: no such object. No fsync: `%p`
+/// need only appear atomically (the rename in `place`); PostgreSQL makes the
+/// files it keeps durable itself (docs/architecture.md, "Why %p is not fsynced").
 async fn fetch_once(store: &dyn Store, codec: &Codec, key: &str, to: &Place<'_>) -> Result<bool> {
     let tmp = to.tmp;
     let limit = match to.kind {
@@ -279,14 +298,11 @@ async fn fetch_once(store: &dyn Store, codec: &Codec, key: &str, to: &Place<'_>)
     };
     let file =
         std::fs::File::create(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    let out = Limited::new(WriteBehind::new(file), limit);
-    let Some((_, file)) = codec.download(store, key, out).await? else {
+    let out = Limited::new(file, limit);
+    if codec.download(store, key, out).await?.is_none() {
         let _ = std::fs::remove_file(tmp);
         return Ok(false);
-    };
-    tokio::task::spawn_blocking(move || file.into_inner().into_inner().sync_all())
-        .await?
-        .context("fsync")?;
+    }
     Ok(true)
 }
 
@@ -311,16 +327,7 @@ async fn place(
             )));
         }
     }
-    let (tmp, dest, dir) = (
-        to.tmp.to_path_buf(),
-        to.dest.to_path_buf(),
-        to.dir.to_path_buf(),
-    );
-    tokio::task::spawn_blocking(move || -> Result<()> {
-        std::fs::rename(&tmp, &dest).with_context(|| format!("rename to {}", dest.display()))?;
-        sync_dir(&dir).context("fsync directory")
-    })
-    .await
-    .map_err(|e| Fatal(e.into()))?
-    .map_err(Fatal)
+    std::fs::rename(to.tmp, to.dest)
+        .with_context(|| format!("rename to {}", to.dest.display()))
+        .map_err(Fatal)
 }

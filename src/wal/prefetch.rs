@@ -2,11 +2,16 @@
 //! `walvault wal-prefetch` downloads the next ones into a spool directory, and
 //! `wal-fetch` serves them from there.
 //!
-//! The prefetcher decodes (every checksum checked), writes and fsyncs each
-//! segment into the spool with a sidecar holding the CRC32 of what it wrote;
+//! The prefetcher lives as long as replay keeps asking: each `wal-fetch` records
+//! the segment asked for (the spool's `asked` file), and the prefetcher keeps
+//! the `fetch.prefetch` segments after it downloaded or under way, in order,
+//! several at once, over the same connections. It decodes each (every checksum
+//! checked) into the spool with a sidecar holding the CRC32 of what it wrote;
 //! `wal-fetch` serves a copy only when that still matches (a millisecond, where
-//! sha256 would take ten), by a rename, without opening the repository.
-//! A damaged copy is dropped and fetched again. The spool lies in
+//! sha256 would take ten), by a rename, without opening the repository, and
+//! waits for a copy under way rather than downloading it a second time.
+//! Nothing in the spool is fsynced: a copy a crash damaged fails its CRC32 and
+//! is fetched again. A damaged copy is dropped and fetched again. The spool lies in
 //! pg_wal by default (base backups never copy pg_wal; a copy left by
 //! pg_rewind is checked like any other). Segments of another timeline than the
 //! one asked for, and segments before it, are dropped; the whole spool goes at
@@ -15,14 +20,32 @@
 
 use super::names::{segments_per_xlogid, SegmentName, WalFile};
 use crate::codec::Codec;
-use crate::store::fs::{sync_dir, WriteBehind};
 use crate::store::Store;
 use anyhow::{bail, Context, Result};
+use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 pub const DIR: &str = "walvault_prefetch";
 const PID_FILE: &str = "prefetcher.pid";
+/// The segment replay asked for last, written by each `wal-fetch`.
+const ASKED: &str = "asked";
+/// A prefetcher whose replay asks for nothing new this long exits (the next
+/// `wal-fetch` starts another).
+const IDLE: Duration = Duration::from_secs(30);
+/// How often a prefetcher with nothing to start looks at `asked` again.
+const TICK: Duration = Duration::from_millis(5);
+/// A copy under way that grows by nothing this long is not waited for.
+const STALLED: Duration = Duration::from_secs(5);
+
+/// A prefetcher that follows replay: `ahead` segments of `segment_size` after
+/// the one asked for last.
+#[derive(Clone, Copy, Debug)]
+pub struct Follow {
+    pub ahead: usize,
+    pub segment_size: u64,
+}
 
 pub struct Spool {
     pub dir: PathBuf,
@@ -39,6 +62,61 @@ impl Spool {
 
     fn sidecar(&self, name: &str) -> PathBuf {
         self.dir.join("wal").join(format!("{name}.sha256"))
+    }
+
+    /// Where the prefetcher writes `name` before its rename: present while the
+    /// download is under way.
+    fn partial(&self, name: &str) -> PathBuf {
+        self.dir.join("wal").join(format!(".{name}.tmp"))
+    }
+
+    /// Records that replay asks for `name` now (a spool no prefetcher made yet
+    /// has nobody to tell). Atomic by rename; durable it need not be.
+    pub fn record_asked(&self, name: &str) {
+        if !self.dir.is_dir() {
+            return;
+        }
+        let tmp = self.dir.join(format!(".{ASKED}.{}", std::process::id()));
+        if std::fs::write(&tmp, name)
+            .and_then(|()| std::fs::rename(&tmp, self.dir.join(ASKED)))
+            .is_err()
+        {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+
+    /// The segment replay asked for last.
+    fn asked(&self) -> Option<SegmentName> {
+        let text = std::fs::read_to_string(self.dir.join(ASKED)).ok()?;
+        match WalFile::parse(text.trim()) {
+            Ok(WalFile::Segment(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Waits while the running prefetcher is downloading `name` and the copy
+    /// still grows; true once it is held. False: fetch it directly.
+    pub fn wait_for(&self, name: &str) -> bool {
+        let partial = self.partial(name);
+        let (mut size, mut grew) = (None, Instant::now());
+        loop {
+            if self.has(name) {
+                return true;
+            }
+            let now = std::fs::metadata(&partial).ok().map(|m| m.len());
+            if now.is_none() || self.prefetcher().is_none() {
+                return self.has(name);
+            }
+            if now != size {
+                (size, grew) = (now, Instant::now());
+            } else if grew.elapsed() > STALLED {
+                tracing::warn!(
+                    "the prefetch of {name} has not progressed in {STALLED:?}; fetching it directly"
+                );
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Moves the prefetched `name` to `dest` once its CRC32 matches the one
@@ -71,15 +149,12 @@ impl Spool {
                     len.trim()
                 );
             }
-            // Same file system in the default place: a rename; else a copy.
+            // Same file system in the default place: a rename; else a copy,
+            // renamed into place (atomic, as a direct fetch).
             if std::fs::rename(&data, dest).is_err() {
                 let tmp = dest.with_extension("walvault-spool");
                 std::fs::copy(&data, &tmp)?;
-                std::fs::File::open(&tmp)?.sync_all()?;
                 std::fs::rename(&tmp, dest)?;
-            }
-            if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
-                sync_dir(dir)?;
             }
             Ok(())
         })();
@@ -174,12 +249,12 @@ impl Spool {
         self.file(name).is_file()
     }
 
-    /// Downloads and decodes `name` into the spool: data fsynced, checksum
-    /// recorded, then the data renamed into place (its presence means complete).
+    /// Downloads and decodes `name` into the spool, checksum recorded, then the
+    /// data renamed into place (its presence means complete).
     async fn fill(&self, store: &dyn Store, codec: &Codec, name: &str) -> Result<bool> {
-        let tmp = self.dir.join("wal").join(format!(".{name}.tmp"));
+        let tmp = self.partial(name);
         let f = Crc32Writer {
-            inner: WriteBehind::new(std::fs::File::create(&tmp)?),
+            inner: std::fs::File::create(&tmp)?,
             crc: crc32fast::Hasher::new(),
             len: 0,
         };
@@ -187,19 +262,16 @@ impl Spool {
             let _ = std::fs::remove_file(&tmp);
             return Ok(false);
         };
-        f.inner.into_inner().sync_all()?;
         let (crc, len) = (f.crc.finalize(), f.len);
-        let mut side = std::fs::File::create(self.sidecar(name))?;
-        write!(side, "{crc:08x} {len}")?;
-        side.sync_all()?;
+        std::fs::write(self.sidecar(name), format!("{crc:08x} {len}"))?;
         std::fs::rename(&tmp, self.file(name))?;
         Ok(true)
     }
 
-    /// The next `n` segments after `seg` on its timeline that are not held.
-    pub fn missing_after(&self, seg: SegmentName, seg_size: u64, n: usize) -> Vec<String> {
+    /// The `n` segments after `seg` on its timeline, in order.
+    fn after(seg: SegmentName, seg_size: u64, n: usize) -> Vec<String> {
         let per = segments_per_xlogid(seg_size) as u32;
-        let mut names = Vec::new();
+        let mut names = Vec::with_capacity(n);
         let mut cur = seg;
         for _ in 0..n {
             cur = if cur.seg + 1 >= per {
@@ -214,12 +286,17 @@ impl Spool {
                     ..cur
                 }
             };
-            let name = cur.to_string();
-            if !self.has(&name) {
-                names.push(name);
-            }
+            names.push(cur.to_string());
         }
         names
+    }
+
+    /// The next `n` segments after `seg` on its timeline that are not held.
+    pub fn missing_after(&self, seg: SegmentName, seg_size: u64, n: usize) -> Vec<String> {
+        Self::after(seg, seg_size, n)
+            .into_iter()
+            .filter(|name| !self.has(name))
+            .collect()
     }
 
     /// How many more segments of `seg_size` the spool's file system holds,
@@ -249,14 +326,16 @@ impl Spool {
         (process_start(pid) == Some(started)).then_some((pid, tli))
     }
 
-    /// Starts a detached `walvault wal-prefetch` for `names` unless one runs.
-    /// The binary is this very one (by /proc/self/exe), so a relative name or the
-    /// wrapper in restore_command makes no difference; it inherits the environment.
+    /// Starts a detached `walvault wal-prefetch` for `names`, following replay
+    /// from `asked` on, unless one runs. The binary is this very one (by
+    /// /proc/self/exe), so a relative name or the wrapper in restore_command
+    /// makes no difference; it inherits the environment.
     pub fn spawn(
         &self,
         config_file: Option<&Path>,
         sets: &[String],
-        tli: u32,
+        asked: SegmentName,
+        follow: Follow,
         names: &[String],
     ) -> Result<()> {
         if names.is_empty() || self.prefetcher().is_some() {
@@ -266,6 +345,7 @@ impl Spool {
             .with_context(|| format!("creating {}", self.dir.display()))?;
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))?;
+        self.record_asked(&asked.to_string());
         let exe = std::env::current_exe().context("cannot locate the walvault binary")?;
         let log = std::fs::File::create(self.dir.join("prefetch.log"))?;
         let mut cmd = std::process::Command::new(exe);
@@ -279,7 +359,11 @@ impl Spool {
             .arg("--spool")
             .arg(&self.dir)
             .arg("--timeline")
-            .arg(tli.to_string())
+            .arg(asked.tli.to_string())
+            .arg("--ahead")
+            .arg(follow.ahead.to_string())
+            .arg("--segment-size")
+            .arg(follow.segment_size.to_string())
             .args(names)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
@@ -319,7 +403,7 @@ impl Spool {
 
 /// Writes through, computing the CRC32 of what was written.
 struct Crc32Writer {
-    inner: WriteBehind,
+    inner: std::fs::File,
     crc: crc32fast::Hasher,
     len: u64,
 }
@@ -352,65 +436,138 @@ fn crc32_of(path: &Path) -> Result<(u32, u64)> {
     }
 }
 
+/// What one prefetcher is to do: `names` of timeline `tli`, `concurrency` at
+/// once, then follow replay when `follow` is given.
+pub struct Job {
+    pub tli: u32,
+    pub names: Vec<String>,
+    pub concurrency: usize,
+    pub follow: Option<Follow>,
+}
+
 /// `wal-prefetch`: downloads and decodes `names` into the spool, several at
-/// once. Exits quietly when another prefetcher runs.
-pub async fn run(
-    store: &dyn Store,
-    codec: &Codec,
-    spool: &Spool,
-    tli: u32,
-    names: Vec<String>,
-    concurrency: usize,
-) -> Result<()> {
-    use futures_util::StreamExt;
+/// once, in order; with `follow`, then keeps the segments after the one replay
+/// asked for last, until replay moves to another timeline, reaches the end of
+/// the archive, or asks for nothing new for a while. Exits quietly when
+/// another prefetcher runs.
+pub async fn run(store: &dyn Store, codec: &Codec, spool: &Spool, job: Job) -> Result<()> {
+    let tli = job.tli;
     std::fs::create_dir_all(spool.dir.join("wal"))?;
     let pid_file = spool.dir.join(PID_FILE);
     if spool.prefetcher().is_some() {
         return Ok(());
     }
     let _ = std::fs::remove_file(&pid_file); // a dead one's
+    let me = std::process::id().to_string();
     {
-        use std::io::Write;
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&pid_file)
             .context("another prefetcher started")?;
-        let me = std::process::id();
-        let started = process_start(me as i32).context("cannot read this process's start time")?;
+        let started = process_start(std::process::id() as i32)
+            .context("cannot read this process's start time")?;
         write!(f, "{me} {tli} {started}")?;
     }
-    let results: Vec<(String, Result<bool>)> = futures_util::stream::iter(names)
-        .map(|name| async move {
-            if spool.has(&name) {
-                return (name, Ok(true));
-            }
-            let r = spool.fill(store, codec, &name).await;
-            (name, r)
-        })
-        .buffer_unordered(concurrency.max(1))
-        .collect()
-        .await;
-    for (name, r) in results {
-        if let Err(e) = &r {
-            // Leave nothing half-written behind.
-            let _ = std::fs::remove_file(spool.dir.join("wal").join(format!(".{name}.tmp")));
-            let _ = std::fs::remove_file(spool.sidecar(&name));
-            tracing::warn!("prefetching {name}: {e:#}");
-            continue;
-        }
-        match r {
-            Ok(true) => tracing::debug!("prefetched {name}"),
-            Ok(false) => tracing::debug!("{name} is not in the archive (yet)"),
-            Err(_) => {}
-        }
-    }
-    if std::fs::read_to_string(&pid_file)
-        .is_ok_and(|t| t.split_whitespace().next() == Some(&std::process::id().to_string()))
-    {
+    let ours = || {
+        std::fs::read_to_string(&pid_file)
+            .is_ok_and(|t| t.split_whitespace().next() == Some(me.as_str()))
+    };
+    fill_in_order(store, codec, spool, &job, &ours).await;
+    if ours() {
         let _ = std::fs::remove_file(&pid_file);
     }
     Ok(())
+}
+
+/// The prefetcher's loop (see `run`). Every download is its own: one that
+/// fails is logged and left to `wal-fetch`, which fetches it directly.
+async fn fill_in_order(
+    store: &dyn Store,
+    codec: &Codec,
+    spool: &Spool,
+    job: &Job,
+    ours: &dyn Fn() -> bool,
+) {
+    let Job {
+        tli,
+        ref names,
+        concurrency,
+        follow,
+    } = *job;
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    let mut under_way = FuturesUnordered::new();
+    let mut started: HashSet<String> = HashSet::new();
+    // The first segment found absent: the archive ends there (for now), so
+    // nothing after it is started.
+    let mut end: Option<String> = None;
+    let (mut last_asked, mut moved) = (spool.asked(), Instant::now());
+    loop {
+        if !ours() {
+            break; // cleaned, or replaced
+        }
+        let asked = spool.asked();
+        if asked != last_asked {
+            (last_asked, moved) = (asked, Instant::now());
+        }
+        let wanted = match (follow, asked) {
+            (Some(_), Some(a)) if a.tli != tli => break, // replay switched timeline
+            (Some(f), Some(a)) => Spool::after(a, f.segment_size, f.ahead),
+            _ => names.clone(),
+        };
+        let mut room = None;
+        for name in wanted {
+            if under_way.len() >= concurrency.max(1) {
+                break;
+            }
+            if end.as_ref().is_some_and(|e| &name >= e) {
+                break;
+            }
+            if started.contains(&name) || spool.has(&name) {
+                continue;
+            }
+            // A full disk costs speed only: nothing more is started.
+            let size = follow.map_or(16 << 20, |f| f.segment_size);
+            if *room.get_or_insert_with(|| spool.room_for(size).unwrap_or(0)) == 0 {
+                break;
+            }
+            room = room.map(|r| r - 1);
+            started.insert(name.clone());
+            under_way.push(async move {
+                let r = spool.fill(store, codec, &name).await;
+                (name, r)
+            });
+        }
+        if under_way.is_empty() {
+            let idle = follow.is_none() || end.is_some() || moved.elapsed() > IDLE;
+            if idle {
+                break;
+            }
+            tokio::time::sleep(TICK).await;
+            continue;
+        }
+        // Whichever comes first: a download done, or time to look at `asked`.
+        let done = tokio::select! {
+            d = under_way.next() => d,
+            _ = tokio::time::sleep(TICK) => None,
+        };
+        match done {
+            Some((name, Ok(true))) => tracing::debug!("prefetched {name}"),
+            Some((name, Ok(false))) => {
+                tracing::debug!("{name} is not in the archive (yet)");
+                if end.as_ref().is_none_or(|e| &name < e) {
+                    end = Some(name);
+                }
+            }
+            Some((name, Err(e))) => {
+                // Leave nothing half-written behind.
+                let _ = std::fs::remove_file(spool.partial(&name));
+                let _ = std::fs::remove_file(spool.sidecar(&name));
+                tracing::warn!("prefetching {name}: {e:#}");
+            }
+            None => {}
+        }
+    }
 }
 
 /// When process `pid` started (clock ticks since boot, /proc/PID/stat field
@@ -483,6 +640,30 @@ mod tests {
         );
         s.clean().unwrap();
         assert!(!s.dir.exists());
+    }
+
+    #[test]
+    fn replay_position_is_recorded_and_a_dead_prefetch_not_waited_for() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Spool::at(d.path().join("spool"));
+        // No spool made yet: nobody to tell.
+        s.record_asked("000000010000000000000003");
+        assert_eq!(s.asked(), None);
+        std::fs::create_dir_all(s.dir.join("wal")).unwrap();
+        s.record_asked("0000000100000000000000FF");
+        assert_eq!(s.asked(), Some(seg("0000000100000000000000FF")));
+        assert_eq!(
+            Spool::after(seg("0000000100000000000000FF"), 16 << 20, 2),
+            ["000000010000000100000000", "000000010000000100000001"]
+        );
+        // A download under way whose prefetcher is gone: fetch directly, at once.
+        std::fs::write(s.partial("000000010000000100000000"), b"half").unwrap();
+        let t = Instant::now();
+        assert!(!s.wait_for("000000010000000100000000"));
+        assert!(t.elapsed() < Duration::from_secs(1));
+        // Held already: served.
+        std::fs::write(s.file("000000010000000100000000"), b"x").unwrap();
+        assert!(s.wait_for("000000010000000100000000"));
     }
 
     #[test]
