@@ -467,6 +467,64 @@ fn compare_fetched(what: &str, dir: &Path, originals: &BTreeMap<String, [u8; 32]
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// A data directory as restore_command sees it (its own global/pg_control, an
+/// empty pg_wal), owned by postgres; returns the pg_wal.
+fn pg_wal_dir(root: &Path, name: &str, like: &Path) -> PathBuf {
+    let d = root.join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(d.join("global")).unwrap();
+    std::fs::create_dir_all(d.join("pg_wal")).unwrap();
+    std::fs::copy(like.join("global/pg_control"), d.join("global/pg_control")).unwrap();
+    chown_pg(&d);
+    d.join("pg_wal")
+}
+
+/// Another writer on the same disk while it lives: 256 MiB rewritten in a
+/// loop, never synced, so the kernel's writeback runs beside every call (a
+/// busy database server's disk; an fsync then waits for more than its own file).
+struct DiskBusy {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    path: PathBuf,
+}
+
+impl DiskBusy {
+    fn start(root: &Path) -> DiskBusy {
+        use std::io::Write;
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let path = root.join("disk-busy");
+        let (flag, file) = (stop.clone(), path.clone());
+        let thread = std::thread::spawn(move || {
+            let chunk = vec![0x5au8; 1 << 20];
+            while !flag.load(Ordering::Relaxed) {
+                let mut f = std::fs::File::create(&file).unwrap();
+                for _ in 0..256 {
+                    if flag.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    f.write_all(&chunk).unwrap();
+                }
+            }
+        });
+        DiskBusy {
+            stop,
+            thread: Some(thread),
+            path,
+        }
+    }
+}
+
+impl Drop for DiskBusy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// A directory the postgres user owns, for one pass's fetched files.
 fn fetch_dir(root: &Path, name: &str) -> PathBuf {
     let d = root.join(name);
@@ -531,6 +589,7 @@ fn bench_calls(a: &Args, s: &Setup) {
     // Every call runs as postgres through the same wrapper, the baseline's too.
     let as_pg = |program: &str| pg_command(program, &BTreeMap::new());
 
+    let mut rows_pgwal: Vec<(String, Pass)> = Vec::new();
     for run in 0..a.runs {
         eprintln!("run {} of {} ...", run + 1, a.runs);
         // Baseline: cp, as in PostgreSQL's documentation (no compression, no fsync).
@@ -613,6 +672,49 @@ fn bench_calls(a: &Args, s: &Setup) {
                 pgbackrest_rows.push((push, fetch));
             },
         );
+        // restore_command's own shape: %p in a data directory's pg_wal (walvault
+        // checks each header against that directory's pg_control, no identity
+        // GET), on a quiet disk and beside another writer's writeback.
+        for busy in [false, true] {
+            let _writer = busy.then(|| DiskBusy::start(root));
+            let tag = if busy { "pg_wal, busy disk" } else { "pg_wal" };
+            let conf = s.config(
+                Backend::S3Https,
+                &format!("calls-{}-{run}", Backend::S3Https.label().replace(' ', "-")),
+                &[("fetch.prefetch", "0")],
+            );
+            alternated(
+                run,
+                &mut rows_pgwal,
+                |rows| {
+                    let wal = pg_wal_dir(root, "fetched-pgdata", &src.pgdata);
+                    let fetch = timed(
+                        |i| {
+                            let to = wal.join(&names[i]);
+                            s.walvault(&conf, &["wal-fetch", &names[i], to.to_str().unwrap()])
+                        },
+                        segs.len(),
+                    );
+                    compare_fetched("walvault into pg_wal", &wal, &originals);
+                    rows.push((format!("walvault S3 HTTPS → {tag}"), fetch));
+                },
+                |rows| {
+                    let wal = pg_wal_dir(root, "fetched-pgdata", &src.pgdata);
+                    let fetch = timed(
+                        |i| {
+                            let to = wal.join(&names[i]);
+                            pgbr[run].cmd(&["archive-get", &names[i], to.to_str().unwrap()])
+                        },
+                        segs.len(),
+                    );
+                    compare_fetched("pgBackRest into pg_wal", &wal, &originals);
+                    rows.push((format!("pgBackRest sync → {tag}"), fetch));
+                },
+            );
+        }
+        for (label, mut fetch) in rows_pgwal.drain(..) {
+            add(format!("{label:<28} fetch"), &mut fetch);
+        }
         for (backend, mut push, mut fetch) in walvault_rows {
             let label = format!("walvault {}", backend.label());
             add(format!("{label:<28} push"), &mut push);
@@ -675,6 +777,17 @@ fn bench_calls(a: &Args, s: &Setup) {
         med(&format!("{:<28} push", "walvault S3 HTTP")),
         med(&format!("{:<28} fetch", "walvault S3 HTTP")),
     );
+    let pg_wal_ratios: Vec<(&str, f64)> = ["pg_wal", "pg_wal, busy disk"]
+        .into_iter()
+        .map(|tag| {
+            let w = med(&format!(
+                "{:<28} fetch",
+                format!("walvault S3 HTTPS → {tag}")
+            ));
+            let p = med(&format!("{:<28} fetch", format!("pgBackRest sync → {tag}")));
+            (tag, p / w)
+        })
+        .collect();
     for r in rows.iter_mut() {
         let ms = median(&mut r.ms);
         let b = if r.label.ends_with("push") {
@@ -697,6 +810,11 @@ fn bench_calls(a: &Args, s: &Setup) {
         pp / wp,
         pf / wf
     );
+    for (tag, ratio) in pg_wal_ratios {
+        println!(
+            "walvault against pgBackRest, fetched into a data directory's {tag}: fetch {ratio:.2}x faster"
+        );
+    }
     println!(
         "walvault over plain HTTP against HTTPS: push {:.2}x the time, fetch {:.2}x the time; on Azure (Azurite, HTTP) against S3 HTTP: push {:.2}x, fetch {:.2}x",
         hp / wp,
