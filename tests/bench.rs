@@ -1,4 +1,4 @@
-//! Benchmark (not part of the test run): `scripts/bench.sh [--only calls,drain,replay,backups,incremental,summaries,catalog,files,logical] [--runs N] ...`.
+//! Benchmark (not part of the test run): `scripts/bench.sh [--only calls,profile,drain,replay,backups,incremental,summaries,catalog,files,logical] [--runs N] ...`.
 //!
 //! Real WAL and databases from pgbench; walvault against pgBackRest like for
 //! like: the same S3 endpoint over HTTPS (certificate checked against the same
@@ -26,7 +26,7 @@ struct Args {
     drain: usize,
     /// MB of WAL in the replay part.
     replay_mb: usize,
-    /// The parts to run (--only calls,drain,replay,backups,incremental,summaries,catalog,files); empty: all.
+    /// The parts to run (--only calls,profile,drain,replay,backups,incremental,summaries,catalog,files); empty: all.
     only: Vec<String>,
     /// Files of the many-files part.
     files: usize,
@@ -396,6 +396,9 @@ fn main() {
     );
     if a.wants("calls") {
         bench_calls(&a, &s);
+    }
+    if a.wants("profile") {
+        println!("{}", bench_profile(&a, &s));
     }
     if a.wants("drain") {
         println!("{}", bench_drain(&a, &s));
@@ -2627,4 +2630,232 @@ fn bench_logical(a: &Args, s: &Setup) -> String {
     out.push_str(&format!("restore-table phases: {}\n", phases.join(" / ")));
     src.stop();
     out
+}
+
+/// Where one restore_command call's time goes, walvault (no prefetch) beside
+/// pgBackRest's sync archive-get, both into a data directory's pg_wal: wall
+/// and CPU time untraced, then the phases of traced calls (strace timestamps:
+/// the wrapper, the program until its first connection, until the first byte
+/// written to the file, the writing, the checks and fsync before the rename,
+/// the exit). strace slows every system call, so its phases are proportions.
+fn bench_profile(a: &Args, s: &Setup) -> String {
+    let root = &s.root;
+    let n = a.segments.clamp(4, 16);
+    eprintln!("profile: making {n} segments of real WAL ...");
+    let (segs, mut src) = make_segments(root, n);
+    let pgbr = PgBackRest::new(s, "profile", &src);
+    src.stop();
+    let names: Vec<String> = segs
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().to_string())
+        .collect();
+    let conf = s.config(Backend::S3Https, "profile", &[("fetch.prefetch", "0")]);
+    for seg in &segs {
+        let (ok, err, _) =
+            run_measured(&mut s.walvault(&conf, &["wal-push", seg.to_str().unwrap()]));
+        assert!(ok, "walvault push: {err}");
+        let (ok, err, _) = run_measured(&mut pgbr.cmd(&["archive-push", seg.to_str().unwrap()]));
+        assert!(ok, "pgBackRest push: {err}");
+    }
+    let wal = pg_wal_dir(root, "profile-pgdata", &src.pgdata);
+    type Call<'a> = Box<dyn Fn(&str, &Path) -> Command + 'a>;
+    let tools: Vec<(&str, &str, Call)> = vec![
+        (
+            "runuser + env + true (the wrapper alone)",
+            "true",
+            Box::new(|_, _| pg_command("true", &BTreeMap::new())),
+        ),
+        (
+            "cp of the raw segment (baseline)",
+            "cp",
+            Box::new(|f: &str, to: &Path| {
+                let mut c = pg_command("cp", &BTreeMap::new());
+                c.arg(segs[names.iter().position(|n| n == f).unwrap()].as_path())
+                    .arg(to);
+                c
+            }),
+        ),
+        (
+            "walvault wal-fetch",
+            "walvault",
+            Box::new(|f: &str, to: &Path| {
+                s.walvault(&conf, &["wal-fetch", f, to.to_str().unwrap()])
+            }),
+        ),
+        (
+            "pgBackRest archive-get",
+            "pgbackrest",
+            Box::new(|f: &str, to: &Path| pgbr.cmd(&["archive-get", f, to.to_str().unwrap()])),
+        ),
+    ];
+    let mut out = format!(
+        "\nprofile of one restore_command call into a data directory's pg_wal, {n} segments each, medians\n\n{:<42} {:>8} {:>8} {:>8}\n",
+        "untraced", "wall ms", "user ms", "sys ms"
+    );
+    for (label, _, call) in &tools {
+        let (mut wall, mut user, mut sys) = (vec![], vec![], vec![]);
+        for f in &names {
+            let to = wal.join(f);
+            let _ = std::fs::remove_file(&to);
+            let (w, u, k) = cpu_times(&call(f, &to));
+            wall.push(w);
+            user.push(u);
+            sys.push(k);
+        }
+        out += &format!(
+            "{label:<42} {:>8.1} {:>8.1} {:>8.1}\n",
+            median(&mut wall),
+            median(&mut user),
+            median(&mut sys)
+        );
+    }
+    out += &format!(
+        "\n{:<42} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}\n",
+        "traced (strace -f), ms from the wrapper's start",
+        "program",
+        "connect",
+        "1st wr",
+        "writing",
+        "→rename",
+        "exit",
+        "total"
+    );
+    for (label, program, call) in tools.iter().skip(2) {
+        let mut phases: Vec<Vec<f64>> = vec![vec![]; 7];
+        for f in &names {
+            let to = wal.join(f);
+            let _ = std::fs::remove_file(&to);
+            let trace = root.join("profile.strace");
+            let c = call(f, &to);
+            let mut t = Command::new("strace");
+            t.args(["-f", "--seccomp-bpf", "-ttt", "-qq", "-s", "256", "-o"])
+                .arg(&trace)
+                .args(["-e", "trace=execve,connect,openat,write,pwrite64,fsync,fdatasync,rename,renameat,renameat2"])
+                .arg(c.get_program())
+                .args(c.get_args());
+            let o = t.output().unwrap();
+            assert!(
+                o.status.success(),
+                "{label} under strace: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            let text = std::fs::read_to_string(&trace).unwrap();
+            let p = strace_phases(&text, program, &wal).unwrap_or_else(|| {
+                let seen: Vec<&str> = text
+                    .lines()
+                    .filter(|l| {
+                        ["connect(", "pg_wal", "rename", "fsync", "execve("]
+                            .iter()
+                            .any(|k| l.contains(k))
+                    })
+                    .take(200)
+                    .collect();
+                panic!(
+                    "{label}: the trace shows no complete fetch:\n{}",
+                    seen.join("\n")
+                )
+            });
+            for (i, v) in p.iter().enumerate() {
+                phases[i].push(*v);
+            }
+        }
+        let m: Vec<f64> = phases.iter_mut().map(|v| median(v)).collect();
+        out += &format!(
+            "{label:<42} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1}\n",
+            m[0], m[1], m[2], m[3], m[4], m[5], m[6]
+        );
+    }
+    out + "(program: its exec after runuser and env; connect: after the program's start; 1st wr: connection to the first byte written to the file; writing: first to last byte; →rename: checks, sha256 end, fsync when the tool does one, 0 for a tool writing %p in place; exit: rename, or the last byte, to the wrapper's end)\n"
+}
+
+/// Wall, user and system milliseconds of one command and its children: the
+/// CPU time of every descendant this process reaped meanwhile (getrusage).
+fn cpu_times(c: &Command) -> (f64, f64, f64) {
+    let children = || {
+        // SAFETY: getrusage writes one rusage struct we own.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
+        let ms = |t: libc::timeval| t.tv_sec as f64 * 1000.0 + t.tv_usec as f64 / 1000.0;
+        (ms(u.ru_utime), ms(u.ru_stime))
+    };
+    let mut w = Command::new(c.get_program());
+    w.args(c.get_args());
+    let (u0, s0) = children();
+    let t = Instant::now();
+    let o = w.output().unwrap();
+    let wall = t.elapsed().as_secs_f64() * 1000.0;
+    let (u1, s1) = children();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    (wall, u1 - u0, s1 - s0)
+}
+
+/// From an `strace -f -ttt` log: milliseconds of each phase (see bench_profile)
+/// and the total. `program` is the name of the tool's executable.
+fn strace_phases(trace: &str, program: &str, wal: &Path) -> Option<[f64; 7]> {
+    let wal = wal.to_string_lossy();
+    let mut start = None;
+    let mut exec = None;
+    let mut connect = None;
+    let mut fd: Option<String> = None;
+    // An openat of the file interrupted by another thread's line: its result
+    // comes on that thread's "resumed" line.
+    let mut open_pending: Option<String> = None;
+    let (mut first_write, mut last_write, mut rename) = (None, None, None);
+    let mut end = 0.0f64;
+    for line in trace.lines() {
+        // "PID TIMESTAMP CALL", the PID padded with spaces.
+        let Some((pid, rest)) = line.trim_start().split_once(' ') else {
+            continue;
+        };
+        let (ts, call) = rest.trim_start().split_once(' ').unwrap_or((rest, ""));
+        let Ok(t) = ts.parse::<f64>() else { continue };
+        start.get_or_insert(t);
+        end = end.max(t);
+        let execs = |p: &str| {
+            call.strip_prefix("execve(\"")
+                .and_then(|c| c.split('"').next())
+                .is_some_and(|path| path.ends_with(&format!("/{p}")))
+        };
+        if exec.is_none() && execs(program) {
+            exec = Some(t);
+        } else if exec.is_some()
+            && connect.is_none()
+            && call.starts_with("connect(")
+            && call.contains("sin_port")
+        {
+            connect = Some(t);
+        } else if call.starts_with("openat(") && call.contains(&*wal) && call.contains("O_CREAT") {
+            // The file the fetch writes: its descriptor is the call's result.
+            if call.ends_with("<unfinished ...>") {
+                open_pending = Some(pid.to_string());
+            } else {
+                fd = call.rsplit("= ").next().map(|r| r.trim().to_string());
+            }
+        } else if open_pending.as_deref() == Some(pid) && call.starts_with("<... openat resumed>") {
+            fd = call.rsplit("= ").next().map(|r| r.trim().to_string());
+            open_pending = None;
+        } else if let Some(d) = &fd {
+            let w = call.starts_with(&format!("write({d},"))
+                || call.starts_with(&format!("pwrite64({d},"));
+            if w {
+                first_write.get_or_insert(t);
+                last_write = Some(t);
+            } else if call.starts_with("rename") && call.contains(&*wal) {
+                rename = Some(t);
+            }
+        }
+    }
+    // A tool that writes %p in place (pgBackRest) renames nothing.
+    let (s, e, c, fw, lw) = (start?, exec?, connect?, first_write?, last_write?);
+    let r = rename.unwrap_or(lw);
+    let ms = |a: f64, b: f64| (b - a) * 1000.0;
+    Some([
+        ms(s, e),
+        ms(e, c),
+        ms(c, fw),
+        ms(fw, lw),
+        ms(lw, r),
+        ms(r, end),
+        ms(s, end),
+    ])
 }

@@ -109,68 +109,6 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-/// `HashingWriter` with the sha256 on a thread of its own, so that hashing runs
-/// beside decompression instead of after it: for a lone restore, where the
-/// second core would otherwise idle. Buffers go back and forth for reuse.
-pub struct SideHashingWriter<W> {
-    inner: W,
-    to_hasher: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
-    spare: std::sync::mpsc::Receiver<Vec<u8>>,
-    hasher: Option<std::thread::JoinHandle<([u8; 32], u64)>>,
-}
-
-impl<W: Write> SideHashingWriter<W> {
-    pub fn new(inner: W) -> Self {
-        // At most 4 chunks exist: 2 queued, 1 being hashed, 1 being filled.
-        let (to_hasher, chunks) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
-        let (give_back, spare) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
-        let hasher = std::thread::spawn(move || {
-            let (mut h, mut count) = (Sha256::new(), 0u64);
-            for chunk in chunks {
-                h.update(&chunk);
-                count += chunk.len() as u64;
-                let _ = give_back.try_send(chunk);
-            }
-            (h.finalize().into(), count)
-        });
-        SideHashingWriter {
-            inner,
-            to_hasher: Some(to_hasher),
-            spare,
-            hasher: Some(hasher),
-        }
-    }
-
-    pub fn finish(mut self) -> (W, [u8; 32], u64) {
-        drop(self.to_hasher.take());
-        let (sha, count) = self
-            .hasher
-            .take()
-            .expect("finished once")
-            .join()
-            .expect("the hashing thread does not panic");
-        (self.inner, sha, count)
-    }
-}
-
-impl<W: Write> Write for SideHashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        let mut chunk = self.spare.try_recv().unwrap_or_default();
-        chunk.clear();
-        chunk.extend_from_slice(&buf[..n]);
-        self.to_hasher
-            .as_ref()
-            .expect("not finished")
-            .send(chunk)
-            .map_err(|_| io::Error::other("the hashing thread ended"))?;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 /// Reads an object while holding back its last `TRAILER_LEN` bytes: it yields
 /// header+body (hashing them) and, once the source ends, hands out the trailer.
 pub struct TrailerSplitReader<R> {

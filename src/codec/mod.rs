@@ -9,10 +9,7 @@ pub mod keys;
 use crate::store::{Body, Class, Mode, Store};
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use envelope::{
-    HashingWriter, SideHashingWriter, Trailer, TrailerSplitReader, FLAG_ENCRYPTED, FLAG_ZSTD,
-    HEADER_LEN,
-};
+use envelope::{HashingWriter, Trailer, TrailerSplitReader, FLAG_ENCRYPTED, FLAG_ZSTD, HEADER_LEN};
 use sha2::{Digest, Sha256};
 use std::io::{self, BufReader, Read, Write};
 use std::path::PathBuf;
@@ -201,17 +198,20 @@ impl Codec {
     /// Decodes one object from `src` into `dest`, verifying the stored checksum,
     /// the age authentication (when encrypted) and the plaintext checksum and length.
     /// `dest` may have received data even on error: write it somewhere temporary.
-    pub fn decode(&self, src: &mut dyn Read, dest: &mut dyn Write) -> Result<Trailer, DecodeError> {
+    pub fn decode(
+        &self,
+        src: &mut dyn Read,
+        dest: &mut (dyn Write + Send),
+    ) -> Result<Trailer, DecodeError> {
         let (mut env, flags) = Envelope::open(src)?;
-        // With workers (a lone restore), sha256 runs beside decompression.
         let hashed = if self.workers > 1 {
-            let mut out = SideHashingWriter::new(dest);
-            let r = self.decode_body(&mut env, flags, &mut out);
-            let (_, sha, len) = out.finish();
-            r.map(|()| (sha, len))
+            self.decode_beside(&mut env, flags, dest)
         } else {
             let mut out = HashingWriter::new(dest);
-            let r = self.decode_body(&mut env, flags, &mut out);
+            let r = self.decode_body(&mut env, flags, &mut |chunk: Vec<u8>, n| {
+                out.write_all(&chunk[..n])?;
+                Ok(chunk)
+            });
             let (_, sha, len) = out.finish();
             r.map(|()| (sha, len))
         };
@@ -236,12 +236,56 @@ impl Codec {
         Ok(trailer)
     }
 
-    /// Decrypts (when encrypted) and decompresses the body into `out`.
+    /// A lone restore, where the second core would otherwise idle: sha256 and
+    /// the writes to `dest` on a thread of their own, beside decryption and
+    /// decompression. Whole chunks change hands (no copy) and come back for
+    /// reuse; at most four exist (two queued, one being written, one filled).
+    fn decode_beside(
+        &self,
+        env: &mut Envelope<'_>,
+        flags: u8,
+        dest: &mut (dyn Write + Send),
+    ) -> Result<([u8; 32], u64), DecodeError> {
+        let (to_writer, chunks) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(2);
+        let (give_back, spare) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+        std::thread::scope(|scope| {
+            let writer = scope.spawn(move || -> io::Result<([u8; 32], u64)> {
+                let (mut h, mut count) = (Sha256::new(), 0u64);
+                for (chunk, n) in chunks {
+                    h.update(&chunk[..n]);
+                    dest.write_all(&chunk[..n])?;
+                    count += n as u64;
+                    let _ = give_back.try_send(chunk);
+                }
+                dest.flush()?;
+                Ok((h.finalize().into(), count))
+            });
+            let decoded = self.decode_body(env, flags, &mut |chunk: Vec<u8>, n| {
+                to_writer
+                    .send((chunk, n))
+                    .map_err(|_| io::Error::other("the writing thread ended"))?;
+                Ok(spare.try_recv().unwrap_or_else(|_| vec![0u8; PLAIN_CHUNK]))
+            });
+            drop(to_writer);
+            let written = writer.join().expect("the writing thread does not panic");
+            // The writer's own failure (a size limit, a full disk) is the cause
+            // of the decoder's "ended"; it is the one reported.
+            match (decoded, written) {
+                (Err(e @ DecodeError::Key(_)), _) => Err(e),
+                (_, Err(w)) => Err(env.failed.classify(w)),
+                (Err(e), Ok(_)) => Err(e),
+                (Ok(()), Ok(h)) => Ok(h),
+            }
+        })
+    }
+
+    /// Decrypts (when encrypted) and decompresses the body, chunk by chunk,
+    /// into `out` (see `unzstd`).
     fn decode_body(
         &self,
         env: &mut Envelope<'_>,
         flags: u8,
-        out: &mut dyn Write,
+        out: &mut dyn FnMut(Vec<u8>, usize) -> io::Result<Vec<u8>>,
     ) -> Result<(), DecodeError> {
         let classify = |e| env.failed.classify(e);
         if flags & FLAG_ENCRYPTED != 0 {
@@ -251,9 +295,17 @@ impl Codec {
             let mut plain = dec
                 .decrypt(ids.iter().map(|i| i as &dyn age::Identity))
                 .map_err(|e| age_error(e, &classify))?;
-            unzstd(&mut BufReader::new(&mut plain), out).map_err(classify)?;
+            unzstd(
+                &mut BufReader::with_capacity(PLAIN_CHUNK / 8, &mut plain),
+                out,
+            )
+            .map_err(classify)?;
         } else {
-            unzstd(&mut BufReader::new(&mut env.split), out).map_err(classify)?;
+            unzstd(
+                &mut BufReader::with_capacity(PLAIN_CHUNK / 8, &mut env.split),
+                out,
+            )
+            .map_err(classify)?;
         }
         Ok(())
     }
@@ -575,18 +627,34 @@ pub fn sha256_of(src: &mut dyn Read) -> io::Result<([u8; 32], u64)> {
     }
 }
 
-fn unzstd(src: &mut dyn io::BufRead, out: &mut dyn Write) -> io::Result<()> {
+/// Decompressed output changes hands in chunks of this size: large writes
+/// (io::copy's 8 KiB would cost 2048 write calls per 16 MiB segment).
+const PLAIN_CHUNK: usize = 1 << 20;
+
+/// Decompresses one zstd frame. Each chunk goes to `out` with the number of
+/// bytes it holds; `out` hands back a chunk (of `PLAIN_CHUNK` bytes) to fill next.
+fn unzstd(
+    src: &mut dyn io::BufRead,
+    out: &mut dyn FnMut(Vec<u8>, usize) -> io::Result<Vec<u8>>,
+) -> io::Result<()> {
     let mut z = zstd::Decoder::with_buffer(src)?.single_frame();
-    // Large writes: io::copy's 8 KiB would cost 2048 write calls per 16 MiB segment.
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; PLAIN_CHUNK];
+    // Each chunk filled before it is handed on (zstd returns a block at a time).
+    let mut n = 0;
     loop {
-        let n = match z.read(&mut buf) {
+        match z.read(&mut buf[n..]) {
             Ok(0) => break,
-            Ok(n) => n,
+            Ok(got) => n += got,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
-        };
-        out.write_all(&buf[..n])?;
+        }
+        if n == buf.len() {
+            buf = out(buf, n)?;
+            n = 0;
+        }
+    }
+    if n > 0 {
+        out(buf, n)?;
     }
     // Whatever follows the frame (within the body) is damage, and reading to the
     // end makes age authenticate its final chunk.
@@ -877,13 +945,17 @@ mod tests {
         let mut stored = Vec::new();
         codec.encode(&mut &zeros[..], &mut stored).unwrap();
         assert!(stored.len() < 1 << 20, "{}", stored.len());
-        let mut out = Limited::new(Vec::new(), 1 << 20);
-        let e = codec.decode(&mut &stored[..], &mut out).unwrap_err();
-        assert!(e.to_string().contains("more than 1048576 bytes"), "{e}");
-        assert!(out.get_ref().len() <= 1 << 20);
-        let mut out = Limited::new(Vec::new(), 64 << 20);
-        codec.decode(&mut &stored[..], &mut out).unwrap();
-        assert_eq!(out.into_inner().len(), 64 << 20);
+        // Also with the writes on a thread of their own (a lone restore): the
+        // writer's refusal is the error reported, not the decoder's "ended".
+        for dec in [codec.clone(), codec.with_workers(2)] {
+            let mut out = Limited::new(Vec::new(), 1 << 20);
+            let e = dec.decode(&mut &stored[..], &mut out).unwrap_err();
+            assert!(e.to_string().contains("more than 1048576 bytes"), "{e}");
+            assert!(out.get_ref().len() <= 1 << 20);
+            let mut out = Limited::new(Vec::new(), 64 << 20);
+            dec.decode(&mut &stored[..], &mut out).unwrap();
+            assert_eq!(out.into_inner().len(), 64 << 20);
+        }
     }
 
     #[test]
@@ -896,11 +968,13 @@ mod tests {
             Err(DecodeError::MissingKey)
         ));
         let (other, _d2) = keyed();
-        let e = roundtrip(&enc, &other, &data).unwrap_err();
-        assert!(
-            matches!(e, DecodeError::Key(_)) && e.to_string().contains("wrong key"),
-            "{e}"
-        );
+        for dec in [other.clone(), other.with_workers(2)] {
+            let e = roundtrip(&enc, &dec, &data).unwrap_err();
+            assert!(
+                matches!(e, DecodeError::Key(_)) && e.to_string().contains("wrong key"),
+                "{e}"
+            );
+        }
         let gone = Codec::new(1, vec![], Some("/nonexistent/identity.txt".into()));
         let e = roundtrip(&enc, &gone, &data).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/identity.txt"), "{e}");

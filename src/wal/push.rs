@@ -141,8 +141,15 @@ pub async fn run(store: &dyn Store, codec: &Codec, p: Prepared, opts: &Options) 
         Vec::new()
     };
     let id = identity.as_ref();
+    // One pool of `concurrency` upload slots for the whole call: the file asked
+    // for holds one until it is stored, then its slot goes to the files ahead.
+    // (Giving the others `concurrency - 1` slots of their own left one slot idle
+    // for most of a batch once the file asked for was done.)
+    let slots = tokio::sync::Semaphore::new(opts.concurrency.max(1));
+    let own_slot = slots.try_acquire().expect("a fresh pool has a free slot");
     let own = async {
         let path = p.own.path.clone();
+        let _slot = own_slot;
         push_one(
             store,
             &p.own_codec,
@@ -158,7 +165,12 @@ pub async fn run(store: &dyn Store, codec: &Codec, p: Prepared, opts: &Options) 
     let others = async {
         use futures_util::StreamExt;
         futures_util::stream::iter(ahead)
-            .map(|(other, other_kind)| async move {
+            .map(|(other, other_kind)| {
+                let slots = &slots;
+                async move {
+                let Ok(_slot) = slots.acquire().await else {
+                    return false;
+                };
                 // Nothing here fails the call: only the file asked for decides.
                 let other_name = other.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
                 let pushed = match check_file(&other, other_name.clone(), other_kind) {
@@ -179,8 +191,9 @@ pub async fn run(store: &dyn Store, codec: &Codec, p: Prepared, opts: &Options) 
                         false
                     }
                 }
+                }
             })
-            .buffer_unordered(opts.concurrency.saturating_sub(1).max(1))
+            .buffer_unordered(opts.concurrency.max(1))
             .collect::<Vec<bool>>()
             .await
     };
