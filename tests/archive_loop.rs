@@ -416,6 +416,34 @@ fn s3_faults_and_refusals() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(std::fs::read(&dest).unwrap() == std::fs::read(pgdata.join(wal(&s3))).unwrap());
 
+    // Into a data directory's pg_wal, the segment is checked against that
+    // directory's own pg_control (as PostgreSQL checks it), not the
+    // repository's identity: another cluster asking gets a fatal refusal,
+    // naming both identifiers, and no file.
+    let ctl = std::process::Command::new(format!("{PG_BIN}/pg_controldata"))
+        .arg(&other.pgdata)
+        .output()
+        .unwrap();
+    let other_sysid = String::from_utf8_lossy(&ctl.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("Database system identifier:"))
+        .map(|v| v.trim().to_string())
+        .expect("pg_controldata names the system identifier");
+    let other_dest = other.pgdata.join("pg_wal/RECOVERYXLOG");
+    let out = walvault(
+        &["wal-fetch", FIRST, other_dest.to_str().unwrap()],
+        &env,
+        None,
+    );
+    assert_eq!(out.status.code(), Some(128), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("another cluster")
+            && stderr(&out).contains(&format!("{other_sysid} expected")),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!other_dest.exists(), "a refused segment creates no file");
+
     // Absent: exit 1, the ordinary answer, and %p not created.
     std::fs::remove_file(&dest).unwrap();
     let out = fetch("0000000100000000000000FF", &env);

@@ -2642,7 +2642,11 @@ fn bench_profile(a: &Args, s: &Setup) -> String {
     let root = &s.root;
     let n = a.segments.clamp(4, 16);
     eprintln!("profile: making {n} segments of real WAL ...");
-    let (segs, mut src) = make_segments(root, n);
+    // Its own corner of the root: the calls part may have made its segments.
+    let corner = root.join("profile");
+    std::fs::create_dir_all(&corner).unwrap();
+    chown_pg(&corner);
+    let (segs, mut src) = make_segments(&corner, n);
     let pgbr = PgBackRest::new(s, "profile", &src);
     src.stop();
     let names: Vec<String> = segs

@@ -165,7 +165,7 @@ pub fn check_segment_file(
     if let Some(want) = sysid {
         if h.sysid != want {
             bail!(
-                "it is {} of another cluster (system identifier {}, the repository's is {want})",
+                "it is {} of another cluster (system identifier {}, {want} expected)",
                 held(),
                 h.sysid
             );
