@@ -628,8 +628,9 @@ pub fn sha256_of(src: &mut dyn Read) -> io::Result<([u8; 32], u64)> {
 }
 
 /// Decompressed output changes hands in chunks of this size: large writes
-/// (io::copy's 8 KiB would cost 2048 write calls per 16 MiB segment).
-const PLAIN_CHUNK: usize = 1 << 20;
+/// (io::copy's 8 KiB would cost 2048 write calls per 16 MiB segment), yet
+/// the four a lone restore holds at most add only 1 MiB to its memory.
+const PLAIN_CHUNK: usize = 256 * 1024;
 
 /// Decompresses one zstd frame. Each chunk goes to `out` with the number of
 /// bytes it holds; `out` hands back a chunk (of `PLAIN_CHUNK` bytes) to fill next.
