@@ -162,13 +162,12 @@ pub async fn run(store: &dyn Store, codec: &Codec, p: Prepared, opts: &Options) 
         .with_context(|| format!("refusing {}", path.display()))
     };
     let status = p.status.as_ref();
+    let pool = &slots;
     let others = async {
         use futures_util::StreamExt;
         futures_util::stream::iter(ahead)
-            .map(|(other, other_kind)| {
-                let slots = &slots;
-                async move {
-                let Ok(_slot) = slots.acquire().await else {
+            .map(|(other, other_kind)| async move {
+                let Ok(_slot) = pool.acquire().await else {
                     return false;
                 };
                 // Nothing here fails the call: only the file asked for decides.
@@ -190,7 +189,6 @@ pub async fn run(store: &dyn Store, codec: &Codec, p: Prepared, opts: &Options) 
                         tracing::warn!("{other_name}: archived, but its marker could not be written ({e:#}); PostgreSQL's own call will check the repository");
                         false
                     }
-                }
                 }
             })
             .buffer_unordered(opts.concurrency.max(1))
