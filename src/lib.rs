@@ -1,17 +1,17 @@
 //! walvault: keeps a PostgreSQL cluster recoverable to any point in time.
 //!
-//! Data flows one way: `cli` → command modules (`wal::push`, `wal::fetch`, ...)
-//! → `codec` (compression, encryption, checksums) → `store` (local directory or S3).
+//! Data flows one way: `cmd` (one room per command) → the modules that do the
+//! work (`wal::push`, `wal::fetch`, ...) → `codec` (compression, encryption,
+//! checksums) → `store` (local directory, S3 or Azure Blob).
 
 pub mod backup;
-pub mod cli;
+pub mod cmd;
 pub mod codec;
 pub mod config;
 pub mod drill;
 pub mod dump;
 pub mod exit;
 pub mod host;
-pub mod keygen;
 pub mod logging;
 pub mod pg;
 pub mod progress;

@@ -294,7 +294,8 @@ async fn drill(
     let reference = match &ropts.target {
         Target::Time(t) => Some(*t),
         Target::Latest => plan.wal.last_archived,
-        _ => None,
+        // No time to measure the gap from.
+        Target::Lsn(_) | Target::Xid(_) | Target::Name(_) | Target::Immediate => None,
     };
     rep.rpo.target_gap_seconds = match (reference, end.last_commit) {
         (Some(r), Some(c)) => Some((r - c).num_milliseconds().max(0) as f64 / 1000.0),

@@ -540,7 +540,10 @@ pub async fn plan(store: &dyn Store, codec: &Codec, opts: &Options) -> Result<Pl
                             earliest.id, earliest.stop_lsn
                         )
                     })?,
-                _ => reachable.last().expect("non-empty"),
+                // The newest backup reaches every other target there is.
+                Target::Xid(_) | Target::Name(_) | Target::Immediate | Target::Latest => {
+                    reachable.last().expect("non-empty")
+                }
             };
             (*pick).clone()
         }
@@ -578,13 +581,16 @@ pub async fn plan(store: &dyn Store, codec: &Codec, opts: &Options) -> Result<Pl
                 }
             }
         }
-        Target::Lsn(l) if *l > wal.end_lsn => {
-            bail!(
-                "target LSN {l} is after the end of the archived WAL ({}) on timeline {tli}",
-                wal.end_lsn
-            );
+        Target::Lsn(l) => {
+            if *l > wal.end_lsn {
+                bail!(
+                    "target LSN {l} is after the end of the archived WAL ({}) on timeline {tli}",
+                    wal.end_lsn
+                );
+            }
         }
-        _ => {}
+        // Where these lie is known only once replay meets them (recover::end checks).
+        Target::Xid(_) | Target::Name(_) | Target::Immediate | Target::Latest => {}
     }
     Ok(Plan {
         backup: chosen,
@@ -866,8 +872,9 @@ async fn wait(opts: &Options, server: &pg::ctl::Server, log: &Path, major: u32) 
         let row = client.query_one(&sql, &[]).await?;
         let (in_recovery, state): (bool, String) = (row.get(0), row.get(1));
         let done = match opts.action {
+            // Without a target there is nothing to pause at: replay ends, the server promotes.
             Action::Pause if opts.target != Target::Latest => state == "paused",
-            _ => !in_recovery,
+            Action::Pause | Action::Promote | Action::Shutdown => !in_recovery,
         };
         if done {
             return Ok(End {

@@ -86,6 +86,50 @@ fn read_time(s: &str) -> Result<DateTime<Utc>> {
     bail!("cannot read target time '{s}'; use RFC 3339 (2026-11-22T14:32:00Z) or PostgreSQL's form (2026-11-22 14:32:00+01)");
 }
 
+/// The target as typed: at most one of these is set (clap refuses more).
+pub struct Asked {
+    pub time: Option<String>,
+    pub lsn: Option<String>,
+    pub xid: Option<String>,
+    pub name: Option<String>,
+    /// `immediate` or `latest` (the default).
+    pub end: Option<String>,
+}
+
+impl Asked {
+    pub fn parse(self) -> Result<Target> {
+        Ok(if let Some(t) = self.time {
+            Target::Time(parse_time(&t)?)
+        } else if let Some(l) = self.lsn {
+            Target::Lsn(Lsn::parse(&l)?)
+        } else if let Some(x) = self.xid {
+            Target::Xid(
+                x.trim()
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("--target-xid '{x}' is not a transaction id"))?,
+            )
+        } else if let Some(n) = self.name {
+            Target::Name(n)
+        } else {
+            match self.end.as_deref() {
+                None | Some("latest") => Target::Latest,
+                Some("immediate") => Target::Immediate,
+                Some(o) => bail!("--target '{o}': use immediate or latest"),
+            }
+        })
+    }
+}
+
+/// `--target-timeline`: a number, or None for the latest.
+pub fn parse_timeline(s: Option<&str>) -> Result<Option<u32>> {
+    match s {
+        None | Some("latest") => Ok(None),
+        Some(t) => Ok(Some(t.parse().map_err(|_| {
+            anyhow::anyhow!("--target-timeline '{t}': use a number or latest")
+        })?)),
+    }
+}
+
 /// PostgreSQL's timestamptz literal, in UTC, with microseconds.
 pub fn pg_time(t: &DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string()
