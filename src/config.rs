@@ -1,13 +1,19 @@
 //! Configuration: a TOML file plus `WALVAULT_<KEY>` environment overrides.
 //!
-//! `KEYS` is the single list of settings: it drives the environment names, the
-//! type checks (so an error names the key) and the unknown-key check. The
-//! documentation test in `tests/config_docs.rs` holds docs/configuration.md to it.
+//! Each setting is declared once ([`crate::setting::Key`]: path, type, the
+//! values it accepts, description): config.rs declares most, each store
+//! backend its own. [`keys`] is all of them: it drives the environment names,
+//! the type and value checks (so an error names the key) and the unknown-key
+//! check; the documentation test in `tests/config_docs.rs` holds
+//! docs/configuration.md to it.
 
+use crate::setting::{key, one_of, range, Key, Kind};
+use crate::store::{self, Store};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use toml::{Table, Value};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/walvault/walvault.toml";
@@ -15,359 +21,282 @@ pub const DEFAULT_REPO: &str = "file:///var/lib/walvault/repo";
 /// Environment variables that are not settings.
 const ENV_NOT_KEYS: &[&str] = &["WALVAULT_CONFIG"];
 
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Kind {
-    Str,
-    Int,
-    Bool,
-    /// A list; in the environment, comma-separated.
-    List,
-}
-
-/// Every setting: its TOML path, type and one-line description.
-pub const KEYS: &[(&str, Kind, &str)] = &[
-    (
+/// The settings config.rs owns (each store backend declares its own: [`keys`] is all of them).
+pub const KEYS: &[Key] = &[
+    key(
         "repo",
         Kind::Str,
         "repository URL: file:///path or s3://bucket/prefix",
     ),
-    ("log_level", Kind::Str, "error, warn, info, debug or trace"),
-    (
+    one_of(
+        "log_level",
+        &["error", "warn", "info", "debug", "trace"],
+        "error, warn, info, debug or trace",
+    ),
+    range(
         "compression.level",
-        Kind::Int,
+        1,
+        19,
         "zstd level, 1 (fastest) to 19",
     ),
-    (
+    key(
         "encryption.recipients",
         Kind::List,
         "age X25519 recipients (age1...); encryption is on when any is set",
     ),
-    (
+    key(
         "encryption.identity_file",
         Kind::Str,
         "age identity file used to decrypt (wal-fetch, restore)",
     ),
-    (
-        "s3.endpoint",
-        Kind::Str,
-        "S3 endpoint URL for S3-compatible stores (else AWS_ENDPOINT_URL or AWS)",
-    ),
-    (
-        "s3.region",
-        Kind::Str,
-        "S3 region (else AWS_REGION or the AWS profile)",
-    ),
-    (
-        "s3.ca_file",
-        Kind::Str,
-        "PEM file of the CA certificates trusted instead of the system's roots, for an HTTPS endpoint signed by a private CA",
-    ),
-    (
-        "s3.force_path_style",
-        Kind::Bool,
-        "path-style addressing (SeaweedFS, MinIO, many S3-compatible stores)",
-    ),
-    (
-        "s3.sse",
-        Kind::Str,
-        "server-side encryption: AES256 or aws:kms",
-    ),
-    (
-        "s3.sse_kms_key_id",
-        Kind::Str,
-        "KMS key id when s3.sse = aws:kms",
-    ),
-    (
-        "s3.storage_class",
-        Kind::Str,
-        "storage class for new objects, e.g. STANDARD_IA",
-    ),
-    (
-        "s3.object_lock_mode",
-        Kind::Str,
-        "Object Lock retention on every object pushed: GOVERNANCE or COMPLIANCE (the bucket must have Object Lock)",
-    ),
-    (
-        "s3.object_lock_days",
-        Kind::Int,
-        "Object Lock retention period in days, with s3.object_lock_mode",
-    ),
-    (
-        "s3.class_tags",
-        Kind::Bool,
-        "tag every object pushed walvault-class=standard, for the bucket's lifecycle rules",
-    ),
-    (
-        "s3.create_only",
-        Kind::Bool,
-        "write every object with If-None-Match: * so a stored object is never replaced; false only for stores that refuse conditional writes",
-    ),
-    (
-        "s3.part_size_mb",
-        Kind::Int,
-        "multipart part size in MiB (5 to 5120); larger objects are uploaded in parts",
-    ),
-    (
-        "s3.max_attempts",
-        Kind::Int,
-        "attempts per S3 request, with exponential backoff",
-    ),
-    (
-        "s3.timeout_seconds",
-        Kind::Int,
-        "time limit of one S3 request attempt, and the longest wait for more bytes of a response body",
-    ),
-    (
-        "s3.connect_timeout_seconds",
-        Kind::Int,
-        "time limit to open a connection to S3",
-    ),
-    (
-        "azure.endpoint",
-        Kind::Str,
-        "Azure Blob endpoint URL (sovereign clouds, Azurite); else https://ACCOUNT.blob.core.windows.net",
-    ),
-    (
-        "azure.part_size_mb",
-        Kind::Int,
-        "block size in MiB (1 to 4000); larger objects are staged as blocks",
-    ),
-    (
-        "azure.max_attempts",
-        Kind::Int,
-        "attempts per Azure request, with exponential backoff",
-    ),
-    (
-        "azure.timeout_seconds",
-        Kind::Int,
-        "longest wait for more bytes of an Azure response",
-    ),
-    (
-        "azure.connect_timeout_seconds",
-        Kind::Int,
-        "time limit to open a connection to Azure",
-    ),
-    (
-        "azure.immutability_mode",
-        Kind::Str,
-        "a time-based immutability policy on every blob written: Unlocked or Locked (the container needs version-level immutability support)",
-    ),
-    (
-        "azure.immutability_days",
-        Kind::Int,
-        "immutability period in days, with azure.immutability_mode",
-    ),
-    (
+    range(
         "push.lookahead",
-        Kind::Int,
+        0,
+        100_000,
         "wal-push: other .ready files one call also pushes (0 = only the file asked for)",
     ),
-    (
+    range(
         "push.concurrency",
-        Kind::Int,
+        1,
+        100_000,
         "wal-push: uploads at once within one call",
     ),
-    (
+    range(
         "push.max_backlog",
-        Kind::Int,
+        0,
+        100_000,
         "wal-push: when the repository fails and N or more .ready files wait, the segment is dropped from the archive and recorded as a deliberate gap (trades point-in-time recovery for the primary's disk; 0 = never, the default)",
     ),
-    (
+    range(
         "fetch.prefetch",
-        Kind::Int,
+        0,
+        100_000,
         "wal-fetch: segments downloaded ahead into the spool (0 = no prefetch)",
     ),
-    (
+    range(
         "fetch.prefetch_concurrency",
-        Kind::Int,
+        1,
+        100_000,
         "wal-fetch: downloads at once while prefetching",
     ),
-    (
+    key(
         "fetch.spool_dir",
         Kind::Str,
         "wal-fetch: where prefetched segments wait (default pg_wal/walvault_prefetch)",
     ),
-    (
+    range(
         "fetch.retries",
-        Kind::Int,
+        0,
+        100_000,
         "wal-fetch: whole-download retries after a failure, before giving up with exit 128",
     ),
-    (
+    key(
         "postgres.conninfo",
         Kind::Str,
         "libpq connection string for backup-push (else PGHOST, PGPORT, PGUSER, ...)",
     ),
-    (
+    key(
         "postgres.bin_dir",
         Kind::Str,
         "recover, drill: directory of pg_ctl and postgres for every major; {major} in it becomes the major needed",
     ),
-    (
+    key(
         "postgres.bin_dir_13",
         Kind::Str,
         "recover, drill: directory of PostgreSQL 13's pg_ctl and postgres (before postgres.bin_dir)",
     ),
-    (
+    key(
         "postgres.bin_dir_14",
         Kind::Str,
         "recover, drill: directory of PostgreSQL 14's pg_ctl and postgres (before postgres.bin_dir)",
     ),
-    (
+    key(
         "postgres.bin_dir_15",
         Kind::Str,
         "recover, drill: directory of PostgreSQL 15's pg_ctl and postgres (before postgres.bin_dir)",
     ),
-    (
+    key(
         "postgres.bin_dir_16",
         Kind::Str,
         "recover, drill: directory of PostgreSQL 16's pg_ctl and postgres (before postgres.bin_dir)",
     ),
-    (
+    key(
         "postgres.bin_dir_17",
         Kind::Str,
         "recover, drill: directory of PostgreSQL 17's pg_ctl and postgres (before postgres.bin_dir)",
     ),
-    (
+    key(
         "postgres.bin_dir_18",
         Kind::Str,
         "recover, drill: directory of PostgreSQL 18's pg_ctl and postgres (before postgres.bin_dir)",
     ),
-    (
+    range(
         "backup.part_size_mb",
-        Kind::Int,
+        1,
+        100_000,
         "raw size of one backup part (a tar stream) in MiB",
     ),
-    (
+    range(
         "backup.concurrency",
-        Kind::Int,
+        1,
+        100_000,
         "backup parts read, compressed and uploaded at once",
     ),
-    (
+    key(
         "backup.incremental",
         Kind::Bool,
         "backup-push without --full/--incremental takes an incremental backup (only what changed since the newest backup it can build on), a full one when the policy below asks for it",
     ),
-    (
+    range(
         "backup.full_every_days",
-        Kind::Int,
+        0,
+        100_000,
         "incremental backups: a full backup when the chain's full backup is older than N days (0 = no age limit)",
     ),
-    (
+    range(
         "backup.max_increments",
-        Kind::Int,
+        0,
+        100_000,
         "incremental backups: a full backup after N increments on one full (0 = no limit)",
     ),
-    (
+    range(
         "backup.max_rate_mb",
-        Kind::Int,
+        0,
+        100_000,
         "backup-push: most MiB per second read from the data directory (0 = no limit)",
     ),
-    (
+    range(
         "backup.wal_wait_seconds",
-        Kind::Int,
+        1,
+        100_000,
         "how long backup-push waits for the backup's last WAL to reach the repository before it fails",
     ),
-    (
+    range(
         "backup.standby_max_lag_mb",
-        Kind::Int,
+        0,
+        100_000,
         "backup-push on a standby: refused when its replay is more than N MiB of WAL behind its primary",
     ),
-    (
+    key(
         "standby.primary_conninfo",
         Kind::Str,
         "recover --standby: the primary_conninfo the standby streams with (may hold a password: never logged, never carried into restore_command)",
     ),
-    (
+    key(
         "standby.primary_slot_name",
         Kind::Str,
         "recover --standby: the replication slot on the primary the standby streams from",
     ),
-    (
+    range(
         "restore.concurrency",
-        Kind::Int,
+        1,
+        100_000,
         "backup parts downloaded and extracted at once",
     ),
-    (
+    range(
         "restore.max_rate_mb",
-        Kind::Int,
+        0,
+        100_000,
         "recover, drill: most MiB per second written into the data directory (0 = no limit)",
     ),
-    (
+    range(
         "retention.keep_last",
-        Kind::Int,
+        0,
+        100_000,
         "delete: keep the newest N restorable backups (0 = no count policy)",
     ),
-    (
+    range(
         "retention.keep_full",
-        Kind::Int,
+        0,
+        100_000,
         "delete: keep the newest N full backups and every incremental built on them (0 = no such policy)",
     ),
-    (
+    range(
         "retention.keep_days",
-        Kind::Int,
+        0,
+        100_000,
         "delete: keep every backup needed to recover to any time in the last N days (0 = no age policy)",
     ),
-    (
+    range(
         "retention.dump_keep_daily",
-        Kind::Int,
+        0,
+        100_000,
         "delete: keep the newest logical dump of each of the N latest days that have one (0 = no daily policy; with no dump policy at all every dump is kept)",
     ),
-    (
+    range(
         "retention.dump_keep_weekly",
-        Kind::Int,
+        0,
+        100_000,
         "delete: keep the newest logical dump of each of the N latest ISO weeks that have one",
     ),
-    (
+    range(
         "retention.dump_keep_monthly",
-        Kind::Int,
+        0,
+        100_000,
         "delete: keep the newest logical dump of each of the N latest months that have one",
     ),
-    (
+    range(
         "verify.concurrency",
-        Kind::Int,
+        1,
+        100_000,
         "verify: objects downloaded and checked at once",
     ),
-    (
+    range(
         "verify.pending_seconds",
-        Kind::Int,
+        0,
+        100_000,
         "wal-verify: a missing segment whose successors were stored more recently than this is reported as probably still being pushed, older as lost",
     ),
-    (
+    range(
         "drill.rto_target_seconds",
-        Kind::Int,
+        0,
+        100_000,
         "drill: recovery time objective; a drill that takes longer to serve again fails (0 = none)",
     ),
-    (
+    range(
         "drill.rpo_target_seconds",
-        Kind::Int,
+        0,
+        100_000,
         "drill: recovery point objective; a drill that finds the newest WAL older than this fails (0 = none)",
     ),
-    (
+    key(
         "drill.scratch_dir",
         Kind::Str,
         "drill: where the scratch cluster is restored (needs room for the whole database)",
     ),
-    (
+    key(
         "drill.report_dir",
         Kind::Str,
         "drill: where the Markdown and JSON reports are written",
     ),
-    (
+    key(
         "drill.checks_file",
         Kind::Str,
         "drill: SQL file of named checks run on the restored cluster (-- check: NAME blocks)",
     ),
-    (
+    key(
         "drill.upload",
         Kind::Bool,
         "drill: also store the reports in the repository under drills/",
     ),
-    (
+    key(
         "drill.amcheck",
         Kind::Bool,
         "drill: run amcheck (bt_index_check, verify_heapam) on every database",
     ),
 ];
+
+/// Every setting: config.rs's own, then each store backend's.
+pub fn keys() -> impl Iterator<Item = &'static Key> {
+    KEYS.iter()
+        .chain(store::s3::Settings::KEYS)
+        .chain(store::azure::Settings::KEYS)
+}
+
+/// The declaration of `name`, if it is a setting.
+pub fn find(name: &str) -> Option<&'static Key> {
+    keys().find(|k| k.name == name)
+}
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -381,9 +310,9 @@ pub struct Config {
     #[serde(default)]
     pub encryption: Encryption,
     #[serde(default)]
-    pub s3: S3,
+    pub s3: store::s3::Settings,
     #[serde(default)]
-    pub azure: Azure,
+    pub azure: store::azure::Settings,
     #[serde(default)]
     pub fetch: Fetch,
     #[serde(default)]
@@ -402,37 +331,6 @@ pub struct Config {
     pub verify: Verify,
     #[serde(default)]
     pub drill: Drill,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Azure {
-    pub endpoint: Option<String>,
-    #[serde(default = "default_part_size_mb")]
-    pub part_size_mb: i64,
-    #[serde(default = "default_max_attempts")]
-    pub max_attempts: i64,
-    #[serde(default = "default_timeout")]
-    pub timeout_seconds: i64,
-    #[serde(default = "default_connect_timeout")]
-    pub connect_timeout_seconds: i64,
-    pub immutability_mode: Option<String>,
-    #[serde(default = "default_lock_days")]
-    pub immutability_days: i64,
-}
-
-impl Default for Azure {
-    fn default() -> Self {
-        Azure {
-            endpoint: None,
-            part_size_mb: default_part_size_mb(),
-            max_attempts: default_max_attempts(),
-            timeout_seconds: default_timeout(),
-            connect_timeout_seconds: default_connect_timeout(),
-            immutability_mode: None,
-            immutability_days: default_lock_days(),
-        }
-    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -663,34 +561,6 @@ pub struct Encryption {
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct S3 {
-    pub endpoint: Option<String>,
-    pub region: Option<String>,
-    pub ca_file: Option<PathBuf>,
-    #[serde(default)]
-    pub force_path_style: bool,
-    pub sse: Option<String>,
-    pub sse_kms_key_id: Option<String>,
-    pub storage_class: Option<String>,
-    pub object_lock_mode: Option<String>,
-    #[serde(default = "default_lock_days")]
-    pub object_lock_days: i64,
-    #[serde(default)]
-    pub class_tags: bool,
-    #[serde(default = "default_true")]
-    pub create_only: bool,
-    #[serde(default = "default_part_size_mb")]
-    pub part_size_mb: i64,
-    #[serde(default = "default_max_attempts")]
-    pub max_attempts: i64,
-    #[serde(default = "default_timeout")]
-    pub timeout_seconds: i64,
-    #[serde(default = "default_connect_timeout")]
-    pub connect_timeout_seconds: i64,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Fetch {
     #[serde(default = "default_fetch_retries")]
     pub retries: i64,
@@ -745,23 +615,6 @@ fn default_log_level() -> String {
 fn default_level() -> i64 {
     1
 }
-// Longer than the usual keep of daily backups (a few weeks): retention removes an
-// object once its backups expire, so a shorter lock would not protect them all.
-fn default_lock_days() -> i64 {
-    35
-}
-fn default_part_size_mb() -> i64 {
-    16
-}
-fn default_max_attempts() -> i64 {
-    4
-}
-fn default_timeout() -> i64 {
-    120
-}
-fn default_connect_timeout() -> i64 {
-    5
-}
 fn default_fetch_retries() -> i64 {
     3
 }
@@ -770,27 +623,6 @@ impl Default for Compression {
     fn default() -> Self {
         Compression {
             level: default_level(),
-        }
-    }
-}
-impl Default for S3 {
-    fn default() -> Self {
-        S3 {
-            endpoint: None,
-            region: None,
-            ca_file: None,
-            force_path_style: false,
-            sse: None,
-            sse_kms_key_id: None,
-            storage_class: None,
-            object_lock_mode: None,
-            object_lock_days: default_lock_days(),
-            class_tags: false,
-            create_only: true,
-            part_size_mb: default_part_size_mb(),
-            max_attempts: default_max_attempts(),
-            timeout_seconds: default_timeout(),
-            connect_timeout_seconds: default_connect_timeout(),
         }
     }
 }
@@ -818,7 +650,7 @@ pub fn parse_sets(sets: &[String]) -> Result<Vec<(String, String)>> {
                 format!("--set '{s}': use KEY=VALUE, e.g. --set repo=s3://bucket/prefix")
             })?;
             let k = k.trim();
-            if !KEYS.iter().any(|(key, _, _)| *key == k) {
+            if find(k).is_none() {
                 bail!("--set '{s}': unknown setting {k} (see docs/configuration.md)");
             }
             Ok((k.to_string(), v.to_string()))
@@ -835,9 +667,9 @@ const SECRET_KEYS: &[&str] = &["postgres.conninfo", "standby.primary_conninfo"];
 /// with another environment, needs in order to find the same repository.
 pub fn carried_settings(sets: &[String]) -> Result<Vec<String>> {
     let mut out: BTreeMap<String, String> = BTreeMap::new();
-    for (key, _, _) in KEYS {
-        if let Ok(v) = std::env::var(env_name(key)) {
-            out.insert(key.to_string(), v);
+    for k in keys() {
+        if let Ok(v) = std::env::var(env_name(k.name)) {
+            out.insert(k.name.to_string(), v);
         }
     }
     for (k, v) in parse_sets(sets)? {
@@ -895,12 +727,18 @@ impl Config {
         };
         let origin = path.display().to_string();
         check_known(&table, "", &origin)?;
-        for (key, kind, _) in KEYS {
-            if let Some(v) = lookup(&table, key) {
-                check_kind(key, *kind, v).with_context(|| format!("in {origin}"))?;
+        for k in keys() {
+            if let Some(v) = lookup(&table, k.name) {
+                k.check(v).with_context(|| format!("in {origin}"))?;
             }
         }
         apply_env(&mut table, env)?;
+        // The environment's and --set's values, by the same declarations.
+        for k in keys() {
+            if let Some(v) = lookup(&table, k.name) {
+                k.check(v)?;
+            }
+        }
         let cfg: Config = Value::Table(table)
             .try_into()
             .context("configuration does not fit the expected shape")?;
@@ -923,19 +761,14 @@ impl Config {
         Config::load(source, &env)
     }
 
+    /// The repository these settings name, opened.
+    pub async fn open_store(&self) -> Result<Arc<dyn Store>> {
+        store::open(&self.repo, &self.s3, &self.azure).await
+    }
+
+    /// What no single key's declaration can say (those are checked on the
+    /// values as read, see [`crate::setting::Key::check`]).
     fn validate(&self) -> Result<()> {
-        if !(1..=19).contains(&self.compression.level) {
-            bail!(
-                "config key compression.level: {} is out of range, use 1 (fastest) to 19",
-                self.compression.level
-            );
-        }
-        if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str()) {
-            bail!(
-                "config key log_level: '{}' is not one of error, warn, info, debug, trace",
-                self.log_level
-            );
-        }
         for r in &self.encryption.recipients {
             r.parse::<age::x25519::Recipient>().map_err(|e| {
                 anyhow::anyhow!(
@@ -943,115 +776,8 @@ impl Config {
                 )
             })?;
         }
-        match self.s3.sse.as_deref() {
-            None | Some("AES256") | Some("aws:kms") => {}
-            Some(other) => bail!("config key s3.sse: '{other}' is not AES256 or aws:kms"),
-        }
-        if self.s3.sse_kms_key_id.is_some() && self.s3.sse.as_deref() != Some("aws:kms") {
-            bail!("config key s3.sse_kms_key_id is set but s3.sse is not aws:kms");
-        }
-        match self.s3.object_lock_mode.as_deref() {
-            None | Some("GOVERNANCE") | Some("COMPLIANCE") => {}
-            Some(other) => {
-                bail!("config key s3.object_lock_mode: '{other}' is not GOVERNANCE or COMPLIANCE")
-            }
-        }
-        if !(1..=36_500).contains(&self.s3.object_lock_days) {
-            bail!(
-                "config key s3.object_lock_days: {} is out of range, use 1 to 36500",
-                self.s3.object_lock_days
-            );
-        }
-        if !(5..=5120).contains(&self.s3.part_size_mb) {
-            bail!(
-                "config key s3.part_size_mb: {} is out of range, use 5 to 5120",
-                self.s3.part_size_mb
-            );
-        }
-        match self.azure.immutability_mode.as_deref() {
-            None | Some("Unlocked") | Some("Locked") => {}
-            Some(other) => {
-                bail!("config key azure.immutability_mode: '{other}' is not Unlocked or Locked")
-            }
-        }
-        if !(1..=36_500).contains(&self.azure.immutability_days) {
-            bail!(
-                "config key azure.immutability_days: {} is out of range, use 1 to 36500",
-                self.azure.immutability_days
-            );
-        }
-        if !(1..=4000).contains(&self.azure.part_size_mb) {
-            bail!(
-                "config key azure.part_size_mb: {} is out of range, use 1 to 4000",
-                self.azure.part_size_mb
-            );
-        }
-        for (key, v, lo) in [
-            ("azure.max_attempts", self.azure.max_attempts, 1),
-            ("azure.timeout_seconds", self.azure.timeout_seconds, 1),
-            (
-                "azure.connect_timeout_seconds",
-                self.azure.connect_timeout_seconds,
-                1,
-            ),
-            ("s3.max_attempts", self.s3.max_attempts, 1),
-            ("s3.timeout_seconds", self.s3.timeout_seconds, 1),
-            (
-                "s3.connect_timeout_seconds",
-                self.s3.connect_timeout_seconds,
-                1,
-            ),
-            ("fetch.retries", self.fetch.retries, 0),
-            ("fetch.prefetch", self.fetch.prefetch, 0),
-            (
-                "fetch.prefetch_concurrency",
-                self.fetch.prefetch_concurrency,
-                1,
-            ),
-            ("push.lookahead", self.push.lookahead, 0),
-            ("push.concurrency", self.push.concurrency, 1),
-            ("push.max_backlog", self.push.max_backlog, 0),
-            ("backup.part_size_mb", self.backup.part_size_mb, 1),
-            ("backup.concurrency", self.backup.concurrency, 1),
-            ("backup.wal_wait_seconds", self.backup.wal_wait_seconds, 1),
-            ("backup.full_every_days", self.backup.full_every_days, 0),
-            ("backup.max_increments", self.backup.max_increments, 0),
-            ("restore.concurrency", self.restore.concurrency, 1),
-            ("backup.max_rate_mb", self.backup.max_rate_mb, 0),
-            (
-                "backup.standby_max_lag_mb",
-                self.backup.standby_max_lag_mb,
-                0,
-            ),
-            ("restore.max_rate_mb", self.restore.max_rate_mb, 0),
-            ("retention.keep_last", self.retention.keep_last, 0),
-            ("retention.keep_days", self.retention.keep_days, 0),
-            ("retention.keep_full", self.retention.keep_full, 0),
-            (
-                "retention.dump_keep_daily",
-                self.retention.dump_keep_daily,
-                0,
-            ),
-            (
-                "retention.dump_keep_weekly",
-                self.retention.dump_keep_weekly,
-                0,
-            ),
-            (
-                "retention.dump_keep_monthly",
-                self.retention.dump_keep_monthly,
-                0,
-            ),
-            ("verify.concurrency", self.verify.concurrency, 1),
-            ("verify.pending_seconds", self.verify.pending_seconds, 0),
-            ("drill.rto_target_seconds", self.drill.rto_target_seconds, 0),
-            ("drill.rpo_target_seconds", self.drill.rpo_target_seconds, 0),
-        ] {
-            if v < lo || v > 100_000 {
-                bail!("config key {key}: {v} is out of range, use {lo} to 100000");
-            }
-        }
-        crate::store::RepoUrl::parse(&self.repo).context("config key repo")?;
+        self.s3.validate()?;
+        store::RepoUrl::parse(&self.repo).context("config key repo")?;
         Ok(())
     }
 }
@@ -1091,10 +817,8 @@ fn check_known(table: &Table, prefix: &str, origin: &str) -> Result<()> {
         } else {
             format!("{prefix}.{k}")
         };
-        let is_key = KEYS.iter().any(|(name, _, _)| *name == path);
-        let is_section = KEYS
-            .iter()
-            .any(|(name, _, _)| name.starts_with(&format!("{path}.")));
+        let is_key = find(&path).is_some();
+        let is_section = keys().any(|k| k.name.starts_with(&format!("{path}.")));
         match v {
             Value::Table(t) if is_section => check_known(t, &path, origin)?,
             _ if is_key => {}
@@ -1104,35 +828,17 @@ fn check_known(table: &Table, prefix: &str, origin: &str) -> Result<()> {
     Ok(())
 }
 
-fn check_kind(key: &str, kind: Kind, v: &Value) -> Result<()> {
-    let ok = match kind {
-        Kind::Str => v.is_str(),
-        Kind::Int => v.is_integer(),
-        Kind::Bool => v.is_bool(),
-        Kind::List => v.as_array().is_some_and(|a| a.iter().all(Value::is_str)),
-    };
-    if !ok {
-        let want = match kind {
-            Kind::Str => "a string",
-            Kind::Int => "an integer",
-            Kind::Bool => "true or false",
-            Kind::List => "a list of strings",
-        };
-        bail!("config key {key}: expected {want}, found {v}");
-    }
-    Ok(())
-}
-
 fn apply_env(table: &mut Table, env: &BTreeMap<String, String>) -> Result<()> {
     for name in env.keys() {
         if ENV_NOT_KEYS.contains(&name.as_str()) {
             continue;
         }
-        if !KEYS.iter().any(|(k, _, _)| env_name(k) == *name) {
+        if !keys().any(|k| env_name(k.name) == *name) {
             bail!("unknown setting {name} in the environment (see docs/configuration.md)");
         }
     }
-    for (key, kind, _) in KEYS {
+    for k in keys() {
+        let (key, kind) = (k.name, k.kind);
         let name = env_name(key);
         let Some(raw) = env.get(&name) else { continue };
         let value = match kind {

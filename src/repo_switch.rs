@@ -9,7 +9,7 @@
 use crate::config::Config;
 use crate::pg;
 use crate::repo::{self, Link, RepoIdentity};
-use crate::store::{self, Class, Store};
+use crate::store::{Class, Store};
 use anyhow::{bail, Context, Result};
 use chrono::Utc;
 use std::path::{Path, PathBuf};
@@ -66,7 +66,7 @@ pub async fn run(cfg: &Config, old: &dyn Store, opts: Options) -> Result<()> {
     }
     let mut new_cfg = cfg.clone();
     new_cfg.repo = opts.to.clone();
-    let new = store::open(&new_cfg).await.context("--to")?;
+    let new = new_cfg.open_store().await.context("--to")?;
     let existing = repo::load(new.as_ref()).await?;
     if let Some(id) = &existing {
         if id.sysid()? != sysid {

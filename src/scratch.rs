@@ -119,9 +119,9 @@ impl Scratch {
     pub fn conninfo(&self, db: &str) -> String {
         format!(
             "host='{}' port={} dbname='{}'",
-            escape(&self.socket_dir().display().to_string()),
+            pg::conn::escape(&self.socket_dir().display().to_string()),
             self.port,
-            escape(db)
+            pg::conn::escape(db)
         )
     }
 
@@ -133,7 +133,7 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         // Immediate shutdown (no checkpoint: the copy is thrown away), then SIGKILL.
-        pg::ctl::stop(&self.pgdata(), libc::SIGQUIT, Duration::from_secs(10));
+        pg::postmaster::stop(&self.pgdata(), libc::SIGQUIT, Duration::from_secs(10));
         // An interrupted restore may still be finishing a file: retry until gone.
         for _ in 0..40 {
             let _ = std::fs::remove_dir_all(&self.dir);
@@ -147,11 +147,6 @@ impl Drop for Scratch {
             self.dir.display()
         );
     }
-}
-
-/// A value in single quotes for a libpq-style connection string.
-pub fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('\'', "\\'")
 }
 
 /// Resolves when SIGINT, SIGTERM or SIGHUP arrives; names it.
@@ -178,14 +173,6 @@ fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-/// The last lines of the scratch server's log, for an error that would
-/// otherwise lose them with the directory.
-pub fn log_tail(log: &Path, lines: usize) -> Option<String> {
-    let text = std::fs::read_to_string(log).ok()?;
-    let last: Vec<&str> = text.lines().rev().take(lines).collect();
-    (!last.is_empty()).then(|| last.into_iter().rev().collect::<Vec<_>>().join(" | "))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,10 +189,5 @@ mod tests {
         drop(s);
         assert!(!dir.exists());
         std::fs::remove_dir_all(root).unwrap();
-    }
-
-    #[test]
-    fn conninfo_values_are_quoted() {
-        assert_eq!(escape(r"it's a\b"), r"it\'s a\\b");
     }
 }

@@ -138,7 +138,7 @@ fn the_whole_loop_on_azure_blob_storage() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let cfg = walvault::config::Azure {
+        let cfg = walvault::store::azure::Settings {
             endpoint: Some(store_env("WALVAULT_AZURE_ENDPOINT")),
             ..Default::default()
         };

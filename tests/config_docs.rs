@@ -7,18 +7,42 @@ fn every_key_is_documented() {
         "/docs/configuration.md"
     ))
     .unwrap();
-    for (key, _, _) in walvault::config::KEYS {
+    use walvault::setting::{Accepts, Kind};
+    for k in walvault::config::keys() {
+        let key = k.name;
         let env = walvault::config::env_name(key);
         let row = format!("| `{key}` | `{env}` |");
+        let line = doc.lines().find(|l| l.starts_with(&row));
+        let Some(line) = line else {
+            panic!("docs/configuration.md lacks the row for {key} ({env})");
+        };
+        // The type column says the declared type.
+        let cols: Vec<&str> = line.split(" | ").collect();
+        let want = match k.kind {
+            Kind::Str => "string",
+            Kind::Int => "integer",
+            Kind::Bool => "bool",
+            Kind::List => "list",
+        };
         assert!(
-            doc.contains(&row),
-            "docs/configuration.md lacks the row for {key} ({env})"
+            cols[2].starts_with(want),
+            "{key}: type column '{}', declared {want}",
+            cols[2]
         );
+        // The row names every value a choice accepts.
+        if let Accepts::OneOf(values) = k.accepts {
+            for v in values {
+                assert!(
+                    line.contains(v),
+                    "{key}: the row does not name the value {v}"
+                );
+            }
+        }
     }
     let rows = doc.lines().filter(|l| l.starts_with("| `")).count();
     assert_eq!(
         rows,
-        walvault::config::KEYS.len(),
+        walvault::config::keys().count(),
         "a documented key that does not exist"
     );
 }
@@ -28,7 +52,8 @@ fn every_key_is_documented() {
 fn example_config_names_every_key() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/walvault.toml");
     let text = std::fs::read_to_string(path).unwrap();
-    for (key, _, _) in walvault::config::KEYS {
+    for k in walvault::config::keys() {
+        let key = k.name;
         let leaf = key.rsplit('.').next().unwrap();
         assert!(
             text.lines().any(|l| l

@@ -203,7 +203,7 @@ fn damaged_objects_concurrent_backups_and_a_failing_archiver() {
         "recovery through a wrong segment must fail: {}",
         String::from_utf8_lossy(&out.stdout)
     );
-    if walvault::pg::ctl::running_pid(&w.pgdata).is_some() {
+    if walvault::pg::postmaster::running_pid(&w.pgdata).is_some() {
         w.adopt();
         w.stop();
     }

@@ -136,7 +136,7 @@ proptest! {
     #[test]
     fn repo_url_and_dates_never_panic(s in prop_oneof!["(s3|file|gs)://[a-z0-9./-]{0,30}", any::<String>()], d in prop_oneof!["[0-9]{4}-[0-9]{2}-[0-9]{2}", any::<String>()]) {
         let _ = walvault::store::RepoUrl::parse(&s);
-        let _ = walvault::backup::keep::parse_date(&d);
+        let _ = walvault::marks::parse_date(&d);
     }
 
     #[test]

@@ -368,7 +368,7 @@ pub struct Listing {
     /// Backups whose manifest exists but cannot be read: (id, why). Never
     /// restored, never removed by retention; the others stay usable.
     pub damaged: Vec<(String, String)>,
-    pub keeps: BTreeMap<String, keep::Keep>,
+    pub keeps: BTreeMap<String, crate::marks::Keep>,
     pub objects: BTreeMap<String, Vec<ObjectMeta>>,
 }
 
@@ -549,14 +549,3 @@ pub async fn read_manifest(store: &dyn Store, id: &str) -> Result<Manifest> {
 /// The most a backup's file list may decode to (about 5 million files;
 /// it is decoded to local disk, never into memory).
 pub const FILES_JSON_LIMIT: u64 = 1 << 30;
-/// The most a text object (label, tablespace map, timeline history) may decode to.
-pub const TEXT_LIMIT: u64 = 16 << 20;
-
-/// Reads a small encoded text object.
-pub async fn read_text(store: &dyn Store, codec: &Codec, key: &str) -> Result<Option<String>> {
-    codec
-        .download_small(store, key, TEXT_LIMIT)
-        .await?
-        .map(|b| String::from_utf8(b).with_context(|| format!("{} is not text", store.locate(key))))
-        .transpose()
-}

@@ -158,14 +158,12 @@ pub async fn get(store: &dyn Store, codec: &Codec, id: &str, sc: &ServerConfig) 
     if sc.stored.is_empty() {
         return Ok(Stored::default());
     }
-    let text = super::read_text(store, codec, &key(id))
-        .await?
-        .with_context(|| {
-            format!(
-                "backup {id} lists configuration files but {} is missing",
-                store.locate(&key(id))
-            )
-        })?;
+    let text = codec.read_text(store, &key(id)).await?.with_context(|| {
+        format!(
+            "backup {id} lists configuration files but {} is missing",
+            store.locate(&key(id))
+        )
+    })?;
     serde_json::from_str(&text).with_context(|| {
         format!(
             "{} is not walvault's server configuration",

@@ -30,7 +30,7 @@ const SKIP_TOP_FILES: &[&str] = &[
     "backup_manifest",
     // The server log of a cluster walvault recovered and started: it would
     // read as the next recovery's own words.
-    crate::recover::LOG_FILE,
+    crate::pg::postmaster::LOG_FILE,
     // This host's copy of the last backup's file list (backup::parent).
     super::parent::CACHE_FILE,
     "walvault_backup_files.json.tmp",

@@ -1,8 +1,8 @@
-//! `backup-mark`: a backup's or a dump's keep mark.
+//! `backup-mark`: a backup's or a dump's keep mark (the id says which).
 
 use super::Env;
-use crate::backup::keep::{self, Mark};
 use crate::exit;
+use crate::marks::{self, Mark};
 use anyhow::Result;
 
 #[derive(clap::Args, Debug)]
@@ -38,11 +38,16 @@ impl Args {
         let (_, store) = env.open().await?;
         let mark = match (self.permanent, self.keep_until, self.unmark) {
             (true, _, _) => Mark::Permanent,
-            (_, Some(d), _) => Mark::Until(keep::parse_date(&d)?),
+            (_, Some(d), _) => Mark::Until(marks::parse_date(&d)?),
             (_, _, true) => Mark::Unmark,
             _ => anyhow::bail!("say --permanent, --keep-until DATE or --unmark"),
         };
-        keep::run(store.as_ref(), &self.id, mark, self.note).await?;
+        // A dump's id names it as one.
+        if self.id.starts_with(crate::dump::ID_PREFIX) {
+            crate::dump::keep::run(store.as_ref(), &self.id, mark, self.note).await?;
+        } else {
+            crate::backup::keep::run(store.as_ref(), &self.id, mark, self.note).await?;
+        }
         Ok(exit::OK)
     }
 }

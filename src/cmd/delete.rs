@@ -42,7 +42,7 @@ impl Args {
                 keep_days: self.keep_days.unwrap_or(r.keep_days as u32),
                 keep_full: self.keep_full.unwrap_or(r.keep_full as u32),
             },
-            dumps: crate::dump::retention::Policy {
+            dumps: crate::retention::dumps::Policy {
                 keep_daily: r.dump_keep_daily as u32,
                 keep_weekly: r.dump_keep_weekly as u32,
                 keep_monthly: r.dump_keep_monthly as u32,

@@ -28,7 +28,7 @@ pub mod wal_verify;
 
 use crate::codec::Codec;
 use crate::config::{self, Config};
-use crate::store::{self, Store};
+use crate::store::Store;
 use crate::{exit, logging};
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -231,7 +231,7 @@ impl Env {
     /// reached), then the repository.
     pub async fn open(&self) -> Result<(Codec, Arc<dyn Store>)> {
         let codec = Codec::from_config(&self.cfg)?;
-        let store = store::open(&self.cfg).await?;
+        let store = self.cfg.open_store().await?;
         Ok((codec, store))
     }
 

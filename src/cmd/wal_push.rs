@@ -3,7 +3,6 @@
 use super::Env;
 use crate::codec::Codec;
 use crate::exit;
-use crate::store;
 use crate::wal::{backlog, push};
 use anyhow::Result;
 use std::path::PathBuf;
@@ -46,7 +45,7 @@ impl Args {
         // Encoding starts before the repository is opened (see push::prepare).
         let prepared = push::prepare(&codec, path, &opts)?;
         let pushed = async {
-            let store = store::open(cfg).await?;
+            let store = cfg.open_store().await?;
             push::run(store.as_ref(), &codec, prepared, &opts).await?;
             anyhow::Ok(store)
         }

@@ -22,7 +22,7 @@ impl Args {
     pub async fn run(self, env: &Env) -> Result<u8> {
         let (codec, store) = env.open().await?;
         let pending = env.cfg.verify.pending_seconds;
-        let ok = crate::wal::verify::run(store.as_ref(), &codec, pending, self.json).await?;
+        let ok = crate::wal_verify::run(store.as_ref(), &codec, pending, self.json).await?;
         Ok(super::passed(ok))
     }
 }

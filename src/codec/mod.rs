@@ -38,6 +38,9 @@ impl DecodeError {
     }
 }
 
+/// The most a text object (label, tablespace map, timeline history) may decode to.
+pub const TEXT_LIMIT: u64 = 16 << 20;
+
 #[derive(Clone)]
 pub struct Codec {
     inner: Arc<Inner>,
@@ -516,6 +519,17 @@ impl Codec {
             Ok(found) => Ok(found.map(|(_, bytes)| bytes.into_inner())),
             Err(e) => Err(anyhow::Error::new(e).context(format!("reading {}", store.locate(key)))),
         }
+    }
+
+    /// A small encoded text object (a backup label, a timeline history),
+    /// at most [`TEXT_LIMIT`] bytes; `None` when absent.
+    pub async fn read_text(&self, store: &dyn Store, key: &str) -> Result<Option<String>> {
+        self.download_small(store, key, TEXT_LIMIT)
+            .await?
+            .map(|b| {
+                String::from_utf8(b).with_context(|| format!("{} is not text", store.locate(key)))
+            })
+            .transpose()
     }
 
     /// A codec like this one that stores in clear (zstd and checksums only), for

@@ -119,7 +119,7 @@ pub async fn run(
 fn newest_server(least: u32, settings: &crate::config::Postgres) -> Result<(u32, PathBuf)> {
     let mut errors = Vec::new();
     for major in (least..=pg::majors::NEWEST).rev() {
-        match pg::ctl::server_bin_dir(major, settings) {
+        match pg::server_bin::server_bin_dir(major, settings) {
             Ok(dir) => return Ok((major, dir)),
             Err(e) => errors.push(e),
         }
@@ -140,24 +140,27 @@ async fn init_and_start(bin: &Path, scratch: &Scratch) -> Result<()> {
         .args(["--auth=trust", "--encoding=UTF8", "--no-sync", "--username"])
         .arg(pg::conn::os_user());
     pg::tools::run(initdb, "initdb")?;
-    let mut options = format!(
-        "-p {} -k {}",
-        scratch.port,
-        pg::ctl::shell_quote(&scratch.socket_dir().display().to_string())
-    );
+    let mut args = vec![
+        "-p".to_string(),
+        scratch.port.to_string(),
+        "-k".to_string(),
+        scratch.socket_dir().display().to_string(),
+    ];
     for s in scratch.server_settings() {
-        options.push_str(&format!(" -c {}", pg::ctl::shell_quote(&s)));
+        args.extend(["-c".to_string(), s]);
     }
-    pg::ctl::start(
-        &bin.join("pg_ctl"),
-        &scratch.pgdata(),
-        &log_path(scratch),
-        &options,
-    )?;
+    let log = log_path(scratch);
+    let server = pg::postmaster::spawn(&bin.join("postgres"), &scratch.pgdata(), &log, &args)?;
     let t = Instant::now();
     loop {
         if scratch.connect("postgres").await.is_ok() {
             return Ok(());
+        }
+        if server.exited().is_some() {
+            bail!(
+                "the scratch server stopped before it took connections: {}",
+                pg::postmaster::words(&log)
+            );
         }
         if t.elapsed() > Duration::from_secs(60) {
             bail!("the scratch server did not take connections within a minute");

@@ -123,7 +123,7 @@ pub async fn run(
         };
         if let Err(e) = outcome {
             let mut msg = format!("{e:#}");
-            if let Some(tail) = scratch::log_tail(&dump_drill::log_path(&scratch), 3) {
+            if let Some(tail) = pg::postmaster::tail(&dump_drill::log_path(&scratch), 3) {
                 if !msg.contains("server log") && rep.timings.restore_seconds.is_none() {
                     msg.push_str(&format!(" (server log: {tail})"));
                 }
@@ -155,7 +155,7 @@ pub async fn run(
             // Keep the server's last words before the scratch directory goes.
             let mut msg = format!("{e:#}");
             if rep.recovered.is_none() && !msg.contains("PostgreSQL stopped") {
-                if let Some(tail) = scratch::log_tail(&recover::log_path(&ropts), 3) {
+                if let Some(tail) = pg::postmaster::tail(&recover::log_path(&ropts), 3) {
                     msg.push_str(&format!(" (server log: {tail})"));
                 }
             }

@@ -1,8 +1,8 @@
-//! `backup-mark` of a logical dump: the same marks as a backup's
-//! (`dumps/<id>/keep.json`), its objects put in the mark's lifecycle class.
+//! `backup-mark` of a logical dump: its mark (`dumps/<id>/keep.json`, see
+//! [`crate::marks`]), its objects put in the mark's lifecycle class.
 
 use super::{prefix, read_manifest};
-use crate::backup::keep::{self as marks, Keep, Mark};
+use crate::marks::{self, Keep, Mark};
 use crate::store::{Class, Store};
 use anyhow::{Context, Result};
 
@@ -11,7 +11,7 @@ pub fn key(id: &str) -> String {
 }
 
 pub async fn read(store: &dyn Store, id: &str) -> Result<Option<Keep>> {
-    crate::store::get_json(store, &key(id), "a walvault keep mark").await
+    marks::read(store, &key(id)).await
 }
 
 pub async fn run(store: &dyn Store, id: &str, mark: Mark, note: Option<String>) -> Result<()> {

@@ -6,7 +6,6 @@
 pub mod keep;
 pub mod push;
 pub mod restore;
-pub mod retention;
 pub mod verify;
 
 use crate::store::Store;

@@ -147,3 +147,8 @@ pub fn os_user() -> String {
     }
     std::env::var("USER").unwrap_or_else(|_| "postgres".into())
 }
+
+/// A value in single quotes for a libpq-style connection string.
+pub fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('\'', "\\'")
+}

@@ -1,8 +1,10 @@
-//! PostgreSQL: facts read from a data directory, connections, and pg_ctl.
+//! PostgreSQL: facts read from a data directory, configuration files,
+//! connections, the programs of each major, and running a postmaster.
 
 pub mod conf;
 pub mod conn;
 pub mod control;
-pub mod ctl;
 pub mod majors;
+pub mod postmaster;
+pub mod server_bin;
 pub mod tools;

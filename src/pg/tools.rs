@@ -46,7 +46,7 @@ pub fn find(program: &str, min_major: u32, settings: &crate::config::Postgres) -
         if looked.iter().any(|(p, _): &(PathBuf, String)| *p == path) {
             continue;
         }
-        match super::ctl::program_major(&path) {
+        match super::server_bin::program_major(&path) {
             Ok(major) if major >= min_major => {
                 if best.as_ref().is_none_or(|b| major > b.major) {
                     best = Some(Tool {

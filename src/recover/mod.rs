@@ -224,19 +224,19 @@ pub async fn restore_into(
     let b = &plan.backup;
     // The versions the backup wrote, whatever replaced them since.
     let store = b.pinned(store);
-    let label = backup::read_text(
-        store.as_ref(),
-        codec,
-        &format!("{}backup_label", backup::prefix(&b.id)),
-    )
-    .await?
-    .context("the backup has no backup_label")?;
-    let spcmap = backup::read_text(
-        store.as_ref(),
-        codec,
-        &format!("{}tablespace_map", backup::prefix(&b.id)),
-    )
-    .await?;
+    let label = codec
+        .read_text(
+            store.as_ref(),
+            &format!("{}backup_label", backup::prefix(&b.id)),
+        )
+        .await?
+        .context("the backup has no backup_label")?;
+    let spcmap = codec
+        .read_text(
+            store.as_ref(),
+            &format!("{}tablespace_map", backup::prefix(&b.id)),
+        )
+        .await?;
     let stored_config = match &b.server_config {
         Some(sc) => backup::server_config::get(store.as_ref(), codec, &b.id, sc).await?,
         None => Default::default(),
@@ -295,19 +295,19 @@ pub async fn start(opts: &Options, plan: &Plan, extra: &[String]) -> Result<End>
 }
 
 /// Starts the restored directory's postgres with the backup's major, logging
-/// to stderr into a new [`LOG_FILE`] whatever its configuration says (the log
+/// to stderr into a new [`pg::postmaster::LOG_FILE`] whatever its configuration says (the log
 /// is read for where replay stopped: only this start's lines, in one place).
-fn launch(opts: &Options, plan: &Plan, extra: &[String]) -> Result<pg::ctl::Server> {
+fn launch(opts: &Options, plan: &Plan, extra: &[String]) -> Result<pg::postmaster::Server> {
     let bin = plan.bin_dir.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
     let eff = pg::conf::of_data_dir(&opts.pgdata).unwrap_or_default();
     let (dirs, port) = socket(opts, &eff);
     for d in &dirs {
-        if let Some(pid) = pg::ctl::socket_in_use(d, port) {
+        if let Some(pid) = pg::postmaster::socket_in_use(d, port) {
             bail!("{}", socket_taken(port, pid, d));
         }
     }
     crate::store::fs::remove_if_present(&log_path(opts))?;
-    pg::ctl::spawn(
+    pg::postmaster::spawn(
         &bin.join("postgres"),
         &opts.pgdata,
         &log_path(opts),
@@ -327,7 +327,7 @@ async fn start_standby(opts: &Options, plan: &Plan) -> Result<(End, String)> {
         if server.exited().is_some() {
             bail!(
                 "PostgreSQL stopped before the standby was consistent: {}",
-                server_words(&log_path(opts))
+                pg::postmaster::words(&log_path(opts))
             );
         }
         let client = match pg::conn::connect(Some(&conninfo)).await {
@@ -386,20 +386,6 @@ fn socket_taken(port: u16, pid: i32, dir: &Path) -> String {
     )
 }
 
-/// Why a server stopped, in its own words: its first FATAL or PANIC line,
-/// else the last lines of its log.
-fn server_words(log: &Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    if let Some(l) = text
-        .lines()
-        .find(|l| l.contains("FATAL:") || l.contains("PANIC:"))
-    {
-        return l.trim().to_string();
-    }
-    let tail: Vec<&str> = text.lines().rev().take(6).collect();
-    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-}
-
 /// postgres's arguments for a restored server: our port and socket
 /// directory, logging to stderr only (walvault reads it), `extra` settings.
 fn server_args(opts: &Options, extra: &[String]) -> Vec<String> {
@@ -451,21 +437,18 @@ fn conninfo(opts: &Options) -> String {
         .unwrap_or_else(|| PathBuf::from("/var/run/postgresql"));
     format!(
         "host='{}' port={port} dbname=postgres",
-        crate::scratch::escape(&sock.display().to_string())
+        pg::conn::escape(&sock.display().to_string())
     )
 }
 
-/// The server log of a restored cluster started by walvault, in its data directory.
-pub const LOG_FILE: &str = "walvault-recover.log";
-
 /// The server log of a restored cluster started by walvault.
 pub fn log_path(opts: &Options) -> PathBuf {
-    opts.pgdata.join(LOG_FILE)
+    pg::postmaster::log_path(&opts.pgdata)
 }
 
 /// Chooses the backup and checks that the target can be reached; writes nothing.
 pub async fn plan(store: &dyn Store, codec: &Codec, opts: &Options) -> Result<Plan> {
-    if let Some(pid) = pg::ctl::running_pid(&opts.pgdata) {
+    if let Some(pid) = pg::postmaster::running_pid(&opts.pgdata) {
         bail!(
             "a PostgreSQL server (pid {pid}) is running in {}; stop it first",
             opts.pgdata.display()
@@ -482,7 +465,7 @@ pub async fn plan(store: &dyn Store, codec: &Codec, opts: &Options) -> Result<Pl
     }
     if let (true, Some(port), Some(dir)) = (opts.start, opts.port, &opts.socket_dir) {
         // Known before the restore: refused before anything is written.
-        if let Some(pid) = pg::ctl::socket_in_use(dir, port) {
+        if let Some(pid) = pg::postmaster::socket_in_use(dir, port) {
             bail!("{}", socket_taken(port, pid, dir));
         }
     }
@@ -559,7 +542,7 @@ pub async fn plan(store: &dyn Store, codec: &Codec, opts: &Options) -> Result<Pl
     // The server that will run the restored directory: its major is the backup's.
     let major = pg::majors::of_version_num(chosen.pg_version_num.into());
     pg::majors::require(major, &format!("backup {}", chosen.id))?;
-    let bin_dir = pg::ctl::server_bin_dir(major, &opts.postgres)
+    let bin_dir = pg::server_bin::server_bin_dir(major, &opts.postgres)
         .with_context(|| format!("backup {} is of PostgreSQL {major}", chosen.id));
     if opts.start {
         bin_dir.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
@@ -810,15 +793,15 @@ fn write_settings(opts: &Options, plan: &Plan, isolation: &[String]) -> Result<(
 /// shell. No secret: credentials come from the AWS chain or the identity file.
 fn restore_command(opts: &Options) -> Result<String> {
     let exe = std::env::current_exe().context("cannot locate the walvault binary")?;
-    let mut words = vec![pg::ctl::shell_quote(&exe.display().to_string())];
+    let mut words = vec![settings::shell_quote(&exe.display().to_string())];
     if let Some(c) = &opts.config_file {
         let abs = std::fs::canonicalize(c).unwrap_or_else(|_| c.clone());
         words.push("--config".into());
-        words.push(pg::ctl::shell_quote(&abs.display().to_string()));
+        words.push(settings::shell_quote(&abs.display().to_string()));
     }
     for kv in &opts.carry {
         words.push("--set".into());
-        words.push(pg::ctl::shell_quote(kv));
+        words.push(settings::shell_quote(kv));
     }
     Ok(words.join(" "))
 }
@@ -831,7 +814,12 @@ pub struct End {
 
 /// Waits until recovery has reached its target (per the action), or fails with
 /// the server's own words when it stopped.
-async fn wait(opts: &Options, server: &pg::ctl::Server, log: &Path, major: u32) -> Result<End> {
+async fn wait(
+    opts: &Options,
+    server: &pg::postmaster::Server,
+    log: &Path,
+    major: u32,
+) -> Result<End> {
     // pg_get_wal_replay_pause_state() came in 14; 13 has only the boolean, set
     // once replay has paused at the target.
     let pause_state = if major >= 14 {
@@ -852,7 +840,10 @@ async fn wait(opts: &Options, server: &pg::ctl::Server, log: &Path, major: u32) 
                     last_commit: None,
                 });
             }
-            bail!("PostgreSQL stopped during recovery: {}", server_words(log));
+            bail!(
+                "PostgreSQL stopped during recovery: {}",
+                pg::postmaster::words(log)
+            );
         }
         let Ok(client) = pg::conn::connect(Some(&conninfo)).await else {
             if last_note.elapsed() > Duration::from_secs(10) {

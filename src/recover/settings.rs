@@ -115,6 +115,11 @@ pub fn write(pgdata: &Path, lines: &[String], signal: &str, replaced: &[&str]) -
     Ok(())
 }
 
+/// Quotes one word for the shell: pg_ctl hands `-o` options to `/bin/sh`.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

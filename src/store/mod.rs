@@ -5,7 +5,7 @@
 //! was read to a clean end and is durable; a body that ends in an error stores nothing.
 
 pub mod azure;
-mod azure_policy;
+
 pub mod fs;
 pub mod s3;
 
@@ -335,19 +335,23 @@ impl RepoUrl {
     }
 }
 
-/// Opens the store the configuration names.
-pub async fn open(cfg: &crate::config::Config) -> Result<Arc<dyn Store>> {
-    match RepoUrl::parse(&cfg.repo)? {
+/// Opens the store `repo` names, with its backend's settings.
+pub async fn open(
+    repo: &str,
+    s3: &s3::Settings,
+    azure: &azure::Settings,
+) -> Result<Arc<dyn Store>> {
+    match RepoUrl::parse(repo)? {
         RepoUrl::Fs(path) => Ok(Arc::new(fs::FsStore::new(path))),
-        RepoUrl::S3 { bucket, prefix } => Ok(Arc::new(
-            s3::S3Store::connect(&cfg.s3, bucket, prefix).await?,
-        )),
+        RepoUrl::S3 { bucket, prefix } => {
+            Ok(Arc::new(s3::S3Store::connect(s3, bucket, prefix).await?))
+        }
         RepoUrl::Azure {
             account,
             container,
             prefix,
         } => Ok(Arc::new(azure::AzureStore::connect(
-            &cfg.azure, account, container, prefix,
+            azure, account, container, prefix,
         )?)),
     }
 }

@@ -108,7 +108,7 @@ pub async fn run(cfg: &Config, store: Arc<dyn Store>, codec: &Codec, opts: Optio
     };
     let outcome = outcome.map_err(|e| {
         let msg = format!("{e:#}");
-        match scratch::log_tail(&recover::log_path(&ropts), 3) {
+        match pg::postmaster::tail(&recover::log_path(&ropts), 3) {
             Some(tail) if msg.contains("recovery") && !msg.contains("PostgreSQL stopped") => {
                 anyhow::anyhow!("{msg} (server log: {tail})")
             }

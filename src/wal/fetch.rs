@@ -294,7 +294,7 @@ async fn fetch_once(store: &dyn Store, codec: &Codec, key: &str, to: &Place<'_>)
     let tmp = to.tmp;
     let limit = match to.kind {
         WalFile::Segment(_) | WalFile::Partial(_) => SEGMENT_LIMIT,
-        _ => crate::backup::TEXT_LIMIT,
+        _ => crate::codec::TEXT_LIMIT,
     };
     let file =
         std::fs::File::create(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;

@@ -98,7 +98,8 @@ impl Inventory {
             .collect();
         for &tli in &tlis {
             let key = super::key(&format!("{tli:08X}.history"));
-            let text = crate::backup::read_text(store, codec, &key)
+            let text = codec
+                .read_text(store, &key)
                 .await?
                 .with_context(|| format!("{} vanished", store.locate(&key)))?;
             self.add_history(tli, text)

@@ -13,7 +13,6 @@ pub mod prefetch;
 pub mod push;
 pub mod segments;
 pub mod switches;
-pub mod verify;
 
 /// The object key of a WAL file in the repository.
 pub fn key(name: &str) -> String {

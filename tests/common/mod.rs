@@ -319,8 +319,8 @@ pub trait S3Server {
     /// Access key id and secret.
     fn keys(&self) -> (String, String);
 
-    fn s3_config(&self) -> walvault::config::S3 {
-        walvault::config::S3 {
+    fn s3_config(&self) -> walvault::store::s3::Settings {
+        walvault::store::s3::Settings {
             endpoint: Some(self.endpoint()),
             region: Some("us-east-1".into()),
             force_path_style: true,

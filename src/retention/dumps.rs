@@ -3,8 +3,8 @@
 //! missed by cron costs no slot), every marked dump (`backup-mark`), and
 //! incomplete dumps left by a push that died once they are a day old.
 
-use super::{keep, list, Manifest};
-use crate::backup::keep::Keep;
+use crate::dump::{self, keep, list, Manifest};
+use crate::marks::Keep;
 use crate::retention::{self, Tally, INCOMPLETE_GRACE_HOURS};
 use crate::store::Store;
 use anyhow::Result;
@@ -98,7 +98,7 @@ pub async fn run(store: &dyn Store, p: Policy, confirm: bool) -> Result<bool> {
     let mut verdicts = plan(&listing.dumps, &marks, p, now);
     let objects = store.list("dumps/").await?;
     let of = |id: &str| {
-        let prefix = super::prefix(id);
+        let prefix = dump::prefix(id);
         objects
             .iter()
             .filter(|o| o.key.starts_with(&prefix))
@@ -122,7 +122,7 @@ pub async fn run(store: &dyn Store, p: Policy, confirm: bool) -> Result<bool> {
     let locking = store.object_lock().await?;
     if locking {
         for v in verdicts.iter_mut().filter(|v| !v.keep) {
-            let key = super::manifest_key(&v.id);
+            let key = dump::manifest_key(&v.id);
             if let Some(until) = retention::locked_until(store, &key, now).await? {
                 v.keep = true;
                 v.why = format!("under Object Lock until {} ({})", until.to_rfc3339(), v.why);

@@ -5,8 +5,10 @@
 //! roles); `s3.endpoint`/`s3.region` override. The chain is lazy: when the
 //! environment gives region and keys, the instance metadata service is never asked.
 
+mod settings;
+pub use settings::Settings;
+
 use super::{AlreadyStored, Body, Class, Mode, ObjectMeta, Store, Stored};
-use crate::config;
 use anyhow::{anyhow, bail, Context, Result};
 use async_trait::async_trait;
 use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
@@ -43,7 +45,7 @@ pub struct S3Store {
 }
 
 /// Builds an S3 client from the configuration and the AWS chain.
-pub async fn client(cfg: &config::S3) -> Result<Client> {
+pub async fn client(cfg: &Settings) -> Result<Client> {
     // HTTPS connectors load the system's root certificates on first use only:
     // the chain's own client costs nothing when region and keys are given.
     // A private CA replaces the system's roots (as OpenSSL's CAfile does for
@@ -132,7 +134,7 @@ fn https_client(roots: tls::TrustStore) -> Result<aws_sdk_s3::config::SharedHttp
 /// The endpoint S3 requests go to, resolved as the SDK does: s3.endpoint, else
 /// AWS_ENDPOINT_URL_S3 or a profile's S3 endpoint_url, else AWS_ENDPOINT_URL or
 /// a profile's endpoint_url. `None`: AWS's own HTTPS endpoints.
-fn s3_endpoint(cfg: &config::S3, shared: &aws_types::SdkConfig) -> Option<String> {
+fn s3_endpoint(cfg: &Settings, shared: &aws_types::SdkConfig) -> Option<String> {
     if let Some(e) = &cfg.endpoint {
         return Some(e.clone());
     }
@@ -263,7 +265,7 @@ impl S3Store {
         Ok(out)
     }
 
-    pub async fn connect(cfg: &config::S3, bucket: String, prefix: String) -> Result<S3Store> {
+    pub async fn connect(cfg: &Settings, bucket: String, prefix: String) -> Result<S3Store> {
         Ok(S3Store {
             client: client(cfg).await?,
             bucket,

@@ -1,4 +1,4 @@
-//! Running a restored cluster: finding pg_ctl, starting, watching the postmaster.
+//! The server programs (pg_ctl, postgres, initdb) of a major: where they are, and which major they are.
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -77,119 +77,6 @@ pub(crate) fn program_major(program: &Path) -> Result<u32> {
         .with_context(|| format!("{name} --version printed '{line}', not a PostgreSQL version"))
 }
 
-/// Starts the server without waiting (recovery may take long; the caller watches).
-pub fn start(pg_ctl: &Path, pgdata: &Path, log: &Path, options: &str) -> Result<()> {
-    let out = std::process::Command::new(pg_ctl)
-        .arg("-D")
-        .arg(pgdata)
-        .arg("-l")
-        .arg(log)
-        .args(["-W", "-o", options, "start"])
-        .output()
-        .with_context(|| format!("cannot run {}", pg_ctl.display()))?;
-    if !out.status.success() {
-        bail!(
-            "pg_ctl start failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-/// A postmaster walvault started itself: its exit is seen the moment it
-/// happens (a thread waits on it, so it is reaped and no zombie answers
-/// `kill(pid, 0)`).
-pub struct Server {
-    pub pid: i32,
-    exited: std::sync::Arc<std::sync::Mutex<Option<std::process::ExitStatus>>>,
-}
-
-impl Server {
-    /// How it ended, once it has.
-    pub fn exited(&self) -> Option<std::process::ExitStatus> {
-        *self.exited.lock().expect("exit status lock")
-    }
-}
-
-/// Starts `postgres -D pgdata args...` in a session of its own (a Ctrl-C at
-/// walvault's terminal does not reach it, and it outlives walvault), its
-/// stdout and stderr appended to `log`.
-pub fn spawn(postgres: &Path, pgdata: &Path, log: &Path, args: &[String]) -> Result<Server> {
-    use std::os::unix::process::CommandExt;
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .with_context(|| format!("cannot open {}", log.display()))?;
-    let mut cmd = std::process::Command::new(postgres);
-    cmd.arg("-D")
-        .arg(pgdata)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out);
-    // SAFETY: setsid is async-signal-safe and touches no memory of ours.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("cannot run {}", postgres.display()))?;
-    let pid = child.id() as i32;
-    let exited = std::sync::Arc::new(std::sync::Mutex::new(None));
-    let slot = exited.clone();
-    std::thread::spawn(move || {
-        if let Ok(status) = child.wait() {
-            *slot.lock().expect("exit status lock") = Some(status);
-        }
-    });
-    Ok(Server { pid, exited })
-}
-
-/// A running server's lock on `port`'s socket in `dir`: its pid, when alive.
-pub fn socket_in_use(dir: &Path, port: u16) -> Option<i32> {
-    let text = std::fs::read_to_string(dir.join(format!(".s.PGSQL.{port}.lock"))).ok()?;
-    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
-    // EPERM: alive, another user's.
-    let alive = unsafe { libc::kill(pid, 0) } == 0
-        || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-    alive.then_some(pid)
-}
-
-/// The postmaster's pid from postmaster.pid, when it is alive.
-pub fn running_pid(pgdata: &Path) -> Option<i32> {
-    let text = std::fs::read_to_string(pgdata.join("postmaster.pid")).ok()?;
-    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
-    (unsafe { libc::kill(pid, 0) } == 0).then_some(pid)
-}
-
-/// Quotes one word for the shell: pg_ctl hands `-o` options to `/bin/sh`.
-pub fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-/// Stops the server in `pgdata`: `sig` first (SIGINT fast, SIGQUIT immediate),
-/// SIGKILL if it is still there after `within`. Returns once it is gone.
-pub fn stop(pgdata: &Path, sig: i32, within: std::time::Duration) {
-    let Some(pid) = running_pid(pgdata) else {
-        return;
-    };
-    unsafe { libc::kill(pid, sig) };
-    let t = std::time::Instant::now();
-    while unsafe { libc::kill(pid, 0) } == 0 {
-        if t.elapsed() > within {
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-        if t.elapsed() > within * 2 {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,12 +151,5 @@ mod tests {
             .to_string();
         assert!(e.contains("PostgreSQL 99's pg_ctl and postgres not found: looked in /usr/lib/postgresql/99/bin (none)"), "{e}");
         assert!(e.contains("set postgres.bin_dir_99"), "{e}");
-    }
-
-    #[test]
-    fn quotes_for_the_shell() {
-        assert_eq!(super::shell_quote("a b"), "'a b'");
-        assert_eq!(super::shell_quote("it's"), r"'it'\''s'");
-        assert_eq!(super::shell_quote(""), "''");
     }
 }

@@ -1,4 +1,4 @@
-//! `delete`: retention. Decides which backups a policy keeps, which WAL those
+//! `delete`: retention (the dumps' own policy in [`dumps`]). Decides which backups a policy keeps, which WAL those
 //! backups need, and removes the rest (a dry run unless confirmed).
 //!
 //! What is kept, and why:
@@ -14,6 +14,8 @@
 //!
 //! Object Lock: an object still under retention is skipped and reported, and a
 //! backup whose manifest is locked is kept whole, with its WAL.
+
+pub mod dumps;
 
 use crate::backup::{Listing, Manifest};
 use crate::store::{ObjectMeta, Store};
@@ -314,7 +316,7 @@ pub fn plan_wal(
 pub struct Options {
     pub policy: Policy,
     /// Logical dumps' own policy (`retention.dump_keep_*`).
-    pub dumps: crate::dump::retention::Policy,
+    pub dumps: crate::retention::dumps::Policy,
     pub confirm: bool,
 }
 
@@ -343,7 +345,7 @@ pub async fn run(store: &dyn Store, codec: &crate::codec::Codec, opts: Options) 
         );
     }
     if opts.dumps.any() {
-        clean &= crate::dump::retention::run(store, opts.dumps, opts.confirm).await?;
+        clean &= crate::retention::dumps::run(store, opts.dumps, opts.confirm).await?;
     }
     Ok(clean)
 }
@@ -528,7 +530,7 @@ pub(crate) async fn remove(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backup::keep::Keep;
+    use crate::marks::Keep;
 
     const MB16: u64 = 16 << 20;
 

@@ -3,11 +3,12 @@
 //! timeline breaks. A missing segment is "pending" when its successors were stored
 //! recently (a push may still be on its way) and "lost" otherwise.
 
-use super::inventory::Inventory;
-use super::names::{Lsn, SegmentName};
 use crate::backup::Manifest;
 use crate::codec::Codec;
 use crate::store::Store;
+use crate::wal::inventory::Inventory;
+use crate::wal::names::{Lsn, SegmentName};
+use crate::wal::{backlog, switches};
 use anyhow::Result;
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
@@ -24,7 +25,7 @@ pub struct Gap {
     /// For a dropped gap: when, where and with what backlog the first of its
     /// segments was dropped.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub dropped: Option<super::backlog::Dropped>,
+    pub dropped: Option<backlog::Dropped>,
 }
 
 #[derive(Serialize)]
@@ -57,7 +58,7 @@ pub struct Report {
     pub gaps: Vec<Gap>,
     pub timeline_breaks: Vec<String>,
     /// Every timeline switch the history files record.
-    pub switches: Vec<super::switches::Switch>,
+    pub switches: Vec<switches::Switch>,
     pub window_from: Option<String>,
     pub window_broken: bool,
 }
@@ -84,7 +85,7 @@ pub async fn run(
         Duration::seconds(pending_seconds),
         store.locate(""),
     );
-    mark_dropped(&mut report, &super::backlog::recorded(store).await?);
+    mark_dropped(&mut report, &backlog::recorded(store).await?);
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -180,7 +181,7 @@ pub fn analyse(
         backups: rows,
         gaps,
         timeline_breaks: breaks,
-        switches: super::switches::of(inv),
+        switches: switches::of(inv),
         window_from,
         window_broken,
     }
@@ -188,7 +189,7 @@ pub fn analyse(
 
 /// Marks the gaps holding a segment push.max_backlog dropped as "dropped":
 /// deliberate, and as final as a lost one.
-pub fn mark_dropped(r: &mut Report, dropped: &[super::backlog::Dropped]) {
+pub fn mark_dropped(r: &mut Report, dropped: &[backlog::Dropped]) {
     let mark = |g: &mut Gap| {
         // Names of one timeline sort as their segment numbers.
         if let Some(d) = dropped
@@ -318,7 +319,7 @@ fn print(r: &Report) {
         None => println!("no restorable backup on the latest timeline: nothing to recover from"),
     }
     for s in &r.switches {
-        println!("{}", super::switches::describe(s));
+        println!("{}", switches::describe(s));
     }
     for b in &r.timeline_breaks {
         println!("TIMELINE BREAK: {b}");

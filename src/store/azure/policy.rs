@@ -170,7 +170,7 @@ impl Immutability {
         };
         Err(anyhow!(
             "Azure immutability policy of {location} failed: {}{hint}",
-            super::azure::service_answer(&body, status)
+            super::service_answer(&body, status)
         ))
     }
 

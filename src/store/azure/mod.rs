@@ -15,10 +15,11 @@
 //! checks the name first (WAL segments are far below the part size; larger
 //! objects belong to a new backup id).
 
-use super::azure_policy::Immutability;
+mod policy;
+mod settings;
+
 use super::s3::{fill, IdleTimeout};
 use super::{AlreadyStored, Body, Class, Mode, ObjectMeta, Store, Stored};
-use crate::config;
 use anyhow::{anyhow, bail, Context, Result};
 use async_trait::async_trait;
 use futures_util::StreamExt;
@@ -28,6 +29,8 @@ use object_store::{
     ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
     PutPayload, RetryConfig,
 };
+use policy::Immutability;
+pub use settings::Settings;
 use std::time::Duration;
 
 pub struct AzureStore {
@@ -169,7 +172,7 @@ impl AzureStore {
     }
 
     pub fn connect(
-        cfg: &config::Azure,
+        cfg: &Settings,
         account: String,
         container: String,
         prefix: String,
