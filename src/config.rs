@@ -26,7 +26,7 @@ pub const KEYS: &[Key] = &[
     key(
         "repo",
         Kind::Str,
-        "repository URL: file:///path or s3://bucket/prefix",
+        "repository URL: file:///path, s3://bucket/prefix or az://account/container/prefix",
     ),
     one_of(
         "log_level",
