@@ -10,7 +10,7 @@
 use crate::setting::{key, one_of, range, Key, Kind};
 use crate::store::{self, Store};
 use anyhow::{bail, Context, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -298,7 +298,7 @@ pub fn find(name: &str) -> Option<&'static Key> {
     keys().find(|k| k.name == name)
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default = "default_repo")]
@@ -333,7 +333,10 @@ pub struct Config {
     pub drill: Drill,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+// Each section's defaults are its serde defaults, written once per field.
+crate::setting::default_from_serde!(Drill, Verify, Backup, Restore, Push, Compression, Fetch);
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Drill {
     #[serde(default)]
@@ -351,19 +354,6 @@ pub struct Drill {
     pub amcheck: bool,
 }
 
-impl Default for Drill {
-    fn default() -> Self {
-        Drill {
-            rto_target_seconds: 0,
-            rpo_target_seconds: 0,
-            scratch_dir: default_scratch_dir(),
-            report_dir: default_report_dir(),
-            checks_file: None,
-            upload: true,
-            amcheck: true,
-        }
-    }
-}
 fn default_scratch_dir() -> PathBuf {
     std::env::temp_dir()
 }
@@ -376,7 +366,7 @@ fn default_true() -> bool {
     true
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Retention {
     #[serde(default)]
@@ -393,7 +383,7 @@ pub struct Retention {
     pub dump_keep_monthly: i64,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Verify {
     #[serde(default = "default_verify_concurrency")]
@@ -402,14 +392,6 @@ pub struct Verify {
     pub pending_seconds: i64,
 }
 
-impl Default for Verify {
-    fn default() -> Self {
-        Verify {
-            concurrency: default_verify_concurrency(),
-            pending_seconds: default_pending_seconds(),
-        }
-    }
-}
 // Checking is download-bound with light CPU (sha256, zstd): a few at once hide latency.
 fn default_verify_concurrency() -> i64 {
     4
@@ -419,7 +401,7 @@ fn default_pending_seconds() -> i64 {
     600
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Postgres {
     pub conninfo: Option<String>,
@@ -457,7 +439,7 @@ impl Postgres {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Backup {
     #[serde(default = "default_backup_part")]
@@ -479,14 +461,14 @@ pub struct Backup {
 }
 
 /// What `recover --standby` writes for streaming (the command line wins).
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Standby {
     pub primary_conninfo: Option<String>,
     pub primary_slot_name: Option<String>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Restore {
     #[serde(default = "default_concurrency")]
@@ -495,28 +477,6 @@ pub struct Restore {
     pub max_rate_mb: i64,
 }
 
-impl Default for Backup {
-    fn default() -> Self {
-        Backup {
-            part_size_mb: default_backup_part(),
-            concurrency: default_concurrency(),
-            wal_wait_seconds: default_wal_wait(),
-            incremental: false,
-            full_every_days: default_full_every_days(),
-            max_increments: default_max_increments(),
-            max_rate_mb: 0,
-            standby_max_lag_mb: default_standby_max_lag(),
-        }
-    }
-}
-impl Default for Restore {
-    fn default() -> Self {
-        Restore {
-            concurrency: default_concurrency(),
-            max_rate_mb: 0,
-        }
-    }
-}
 // Parts of 256 MiB keep both cores busy on databases of a few GiB while a part
 // still streams (memory stays at a few MiB per part whatever its size).
 fn default_backup_part() -> i64 {
@@ -544,14 +504,14 @@ fn default_concurrency() -> i64 {
     2
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Compression {
     #[serde(default = "default_level")]
     pub level: i64,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Encryption {
     #[serde(default)]
@@ -559,7 +519,7 @@ pub struct Encryption {
     pub identity_file: Option<PathBuf>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Fetch {
     #[serde(default = "default_fetch_retries")]
@@ -571,7 +531,7 @@ pub struct Fetch {
     pub spool_dir: Option<PathBuf>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Push {
     #[serde(default = "default_lookahead")]
@@ -582,15 +542,6 @@ pub struct Push {
     pub max_backlog: i64,
 }
 
-impl Default for Push {
-    fn default() -> Self {
-        Push {
-            lookahead: default_lookahead(),
-            concurrency: default_push_concurrency(),
-            max_backlog: 0,
-        }
-    }
-}
 // A backlog drains in batches of 1 + 8; one call stays well under a second.
 fn default_lookahead() -> i64 {
     8
@@ -617,24 +568,6 @@ fn default_level() -> i64 {
 }
 fn default_fetch_retries() -> i64 {
     3
-}
-
-impl Default for Compression {
-    fn default() -> Self {
-        Compression {
-            level: default_level(),
-        }
-    }
-}
-impl Default for Fetch {
-    fn default() -> Self {
-        Fetch {
-            retries: default_fetch_retries(),
-            prefetch: default_prefetch(),
-            prefetch_concurrency: default_push_concurrency(),
-            spool_dir: None,
-        }
-    }
 }
 
 /// The environment variable that overrides a key: `s3.force_path_style` → `WALVAULT_S3_FORCE_PATH_STYLE`.

@@ -11,6 +11,7 @@ pub mod config;
 pub mod drill;
 pub mod dump;
 pub mod exit;
+pub mod files;
 pub mod host;
 pub mod logging;
 pub mod marks;

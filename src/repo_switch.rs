@@ -198,7 +198,7 @@ fn set_repo(file: &Path, to: &str) -> Result<()> {
         }
         None => doc["repo"] = toml_edit::value(to),
     }
-    let tmp = file.with_extension("toml.walvault-tmp");
+    let tmp = crate::files::temp_beside(file)?;
     std::fs::write(&tmp, doc.to_string())
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     if let Ok(meta) = std::fs::metadata(file) {
@@ -207,8 +207,7 @@ fn set_repo(file: &Path, to: &str) -> Result<()> {
         // Only root may give the file back to its owner; others own what they write.
         let _ = std::os::unix::fs::chown(&tmp, Some(meta.uid()), Some(meta.gid()));
     }
-    std::fs::rename(&tmp, file).with_context(|| format!("cannot replace {}", file.display()))?;
-    Ok(())
+    crate::files::publish(&tmp, file)
 }
 
 #[cfg(test)]

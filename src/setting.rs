@@ -110,6 +110,20 @@ pub fn defaults<T: serde::de::DeserializeOwned>() -> T {
         .expect("every key of a section has a default")
 }
 
+/// `impl Default` for config sections, from their serde defaults ([`defaults`]).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! __default_from_serde {
+    ($($section:ty),+) => {
+        $(impl Default for $section {
+            fn default() -> Self {
+                $crate::setting::defaults()
+            }
+        })+
+    };
+}
+pub use __default_from_serde as default_from_serde;
+
 /// `a or b`, `a, b or c`.
 fn either(values: &[&str]) -> String {
     match values.split_last() {

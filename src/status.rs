@@ -185,7 +185,7 @@ pub async fn run(cfg: &Config, store: &dyn Store, codec: &Codec, opts: Options) 
     }
     if let Some(path) = &opts.prometheus {
         // The collector never reads half a file; the hidden temporary name is ignored.
-        crate::store::fs::write_file_atomically(path, prometheus(&st).as_bytes())?;
+        crate::files::write_atomically(path, prometheus(&st).as_bytes())?;
     }
     if opts.json {
         println!("{}", serde_json::to_string_pretty(&st)?);

@@ -78,3 +78,51 @@ fn example_config_names_every_key() {
     std::fs::remove_file(&empty).unwrap();
     assert_eq!(format!("{cfg:?}"), format!("{defaults:?}"));
 }
+
+/// The default column says each key's default as the code declares it: the
+/// value in backticks, or words (none, AWS chain, ...) for a key unset by default.
+#[test]
+fn documented_defaults_are_the_declared_ones() {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/configuration.md"
+    ))
+    .unwrap();
+    let empty = std::env::temp_dir().join(format!("walvault-dflt-{}.toml", std::process::id()));
+    std::fs::write(&empty, "").unwrap();
+    let defaults = walvault::config::Config::load(
+        walvault::config::Source::Explicit(&empty),
+        &Default::default(),
+    )
+    .unwrap();
+    std::fs::remove_file(&empty).unwrap();
+    let table = toml::Value::try_from(&defaults).unwrap();
+    let mut wrong = Vec::new();
+    for k in walvault::config::keys() {
+        let row = format!("| `{}` |", k.name);
+        let line = doc.lines().find(|l| l.starts_with(&row)).unwrap();
+        let column = line.split(" | ").nth(3).unwrap().trim();
+        let value = k.name.split('.').try_fold(&table, |v, part| v.get(part));
+        let want = match value {
+            None => None,
+            // The system temporary directory is documented as its usual place.
+            Some(toml::Value::String(s)) if std::path::Path::new(s) == std::env::temp_dir() => {
+                Some("`/tmp`".to_string())
+            }
+            Some(toml::Value::String(s)) => Some(format!("`{s}`")),
+            Some(toml::Value::Array(a)) if a.is_empty() => Some("empty".to_string()),
+            Some(v) => Some(format!("`{v}`")),
+        };
+        match want {
+            Some(want) if column != want && !column.starts_with(&format!("{want} ")) => {
+                wrong.push(format!("{}: docs say {column}, the code {want}", k.name))
+            }
+            None if column.starts_with('`') => wrong.push(format!(
+                "{}: docs say {column}, the code leaves it unset",
+                k.name
+            )),
+            _ => {}
+        }
+    }
+    assert!(wrong.is_empty(), "defaults:\n{}", wrong.join("\n"));
+}

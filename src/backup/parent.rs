@@ -50,17 +50,9 @@ pub fn cache_tmp_path(pgdata: &Path) -> PathBuf {
 pub fn remember(pgdata: &Path, stored: &[u8; 32]) -> Result<()> {
     let (tmp, path) = (cache_tmp_path(pgdata), cache_path(pgdata));
     let mark = pgdata.join(CACHE_STORED_FILE);
-    match std::fs::remove_file(&mark) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(e).with_context(|| format!("cannot remove {}", mark.display()))
-        }
-        _ => {}
-    }
+    crate::files::remove_if_present(&mark)?;
     std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
-    let mark_tmp = pgdata.join(format!("{CACHE_STORED_FILE}.tmp"));
-    std::fs::write(&mark_tmp, hex::encode(stored))
-        .and_then(|()| std::fs::rename(&mark_tmp, &mark))
-        .with_context(|| format!("cannot write {}", mark.display()))
+    crate::files::write_atomically(&mark, hex::encode(stored).as_bytes())
 }
 
 /// Whether this host's copy stands for the stored list of sha256 `stored`.

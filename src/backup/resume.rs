@@ -204,7 +204,7 @@ pub fn recent(id: &str, now: chrono::DateTime<chrono::Utc>) -> bool {
 
 /// The backup is complete: nothing to resume.
 pub fn finish(pgdata: &Path) {
-    if let Err(e) = crate::store::fs::remove_if_present(&path(pgdata)) {
+    if let Err(e) = crate::files::remove_if_present(&path(pgdata)) {
         tracing::warn!("cannot remove {}: {e:#}", path(pgdata).display());
     }
 }

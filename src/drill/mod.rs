@@ -10,10 +10,11 @@ pub mod report;
 
 use crate::codec::Codec;
 use crate::config::Config;
+use crate::files::write_atomically;
 use crate::pg;
 use crate::recover::{self, target::Target};
 use crate::scratch::{self, Scratch};
-use crate::store::{fs::write_file_atomically, Class, Store};
+use crate::store::{Class, Store};
 use anyhow::{bail, Context, Result};
 use checks::{CheckResult, Status, UserCheck};
 use chrono::Utc;
@@ -170,8 +171,8 @@ pub async fn run(
     let json = serde_json::to_vec_pretty(&rep)?;
     let md = rep.to_markdown();
     let base = opts.report_dir.join(format!("walvault-drill-{drill_id}"));
-    write_file_atomically(&base.with_extension("json"), &json)?;
-    write_file_atomically(&base.with_extension("md"), md.as_bytes())?;
+    write_atomically(&base.with_extension("json"), &json)?;
+    write_atomically(&base.with_extension("md"), md.as_bytes())?;
     println!(
         "report:   {} and .md",
         base.with_extension("json").display()

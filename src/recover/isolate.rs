@@ -11,8 +11,8 @@
 //! them: they are that cluster's own files.
 
 use crate::backup::server_config::{ServerConfig, Stored};
+use crate::files::write_atomically;
 use crate::pg::conf;
-use crate::store::fs::write_file_atomically;
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 
@@ -337,7 +337,7 @@ fn outward_dirs(cx: &mut Ctx, eff: &conf::Loaded) {
 }
 
 fn write_private(path: &Path, text: &str) -> Result<()> {
-    write_file_atomically(path, text.as_bytes())?;
+    write_atomically(path, text.as_bytes())?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(())

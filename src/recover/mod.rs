@@ -306,7 +306,7 @@ fn launch(opts: &Options, plan: &Plan, extra: &[String]) -> Result<pg::postmaste
             bail!("{}", socket_taken(port, pid, d));
         }
     }
-    crate::store::fs::remove_if_present(&log_path(opts))?;
+    crate::files::remove_if_present(&log_path(opts))?;
     pg::postmaster::spawn(
         &bin.join("postgres"),
         &opts.pgdata,

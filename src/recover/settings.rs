@@ -7,7 +7,7 @@
 //! old target stop the next recovery early, so every recovery setting is
 //! removed first, whoever wrote it, and the signal files the backup holds go.
 
-use crate::store::fs::{remove_if_present, write_file_atomically};
+use crate::files::{remove_if_present, write_atomically};
 use anyhow::{Context, Result};
 use std::path::Path;
 
@@ -104,7 +104,7 @@ pub fn write(pgdata: &Path, lines: &[String], signal: &str, replaced: &[&str]) -
     }
     text.push_str(END);
     text.push('\n');
-    write_file_atomically(&auto, text.as_bytes())?;
+    write_atomically(&auto, text.as_bytes())?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&auto, std::fs::Permissions::from_mode(0o600))?;
     for s in ["recovery.signal", "standby.signal"] {

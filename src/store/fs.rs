@@ -7,6 +7,7 @@
 //! atomically, so two writers of one key cannot both succeed.
 
 use super::{AlreadyStored, Body, Class, Mode, ObjectMeta, Store, Stored};
+use crate::files::sync_dir;
 use anyhow::{Context, Result};
 use async_trait::async_trait;
 use std::io::ErrorKind;
@@ -28,45 +29,6 @@ impl FsStore {
     fn path(&self, key: &str) -> PathBuf {
         self.root.join(key)
     }
-}
-
-pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
-
-/// Removes `path`; a file already absent is not an error.
-pub fn remove_if_present(path: &Path) -> anyhow::Result<()> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(anyhow::Error::new(e).context(format!("cannot remove {}", path.display())))
-        }
-        _ => Ok(()),
-    }
-}
-
-/// Writes a small local file all or nothing: a hidden temporary file beside it
-/// (`.<name>.tmp.<pid>`, which no reader of the directory mistakes for the
-/// real one), fsync, rename, fsync of the directory.
-pub fn write_file_atomically(path: &Path, data: &[u8]) -> anyhow::Result<()> {
-    use anyhow::Context;
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path.file_name().context("no file name")?.to_string_lossy();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let written = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        sync_dir(dir)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written.with_context(|| format!("cannot write {}", path.display()))
 }
 
 #[async_trait]

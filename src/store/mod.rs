@@ -1,11 +1,11 @@
-//! The repository backend: one trait, a local directory and S3.
+//! The repository backend: one trait; a local directory, S3 and Azure Blob.
 //!
 //! Stores move opaque bytes. They know nothing of compression, keys or WAL.
 //! Writes are all-or-nothing: an object becomes visible only once its whole body
 //! was read to a clean end and is durable; a body that ends in an error stores nothing.
 
 pub mod azure;
-
+pub mod defaults;
 pub mod fs;
 pub mod s3;
 

@@ -606,12 +606,7 @@ fn dump_to_file(mut cmd: std::process::Command, file: &Path) -> Result<()> {
         let _ = std::fs::remove_file(&partial);
     }
     r?;
-    std::fs::File::open(&partial)
-        .and_then(|f| f.sync_all())
-        .with_context(|| format!("fsync {}", partial.display()))?;
-    std::fs::rename(&partial, file)
-        .with_context(|| format!("cannot rename {} to {}", partial.display(), file.display()))?;
-    Ok(())
+    crate::files::publish(&partial, file)
 }
 
 /// pg_dump's plain SQL streamed into psql (after the DROP of the live tables,

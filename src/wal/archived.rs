@@ -9,7 +9,7 @@
 //! inode), or left from another repository, is ignored. The directory sits inside pg_wal, which base backups
 //! never copy.
 
-use crate::store::fs::write_file_atomically;
+use crate::files::write_atomically;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -90,7 +90,7 @@ impl Status {
         let dir = self.wal_dir.join(DIR);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let text = serde_json::to_vec(&Marker::of(repo, &self.wal_dir.join(name))?)?;
-        write_file_atomically(&self.marker(name), &text)
+        write_atomically(&self.marker(name), &text)
     }
 
     /// Up to `n` `.ready` files other than `name`, without a marker yet, in the

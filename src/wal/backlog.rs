@@ -13,7 +13,6 @@ use crate::store::{Mode, Store};
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The journal of dropped segments not yet recorded in the repository.
@@ -62,7 +61,8 @@ pub fn drop_if_over(max: i64, path: &Path, e: &anyhow::Error) -> Result<bool> {
         host: crate::host::name(),
         error: format!("{e:#}"),
     };
-    append(&journal_path(pg_wal), &d)?;
+    // Durable before wal-push answers 0.
+    crate::files::append_line(&journal_path(pg_wal), &serde_json::to_string(&d)?)?;
     tracing::error!(
         "push.max_backlog: {backlog} WAL files wait to be archived (bound {max}) and the repository fails; {name} is DROPPED from the archive, not stored (a deliberate gap: point-in-time recovery cannot pass it; take a base backup once archiving resumes): {e:#}"
     );
@@ -102,9 +102,9 @@ pub async fn record_journaled(store: &dyn Store, path: &Path) {
         }
     }
     let rewritten = if left.is_empty() {
-        crate::store::fs::remove_if_present(&journal)
+        crate::files::remove_if_present(&journal)
     } else {
-        crate::store::fs::write_file_atomically(&journal, (left.join("\n") + "\n").as_bytes())
+        crate::files::write_atomically(&journal, (left.join("\n") + "\n").as_bytes())
     };
     if let Err(e) = rewritten {
         tracing::warn!("{}: {e:#}", journal.display());
@@ -132,22 +132,6 @@ pub async fn recorded(store: &dyn Store) -> Result<Vec<Dropped>> {
 
 fn journal_path(pg_wal: &Path) -> PathBuf {
     pg_wal.join(JOURNAL)
-}
-
-/// Appends one record and makes it durable before wal-push answers 0.
-fn append(journal: &Path, d: &Dropped) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(journal)
-        .with_context(|| format!("cannot write {}", journal.display()))?;
-    writeln!(f, "{}", serde_json::to_string(d)?)?;
-    f.sync_all()
-        .with_context(|| format!("cannot sync {}", journal.display()))?;
-    if let Some(dir) = journal.parent() {
-        std::fs::File::open(dir).and_then(|d| d.sync_all())?;
-    }
-    Ok(())
 }
 
 /// `.ready` files in an archive_status directory.

@@ -2,7 +2,7 @@
 //! their defaults and the values they accept; config.rs reads them in with the rest.
 
 use crate::setting::{key, one_of, range, Key, Kind};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 impl Settings {
     pub const KEYS: &[Key] = &[
@@ -49,42 +49,21 @@ impl Settings {
     ];
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     pub endpoint: Option<String>,
-    #[serde(default = "part_size_mb")]
+    #[serde(default = "crate::store::defaults::part_size_mb")]
     pub part_size_mb: i64,
-    #[serde(default = "max_attempts")]
+    #[serde(default = "crate::store::defaults::max_attempts")]
     pub max_attempts: i64,
-    #[serde(default = "timeout")]
+    #[serde(default = "crate::store::defaults::timeout_seconds")]
     pub timeout_seconds: i64,
-    #[serde(default = "connect_timeout")]
+    #[serde(default = "crate::store::defaults::connect_timeout_seconds")]
     pub connect_timeout_seconds: i64,
     pub immutability_mode: Option<String>,
-    #[serde(default = "immutability_days")]
+    #[serde(default = "crate::store::defaults::lock_days")]
     pub immutability_days: i64,
 }
 
-impl Default for Settings {
-    fn default() -> Self {
-        crate::setting::defaults()
-    }
-}
-
-// As long as S3's Object Lock default (see store/s3/settings.rs).
-fn immutability_days() -> i64 {
-    35
-}
-fn part_size_mb() -> i64 {
-    16
-}
-fn max_attempts() -> i64 {
-    4
-}
-fn timeout() -> i64 {
-    120
-}
-fn connect_timeout() -> i64 {
-    5
-}
+crate::setting::default_from_serde!(Settings);

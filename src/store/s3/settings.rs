@@ -3,7 +3,7 @@
 
 use crate::setting::{key, one_of, range, Key, Kind};
 use anyhow::{bail, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 impl Settings {
@@ -91,7 +91,7 @@ impl Settings {
     ];
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     pub endpoint: Option<String>,
@@ -103,27 +103,23 @@ pub struct Settings {
     pub sse_kms_key_id: Option<String>,
     pub storage_class: Option<String>,
     pub object_lock_mode: Option<String>,
-    #[serde(default = "lock_days")]
+    #[serde(default = "crate::store::defaults::lock_days")]
     pub object_lock_days: i64,
     #[serde(default)]
     pub class_tags: bool,
     #[serde(default = "yes")]
     pub create_only: bool,
-    #[serde(default = "part_size_mb")]
+    #[serde(default = "crate::store::defaults::part_size_mb")]
     pub part_size_mb: i64,
-    #[serde(default = "max_attempts")]
+    #[serde(default = "crate::store::defaults::max_attempts")]
     pub max_attempts: i64,
-    #[serde(default = "timeout")]
+    #[serde(default = "crate::store::defaults::timeout_seconds")]
     pub timeout_seconds: i64,
-    #[serde(default = "connect_timeout")]
+    #[serde(default = "crate::store::defaults::connect_timeout_seconds")]
     pub connect_timeout_seconds: i64,
 }
 
-impl Default for Settings {
-    fn default() -> Self {
-        crate::setting::defaults()
-    }
-}
+crate::setting::default_from_serde!(Settings);
 
 impl Settings {
     /// What no single key's declaration can say.
@@ -135,25 +131,7 @@ impl Settings {
     }
 }
 
-// Longer than the usual keep of daily backups (a few weeks): retention removes an
-// object once its backups expire, so a shorter lock would not protect them all.
-fn lock_days() -> i64 {
-    35
-}
 // Creates only (If-None-Match: *): a stored object is never replaced.
 fn yes() -> bool {
     true
-}
-// 16 MiB: a WAL segment in one PUT; larger objects in parts of this size.
-fn part_size_mb() -> i64 {
-    16
-}
-fn max_attempts() -> i64 {
-    4
-}
-fn timeout() -> i64 {
-    120
-}
-fn connect_timeout() -> i64 {
-    5
 }
