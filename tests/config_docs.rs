@@ -68,15 +68,7 @@ fn example_config_names_every_key() {
     )
     .unwrap();
     // The values it shows are the defaults.
-    let empty = std::env::temp_dir().join(format!("walvault-empty-{}.toml", std::process::id()));
-    std::fs::write(&empty, "").unwrap();
-    let defaults = walvault::config::Config::load(
-        walvault::config::Source::Explicit(&empty),
-        &Default::default(),
-    )
-    .unwrap();
-    std::fs::remove_file(&empty).unwrap();
-    assert_eq!(format!("{cfg:?}"), format!("{defaults:?}"));
+    assert_eq!(format!("{cfg:?}"), format!("{:?}", defaults("example")));
 }
 
 /// The default column says each key's default as the code declares it: the
@@ -88,15 +80,7 @@ fn documented_defaults_are_the_declared_ones() {
         "/docs/configuration.md"
     ))
     .unwrap();
-    let empty = std::env::temp_dir().join(format!("walvault-dflt-{}.toml", std::process::id()));
-    std::fs::write(&empty, "").unwrap();
-    let defaults = walvault::config::Config::load(
-        walvault::config::Source::Explicit(&empty),
-        &Default::default(),
-    )
-    .unwrap();
-    std::fs::remove_file(&empty).unwrap();
-    let table = toml::Value::try_from(&defaults).unwrap();
+    let table = toml::Value::try_from(defaults("docs")).unwrap();
     let mut wrong = Vec::new();
     for k in walvault::config::keys() {
         let row = format!("| `{}` |", k.name);
@@ -125,4 +109,17 @@ fn documented_defaults_are_the_declared_ones() {
         }
     }
     assert!(wrong.is_empty(), "defaults:\n{}", wrong.join("\n"));
+}
+
+/// The configuration an empty file loads to: every key at its default.
+fn defaults(test: &str) -> walvault::config::Config {
+    let empty = std::env::temp_dir().join(format!("walvault-{test}-{}.toml", std::process::id()));
+    std::fs::write(&empty, "").unwrap();
+    let cfg = walvault::config::Config::load(
+        walvault::config::Source::Explicit(&empty),
+        &Default::default(),
+    )
+    .unwrap();
+    std::fs::remove_file(&empty).unwrap();
+    cfg
 }

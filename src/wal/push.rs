@@ -212,6 +212,24 @@ pub async fn run(store: &dyn Store, codec: &Codec, p: Prepared, opts: &Options) 
     Ok(())
 }
 
+/// Stores one local WAL file as `wal-push` stores it: the same checks (header
+/// against the name, the repository's cluster), the same object, create-only,
+/// an identical copy already stored being success and a different one refused.
+/// For writers other than PostgreSQL's archiver (the WAL receiver), so that
+/// whichever of them arrives first, the other finds its own bytes. Returns the
+/// file's length.
+pub async fn store_file(store: &dyn Store, codec: &Codec, path: &Path) -> Result<u64> {
+    let name = file_name(path)?;
+    let kind = WalFile::parse(&name)?;
+    let checked =
+        check_file(path, name, kind).with_context(|| format!("refusing {}", path.display()))?;
+    let identity = repo::load(store).await?;
+    let pushed = push_one(store, codec, checked, identity.as_ref(), None, None)
+        .await
+        .with_context(|| format!("refusing {}", path.display()))?;
+    Ok(pushed.len)
+}
+
 fn file_name(path: &Path) -> Result<String> {
     Ok(path
         .file_name()
