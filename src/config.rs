@@ -67,6 +67,28 @@ pub const KEYS: &[Key] = &[
         100_000,
         "wal-push: when the repository fails and N or more .ready files wait, the segment is dropped from the archive and recorded as a deliberate gap (trades point-in-time recovery for the primary's disk; 0 = never, the default)",
     ),
+    key(
+        "receive.slot",
+        Kind::Str,
+        "wal-receive: the physical replication slot it streams through",
+    ),
+    key(
+        "receive.create_slot",
+        Kind::Bool,
+        "wal-receive: create the slot when the server has none of that name",
+    ),
+    range(
+        "receive.flush_seconds",
+        0,
+        3_600,
+        "wal-receive: the longest the repository trails what was received (0 = as soon as no more WAL is at hand)",
+    ),
+    range(
+        "receive.flush_bytes",
+        0,
+        1 << 30,
+        "wal-receive: flush once this many bytes wait (0 = on time alone)",
+    ),
     range(
         "fetch.prefetch",
         0,
@@ -318,6 +340,8 @@ pub struct Config {
     #[serde(default)]
     pub push: Push,
     #[serde(default)]
+    pub receive: Receive,
+    #[serde(default)]
     pub postgres: Postgres,
     #[serde(default)]
     pub backup: Backup,
@@ -334,7 +358,16 @@ pub struct Config {
 }
 
 // Each section's defaults are its serde defaults, written once per field.
-crate::setting::default_from_serde!(Drill, Verify, Backup, Restore, Push, Compression, Fetch);
+crate::setting::default_from_serde!(
+    Drill,
+    Verify,
+    Backup,
+    Restore,
+    Push,
+    Receive,
+    Compression,
+    Fetch
+);
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -540,6 +573,31 @@ pub struct Push {
     pub concurrency: i64,
     #[serde(default)]
     pub max_backlog: i64,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Receive {
+    #[serde(default = "default_slot")]
+    pub slot: String,
+    #[serde(default = "default_true")]
+    pub create_slot: bool,
+    #[serde(default = "default_flush_seconds")]
+    pub flush_seconds: i64,
+    #[serde(default = "default_flush_bytes")]
+    pub flush_bytes: i64,
+}
+
+fn default_slot() -> String {
+    "walvault".to_string()
+}
+// The RPO of asynchronous streaming: a second, as the issue that asked for it.
+fn default_flush_seconds() -> i64 {
+    1
+}
+// A burst is stored in steps of 4 MiB rather than a second's worth at once.
+fn default_flush_bytes() -> i64 {
+    4 << 20
 }
 
 // A backlog drains in batches of 1 + 8; one call stays well under a second.

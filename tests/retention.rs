@@ -444,6 +444,11 @@ fn status_textfile_shows_the_backlog_when_s3_is_down() {
     s.a.psql("create table t(i int)");
     s.flush_archive();
     s.backup();
+    // The backup's last files (its stop segment, the .backup file) may still
+    // be on their way to the archiver: the figures below are of an idle one.
+    wait_for("the backup's WAL archived", Duration::from_secs(60), || {
+        ready_files(&s.a.pgdata).is_empty()
+    });
     let env = s.a.pg_env(&s.env);
     let prom = s.root.path().join("walvault.prom");
     let p = prom.to_str().unwrap();

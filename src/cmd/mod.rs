@@ -24,6 +24,7 @@ pub mod verify;
 pub mod wal_fetch;
 pub mod wal_prefetch;
 pub mod wal_push;
+pub mod wal_receive;
 pub mod wal_verify;
 
 use crate::codec::Codec;
@@ -76,6 +77,8 @@ pub enum Command {
     WalPush(wal_push::Args),
     /// Restore one WAL file: restore_command = 'walvault wal-fetch %f %p'
     WalFetch(wal_fetch::Args),
+    /// Stream WAL into the repository (a service): an RPO of seconds, zero with synchronous replication
+    WalReceive(wal_receive::Args),
     /// Download WAL segments ahead into the prefetch spool (wal-fetch starts it), or --clean it
     WalPrefetch(wal_prefetch::Args),
     /// Create an age identity file (mode 0600) and print its public recipient
@@ -144,6 +147,7 @@ impl Command {
             Command::WalPush(_) => ("wal-push", ArchiveCall),
             Command::WalFetch(_) => ("wal-fetch", RestoreCall),
             Command::WalPrefetch(_) => ("wal-prefetch", ArchiveCall),
+            Command::WalReceive(_) => ("wal-receive", Report),
             Command::Keygen(_) => ("keygen", Report),
             Command::BackupPush(_) => ("backup-push", Parallel),
             Command::BackupList(_) => ("backup-list", Report),
@@ -195,6 +199,7 @@ impl Command {
             Command::WalPush(a) => a.run(env).await,
             Command::WalFetch(a) => a.run(env).await,
             Command::WalPrefetch(a) => a.run(env).await,
+            Command::WalReceive(a) => a.run(env).await,
             Command::Keygen(a) => a.run(),
             Command::BackupPush(a) => a.run(env).await,
             Command::BackupList(a) => a.run(env).await,

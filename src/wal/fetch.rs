@@ -11,7 +11,7 @@ use super::prefetch::Spool;
 use crate::codec::{Codec, DecodeError, Limited};
 use crate::repo;
 use crate::store::Store;
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -217,7 +217,28 @@ async fn fetch_with_retries(
                     .await
                     .map(|()| Fetched::Restored);
             }
-            Ok(false) => return absent(store, name, to.dest).await,
+            Ok(false) => {
+                // Not archived whole: what wal-receive holds of it, if anything.
+                match from_stream(store, codec, key, to).await {
+                    Ok(true) => {
+                        let sysid = match identity {
+                            Some(Ok(Some(id))) => Some(id.sysid().map_err(Fatal)?),
+                            _ => own_sysid,
+                        };
+                        return place(store, key, name, segment, sysid, to)
+                            .await
+                            .map(|()| Fetched::Restored);
+                    }
+                    Ok(false) => return absent(store, name, to.dest).await,
+                    Err(e) => {
+                        let _ = std::fs::remove_file(tmp);
+                        last = Some(anyhow!(
+                            "cannot restore {name} from what wal-receive stored: {e:#}"
+                        ));
+                        continue;
+                    }
+                }
+            }
             Err(e) => {
                 let _ = std::fs::remove_file(tmp);
                 let key_problem = e
@@ -303,6 +324,52 @@ async fn fetch_once(store: &dyn Store, codec: &Codec, key: &str, to: &Place<'_>)
         let _ = std::fs::remove_file(tmp);
         return Ok(false);
     }
+    Ok(true)
+}
+
+/// A segment not archived whole, from the newest of wal-receive's stream
+/// objects: the bytes received, then zeros to the segment's size. Replay reads
+/// them to the last whole record and finds the end of WAL there, as it does in
+/// a segment being written: recovery to the latest point ends at the last
+/// commit the repository holds. `Ok(false)`: nothing of it was received.
+async fn from_stream(store: &dyn Store, codec: &Codec, key: &str, to: &Place<'_>) -> Result<bool> {
+    let WalFile::Segment(seg) = to.kind else {
+        return Ok(false);
+    };
+    let prefix = format!("{}{seg}.", super::receive::STREAM_PREFIX);
+    let newest = store
+        .list(&prefix)
+        .await?
+        .into_iter()
+        .filter_map(|o| super::receive::parse_stream_key(&o.key).map(|(_, end)| (end, o.key)))
+        .max();
+    let Some((end, stream_key)) = newest else {
+        return Ok(false);
+    };
+    if !fetch_once(store, codec, &stream_key, to).await? {
+        // Superseded meanwhile: the whole segment was stored, then its stream
+        // objects removed.
+        return fetch_once(store, codec, key, to).await;
+    }
+    let mut head = [0u8; super::header::LONG_HEADER_LEN];
+    {
+        use std::io::Read;
+        std::fs::File::open(to.tmp)?
+            .read_exact(&mut head)
+            .context("a stream object too short for its page header")?;
+    }
+    let size = super::header::LongPageHeader::parse(&head)?.seg_size as u64;
+    let got = std::fs::metadata(to.tmp)?.len();
+    if !super::names::valid_segment_size(size) || end > size || got != end {
+        bail!("{stream_key} holds {got} bytes, its name says {end}, of a segment of {size}: not a stream object walvault wrote");
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(to.tmp)?
+        .set_len(size)?;
+    tracing::info!(
+        "{seg} is not archived whole: restored the {end} bytes wal-receive stored of it ({stream_key}); replay ends where they do"
+    );
     Ok(true)
 }
 

@@ -11,6 +11,7 @@ pub mod inventory;
 pub mod names;
 pub mod prefetch;
 pub mod push;
+pub mod receive;
 pub mod replication;
 pub mod segments;
 pub mod switches;

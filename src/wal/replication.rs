@@ -66,6 +66,8 @@ pub struct Replication {
     buf: BytesMut,
     /// Where this session connected, for messages.
     location: String,
+    /// The server's major version (its `server_version` at startup).
+    major: Option<u32>,
 }
 
 /// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
@@ -125,6 +127,7 @@ impl Replication {
                 io,
                 buf: BytesMut::with_capacity(1 << 20),
                 location,
+                major: None,
             };
             let at = r.location.clone();
             r.startup(cfg)
@@ -138,6 +141,29 @@ impl Replication {
 
     pub fn location(&self) -> &str {
         &self.location
+    }
+
+    /// The server's major version, as it announced it.
+    pub fn major(&self) -> Option<u32> {
+        self.major
+    }
+
+    /// Whether a whole message already waits in the buffer: more WAL is
+    /// at hand without waiting on the network.
+    pub fn pending(&self) -> bool {
+        self.buf.len() >= 5
+            && self.buf.len() > u32::from_be_bytes(self.buf[1..5].try_into().unwrap()) as usize
+    }
+
+    /// The server's WAL segment size (SHOW wal_segment_size).
+    pub async fn segment_size(&mut self) -> Result<u64> {
+        let rows = self.query("SHOW wal_segment_size").await?;
+        let v = rows
+            .first()
+            .and_then(|r| r.first())
+            .and_then(|c| c.as_ref())
+            .context("SHOW wal_segment_size returned nothing")?;
+        parse_size(&String::from_utf8_lossy(v))
     }
 
     async fn startup(&mut self, cfg: &tokio_postgres::Config) -> Result<()> {
@@ -205,7 +231,17 @@ impl Replication {
                 }
                 b'E' => return Err(server_error(&body).into()),
                 b'Z' => return Ok(()),
-                // ParameterStatus, BackendKeyData, notices.
+                b'S' => {
+                    let mut parts = body.split(|&b| b == 0);
+                    if parts.next() == Some(b"server_version") {
+                        let v = String::from_utf8_lossy(parts.next().unwrap_or_default());
+                        self.major = v
+                            .split(|c: char| !c.is_ascii_digit())
+                            .next()
+                            .and_then(|m| m.parse().ok());
+                    }
+                }
+                // BackendKeyData, notices.
                 _ => {}
             }
         }
@@ -442,6 +478,23 @@ pub fn check_slot_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// `16MB`, `1GB`: PostgreSQL's memory units as SHOW prints them.
+fn parse_size(v: &str) -> Result<u64> {
+    let digits = v.trim().trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &v.trim()[digits.len()..];
+    let n: u64 = digits
+        .parse()
+        .with_context(|| format!("'{v}' is not a size"))?;
+    let mul = match unit {
+        "" | "B" => 1,
+        "kB" => 1 << 10,
+        "MB" => 1 << 20,
+        "GB" => 1 << 30,
+        _ => bail!("'{v}': unknown unit {unit}"),
+    };
+    Ok(n * mul)
+}
+
 fn data_row(mut body: Bytes) -> Result<Vec<Option<Bytes>>> {
     if body.len() < 2 {
         bail!("a data row without its column count");
@@ -506,6 +559,13 @@ mod tests {
             e.to_string(),
             "replication slot \"x\" does not exist (SQLSTATE 42704)"
         );
+    }
+
+    #[test]
+    fn sizes_as_show_prints_them() {
+        assert_eq!(parse_size("16MB").unwrap(), 16 << 20);
+        assert_eq!(parse_size("1GB").unwrap(), 1 << 30);
+        assert!(parse_size("16 parsecs").is_err());
     }
 
     #[test]

@@ -1,0 +1,405 @@
+//! `wal-receive`: WAL streamed from the server into the repository, so the
+//! repository trails the server by about `receive.flush_seconds` instead of
+//! by a segment (or `archive_timeout`).
+//!
+//! - A completed segment is stored with `push::store_file`: the very object
+//!   `wal-push` stores, so the archiver and the receiver may both run and
+//!   either may store a segment first (identical: success; different: refused).
+//! - The open segment is stored as it grows: every flush writes the segment's
+//!   bytes from its start to the position received, create-only, as
+//!   `stream/<segment>.<end offset, 8 hex digits>`. A new name per flush, so no
+//!   stored object is ever replaced; the newest of a segment is the one with
+//!   the largest offset, and it holds all the older ones do. The older one is
+//!   deleted once the newer is stored, and all of them once the whole segment
+//!   is (a deletion Object Lock refuses is left to its expiry).
+//! - The server is told a position is flushed only once the repository holds
+//!   it: with `synchronous_standby_names` naming the receiver's
+//!   application_name, a commit returns only once its WAL is in the
+//!   repository. `receive.flush_seconds = 0` flushes as soon as no more WAL is
+//!   at hand, which is what a synchronous commit waits on.
+//! - On start (and after each reconnect) it resumes from what the repository
+//!   holds on the server's timeline: the segment after the newest complete one,
+//!   or the segment of the newest stream object, re-streamed from its start
+//!   (the slot keeps it: its position moves only with what was flushed).
+
+use super::names::{Lsn, SegmentName, WalFile};
+use super::replication::{Event, Replication};
+use crate::codec::Codec;
+use crate::store::{Class, Mode, Store};
+use crate::{pg, repo};
+use anyhow::{bail, Context, Result};
+use std::time::{Duration, Instant};
+
+/// Where the open segments' objects are kept.
+pub const STREAM_PREFIX: &str = "stream/";
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub conninfo: Option<String>,
+    pub slot: String,
+    /// Create the slot when the server has none of that name.
+    pub create_slot: bool,
+    pub flush_interval: Duration,
+    /// Flush once this many bytes are received and not yet stored.
+    pub flush_bytes: u64,
+    /// Stop once this position is stored (tests, one-off catch-ups).
+    pub stop_at: Option<Lsn>,
+}
+
+/// The key of a stream object: segment `seg` up to `end` bytes into it.
+pub fn stream_key(seg: &SegmentName, end: u64) -> String {
+    format!("{STREAM_PREFIX}{seg}.{end:08X}")
+}
+
+/// A stream object's key back to its segment and end offset.
+pub fn parse_stream_key(key: &str) -> Option<(SegmentName, u64)> {
+    let rest = key.strip_prefix(STREAM_PREFIX)?;
+    let (seg, end) = rest.split_once('.')?;
+    let seg = match WalFile::parse(seg).ok()? {
+        WalFile::Segment(s) => s,
+        _ => return None,
+    };
+    if end.len() != 8 {
+        return None;
+    }
+    Some((seg, u64::from_str_radix(end, 16).ok()?))
+}
+
+/// Runs until stopped (SIGTERM, SIGINT, or `stop_at` stored). A refusal
+/// (another cluster's repository, a slot that does not exist, no permission)
+/// ends it with the server's words; a connection lost once streaming is
+/// retried.
+pub async fn run(store: &dyn Store, codec: &Codec, opts: &Options) -> Result<()> {
+    // Told to stop, a session stores what it holds first.
+    let (tell, mut stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown().await;
+        let _ = tell.send(true);
+    });
+    let mut streamed_before = false;
+    loop {
+        match session(store, codec, opts, &mut streamed_before, stop.clone()).await {
+            Ok(Ended::Stop) => return Ok(()),
+            Ok(Ended::Timeline) => continue,
+            Err(e) if !streamed_before => return Err(e),
+            Err(e) => {
+                tracing::warn!("wal-receive: {e:#}; reconnecting in 5 s");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    _ = stop.wait_for(|s| *s) => return Ok(()),
+                }
+            }
+        }
+    }
+}
+
+async fn shutdown() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("wal-receive: stopping");
+}
+
+enum Ended {
+    Stop,
+    /// The timeline streamed ended: reconnect and follow the next.
+    Timeline,
+}
+
+async fn session(
+    store: &dyn Store,
+    codec: &Codec,
+    opts: &Options,
+    streamed_before: &mut bool,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<Ended> {
+    if *stop.borrow() {
+        return Ok(Ended::Stop);
+    }
+    let cfg = pg::conn::resolve(opts.conninfo.as_deref())?;
+    let mut r = Replication::connect(&cfg).await?;
+    let sys = r.identify_system().await?;
+    let seg_size = r.segment_size().await?;
+    if opts.create_slot {
+        if let Err(e) = r.create_slot(&opts.slot).await {
+            // SQLSTATE 42710: it exists already, as on every start but the first.
+            if !format!("{e:#}").contains("SQLSTATE 42710") {
+                return Err(e);
+            }
+        }
+    }
+    let tli = sys.timeline;
+    let history = match tli {
+        1 => None,
+        _ => Some(r.timeline_history(tli).await?),
+    };
+    let switch = match &history {
+        Some((_, content)) => super::history::parse(&String::from_utf8_lossy(content))?
+            .last()
+            .map(|e| e.switch_lsn),
+        None => None,
+    };
+    let from = match resume_segment(store, tli, seg_size).await? {
+        Some(segno) => Lsn(segno * seg_size),
+        // Nothing of this timeline yet: from where it began, else from now.
+        None => Lsn(switch.unwrap_or(sys.position).0 / seg_size * seg_size),
+    };
+    // Stream objects of segments stored whole meanwhile (by the archiver,
+    // while this receiver was down) serve no one any more.
+    for o in store.list(&format!("{STREAM_PREFIX}{tli:08X}")).await? {
+        if let Some((s, _)) = parse_stream_key(&o.key) {
+            let whole = store.head(&super::key(&s.to_string())).await?.is_some();
+            if s.segno(seg_size)? < from.0 / seg_size && whole {
+                forget(store, &o.key).await;
+            }
+        }
+    }
+    // Streaming starts before the repository is written to: a slot that does
+    // not exist is refused before anything is initialised.
+    r.start(Some(&opts.slot), from, tli).await?;
+    repo::ensure(store, sys.system_id, r.major())
+        .await
+        .with_context(|| format!("refusing to receive from {}", r.location()))?;
+    if let Some((name, content)) = &history {
+        store_local(store, codec, name, content).await?;
+    }
+    *streamed_before = true;
+    tracing::info!(
+        "wal-receive: streaming timeline {tli} from {from} at {} into {}",
+        r.location(),
+        store.locate("")
+    );
+    let mut seg = Open::new(tli, from, seg_size);
+    let mut last_flush = Instant::now();
+    loop {
+        let deadline = tokio::time::Instant::from_std(last_flush + opts.flush_interval);
+        let ev = tokio::select! {
+            ev = tokio::time::timeout_at(deadline, r.next()) => match ev {
+                Ok(ev) => Some(ev?),
+                Err(_) => None,
+            },
+            _ = stop.wait_for(|s| *s) => {
+                if seg.unflushed() > 0 {
+                    seg.store_partial(store, codec).await?;
+                    r.report(seg.received(), seg.flushed, false).await?;
+                }
+                return Ok(Ended::Stop);
+            }
+        };
+        match ev {
+            Some(Event::Data { start, data, .. }) => {
+                if start != seg.received() {
+                    bail!(
+                        "the server sent WAL from {start}, expected {}",
+                        seg.received()
+                    );
+                }
+                let mut rest = &data[..];
+                while !rest.is_empty() {
+                    let took = seg.take(rest);
+                    rest = &rest[took..];
+                    if seg.full() {
+                        seg.store_whole(store, codec).await?;
+                        r.report(seg.received(), seg.flushed, false).await?;
+                        last_flush = Instant::now();
+                        seg = Open::new(tli, seg.received(), seg_size);
+                    }
+                }
+                let due = if opts.flush_interval.is_zero() {
+                    !r.pending()
+                } else {
+                    opts.flush_bytes > 0 && seg.unflushed() >= opts.flush_bytes
+                };
+                if due && seg.unflushed() > 0 {
+                    seg.store_partial(store, codec).await?;
+                    r.report(seg.received(), seg.flushed, false).await?;
+                    last_flush = Instant::now();
+                }
+            }
+            Some(Event::Keepalive { reply, .. }) => {
+                if reply {
+                    r.report(seg.received(), seg.flushed, false).await?;
+                }
+            }
+            Some(Event::TimelineEnd { next }) => {
+                if seg.unflushed() > 0 {
+                    seg.store_partial(store, codec).await?;
+                }
+                tracing::info!("wal-receive: timeline {tli} ended on the server (next: {next:?})");
+                return Ok(Ended::Timeline);
+            }
+            None => {
+                if seg.unflushed() > 0 {
+                    seg.store_partial(store, codec).await?;
+                }
+                r.report(seg.received(), seg.flushed, false).await?;
+                last_flush = Instant::now();
+            }
+        }
+        if opts.stop_at.is_some_and(|at| seg.flushed >= at) {
+            return Ok(Ended::Stop);
+        }
+    }
+}
+
+/// The segment being received: its bytes from its start.
+struct Open {
+    name: SegmentName,
+    start: Lsn,
+    size: u64,
+    bytes: Vec<u8>,
+    /// What the repository holds (the server is told no more).
+    flushed: Lsn,
+    /// The stream object of this segment stored last.
+    stored_key: Option<String>,
+}
+
+impl Open {
+    fn new(tli: u32, start: Lsn, size: u64) -> Open {
+        Open {
+            name: SegmentName::from_segno(tli, start.0 / size, size),
+            start,
+            size,
+            bytes: Vec::with_capacity(size as usize),
+            flushed: start,
+            stored_key: None,
+        }
+    }
+
+    fn received(&self) -> Lsn {
+        Lsn(self.start.0 + self.bytes.len() as u64)
+    }
+
+    fn unflushed(&self) -> u64 {
+        self.received().0 - self.flushed.0
+    }
+
+    fn full(&self) -> bool {
+        self.bytes.len() as u64 == self.size
+    }
+
+    /// Appends what fits in this segment; returns how much it took.
+    fn take(&mut self, data: &[u8]) -> usize {
+        let n = data
+            .len()
+            .min((self.size - self.bytes.len() as u64) as usize);
+        self.bytes.extend_from_slice(&data[..n]);
+        n
+    }
+
+    async fn store_partial(&mut self, store: &dyn Store, codec: &Codec) -> Result<()> {
+        let end = self.bytes.len() as u64;
+        let key = stream_key(&self.name, end);
+        let data = self.bytes.clone();
+        let c = codec.clone();
+        let (_, encoded) =
+            tokio::task::spawn_blocking(move || c.encode_to_vec(&mut &data[..])).await??;
+        match store
+            .write_bytes(&key, encoded.into(), Class::Standard, Mode::Create)
+            .await
+        {
+            Ok(_) => {}
+            // Stored by an earlier run that stopped before telling the server.
+            Err(e) if crate::store::already_stored(&e) => {}
+            Err(e) => return Err(e.context(format!("storing {key}"))),
+        }
+        if let Some(old) = self.stored_key.replace(key) {
+            forget(store, &old).await;
+        }
+        self.flushed = self.received();
+        Ok(())
+    }
+
+    async fn store_whole(&mut self, store: &dyn Store, codec: &Codec) -> Result<()> {
+        store_local(store, codec, &self.name.to_string(), &self.bytes).await?;
+        for o in store
+            .list(&format!("{STREAM_PREFIX}{}.", self.name))
+            .await?
+        {
+            forget(store, &o.key).await;
+        }
+        self.stored_key = None;
+        self.flushed = self.received();
+        tracing::info!("wal-receive: stored {}", self.name);
+        Ok(())
+    }
+}
+
+/// A stream object superseded: deleted, or left to its lock's expiry.
+async fn forget(store: &dyn Store, key: &str) {
+    if let Err(e) = store.delete(key).await {
+        tracing::debug!("{key} stays until its retention ends: {e:#}");
+    }
+}
+
+/// Stores WAL file `name` (a segment or a history file) as wal-push does,
+/// through a private local copy (the checks and comparison read a file).
+async fn store_local(store: &dyn Store, codec: &Codec, name: &str, bytes: &[u8]) -> Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("walvault-receive-")
+        .tempdir()
+        .context("cannot make a temporary directory")?;
+    let path = dir.path().join(name);
+    std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    super::push::store_file(store, codec, &path).await?;
+    Ok(())
+}
+
+/// The segment number to stream from on `tli`: after the newest complete
+/// segment, or that of the newest stream object when it is later.
+async fn resume_segment(store: &dyn Store, tli: u32, seg_size: u64) -> Result<Option<u64>> {
+    let mut from = None;
+    for o in store.list(&super::key(&format!("{tli:08X}"))).await? {
+        let name = o.key.trim_start_matches("wal/");
+        if let Ok(WalFile::Segment(s)) = WalFile::parse(name) {
+            from = from.max(Some(s.segno(seg_size)? + 1));
+        }
+    }
+    for o in store.list(&format!("{STREAM_PREFIX}{tli:08X}")).await? {
+        if let Some((s, _)) = parse_stream_key(&o.key) {
+            from = from.max(Some(s.segno(seg_size)?));
+        }
+    }
+    Ok(from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_keys_name_their_segment_and_end() {
+        let seg = SegmentName::from_segno(2, 0x105, 16 << 20);
+        let key = stream_key(&seg, 0x2000);
+        assert_eq!(key, "stream/000000020000000100000005.00002000");
+        assert_eq!(parse_stream_key(&key), Some((seg, 0x2000)));
+        for bad in [
+            "stream/000000020000000100000005",
+            "stream/00000002.history.00002000",
+            "stream/000000020000000100000005.2000",
+            "wal/000000020000000100000005.00002000",
+        ] {
+            assert_eq!(parse_stream_key(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_segment_fills_to_its_size_and_no_further() {
+        let mut o = Open::new(1, Lsn(3 << 24), 1 << 24);
+        assert_eq!(o.take(&[1u8; 10]), 10);
+        assert_eq!(o.unflushed(), 10);
+        let big = vec![2u8; 1 << 24];
+        assert_eq!(o.take(&big), (1 << 24) - 10);
+        assert!(o.full());
+        assert_eq!(o.received(), Lsn(4 << 24));
+        assert_eq!(o.name.to_string(), "000000010000000000000003");
+    }
+}

@@ -1,0 +1,386 @@
+//! `walvault wal-receive` against a real PostgreSQL 15 beside its archive_command:
+//! the repository trails commits by about flush_seconds (and not at all in
+//! synchronous mode), holds the server's own bytes, survives a SIGKILL of the
+//! receiver, and refuses what it must in one line.
+
+mod common;
+
+use common::*;
+use std::collections::BTreeMap;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+use walvault::store::Store;
+use walvault::wal::names::Lsn;
+use walvault::wal::receive::parse_stream_key;
+
+const SEG: u64 = 16 << 20;
+
+struct Repo {
+    store: walvault::store::fs::FsStore,
+    codec: walvault::codec::Codec,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Repo {
+    /// The repository below `root` (a test's fs_repo), read without a key.
+    fn at(root: &std::path::Path) -> Repo {
+        Repo {
+            store: walvault::store::fs::FsStore::new(root.join("repo")),
+            codec: walvault::codec::Codec::new(1, vec![], None),
+            rt: tokio::runtime::Runtime::new().unwrap(),
+        }
+    }
+
+    /// The furthest position the repository holds on timeline 1: the end of
+    /// the newest stream object, or of the newest complete segment.
+    fn held(&self) -> Lsn {
+        self.rt.block_on(async {
+            let mut held = 0;
+            for o in self.store.list("stream/").await.unwrap() {
+                if let Some((seg, end)) = parse_stream_key(&o.key) {
+                    held = held.max(seg.segno(SEG).unwrap() * SEG + end);
+                }
+            }
+            for o in self.store.list("wal/00000001").await.unwrap() {
+                let name = o.key.trim_start_matches("wal/");
+                if let Ok(walvault::wal::names::WalFile::Segment(s)) =
+                    walvault::wal::names::WalFile::parse(name)
+                {
+                    held = held.max((s.segno(SEG).unwrap() + 1) * SEG);
+                }
+            }
+            Lsn(held)
+        })
+    }
+
+    /// The newest stream object of the segment holding `at`, decoded.
+    fn newest_stream(&self, at: Lsn) -> Option<(String, Vec<u8>)> {
+        self.rt.block_on(async {
+            let mut best: Option<(u64, String)> = None;
+            for o in self.store.list("stream/").await.unwrap() {
+                if let Some((seg, end)) = parse_stream_key(&o.key) {
+                    if seg.segno(SEG).unwrap() == at.0 / SEG
+                        && best.as_ref().is_none_or(|b| end > b.0)
+                    {
+                        best = Some((end, o.key.clone()));
+                    }
+                }
+            }
+            let (_, key) = best?;
+            let bytes = self
+                .codec
+                .download_small(&self.store, &key, SEG)
+                .await
+                .unwrap()
+                .unwrap();
+            Some((key, bytes))
+        })
+    }
+}
+
+/// A receiver running; its stderr goes to a file (a pipe nobody reads would
+/// fill and stop it).
+struct Receiver {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+fn receiver(env: &BTreeMap<String, String>, c: &Cluster, sets: &[&str]) -> Receiver {
+    let mut cmd = walvault_child(env);
+    cmd.env(
+        "WALVAULT_POSTGRES_CONNINFO",
+        format!("host={} port={} user=postgres", c.sockdir.display(), c.port),
+    )
+    .arg("wal-receive");
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    let n = std::fs::read_dir(&c.root).unwrap().count();
+    let log = c.root.join(format!("receiver-{n}.log"));
+    let child = cmd
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .spawn()
+        .unwrap();
+    Receiver { child, log }
+}
+
+fn lsn(c: &Cluster, sql: &str) -> Lsn {
+    Lsn::parse(&c.psql(sql)).unwrap()
+}
+
+#[test]
+fn streams_beside_the_archiver_and_survives_a_kill() {
+    let root = pg_tempdir();
+    let env = fs_repo(root.path());
+    let mut c = Cluster::init(root.path(), "p");
+    c.archive_to_walvault();
+    c.start(&env);
+    c.psql("create table t (i int)");
+    let repo = Repo::at(root.path());
+
+    let mut r = receiver(&env, &c, &[]);
+    wait_for("the receiver's slot", Duration::from_secs(30), || {
+        c.psql("select count(*) from pg_replication_slots where slot_name = 'walvault' and active")
+            == "1"
+    });
+
+    // Asynchronous: each commit is in the repository within about flush_seconds.
+    let mut lags = Vec::new();
+    for i in 0..5 {
+        c.psql(&format!("insert into t values ({i})"));
+        let commit = lsn(&c, "select pg_current_wal_flush_lsn()");
+        let t = Instant::now();
+        wait_for(
+            "the commit in the repository",
+            Duration::from_secs(10),
+            || repo.held() >= commit,
+        );
+        lags.push(t.elapsed());
+    }
+    lags.sort();
+    assert!(
+        lags[lags.len() / 2] < Duration::from_millis(2500),
+        "median lag {:?} with flush_seconds = 1",
+        lags[lags.len() / 2]
+    );
+    eprintln!("asynchronous lag from commit to repository: {lags:?}");
+
+    // What is stored is the server's own bytes.
+    let at = lsn(&c, "select pg_current_wal_flush_lsn()");
+    let (key, bytes) = repo
+        .newest_stream(at)
+        .expect("a stream object of the open segment");
+    let name = c.psql(&format!("select pg_walfile_name('{at}')"));
+    let file = std::fs::read(c.pgdata.join("pg_wal").join(&name)).unwrap();
+    assert!(
+        bytes[..] == file[..bytes.len()],
+        "{key} differs from the server's {name}"
+    );
+
+    // A completed segment: the archiver and the receiver store the same object;
+    // the stream objects of that segment go.
+    c.psql("select pg_switch_wal()");
+    c.wait_archived(&name, Duration::from_secs(30));
+    wait_for(
+        "the stream objects of the full segment to go",
+        Duration::from_secs(30),
+        || repo.newest_stream(at).is_none(),
+    );
+    let full = std::fs::read(c.pgdata.join("pg_wal").join(&name)).unwrap();
+    assert!(fetched(&env, root.path(), &name) == full);
+    let log = stop_receiver(&mut r, libc::SIGKILL);
+    assert!(!log.contains("DIFFERENT"), "{log}");
+
+    // Killed: what comes meanwhile waits in the slot, and a new receiver catches up.
+    c.psql("insert into t select g from generate_series(1, 50000) g");
+    let commit = lsn(&c, "select pg_current_wal_flush_lsn()");
+    let mut r = receiver(&env, &c, &[]);
+    wait_for("the catch-up", Duration::from_secs(30), || {
+        repo.held() >= commit
+    });
+    stop_receiver(&mut r, libc::SIGTERM);
+
+    // Stopped, it stores what it holds first: here a commit that no flush
+    // (an hour, or a size) would have stored yet.
+    let mut r = receiver(
+        &env,
+        &c,
+        &["receive.flush_seconds=3600", "receive.flush_bytes=0"],
+    );
+    wait_for("the receiver streaming", Duration::from_secs(30), || {
+        read_log(&r).contains("wal-receive: streaming")
+    });
+    c.psql("insert into t values (-2)");
+    let commit = lsn(&c, "select pg_current_wal_flush_lsn()");
+    wait_for("the commit sent", Duration::from_secs(30), || {
+        Lsn::parse(
+            &c.psql("select sent_lsn from pg_stat_replication where application_name = 'walvault'"),
+        )
+        .is_ok_and(|l| l >= commit)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        repo.held() < commit,
+        "flushed before an hour or a size said so"
+    );
+    let log = stop_receiver(&mut r, libc::SIGTERM);
+    assert!(log.contains("stopping"), "{log}");
+    assert!(
+        repo.held() >= commit,
+        "SIGTERM lost what was received: {log}"
+    );
+    c.stop();
+}
+
+#[test]
+fn synchronous_commits_wait_for_the_repository() {
+    let root = pg_tempdir();
+    let env = fs_repo(root.path());
+    let mut c = Cluster::init(root.path(), "p");
+    c.conf("synchronous_standby_names = 'walvault'");
+    c.start(&env);
+    let repo = Repo::at(root.path());
+    // Before the receiver runs nothing could commit: create the slot first.
+    let mut r = receiver(&env, &c, &["receive.flush_seconds=0"]);
+    wait_for(
+        "the receiver as a synchronous standby",
+        Duration::from_secs(30),
+        || {
+            c.psql("select sync_state from pg_stat_replication where application_name = 'walvault'")
+                == "sync"
+        },
+    );
+    c.psql("create table t (i int)");
+    for i in 0..20 {
+        c.psql(&format!("insert into t values ({i})"));
+        // The commit returned: its WAL is in the repository already.
+        let commit = lsn(&c, "select pg_current_wal_flush_lsn()");
+        assert!(
+            repo.held() >= commit,
+            "commit {i} at {commit} returned before the repository held it ({})",
+            repo.held()
+        );
+    }
+    // The control: with the receiver frozen, a commit does not return.
+    let pid = r.child.id() as i32;
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    std::thread::scope(|s| {
+        let commit = s.spawn(|| c.psql("insert into t values (-1)"));
+        std::thread::sleep(Duration::from_secs(2));
+        assert!(
+            !commit.is_finished(),
+            "a commit returned while the receiver was frozen"
+        );
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+        commit.join().unwrap();
+    });
+    assert!(repo.held() >= lsn(&c, "select pg_current_wal_flush_lsn()"));
+    stop_receiver(&mut r, libc::SIGTERM);
+    c.stop();
+}
+
+/// The primary lost (its postmaster and every child SIGKILLed) under
+/// synchronous streaming: recovery to the latest point, from the last backup and
+/// the repository alone, holds every commit that returned. The last of them
+/// are in a segment never archived whole: wal-fetch serves what wal-receive
+/// stored of it.
+#[test]
+fn sigkill_of_the_primary_loses_no_acknowledged_commit() {
+    let s = source(fs_repo);
+    let repo = Repo::at(s.root.path());
+    s.a.psql("create table t (i int)");
+    let _id = s.backup();
+    let mut r = receiver(&s.env, &s.a, &["receive.flush_seconds=0"]);
+    s.a.psql("alter system set synchronous_standby_names = 'walvault'");
+    s.a.psql("select pg_reload_conf()");
+    wait_for(
+        "the receiver as a synchronous standby",
+        Duration::from_secs(30),
+        || {
+            s.a.psql(
+                "select sync_state from pg_stat_replication where application_name = 'walvault'",
+            ) == "sync"
+        },
+    );
+    let mut acked = 0;
+    for i in 0..100 {
+        s.a.psql(&format!("insert into t values ({i})"));
+        acked += 1;
+    }
+    let last = lsn(&s.a, "select pg_current_wal_flush_lsn()");
+    let open = s.a.psql(&format!("select pg_walfile_name('{last}')"));
+
+    // The machine goes: the postmaster and all its processes at once.
+    let pm = s.a.pid().unwrap();
+    let children = std::fs::read_to_string(format!("/proc/{pm}/task/{pm}/children")).unwrap();
+    unsafe { libc::kill(pm, libc::SIGKILL) };
+    for c in children.split_whitespace() {
+        unsafe { libc::kill(c.parse().unwrap(), libc::SIGKILL) };
+    }
+    stop_receiver(&mut r, libc::SIGTERM);
+    assert!(
+        repo.rt
+            .block_on(repo.store.head(&format!("wal/{open}")))
+            .unwrap()
+            .is_none(),
+        "{open} was archived whole: the test would not reach the stream objects"
+    );
+    assert!(
+        repo.newest_stream(last).is_some(),
+        "no stream object of {open}"
+    );
+
+    let b = s.recover("b", &["--target", "latest"]);
+    assert_eq!(
+        b.psql("select count(*) from t"),
+        acked.to_string(),
+        "every commit that returned is recovered"
+    );
+    let log = std::fs::read_to_string(b.log_path()).unwrap();
+    assert!(
+        log.contains(&format!("{open} is not archived whole: restored the")),
+        "{open} was not served from the stream objects:\n{log}"
+    );
+}
+
+#[test]
+fn refusals_are_one_line() {
+    let root = pg_tempdir();
+    let env = fs_repo(root.path());
+    let mut c = Cluster::init(root.path(), "p");
+    c.start(&env);
+    // A slot that does not exist, and walvault told not to create it.
+    let mut r = receiver(&env, &c, &["receive.create_slot=false"]);
+    let out = wait_exit(&mut r);
+    assert!(
+        out.contains("replication slot \"walvault\" does not exist"),
+        "{out}"
+    );
+    assert_eq!(out.trim().lines().count(), 1, "{out}");
+
+    // The repository of another cluster.
+    let mut other = Cluster::init(root.path(), "o");
+    other.start(&env);
+    other.psql("create table x as select 1");
+    let out = walvault(
+        &["repo-init", "--pgdata", other.pgdata.to_str().unwrap()],
+        &env,
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut r = receiver(&env, &c, &[]);
+    let out = wait_exit(&mut r);
+    assert!(out.contains("system identifier"), "{out}");
+    assert_eq!(out.trim().lines().count(), 1, "{out}");
+    other.stop();
+    c.stop();
+}
+
+/// Waits for a receiver that must give up; its stderr.
+fn wait_exit(r: &mut Receiver) -> String {
+    let t = Instant::now();
+    loop {
+        if let Some(status) = r.child.try_wait().unwrap() {
+            assert_eq!(status.code(), Some(1), "{}", read_log(r));
+            return read_log(r);
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            stop_pid(r.child.id() as i32, libc::SIGKILL, Duration::from_secs(5));
+            panic!("the receiver did not give up: {}", read_log(r));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn stop_receiver(r: &mut Receiver, sig: i32) -> String {
+    stop_pid(r.child.id() as i32, sig, Duration::from_secs(20));
+    let status = r.child.wait().unwrap();
+    if sig == libc::SIGTERM {
+        assert!(status.success(), "{status:?}: {}", read_log(r));
+    }
+    read_log(r)
+}
+
+fn read_log(r: &Receiver) -> String {
+    std::fs::read_to_string(&r.log).unwrap_or_default()
+}
