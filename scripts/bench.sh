@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark (not part of the test run). Options: --only calls,profile,drain,replay,backups,incremental,summaries,catalog,files
+# The benchmark (not part of the test run). Options: --only calls,profile,drain,replay,backups,incremental,summaries,catalog,files,logical,receive
 # (default: all), --runs N (default 3), --segments N (default 64),
 # --drain N (default 256), --replay-mb N (default 2200), --scale N (default 100),
 # --files N (default 1000000, the many-files part).

@@ -1,4 +1,4 @@
-//! Benchmark (not part of the test run): `scripts/bench.sh [--only calls,profile,drain,replay,backups,incremental,summaries,catalog,files,logical] [--runs N] ...`.
+//! Benchmark (not part of the test run): `scripts/bench.sh [--only calls,profile,drain,replay,backups,incremental,summaries,catalog,files,logical,receive] [--runs N] ...`.
 //!
 //! Real WAL and databases from pgbench; walvault against pgBackRest like for
 //! like: the same S3 endpoint over HTTPS (certificate checked against the same
@@ -432,6 +432,9 @@ fn main() {
     }
     if a.wants("logical") {
         println!("{}", bench_logical(&a, &s));
+    }
+    if a.wants("receive") {
+        println!("{}", bench_receive(&a, &s));
     }
     drop(az);
     drop(weed);
@@ -2875,4 +2878,197 @@ fn strace_phases(trace: &str, program: &str, wal: &Path) -> Option<[f64; 7]> {
         ms(r, end),
         ms(s, end),
     ])
+}
+
+/// wal-receive under pgbench (scale 10, 4 clients, 20 s a run), into S3 over
+/// HTTPS: the RPO as PostgreSQL measures it (pg_stat_replication.flush_lag,
+/// the time between WAL flushed on the server and the receiver's report that
+/// the repository holds it; sampled every 200 ms), TPS with no receiver, with
+/// an asynchronous one (flush_seconds 1) and with a synchronous one
+/// (synchronous_standby_names, flush_seconds 0), and the receiver's CPU and
+/// peak memory per MB/s of WAL.
+fn bench_receive(a: &Args, s: &Setup) -> String {
+    let root = s.root.join("receive");
+    std::fs::create_dir_all(&root).unwrap();
+    chown_pg(&root);
+    let mut c = Cluster::init(&root, "recv");
+    c.conf("max_wal_size = 4GB");
+    c.start(&s.secrets);
+    c.pgbench(&["-i", "-s", "10", "-q"]);
+    let conninfo = format!("host={} port={} user=postgres", c.sockdir.display(), c.port);
+    let tps = |c: &Cluster| -> f64 {
+        let out = c.pgbench_output(&["-n", "-T", "20", "-c", "4", "-j", "2"]);
+        out.lines()
+            .find_map(|l| l.strip_prefix("tps = "))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no tps in {out}"))
+    };
+    let (mut base, mut async_tps, mut sync_tps) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut async_lag, mut sync_lag) = (Vec::new(), Vec::new());
+    let mut cost = Vec::new();
+    for run in 0..a.runs {
+        eprintln!("receive run {} of {} ...", run + 1, a.runs);
+        // The baseline samples as the other rows do (psql five times a second).
+        let done = std::sync::atomic::AtomicBool::new(false);
+        base.push(std::thread::scope(|sc| {
+            let sampler = sc.spawn(|| {
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    c.psql("select count(*) from pg_stat_replication");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            });
+            let got = tps(&c);
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            sampler.join().unwrap();
+            got
+        }));
+        for sync in [false, true] {
+            let flush = if sync { "0" } else { "1" };
+            let conf = s.config(
+                Backend::S3Https,
+                &format!("receive-{run}-{sync}"),
+                &[
+                    ("postgres.conninfo", &format!("\"{conninfo}\"")),
+                    ("receive.flush_seconds", flush),
+                ],
+            );
+            let mut child = s.walvault(&conf, &["wal-receive"]).spawn().unwrap();
+            let pid = walvault_pid(child.id());
+            wait_for("the receiver streaming", Duration::from_secs(60), || {
+                c.psql("select count(*) from pg_stat_replication where application_name = 'walvault' and state = 'streaming'") == "1"
+            });
+            if sync {
+                c.psql("alter system set synchronous_standby_names = 'walvault'");
+                c.psql("select pg_reload_conf()");
+                wait_for("a synchronous receiver", Duration::from_secs(30), || {
+                    c.psql("select sync_state from pg_stat_replication where application_name = 'walvault'") == "sync"
+                });
+            }
+            let cpu0 = cpu_ticks(pid);
+            let lsn0 = c.psql("select pg_current_wal_lsn()");
+            let t0 = Instant::now();
+            let done = std::sync::atomic::AtomicBool::new(false);
+            let (got, lags) = std::thread::scope(|sc| {
+                let sampler = sc.spawn(|| {
+                    let mut v = Vec::new();
+                    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                        let lag = c.psql("select coalesce(extract(epoch from flush_lag), 0) from pg_stat_replication where application_name = 'walvault'");
+                        if let Ok(x) = lag.parse::<f64>() {
+                            v.push(x);
+                        }
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    v
+                });
+                let got = tps(&c);
+                done.store(true, std::sync::atomic::Ordering::Relaxed);
+                (got, sampler.join().unwrap())
+            });
+            let secs = t0.elapsed().as_secs_f64();
+            let wal_mb = c
+                .psql(&format!(
+                    "select pg_wal_lsn_diff(pg_current_wal_lsn(), '{lsn0}') / 1048576.0"
+                ))
+                .parse::<f64>()
+                .unwrap();
+            let cpu = (cpu_ticks(pid) - cpu0) as f64 / 100.0;
+            let hwm = peak_rss_kib(pid) as f64 / 1024.0;
+            if sync {
+                c.psql("alter system reset synchronous_standby_names");
+                c.psql("select pg_reload_conf()");
+            }
+            stop_pid(pid, libc::SIGTERM, Duration::from_secs(30));
+            let _ = child.wait();
+            let rate = wal_mb / secs;
+            cost.push((sync, cpu / secs / rate, hwm, rate));
+            if sync {
+                sync_tps.push(got);
+                sync_lag.extend(lags);
+            } else {
+                async_tps.push(got);
+                async_lag.extend(lags);
+            }
+        }
+    }
+    c.stop();
+    let pct = |v: &mut Vec<f64>, q: f64| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[((v.len() - 1) as f64 * q).round() as usize]
+    };
+    let mut out = format!(
+        "\nwal-receive under pgbench (scale 10, 4 clients, 20 s), into S3 over HTTPS; {} runs\n\n",
+        a.runs
+    );
+    out += &format!(
+        "{:<52} {:>10} {:>12} {:>12}\n",
+        "", "median TPS", "RPO median s", "RPO p99 s"
+    );
+    out += &format!(
+        "{:<52} {:>10.0} {:>12} {:>12}\n",
+        "no receiver (baseline)",
+        median(&mut base),
+        "-",
+        "-"
+    );
+    out += &format!(
+        "{:<52} {:>10.0} {:>12.3} {:>12.3}\n",
+        "asynchronous (flush_seconds 1)",
+        median(&mut async_tps),
+        pct(&mut async_lag, 0.5),
+        pct(&mut async_lag, 0.99)
+    );
+    out += &format!(
+        "{:<52} {:>10.0} {:>12.3} {:>12.3}\n",
+        "synchronous (synchronous_standby_names, flush 0)",
+        median(&mut sync_tps),
+        pct(&mut sync_lag, 0.5),
+        pct(&mut sync_lag, 0.99)
+    );
+    for sync in [false, true] {
+        let mut per: Vec<f64> = cost.iter().filter(|c| c.0 == sync).map(|c| c.1).collect();
+        let mut rss: Vec<f64> = cost.iter().filter(|c| c.0 == sync).map(|c| c.2).collect();
+        let mut rate: Vec<f64> = cost.iter().filter(|c| c.0 == sync).map(|c| c.3).collect();
+        out += &format!(
+            "receiver, {}: {:.3} of a core per MB/s of WAL (at {:.1} MB/s), peak RSS {:.1} MiB\n",
+            if sync { "synchronous" } else { "asynchronous" },
+            median(&mut per),
+            median(&mut rate),
+            median(&mut rss)
+        );
+    }
+    out += &format!(
+        "synchronous commit costs {:.2}x the baseline's TPS; asynchronous {:.2}x\n",
+        median(&mut sync_tps.clone()) / median(&mut base.clone()),
+        median(&mut async_tps.clone()) / median(&mut base.clone())
+    );
+    out
+}
+
+/// A process's user and system CPU so far, in clock ticks (100 a second).
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    // After the name: state is field 3, utime 14 and stime 15.
+    let f = |i: usize| {
+        fields
+            .get(i - 3)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    f(14) + f(15)
+}
+
+/// A process's peak resident memory so far (VmHWM), in KiB.
+fn peak_rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }

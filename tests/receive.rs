@@ -323,6 +323,92 @@ fn sigkill_of_the_primary_loses_no_acknowledged_commit() {
     );
 }
 
+/// S3 down for 30 s while the server keeps committing: nothing is reported
+/// flushed that the repository does not hold, the slot keeps the WAL, and the
+/// receiver catches up on its own once S3 is back.
+#[test]
+fn s3_down_for_30_s_loses_nothing() {
+    let mut weed = Seaweed::start();
+    let root = pg_tempdir();
+    let env = weed.walvault_env("rx");
+    let mut c = Cluster::init(root.path(), "p");
+    c.start(&env);
+    c.psql("create table t (i int)");
+    let mut r = receiver(&env, &c, &[]);
+    wait_for("the receiver streaming", Duration::from_secs(30), || {
+        read_log(&r).contains("wal-receive: streaming")
+    });
+    // What the receiver told the server is stored: a physical slot's
+    // restart_lsn is the flush position last reported (and it stays while
+    // the receiver is disconnected).
+    let reported = |c: &Cluster| {
+        Lsn::parse(
+            &c.psql("select restart_lsn from pg_replication_slots where slot_name = 'walvault'"),
+        )
+        .unwrap()
+    };
+    // What the bucket holds: the end of the newest stream object or segment.
+    let held = |weed: &Seaweed| {
+        let mut held = 0;
+        for key in weed.list("rx/stream/") {
+            if let Some((seg, end)) = parse_stream_key(key.trim_start_matches("rx/")) {
+                held = held.max(seg.segno(SEG).unwrap() * SEG + end);
+            }
+        }
+        for key in weed.list("rx/wal/00000001") {
+            if let Ok(walvault::wal::names::WalFile::Segment(s)) =
+                walvault::wal::names::WalFile::parse(key.trim_start_matches("rx/wal/"))
+            {
+                held = held.max((s.segno(SEG).unwrap() + 1) * SEG);
+            }
+        }
+        Lsn(held)
+    };
+    c.psql("insert into t values (0)");
+    let first = lsn(&c, "select pg_current_wal_flush_lsn()");
+    wait_for("the first commit stored", Duration::from_secs(30), || {
+        reported(&c) >= first
+    });
+
+    weed.stop();
+    let down = Instant::now();
+    let mut i = 1;
+    let mut at_outage = None;
+    while down.elapsed() < Duration::from_secs(30) {
+        c.psql(&format!("insert into t values ({i})"));
+        i += 1;
+        if at_outage.is_none() && down.elapsed() > Duration::from_secs(3) {
+            at_outage = Some(reported(&c));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let last = lsn(&c, "select pg_current_wal_flush_lsn()");
+    let at_outage = at_outage.unwrap();
+    assert_eq!(
+        reported(&c),
+        at_outage,
+        "a flush was reported while S3 was down"
+    );
+    // The server keeps every segment from there.
+    let kept = c.psql(&format!("select pg_walfile_name('{at_outage}')"));
+    assert!(c.pgdata.join("pg_wal").join(&kept).exists(), "{kept} gone");
+
+    weed.restart();
+    wait_for("the receiver to catch up", Duration::from_secs(60), || {
+        reported(&c) >= last
+    });
+    assert!(
+        held(&weed) >= last,
+        "reported {} but the bucket holds {}",
+        reported(&c),
+        held(&weed)
+    );
+    let log = stop_receiver(&mut r, libc::SIGTERM);
+    assert!(log.contains("reconnecting"), "{log}");
+    c.stop();
+    weed.stop();
+}
+
 #[test]
 fn refusals_are_one_line() {
     let root = pg_tempdir();
