@@ -10,6 +10,19 @@ use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// What a scratch cluster is recovered to, and what its restore_command
+/// carries: the options drill and restore-table share.
+#[derive(Clone, Debug)]
+pub struct Source {
+    pub target: Target,
+    pub timeline: Option<u32>,
+    /// This backup, else the newest that reaches the target.
+    pub backup: Option<String>,
+    pub config_file: Option<PathBuf>,
+    /// Settings the scratch server's restore_command carries (see recover::Options).
+    pub carry: Vec<String>,
+}
+
 /// The scratch directory of one run: data directory, socket directory,
 /// tablespaces and the server's access files.
 pub struct Scratch {
@@ -60,23 +73,15 @@ impl Scratch {
 
     /// Recovery options that restore everything inside the scratch directory
     /// and promote at the target (the copy is then writable, never archived),
-    /// from `backup` or the newest that reaches it; inclusive unless changed.
-    pub fn recover_options(
-        &self,
-        target: Target,
-        timeline: Option<u32>,
-        backup: Option<String>,
-        cfg: &crate::config::Config,
-        config_file: Option<PathBuf>,
-        carry: Vec<String>,
-    ) -> recover::Options {
+    /// from `src.backup` or the newest that reaches it; inclusive unless changed.
+    pub fn recover_options(&self, src: &Source, cfg: &crate::config::Config) -> recover::Options {
         recover::Options {
             pgdata: self.pgdata(),
-            target,
-            timeline,
+            target: src.target.clone(),
+            timeline: src.timeline,
             action: Action::Promote,
             exclusive: false,
-            backup,
+            backup: src.backup.clone(),
             overwrite: false,
             delta: false,
             dry_run: false,
@@ -86,8 +91,8 @@ impl Scratch {
             tablespace_map: Default::default(),
             tablespace_root: Some(self.dir.join("tablespaces")),
             archive: false,
-            config_file,
-            carry,
+            config_file: src.config_file.clone(),
+            carry: src.carry.clone(),
             postgres: cfg.postgres.clone(),
             standby: None,
         }

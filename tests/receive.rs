@@ -11,7 +11,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 use walvault::store::Store;
 use walvault::wal::names::Lsn;
-use walvault::wal::receive::parse_stream_key;
+use walvault::wal::stream;
 
 const SEG: u64 = 16 << 20;
 
@@ -31,51 +31,49 @@ impl Repo {
         }
     }
 
-    /// The furthest position the repository holds on timeline 1: the end of
-    /// the newest stream object, or of the newest complete segment.
+    /// The furthest position the repository holds on timeline 1.
     fn held(&self) -> Lsn {
         self.rt.block_on(async {
-            let mut held = 0;
-            for o in self.store.list("stream/").await.unwrap() {
-                if let Some((seg, end)) = parse_stream_key(&o.key) {
-                    held = held.max(seg.segno(SEG).unwrap() * SEG + end);
-                }
-            }
-            for o in self.store.list("wal/00000001").await.unwrap() {
-                let name = o.key.trim_start_matches("wal/");
-                if let Ok(walvault::wal::names::WalFile::Segment(s)) =
-                    walvault::wal::names::WalFile::parse(name)
-                {
-                    held = held.max((s.segno(SEG).unwrap() + 1) * SEG);
-                }
-            }
-            Lsn(held)
+            let keys = self.store.list("").await.unwrap();
+            held_by(keys.into_iter().map(|o| o.key))
         })
     }
 
-    /// The newest stream object of the segment holding `at`, decoded.
-    fn newest_stream(&self, at: Lsn) -> Option<(String, Vec<u8>)> {
+    /// What the stream objects hold of the segment holding `at`, chained
+    /// and decoded, with how many objects that took.
+    fn streamed(&self, at: Lsn) -> Option<(usize, Vec<u8>)> {
         self.rt.block_on(async {
-            let mut best: Option<(u64, String)> = None;
-            for o in self.store.list("stream/").await.unwrap() {
-                if let Some((seg, end)) = parse_stream_key(&o.key) {
-                    if seg.segno(SEG).unwrap() == at.0 / SEG
-                        && best.as_ref().is_none_or(|b| end > b.0)
-                    {
-                        best = Some((end, o.key.clone()));
-                    }
-                }
+            let seg = walvault::wal::names::SegmentName::from_segno(1, at.0 / SEG, SEG);
+            let chain = stream::chain(&stream::list(&self.store, &seg).await.unwrap());
+            if chain.is_empty() {
+                return None;
             }
-            let (_, key) = best?;
-            let bytes = self
-                .codec
-                .download_small(&self.store, &key, SEG)
+            let bytes = stream::assemble(&self.store, &self.codec, &chain, Vec::new())
                 .await
                 .unwrap()
                 .unwrap();
-            Some((key, bytes))
+            Some((chain.len(), bytes))
         })
     }
+}
+
+/// The furthest position on timeline 1 a repository holds, from its keys:
+/// how far the stream pieces of a segment reach from its start, or the end
+/// of the newest complete segment.
+fn held_by(keys: impl IntoIterator<Item = String>) -> Lsn {
+    let keys: Vec<String> = keys.into_iter().collect();
+    let mut held = 0;
+    for (seg, reach) in stream::reach(keys.iter().filter_map(|k| stream::parse(k))) {
+        held = held.max(seg.segno(SEG).unwrap() * SEG + reach);
+    }
+    for k in keys.iter().filter_map(|k| k.strip_prefix("wal/00000001")) {
+        if let Ok(walvault::wal::names::WalFile::Segment(s)) =
+            walvault::wal::names::WalFile::parse(&format!("00000001{k}"))
+        {
+            held = held.max((s.segno(SEG).unwrap() + 1) * SEG);
+        }
+    }
+    Lsn(held)
 }
 
 /// A receiver running; its stderr goes to a file (a pipe nobody reads would
@@ -147,14 +145,14 @@ fn streams_beside_the_archiver_and_survives_a_kill() {
 
     // What is stored is the server's own bytes.
     let at = lsn(&c, "select pg_current_wal_flush_lsn()");
-    let (key, bytes) = repo
-        .newest_stream(at)
-        .expect("a stream object of the open segment");
+    let (pieces, bytes) = repo
+        .streamed(at)
+        .expect("stream objects of the open segment");
     let name = c.psql(&format!("select pg_walfile_name('{at}')"));
     let file = std::fs::read(c.pgdata.join("pg_wal").join(&name)).unwrap();
     assert!(
         bytes[..] == file[..bytes.len()],
-        "{key} differs from the server's {name}"
+        "the {pieces} stream objects of {name} differ from the server's"
     );
 
     // A completed segment: the archiver and the receiver store the same object;
@@ -164,7 +162,7 @@ fn streams_beside_the_archiver_and_survives_a_kill() {
     wait_for(
         "the stream objects of the full segment to go",
         Duration::from_secs(30),
-        || repo.newest_stream(at).is_none(),
+        || repo.streamed(at).is_none(),
     );
     let full = std::fs::read(c.pgdata.join("pg_wal").join(&name)).unwrap();
     assert!(fetched(&env, root.path(), &name) == full);
@@ -231,7 +229,9 @@ fn synchronous_commits_wait_for_the_repository() {
         },
     );
     c.psql("create table t (i int)");
-    for i in 0..20 {
+    let first = lsn(&c, "select pg_current_wal_flush_lsn()");
+    let commits = 100;
+    for i in 0..commits {
         c.psql(&format!("insert into t values ({i})"));
         // The commit returned: its WAL is in the repository already.
         let commit = lsn(&c, "select pg_current_wal_flush_lsn()");
@@ -241,6 +241,35 @@ fn synchronous_commits_wait_for_the_repository() {
             repo.held()
         );
     }
+    // Each flush stored what it added; pieces were merged meanwhile, and the
+    // chain readers follow is the server's bytes.
+    let at = lsn(&c, "select pg_current_wal_flush_lsn()");
+    assert_eq!(
+        at.0 / SEG,
+        first.0 / SEG,
+        "the commits stayed in one segment"
+    );
+    let name = c.psql(&format!("select pg_walfile_name('{at}')"));
+    let objects = repo
+        .rt
+        .block_on(repo.store.list(&format!("stream/{name}.")))
+        .unwrap();
+    let (chained, bytes) = repo.streamed(at).expect("stream objects");
+    let file = std::fs::read(c.pgdata.join("pg_wal").join(&name)).unwrap();
+    assert!(bytes.len() as u64 >= at.0 % SEG);
+    assert!(
+        bytes[..] == file[..bytes.len()],
+        "the chain differs from {name}"
+    );
+    assert!(
+        objects.len() < commits && chained < commits,
+        "{} stream objects, a chain of {chained}, after {commits} synchronous commits: no compaction",
+        objects.len()
+    );
+    eprintln!(
+        "{commits} synchronous commits: {} stream objects, a chain of {chained}",
+        objects.len()
+    );
     // The control: with the receiver frozen, a commit does not return.
     let pid = r.child.id() as i32;
     unsafe { libc::kill(pid, libc::SIGSTOP) };
@@ -305,10 +334,7 @@ fn sigkill_of_the_primary_loses_no_acknowledged_commit() {
             .is_none(),
         "{open} was archived whole: the test would not reach the stream objects"
     );
-    assert!(
-        repo.newest_stream(last).is_some(),
-        "no stream object of {open}"
-    );
+    assert!(repo.streamed(last).is_some(), "no stream object of {open}");
 
     let b = s.recover("b", &["--target", "latest"]);
     assert_eq!(
@@ -347,22 +373,13 @@ fn s3_down_for_30_s_loses_nothing() {
         )
         .unwrap()
     };
-    // What the bucket holds: the end of the newest stream object or segment.
+    // What the bucket holds.
     let held = |weed: &Seaweed| {
-        let mut held = 0;
-        for key in weed.list("rx/stream/") {
-            if let Some((seg, end)) = parse_stream_key(key.trim_start_matches("rx/")) {
-                held = held.max(seg.segno(SEG).unwrap() * SEG + end);
-            }
-        }
-        for key in weed.list("rx/wal/00000001") {
-            if let Ok(walvault::wal::names::WalFile::Segment(s)) =
-                walvault::wal::names::WalFile::parse(key.trim_start_matches("rx/wal/"))
-            {
-                held = held.max((s.segno(SEG).unwrap() + 1) * SEG);
-            }
-        }
-        Lsn(held)
+        held_by(
+            weed.list("rx/")
+                .iter()
+                .map(|k| k.trim_start_matches("rx/").to_string()),
+        )
     };
     c.psql("insert into t values (0)");
     let first = lsn(&c, "select pg_current_wal_flush_lsn()");

@@ -64,11 +64,8 @@ impl Args {
     pub async fn run(self, env: &Env) -> Result<u8> {
         let d = &env.cfg.drill;
         let (codec, store) = env.open().await?;
-        let (target, timeline) = self.target.parse()?;
         let opts = Options {
-            target,
-            timeline,
-            backup: self.backup,
+            source: env.source(self.target, self.backup)?,
             dump: self.dump,
             checks: self.checks.or_else(|| d.checks_file.clone()),
             scratch_root: self.scratch_dir.unwrap_or_else(|| d.scratch_dir.clone()),
@@ -76,8 +73,6 @@ impl Args {
             upload: d.upload && !self.no_upload,
             amcheck: d.amcheck && !self.no_amcheck,
             operator: self.operator,
-            config_file: env.config_file.clone(),
-            carry: env.carried()?,
         };
         Ok(super::passed(
             drill::run(&env.cfg, store, &codec, opts).await?,

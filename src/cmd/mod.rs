@@ -244,6 +244,23 @@ impl Env {
     pub fn carried(&self) -> Result<Vec<String>> {
         config::carried_settings(&self.sets)
     }
+
+    /// What a scratch cluster (drill, restore-table) is recovered to, its
+    /// restore_command finding this process's repository.
+    pub fn source(
+        &self,
+        target: target::TargetArgs,
+        backup: Option<String>,
+    ) -> Result<crate::scratch::Source> {
+        let (target, timeline) = target.parse()?;
+        Ok(crate::scratch::Source {
+            target,
+            timeline,
+            backup,
+            config_file: self.config_file.clone(),
+            carry: self.carried()?,
+        })
+    }
 }
 
 /// A check's result as its exit status: 0 when it passed, 1 otherwise.

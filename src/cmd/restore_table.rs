@@ -67,7 +67,6 @@ pub struct Args {
 impl Args {
     pub async fn run(self, env: &Env) -> Result<u8> {
         let (codec, store) = env.open().await?;
-        let (target, timeline) = self.target.parse()?;
         let selection = match self.schema {
             Some(s) => Selection::Schema(names::parse_identifier(&s, "--schema")?),
             None => Selection::Tables(parse_tables(&self.table)?),
@@ -90,15 +89,11 @@ impl Args {
             selection,
             database: self.database,
             destination,
-            target,
-            timeline,
+            source: env.source(self.target, self.backup)?,
             exclusive: self.exclusive,
-            backup: self.backup,
             scratch_root: self
                 .scratch_dir
                 .unwrap_or_else(|| env.cfg.drill.scratch_dir.clone()),
-            config_file: env.config_file.clone(),
-            carry: env.carried()?,
         };
         table::run(&env.cfg, store, &codec, opts).await?;
         Ok(exit::OK)

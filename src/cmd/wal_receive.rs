@@ -15,8 +15,9 @@ the local socket; the role needs REPLICATION), through the physical slot receive
 repository, and stores:
   - each completed segment as wal/<segment>, the very object wal-push stores (both
     may run: whichever comes second finds identical bytes);
-  - the open segment at least every receive.flush_seconds, create-only, as
-    stream/<segment>.<end offset>: the newest holds everything received so far.
+  - the open segment at least every receive.flush_seconds, create-only, each flush
+    what came since the one before, as stream/<segment>.<from>-<to> (offsets);
+    wal-fetch chains them from the segment's start.
 The server is told WAL is flushed only once the repository holds it. With
   synchronous_standby_names = 'walvault'   (the receiver's application_name)
 a commit returns only once its WAL is in the repository (RPO 0; set
@@ -47,7 +48,7 @@ impl Args {
             flush_bytes: r.flush_bytes as u64,
             stop_at: self.stop_at,
         };
-        receive::run(store.as_ref(), &codec, &opts).await?;
+        receive::run(store, &codec, &opts).await?;
         Ok(exit::OK)
     }
 }

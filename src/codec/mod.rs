@@ -571,6 +571,10 @@ impl<W> Limited<W> {
     pub fn get_ref(&self) -> &W {
         &self.inner
     }
+    /// How many bytes went through.
+    pub fn written(&self) -> u64 {
+        self.limit - self.left
+    }
 }
 
 impl<W: Write> Write for Limited<W> {

@@ -25,7 +25,7 @@ pub async fn prepare(
     id: &str,
     opts: &Options,
 ) -> Result<Manifest> {
-    if opts.backup.is_some() {
+    if opts.source.backup.is_some() {
         bail!("--dump and --backup each choose what to drill: give one");
     }
     let m = dump::read_manifest(store, id).await?;

@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::files::write_atomically;
 use crate::pg;
 use crate::recover::{self, target::Target};
-use crate::scratch::{self, Scratch};
+use crate::scratch::{self, Scratch, Source};
 use crate::store::{Class, Store};
 use anyhow::{bail, Context, Result};
 use checks::{CheckResult, Status, UserCheck};
@@ -24,9 +24,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub struct Options {
-    pub target: Target,
-    pub timeline: Option<u32>,
-    pub backup: Option<String>,
+    pub source: Source,
     /// Drill a logical dump instead of a backup (`--dump ID`).
     pub dump: Option<String>,
     /// The user's SQL file of named checks.
@@ -38,9 +36,6 @@ pub struct Options {
     pub upload: bool,
     pub amcheck: bool,
     pub operator: Option<String>,
-    pub config_file: Option<PathBuf>,
-    /// Settings the scratch server's restore_command carries (see recover::Options).
-    pub carry: Vec<String>,
 }
 
 /// Time limit of one user check.
@@ -87,8 +82,8 @@ pub async fn run(
         backup: None,
         dump: None,
         target: report::TargetUsed {
-            description: opts.target.describe(),
-            timeline: opts.timeline,
+            description: opts.source.target.describe(),
+            timeline: opts.source.timeline,
         },
         wal: None,
         recovered: None,
@@ -133,14 +128,7 @@ pub async fn run(
         }
         drop(scratch);
     } else {
-        let ropts = scratch.recover_options(
-            opts.target.clone(),
-            opts.timeline,
-            opts.backup.clone(),
-            cfg,
-            opts.config_file.clone(),
-            opts.carry.clone(),
-        );
+        let ropts = scratch.recover_options(&opts.source, cfg);
         let plan = match recover::plan(store.as_ref(), codec, &ropts).await {
             Ok(p) => p,
             Err(e) => {

@@ -91,7 +91,8 @@ impl Store for FsStore {
         result
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Body>> {
+    // A directory keeps one version of each key.
+    async fn read(&self, key: &str, _version: Option<&str>) -> Result<Option<Body>> {
         let p = self.path(key);
         match tokio::fs::File::open(&p).await {
             Ok(f) => Ok(Some(Box::new(f))),
@@ -100,7 +101,12 @@ impl Store for FsStore {
         }
     }
 
-    async fn get_tail(&self, key: &str, n: u64) -> Result<Option<Vec<u8>>> {
+    async fn read_tail(
+        &self,
+        key: &str,
+        n: u64,
+        _version: Option<&str>,
+    ) -> Result<Option<Vec<u8>>> {
         let p = self.path(key);
         let mut f = match tokio::fs::File::open(&p).await {
             Ok(f) => f,

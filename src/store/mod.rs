@@ -91,18 +91,21 @@ pub trait Store: Send + Sync {
     async fn put_bytes(&self, key: &str, data: bytes::Bytes, class: Class) -> Result<Stored> {
         self.write_bytes(key, data, class, Mode::Create).await
     }
-    /// Opens `key` for reading; `None` when the store says it does not exist.
-    async fn get(&self, key: &str) -> Result<Option<Body>>;
-    /// The last `n` bytes of `key` (all of it when shorter); `None` when absent.
-    async fn get_tail(&self, key: &str, n: u64) -> Result<Option<Vec<u8>>>;
-    /// `get` of one version of `key` (versioned buckets); stores without
-    /// versions have only the one.
-    async fn get_version(&self, key: &str, _version: &str) -> Result<Option<Body>> {
-        self.get(key).await
+    /// Opens `key` for reading, at `version` where given (versioned buckets;
+    /// a store without versions has only the one); `None` when the store
+    /// says it does not exist.
+    async fn read(&self, key: &str, version: Option<&str>) -> Result<Option<Body>>;
+    /// The last `n` bytes of `key` (all of it when shorter), at `version`
+    /// where given; `None` when absent.
+    async fn read_tail(&self, key: &str, n: u64, version: Option<&str>) -> Result<Option<Vec<u8>>>;
+    async fn get(&self, key: &str) -> Result<Option<Body>> {
+        self.read(key, None).await
     }
-    /// `get_tail` of one version of `key`.
-    async fn get_tail_version(&self, key: &str, n: u64, _version: &str) -> Result<Option<Vec<u8>>> {
-        self.get_tail(key, n).await
+    async fn get_version(&self, key: &str, version: &str) -> Result<Option<Body>> {
+        self.read(key, Some(version)).await
+    }
+    async fn get_tail(&self, key: &str, n: u64) -> Result<Option<Vec<u8>>> {
+        self.read_tail(key, n, None).await
     }
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>>;
     /// Every object whose key starts with `prefix`, in key order.
@@ -160,6 +163,10 @@ impl Pinned {
             Arc::new(Pinned { inner, versions })
         }
     }
+
+    fn pinned(&self, key: &str) -> Option<&str> {
+        self.versions.get(key).map(String::as_str)
+    }
 }
 
 #[async_trait]
@@ -167,17 +174,13 @@ impl Store for Pinned {
     async fn write(&self, key: &str, body: Body, class: Class, mode: Mode) -> Result<Stored> {
         self.inner.write(key, body, class, mode).await
     }
-    async fn get(&self, key: &str) -> Result<Option<Body>> {
-        match self.versions.get(key) {
-            Some(v) => self.inner.get_version(key, v).await,
-            None => self.inner.get(key).await,
-        }
+    async fn read(&self, key: &str, version: Option<&str>) -> Result<Option<Body>> {
+        self.inner.read(key, version.or(self.pinned(key))).await
     }
-    async fn get_tail(&self, key: &str, n: u64) -> Result<Option<Vec<u8>>> {
-        match self.versions.get(key) {
-            Some(v) => self.inner.get_tail_version(key, n, v).await,
-            None => self.inner.get_tail(key, n).await,
-        }
+    async fn read_tail(&self, key: &str, n: u64, version: Option<&str>) -> Result<Option<Vec<u8>>> {
+        self.inner
+            .read_tail(key, n, version.or(self.pinned(key)))
+            .await
     }
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
         self.inner.head(key).await

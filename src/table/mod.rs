@@ -18,7 +18,7 @@ use crate::codec::Codec;
 use crate::config::Config;
 use crate::pg::{self, tools};
 use crate::recover::{self, target::Target};
-use crate::scratch::{self, Scratch};
+use crate::scratch::{self, Scratch, Source};
 use crate::store::Store;
 use anyhow::{bail, Context, Result};
 use names::{ident, Qualified};
@@ -51,13 +51,9 @@ pub struct Options {
     pub selection: Selection,
     pub database: String,
     pub destination: Destination,
-    pub target: Target,
-    pub timeline: Option<u32>,
+    pub source: Source,
     pub exclusive: bool,
-    pub backup: Option<String>,
     pub scratch_root: PathBuf,
-    pub config_file: Option<PathBuf>,
-    pub carry: Vec<String>,
 }
 
 /// A table as restored: its name at the target, its name in the destination
@@ -93,14 +89,7 @@ pub async fn run(cfg: &Config, store: Arc<dyn Store>, codec: &Codec, opts: Optio
 
     let t0 = Instant::now();
     let scratch = Scratch::create(&opts.scratch_root, "table", &stamp)?;
-    let mut ropts = scratch.recover_options(
-        opts.target.clone(),
-        opts.timeline,
-        opts.backup.clone(),
-        cfg,
-        opts.config_file.clone(),
-        opts.carry.clone(),
-    );
+    let mut ropts = scratch.recover_options(&opts.source, cfg);
     ropts.exclusive = opts.exclusive;
     let outcome = tokio::select! {
         r = restore(cfg, store, codec, &opts, &pre, &ropts, &scratch, t0) => r,
@@ -713,13 +702,15 @@ mod tests {
                 into: None,
                 rename: None,
             },
-            target: Target::Latest,
-            timeline: None,
+            source: Source {
+                target: Target::Latest,
+                timeline: None,
+                backup: None,
+                config_file: None,
+                carry: Vec::new(),
+            },
             exclusive: false,
-            backup: None,
             scratch_root: std::env::temp_dir(),
-            config_file: None,
-            carry: Vec::new(),
         }
     }
 

@@ -327,28 +327,31 @@ async fn fetch_once(store: &dyn Store, codec: &Codec, key: &str, to: &Place<'_>)
     Ok(true)
 }
 
-/// A segment not archived whole, from the newest of wal-receive's stream
-/// objects: the bytes received, then zeros to the segment's size. Replay reads
-/// them to the last whole record and finds the end of WAL there, as it does in
-/// a segment being written: recovery to the latest point ends at the last
-/// commit the repository holds. `Ok(false)`: nothing of it was received.
+/// A segment not archived whole, from what wal-receive stored of it: its
+/// stream pieces chained from the start ([`super::stream`]), then zeros up to
+/// the segment's size. Replay reads them to the last whole record and finds
+/// the end of WAL there, as in a segment being written: recovery to the
+/// latest point ends at the last commit the repository holds. `Ok(false)`:
+/// nothing of it is stored.
 async fn from_stream(store: &dyn Store, codec: &Codec, key: &str, to: &Place<'_>) -> Result<bool> {
     let WalFile::Segment(seg) = to.kind else {
         return Ok(false);
     };
-    let prefix = format!("{}{seg}.", super::receive::STREAM_PREFIX);
-    let newest = store
-        .list(&prefix)
-        .await?
-        .into_iter()
-        .filter_map(|o| super::receive::parse_stream_key(&o.key).map(|(_, end)| (end, o.key)))
-        .max();
-    let Some((end, stream_key)) = newest else {
+    let chain = super::stream::chain(&super::stream::list(store, seg).await?);
+    let Some(end) = chain.last().map(|p| p.to) else {
         return Ok(false);
     };
-    if !fetch_once(store, codec, &stream_key, to).await? {
-        // Superseded meanwhile: the whole segment was stored, then its stream
-        // objects removed.
+    if end > SEGMENT_LIMIT {
+        bail!("the stream objects of {seg} reach {end} bytes, more than a segment holds: not what walvault wrote");
+    }
+    let file = std::fs::File::create(to.tmp)
+        .with_context(|| format!("cannot create {}", to.tmp.display()))?;
+    if super::stream::assemble(store, codec, &chain, file)
+        .await?
+        .is_none()
+    {
+        // Superseded meanwhile: the whole segment was stored, then its
+        // stream objects removed.
         return fetch_once(store, codec, key, to).await;
     }
     let mut head = [0u8; super::header::LONG_HEADER_LEN];
@@ -356,19 +359,19 @@ async fn from_stream(store: &dyn Store, codec: &Codec, key: &str, to: &Place<'_>
         use std::io::Read;
         std::fs::File::open(to.tmp)?
             .read_exact(&mut head)
-            .context("a stream object too short for its page header")?;
+            .context("stream objects too short for a page header")?;
     }
     let size = super::header::LongPageHeader::parse(&head)?.seg_size as u64;
-    let got = std::fs::metadata(to.tmp)?.len();
-    if !super::names::valid_segment_size(size) || end > size || got != end {
-        bail!("{stream_key} holds {got} bytes, its name says {end}, of a segment of {size}: not a stream object walvault wrote");
+    if !super::names::valid_segment_size(size) || end > size {
+        bail!("the stream objects of {seg} reach {end} bytes, past its size of {size}: not what walvault wrote");
     }
     std::fs::OpenOptions::new()
         .write(true)
         .open(to.tmp)?
         .set_len(size)?;
     tracing::info!(
-        "{seg} is not archived whole: restored the {end} bytes wal-receive stored of it ({stream_key}); replay ends where they do"
+        "{seg} is not archived whole: restored the {end} bytes wal-receive stored of it ({} stream objects); replay ends where they do",
+        chain.len()
     );
     Ok(true)
 }

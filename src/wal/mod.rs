@@ -14,6 +14,7 @@ pub mod push;
 pub mod receive;
 pub mod replication;
 pub mod segments;
+pub mod stream;
 pub mod switches;
 
 /// The object key of a WAL file in the repository.

@@ -5,13 +5,14 @@
 //! - A completed segment is stored with `push::store_file`: the very object
 //!   `wal-push` stores, so the archiver and the receiver may both run and
 //!   either may store a segment first (identical: success; different: refused).
-//! - The open segment is stored as it grows: every flush writes the segment's
-//!   bytes from its start to the position received, create-only, as
-//!   `stream/<segment>.<end offset, 8 hex digits>`. A new name per flush, so no
-//!   stored object is ever replaced; the newest of a segment is the one with
-//!   the largest offset, and it holds all the older ones do. The older one is
-//!   deleted once the newer is stored, and all of them once the whole segment
-//!   is (a deletion Object Lock refuses is left to its expiry).
+//! - The open segment is stored as it grows: every flush stores the bytes
+//!   received since the one before as a create-only piece
+//!   `stream/<segment>.<from>-<to>` ([`super::stream`]), so a flush costs
+//!   what it adds, not the segment so far. In the background, after every
+//!   [`COMPACT_AFTER`] pieces (and at most once a second), the segment from
+//!   its start is stored as one piece and the pieces it covers deleted, so a
+//!   reader chains a few objects. All of a segment's pieces go once the whole
+//!   segment is stored (a deletion Object Lock refuses is left to its expiry).
 //! - The server is told a position is flushed only once the repository holds
 //!   it: with `synchronous_standby_names` naming the receiver's
 //!   application_name, a commit returns only once its WAL is in the
@@ -24,14 +25,16 @@
 
 use super::names::{Lsn, SegmentName, WalFile};
 use super::replication::{Event, Replication};
+use super::stream::{self, Piece};
 use crate::codec::Codec;
 use crate::store::{Class, Mode, Store};
 use crate::{pg, repo};
 use anyhow::{bail, Context, Result};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Where the open segments' objects are kept.
-pub const STREAM_PREFIX: &str = "stream/";
+/// Pieces of a segment stored before they are merged into one from its start.
+pub const COMPACT_AFTER: usize = 32;
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -46,30 +49,11 @@ pub struct Options {
     pub stop_at: Option<Lsn>,
 }
 
-/// The key of a stream object: segment `seg` up to `end` bytes into it.
-pub fn stream_key(seg: &SegmentName, end: u64) -> String {
-    format!("{STREAM_PREFIX}{seg}.{end:08X}")
-}
-
-/// A stream object's key back to its segment and end offset.
-pub fn parse_stream_key(key: &str) -> Option<(SegmentName, u64)> {
-    let rest = key.strip_prefix(STREAM_PREFIX)?;
-    let (seg, end) = rest.split_once('.')?;
-    let seg = match WalFile::parse(seg).ok()? {
-        WalFile::Segment(s) => s,
-        _ => return None,
-    };
-    if end.len() != 8 {
-        return None;
-    }
-    Some((seg, u64::from_str_radix(end, 16).ok()?))
-}
-
 /// Runs until stopped (SIGTERM, SIGINT, or `stop_at` stored). A refusal
 /// (another cluster's repository, a slot that does not exist, no permission)
 /// ends it with the server's words; a connection lost once streaming is
 /// retried.
-pub async fn run(store: &dyn Store, codec: &Codec, opts: &Options) -> Result<()> {
+pub async fn run(store: Arc<dyn Store>, codec: &Codec, opts: &Options) -> Result<()> {
     // Told to stop, a session stores what it holds first.
     let (tell, mut stop) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -78,7 +62,7 @@ pub async fn run(store: &dyn Store, codec: &Codec, opts: &Options) -> Result<()>
     });
     let mut streamed_before = false;
     loop {
-        match session(store, codec, opts, &mut streamed_before, stop.clone()).await {
+        match session(&store, codec, opts, &mut streamed_before, stop.clone()).await {
             Ok(Ended::Stop) => return Ok(()),
             Ok(Ended::Timeline) => continue,
             Err(e) if !streamed_before => return Err(e),
@@ -115,7 +99,7 @@ enum Ended {
 }
 
 async fn session(
-    store: &dyn Store,
+    store: &Arc<dyn Store>,
     codec: &Codec,
     opts: &Options,
     streamed_before: &mut bool,
@@ -147,29 +131,29 @@ async fn session(
             .map(|e| e.switch_lsn),
         None => None,
     };
-    let from = match resume_segment(store, tli, seg_size).await? {
+    let from = match resume_segment(store.as_ref(), tli, seg_size).await? {
         Some(segno) => Lsn(segno * seg_size),
         // Nothing of this timeline yet: from where it began, else from now.
         None => Lsn(switch.unwrap_or(sys.position).0 / seg_size * seg_size),
     };
     // Stream objects of segments stored whole meanwhile (by the archiver,
     // while this receiver was down) serve no one any more.
-    for o in store.list(&format!("{STREAM_PREFIX}{tli:08X}")).await? {
-        if let Some((s, _)) = parse_stream_key(&o.key) {
-            let whole = store.head(&super::key(&s.to_string())).await?.is_some();
-            if s.segno(seg_size)? < from.0 / seg_size && whole {
-                forget(store, &o.key).await;
+    for o in store.list(&format!("{}{tli:08X}", stream::PREFIX)).await? {
+        if let Some(p) = stream::parse(&o.key) {
+            let whole = store.head(&super::key(&p.seg.to_string())).await?.is_some();
+            if p.seg.segno(seg_size)? < from.0 / seg_size && whole {
+                forget(store.as_ref(), &o.key).await;
             }
         }
     }
     // Streaming starts before the repository is written to: a slot that does
     // not exist is refused before anything is initialised.
     r.start(Some(&opts.slot), from, tli).await?;
-    repo::ensure(store, sys.system_id, r.major())
+    repo::ensure(store.as_ref(), sys.system_id, r.major())
         .await
         .with_context(|| format!("refusing to receive from {}", r.location()))?;
     if let Some((name, content)) = &history {
-        store_local(store, codec, name, content).await?;
+        store_local(store.as_ref(), codec, name, content).await?;
     }
     *streamed_before = true;
     tracing::info!(
@@ -207,7 +191,7 @@ async fn session(
                     let took = seg.take(rest);
                     rest = &rest[took..];
                     if seg.full() {
-                        seg.store_whole(store, codec).await?;
+                        seg.store_whole(store.as_ref(), codec).await?;
                         r.report(seg.received(), seg.flushed, false).await?;
                         last_flush = Instant::now();
                         seg = Open::new(tli, seg.received(), seg_size);
@@ -258,19 +242,37 @@ struct Open {
     bytes: Vec<u8>,
     /// What the repository holds (the server is told no more).
     flushed: Lsn,
-    /// The stream object of this segment stored last.
-    stored_key: Option<String>,
+    /// The piece from the segment's start stored last by a compaction.
+    base: Option<Piece>,
+    /// Pieces stored since (or since the start), in order.
+    deltas: Vec<Piece>,
+    compaction: Option<Compaction>,
+    compacted_at: Option<Instant>,
+}
+
+/// A compaction running in the background: the segment from its start up
+/// to the end of the first `covers` deltas.
+struct Compaction {
+    piece: Piece,
+    covers: usize,
+    task: tokio::task::JoinHandle<Result<()>>,
 }
 
 impl Open {
     fn new(tli: u32, start: Lsn, size: u64) -> Open {
+        // Offsets in stream keys are the segment's own: streaming starts at
+        // segment boundaries.
+        assert_eq!(start.0 % size, 0, "a segment received from its start");
         Open {
             name: SegmentName::from_segno(tli, start.0 / size, size),
             start,
             size,
             bytes: Vec::with_capacity(size as usize),
             flushed: start,
-            stored_key: None,
+            base: None,
+            deltas: Vec::new(),
+            compaction: None,
+            compacted_at: None,
         }
     }
 
@@ -295,41 +297,107 @@ impl Open {
         n
     }
 
-    async fn store_partial(&mut self, store: &dyn Store, codec: &Codec) -> Result<()> {
-        let end = self.bytes.len() as u64;
-        let key = stream_key(&self.name, end);
-        let data = self.bytes.clone();
-        let c = codec.clone();
-        let (_, encoded) =
-            tokio::task::spawn_blocking(move || c.encode_to_vec(&mut &data[..])).await??;
-        match store
-            .write_bytes(&key, encoded.into(), Class::Standard, Mode::Create)
-            .await
-        {
-            Ok(_) => {}
-            // Stored by an earlier run that stopped before telling the server.
-            Err(e) if crate::store::already_stored(&e) => {}
-            Err(e) => return Err(e.context(format!("storing {key}"))),
-        }
-        if let Some(old) = self.stored_key.replace(key) {
-            forget(store, &old).await;
-        }
+    /// Stores what was received since the last flush, as one piece.
+    async fn store_partial(&mut self, store: &Arc<dyn Store>, codec: &Codec) -> Result<()> {
+        let from = self.flushed.0 - self.start.0;
+        let to = self.bytes.len() as u64;
+        let piece = Piece {
+            seg: self.name,
+            from,
+            to,
+            key: stream::key(&self.name, from, to),
+        };
+        store_piece(store.as_ref(), codec, &piece, &self.bytes[from as usize..]).await?;
+        self.deltas.push(piece);
         self.flushed = self.received();
+        self.compact(store, codec).await;
         Ok(())
     }
 
-    async fn store_whole(&mut self, store: &dyn Store, codec: &Codec) -> Result<()> {
-        store_local(store, codec, &self.name.to_string(), &self.bytes).await?;
-        for o in store
-            .list(&format!("{STREAM_PREFIX}{}.", self.name))
-            .await?
+    /// Reaps a finished compaction; starts one when enough pieces wait.
+    async fn compact(&mut self, store: &Arc<dyn Store>, codec: &Codec) {
+        if self
+            .compaction
+            .as_ref()
+            .is_some_and(|c| c.task.is_finished())
         {
-            forget(store, &o.key).await;
+            let c = self.compaction.take().expect("checked");
+            match c.task.await {
+                Ok(Ok(())) => {
+                    self.deltas.drain(..c.covers);
+                    self.base = Some(c.piece);
+                }
+                Ok(Err(e)) => tracing::warn!("wal-receive: {e:#} (its pieces stay)"),
+                Err(e) => tracing::warn!("wal-receive: compaction of {}: {e}", self.name),
+            }
         }
-        self.stored_key = None;
+        let recent = self
+            .compacted_at
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1));
+        if self.compaction.is_some() || self.deltas.len() < COMPACT_AFTER || recent {
+            return;
+        }
+        let to = self.flushed.0 - self.start.0;
+        let piece = Piece {
+            seg: self.name,
+            from: 0,
+            to,
+            key: stream::key(&self.name, 0, to),
+        };
+        let covered: Vec<String> = self
+            .base
+            .iter()
+            .chain(&self.deltas)
+            .map(|p| p.key.clone())
+            .collect();
+        let data = self.bytes[..to as usize].to_vec();
+        let (store, codec, p) = (store.clone(), codec.clone(), piece.clone());
+        let task = tokio::spawn(async move {
+            store_piece(store.as_ref(), &codec, &p, &data).await?;
+            for key in covered {
+                forget(store.as_ref(), &key).await;
+            }
+            Ok(())
+        });
+        self.compaction = Some(Compaction {
+            piece,
+            covers: self.deltas.len(),
+            task,
+        });
+        self.compacted_at = Some(Instant::now());
+    }
+
+    async fn store_whole(&mut self, store: &dyn Store, codec: &Codec) -> Result<()> {
+        // A compaction still uploading would land after the listing below.
+        if let Some(c) = self.compaction.take() {
+            let _ = c.task.await;
+        }
+        store_local(store, codec, &self.name.to_string(), &self.bytes).await?;
+        for p in stream::list(store, &self.name).await? {
+            forget(store, &p.key).await;
+        }
+        self.base = None;
+        self.deltas.clear();
         self.flushed = self.received();
         tracing::info!("wal-receive: stored {}", self.name);
         Ok(())
+    }
+}
+
+/// Stores `bytes` as `piece`, create-only; one stored already (by an earlier
+/// run that stopped before telling the server) holds the same bytes.
+async fn store_piece(store: &dyn Store, codec: &Codec, piece: &Piece, bytes: &[u8]) -> Result<()> {
+    let data = bytes.to_vec();
+    let c = codec.clone();
+    let (_, encoded) =
+        tokio::task::spawn_blocking(move || c.encode_to_vec(&mut &data[..])).await??;
+    match store
+        .write_bytes(&piece.key, encoded.into(), Class::Standard, Mode::Create)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if crate::store::already_stored(&e) => Ok(()),
+        Err(e) => Err(e.context(format!("storing {}", piece.key))),
     }
 }
 
@@ -363,9 +431,9 @@ async fn resume_segment(store: &dyn Store, tli: u32, seg_size: u64) -> Result<Op
             from = from.max(Some(s.segno(seg_size)? + 1));
         }
     }
-    for o in store.list(&format!("{STREAM_PREFIX}{tli:08X}")).await? {
-        if let Some((s, _)) = parse_stream_key(&o.key) {
-            from = from.max(Some(s.segno(seg_size)?));
+    for o in store.list(&format!("{}{tli:08X}", stream::PREFIX)).await? {
+        if let Some(p) = stream::parse(&o.key) {
+            from = from.max(Some(p.seg.segno(seg_size)?));
         }
     }
     Ok(from)
@@ -374,22 +442,6 @@ async fn resume_segment(store: &dyn Store, tli: u32, seg_size: u64) -> Result<Op
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stream_keys_name_their_segment_and_end() {
-        let seg = SegmentName::from_segno(2, 0x105, 16 << 20);
-        let key = stream_key(&seg, 0x2000);
-        assert_eq!(key, "stream/000000020000000100000005.00002000");
-        assert_eq!(parse_stream_key(&key), Some((seg, 0x2000)));
-        for bad in [
-            "stream/000000020000000100000005",
-            "stream/00000002.history.00002000",
-            "stream/000000020000000100000005.2000",
-            "wal/000000020000000100000005.00002000",
-        ] {
-            assert_eq!(parse_stream_key(bad), None, "{bad}");
-        }
-    }
 
     #[test]
     fn a_segment_fills_to_its_size_and_no_further() {

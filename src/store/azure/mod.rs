@@ -364,50 +364,6 @@ impl AzureStore {
             Err(e) => Err(az_err("GET", &self.locate(key), e)),
         }
     }
-
-    async fn open(&self, key: &str, version: Option<&str>) -> Result<Option<Body>> {
-        let opts = GetOptions {
-            version: version.map(str::to_string),
-            ..Default::default()
-        };
-        let Some(r) = self.get_with(key, opts).await? else {
-            return Ok(None);
-        };
-        let stream = r
-            .into_stream()
-            .map(|c| c.map_err(|e| std::io::Error::other(e.to_string())));
-        let reader = tokio_util::io::StreamReader::new(stream);
-        Ok(Some(Box::new(IdleTimeout::new(reader, self.timeout))))
-    }
-
-    async fn tail(&self, key: &str, n: u64, version: Option<&str>) -> Result<Option<Vec<u8>>> {
-        // Azure takes no suffix range ("the last n bytes"): the size first.
-        let meta = GetOptions {
-            head: true,
-            version: version.map(str::to_string),
-            ..Default::default()
-        };
-        let Some(head) = self.get_with(key, meta).await? else {
-            return Ok(None);
-        };
-        let size = head.meta.size;
-        if size == 0 {
-            return Ok(Some(Vec::new()));
-        }
-        let opts = GetOptions {
-            range: Some(GetRange::Bounded(size.saturating_sub(n)..size)),
-            version: version.map(str::to_string),
-            ..Default::default()
-        };
-        let Some(r) = self.get_with(key, opts).await? else {
-            return Ok(None);
-        };
-        let data = tokio::time::timeout(self.timeout, r.bytes())
-            .await
-            .map_err(|_| anyhow!("no data for {:?}", self.timeout))?
-            .map_err(|e| az_err("GET", &self.locate(key), e))?;
-        Ok(Some(data.to_vec()))
-    }
 }
 
 #[async_trait]
@@ -438,20 +394,48 @@ impl Store for AzureStore {
         self.put_single(key, data, mode).await
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Body>> {
-        self.open(key, None).await
+    async fn read(&self, key: &str, version: Option<&str>) -> Result<Option<Body>> {
+        let opts = GetOptions {
+            version: version.map(str::to_string),
+            ..Default::default()
+        };
+        let Some(r) = self.get_with(key, opts).await? else {
+            return Ok(None);
+        };
+        let stream = r
+            .into_stream()
+            .map(|c| c.map_err(|e| std::io::Error::other(e.to_string())));
+        let reader = tokio_util::io::StreamReader::new(stream);
+        Ok(Some(Box::new(IdleTimeout::new(reader, self.timeout))))
     }
 
-    async fn get_version(&self, key: &str, version: &str) -> Result<Option<Body>> {
-        self.open(key, Some(version)).await
-    }
-
-    async fn get_tail(&self, key: &str, n: u64) -> Result<Option<Vec<u8>>> {
-        self.tail(key, n, None).await
-    }
-
-    async fn get_tail_version(&self, key: &str, n: u64, version: &str) -> Result<Option<Vec<u8>>> {
-        self.tail(key, n, Some(version)).await
+    async fn read_tail(&self, key: &str, n: u64, version: Option<&str>) -> Result<Option<Vec<u8>>> {
+        // Azure takes no suffix range ("the last n bytes"): the size first.
+        let meta = GetOptions {
+            head: true,
+            version: version.map(str::to_string),
+            ..Default::default()
+        };
+        let Some(head) = self.get_with(key, meta).await? else {
+            return Ok(None);
+        };
+        let size = head.meta.size;
+        if size == 0 {
+            return Ok(Some(Vec::new()));
+        }
+        let opts = GetOptions {
+            range: Some(GetRange::Bounded(size.saturating_sub(n)..size)),
+            version: version.map(str::to_string),
+            ..Default::default()
+        };
+        let Some(r) = self.get_with(key, opts).await? else {
+            return Ok(None);
+        };
+        let data = tokio::time::timeout(self.timeout, r.bytes())
+            .await
+            .map_err(|_| anyhow!("no data for {:?}", self.timeout))?
+            .map_err(|e| az_err("GET", &self.locate(key), e))?;
+        Ok(Some(data.to_vec()))
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {

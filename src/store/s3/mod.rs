@@ -25,6 +25,22 @@ use bytes::BytesMut;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
+/// The headers every new object carries, on a PutObject or a
+/// CreateMultipartUpload (two builder types, the same setters): encryption,
+/// storage class, Object Lock retention, the checksum and the class tag.
+macro_rules! new_object_headers {
+    ($store:expr, $request:expr, $class:expr) => {
+        $request
+            .set_server_side_encryption($store.sse.clone())
+            .set_ssekms_key_id($store.sse_kms_key_id.clone())
+            .set_storage_class($store.storage_class.clone())
+            .set_object_lock_mode($store.lock_mode())
+            .set_object_lock_retain_until_date($store.retain_until())
+            .checksum_algorithm(ChecksumAlgorithm::Crc32)
+            .set_tagging($store.tagging($class))
+    };
+}
+
 pub struct S3Store {
     client: Client,
     bucket: String,
@@ -323,21 +339,15 @@ impl S3Store {
     ) -> Result<Stored> {
         let len = data.len() as i64;
         let crc = crc32(&data);
-        let out = self
+        let put = self
             .client
             .put_object()
             .bucket(&self.bucket)
             .key(self.full(key))
             .body(ByteStream::from(data))
-            .content_length(len)
-            .set_server_side_encryption(self.sse.clone())
-            .set_ssekms_key_id(self.sse_kms_key_id.clone())
-            .set_storage_class(self.storage_class.clone())
-            .set_object_lock_mode(self.lock_mode())
-            .set_object_lock_retain_until_date(self.retain_until())
-            .checksum_algorithm(ChecksumAlgorithm::Crc32)
+            .content_length(len);
+        let out = new_object_headers!(self, put, class)
             .checksum_crc32(crc)
-            .set_tagging(self.tagging(class))
             .set_if_none_match(self.condition(mode))
             .send()
             .await
@@ -355,18 +365,12 @@ impl S3Store {
         class: Class,
         mode: Mode,
     ) -> Result<Stored> {
-        let created = self
+        let create = self
             .client
             .create_multipart_upload()
             .bucket(&self.bucket)
-            .key(self.full(key))
-            .set_server_side_encryption(self.sse.clone())
-            .set_ssekms_key_id(self.sse_kms_key_id.clone())
-            .set_storage_class(self.storage_class.clone())
-            .set_object_lock_mode(self.lock_mode())
-            .set_object_lock_retain_until_date(self.retain_until())
-            .checksum_algorithm(ChecksumAlgorithm::Crc32)
-            .set_tagging(self.tagging(class))
+            .key(self.full(key));
+        let created = new_object_headers!(self, create, class)
             .send()
             .await
             .map_err(sdk_err)?;
@@ -442,59 +446,6 @@ impl S3Store {
                 .await;
         }
         result
-    }
-
-    /// GET of `key`, of one version when given (versioned buckets).
-    async fn get_at(&self, key: &str, version: Option<&str>) -> Result<Option<Body>> {
-        match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.full(key))
-            .set_version_id(version.map(str::to_string))
-            .send()
-            .await
-        {
-            Ok(out) => Ok(Some(Box::new(IdleTimeout::new(
-                out.body.into_async_read(),
-                self.timeout,
-            )))),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
-            Err(e) => {
-                Err(sdk_err(e)).with_context(|| format!("S3 GET of {} failed", self.locate(key)))
-            }
-        }
-    }
-
-    async fn get_tail_at(
-        &self,
-        key: &str,
-        n: u64,
-        version: Option<&str>,
-    ) -> Result<Option<Vec<u8>>> {
-        let out = match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.full(key))
-            .set_version_id(version.map(str::to_string))
-            .range(format!("bytes=-{n}"))
-            .send()
-            .await
-        {
-            Ok(out) => out,
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
-            Err(e) => {
-                return Err(sdk_err(e))
-                    .with_context(|| format!("S3 GET of {} failed", self.locate(key)))
-            }
-        };
-        let data = tokio::time::timeout(self.timeout, out.body.collect())
-            .await
-            .map_err(|_| anyhow!("no data for {:?}", self.timeout))
-            .and_then(|r| r.map_err(anyhow::Error::new))
-            .with_context(|| format!("reading {}", self.locate(key)))?;
-        Ok(Some(data.to_vec()))
     }
 }
 
@@ -588,20 +539,51 @@ impl Store for S3Store {
             .with_context(|| format!("S3 upload of {} failed", self.locate(key)))
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Body>> {
-        self.get_at(key, None).await
+    async fn read(&self, key: &str, version: Option<&str>) -> Result<Option<Body>> {
+        match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.full(key))
+            .set_version_id(version.map(str::to_string))
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(Box::new(IdleTimeout::new(
+                out.body.into_async_read(),
+                self.timeout,
+            )))),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
+            Err(e) => {
+                Err(sdk_err(e)).with_context(|| format!("S3 GET of {} failed", self.locate(key)))
+            }
+        }
     }
 
-    async fn get_version(&self, key: &str, version: &str) -> Result<Option<Body>> {
-        self.get_at(key, Some(version)).await
-    }
-
-    async fn get_tail(&self, key: &str, n: u64) -> Result<Option<Vec<u8>>> {
-        self.get_tail_at(key, n, None).await
-    }
-
-    async fn get_tail_version(&self, key: &str, n: u64, version: &str) -> Result<Option<Vec<u8>>> {
-        self.get_tail_at(key, n, Some(version)).await
+    async fn read_tail(&self, key: &str, n: u64, version: Option<&str>) -> Result<Option<Vec<u8>>> {
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.full(key))
+            .set_version_id(version.map(str::to_string))
+            .range(format!("bytes=-{n}"))
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
+            Err(e) => {
+                return Err(sdk_err(e))
+                    .with_context(|| format!("S3 GET of {} failed", self.locate(key)))
+            }
+        };
+        let data = tokio::time::timeout(self.timeout, out.body.collect())
+            .await
+            .map_err(|_| anyhow!("no data for {:?}", self.timeout))
+            .and_then(|r| r.map_err(anyhow::Error::new))
+            .with_context(|| format!("reading {}", self.locate(key)))?;
+        Ok(Some(data.to_vec()))
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
