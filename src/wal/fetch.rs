@@ -337,23 +337,33 @@ async fn from_stream(store: &dyn Store, codec: &Codec, key: &str, to: &Place<'_>
     let WalFile::Segment(seg) = to.kind else {
         return Ok(false);
     };
-    let chain = super::stream::chain(&super::stream::list(store, seg).await?);
-    let Some(end) = chain.last().map(|p| p.to) else {
-        return Ok(false);
+    // A piece may go between the listing and its read: merged into one from
+    // the segment's start (list again), or the whole segment stored.
+    let mut attempt = 0;
+    let (end, pieces) = loop {
+        let chain = super::stream::chain(&super::stream::list(store, seg).await?);
+        let Some(end) = chain.last().map(|p| p.to) else {
+            return Ok(false);
+        };
+        if end > SEGMENT_LIMIT {
+            bail!("the stream objects of {seg} reach {end} bytes, more than a segment holds: not what walvault wrote");
+        }
+        let file = std::fs::File::create(to.tmp)
+            .with_context(|| format!("cannot create {}", to.tmp.display()))?;
+        if super::stream::assemble(store, codec, &chain, file)
+            .await?
+            .is_some()
+        {
+            break (end, chain.len());
+        }
+        if fetch_once(store, codec, key, to).await? {
+            return Ok(true);
+        }
+        attempt += 1;
+        if attempt == 3 {
+            bail!("the stream objects of {seg} changed under each of 3 reads");
+        }
     };
-    if end > SEGMENT_LIMIT {
-        bail!("the stream objects of {seg} reach {end} bytes, more than a segment holds: not what walvault wrote");
-    }
-    let file = std::fs::File::create(to.tmp)
-        .with_context(|| format!("cannot create {}", to.tmp.display()))?;
-    if super::stream::assemble(store, codec, &chain, file)
-        .await?
-        .is_none()
-    {
-        // Superseded meanwhile: the whole segment was stored, then its
-        // stream objects removed.
-        return fetch_once(store, codec, key, to).await;
-    }
     let mut head = [0u8; super::header::LONG_HEADER_LEN];
     {
         use std::io::Read;
@@ -370,8 +380,7 @@ async fn from_stream(store: &dyn Store, codec: &Codec, key: &str, to: &Place<'_>
         .open(to.tmp)?
         .set_len(size)?;
     tracing::info!(
-        "{seg} is not archived whole: restored the {end} bytes wal-receive stored of it ({} stream objects); replay ends where they do",
-        chain.len()
+        "{seg} is not archived whole: restored the {end} bytes wal-receive stored of it ({pieces} stream objects); replay ends where they do"
     );
     Ok(true)
 }
