@@ -867,16 +867,14 @@ mod tests {
     }
 
     fn with_file(text: &str, e: &[(&str, &str)]) -> Result<Config> {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("w.toml");
+        let (_dir, p) = crate::testing::temp_path("w.toml");
         std::fs::write(&p, text).unwrap();
         Config::load(Source::Explicit(&p), &env(e))
     }
 
     #[test]
     fn defaults_without_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("empty.toml");
+        let (_dir, p) = crate::testing::temp_path("empty.toml");
         std::fs::write(&p, "").unwrap();
         let c = Config::load(Source::Explicit(&p), &env(&[])).unwrap();
         assert_eq!(c.repo, DEFAULT_REPO);

@@ -84,8 +84,7 @@ mod tests {
 
     #[test]
     fn a_write_replaces_the_whole_file_and_leaves_no_temporary() {
-        let d = tempfile::tempdir().unwrap();
-        let f = d.path().join("state");
+        let (d, f) = crate::testing::temp_path("state");
         write_atomically(&f, b"first, and longer").unwrap();
         write_atomically(&f, b"second").unwrap();
         assert_eq!(std::fs::read(&f).unwrap(), b"second");
@@ -98,8 +97,7 @@ mod tests {
 
     #[test]
     fn a_failed_publish_removes_its_temporary_and_keeps_the_old_file() {
-        let d = tempfile::tempdir().unwrap();
-        let f = d.path().join("state");
+        let (d, f) = crate::testing::temp_path("state");
         std::fs::write(&f, b"old").unwrap();
         let tmp = temp_beside(&f).unwrap();
         std::fs::write(&tmp, b"new").unwrap();
@@ -112,8 +110,7 @@ mod tests {
 
     #[test]
     fn appended_lines_accumulate_and_absent_files_are_no_error_to_remove() {
-        let d = tempfile::tempdir().unwrap();
-        let j = d.path().join("journal");
+        let (_d, j) = crate::testing::temp_path("journal");
         append_line(&j, "a").unwrap();
         append_line(&j, "b").unwrap();
         assert_eq!(std::fs::read_to_string(&j).unwrap(), "a\nb\n");

@@ -26,6 +26,8 @@ pub mod setting;
 pub mod status;
 pub mod store;
 pub mod table;
+#[cfg(test)]
+mod testing;
 pub mod throttle;
 pub mod wal;
 pub mod wal_verify;

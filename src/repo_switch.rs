@@ -216,8 +216,7 @@ mod tests {
 
     #[test]
     fn changes_only_the_repo_line() {
-        let d = tempfile::tempdir().unwrap();
-        let f = d.path().join("walvault.toml");
+        let (_d, f) = crate::testing::temp_path("walvault.toml");
         std::fs::write(
             &f,
             "# where\nrepo = \"s3://b/old\"  # the bucket\n\n[s3]\nregion = \"eu-west-1\"\n",

@@ -536,8 +536,7 @@ mod tests {
 
     #[test]
     fn ready_files_count_and_oldest() {
-        let d = tempfile::tempdir().unwrap();
-        let st = d.path().join("pg_wal/archive_status");
+        let (d, st) = crate::testing::temp_path("pg_wal/archive_status");
         std::fs::create_dir_all(&st).unwrap();
         for n in [
             "000000010000000000000003.ready",

@@ -102,6 +102,18 @@ fn receiver(env: &BTreeMap<String, String>, c: &Cluster, sets: &[&str]) -> Recei
     Receiver { child, log }
 }
 
+/// Until the server counts the receiver as its synchronous standby.
+fn wait_sync(c: &Cluster) {
+    wait_for(
+        "the receiver as a synchronous standby",
+        Duration::from_secs(30),
+        || {
+            c.psql("select sync_state from pg_stat_replication where application_name = 'walvault'")
+                == "sync"
+        },
+    );
+}
+
 fn lsn(c: &Cluster, sql: &str) -> Lsn {
     Lsn::parse(&c.psql(sql)).unwrap()
 }
@@ -220,14 +232,7 @@ fn synchronous_commits_wait_for_the_repository() {
     let repo = Repo::at(root.path());
     // Before the receiver runs nothing could commit: create the slot first.
     let mut r = receiver(&env, &c, &["receive.flush_seconds=0"]);
-    wait_for(
-        "the receiver as a synchronous standby",
-        Duration::from_secs(30),
-        || {
-            c.psql("select sync_state from pg_stat_replication where application_name = 'walvault'")
-                == "sync"
-        },
-    );
+    wait_sync(&c);
     c.psql("create table t (i int)");
     let first = lsn(&c, "select pg_current_wal_flush_lsn()");
     let commits = 100;
@@ -302,15 +307,7 @@ fn sigkill_of_the_primary_loses_no_acknowledged_commit() {
     let mut r = receiver(&s.env, &s.a, &["receive.flush_seconds=0"]);
     s.a.psql("alter system set synchronous_standby_names = 'walvault'");
     s.a.psql("select pg_reload_conf()");
-    wait_for(
-        "the receiver as a synchronous standby",
-        Duration::from_secs(30),
-        || {
-            s.a.psql(
-                "select sync_state from pg_stat_replication where application_name = 'walvault'",
-            ) == "sync"
-        },
-    );
+    wait_sync(&s.a);
     let mut acked = 0;
     for i in 0..100 {
         s.a.psql(&format!("insert into t values ({i})"));

@@ -28,8 +28,8 @@ fn multipart_round_trip_abort_and_listing() {
     let proxy = proxy::FaultProxy::start(weed.endpoint().trim_start_matches("http://"));
     let mut cfg = weed.s3_config();
     cfg.endpoint = Some(proxy.endpoint());
-    cfg.part_size_mb = 5;
-    cfg.max_attempts = 3;
+    cfg.transport.part_size_mb = 5;
+    cfg.transport.max_attempts = 3;
     let creds = (weed.access_key.clone(), weed.secret_key.clone());
     proxy.record();
     let parts = weed.s3(|_| async move {
@@ -208,7 +208,7 @@ fn every_write_carries_what_aws_requires() {
     let proxy = proxy::FaultProxy::start(weed.endpoint().trim_start_matches("http://"));
     let mut cfg = weed.s3_config();
     cfg.endpoint = Some(proxy.endpoint());
-    cfg.part_size_mb = 5;
+    cfg.transport.part_size_mb = 5;
     cfg.sse = Some("AES256".into());
     cfg.object_lock_mode = Some("GOVERNANCE".into());
     cfg.object_lock_days = 1;

@@ -800,8 +800,7 @@ mod tests {
     fn a_file_assembled_over_the_targets_version_is_checked_by_the_blocks_written() {
         use crate::backup::page::BLCKSZ;
         let kind = BlockHash::Blake3;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("16384");
+        let (_dir, path) = crate::testing::temp_path("16384");
         let old: Vec<u8> = (0..4 * BLCKSZ).map(|i| (i / 7) as u8).collect();
         let mut at_plan = Vec::new();
         kind.hash_blocks(&old, &mut at_plan);

@@ -71,8 +71,7 @@ mod tests {
 
     #[test]
     fn blocks_over_the_parent_then_cut_to_size() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("f");
+        let (_dir, p) = crate::testing::temp_path("f");
         std::fs::write(&p, vec![1u8; 4 * BLCKSZ]).unwrap();
         let mut entry = header(3 * BLCKSZ as u64, &[0, 2]);
         entry.extend(vec![7u8; BLCKSZ]);

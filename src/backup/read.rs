@@ -141,7 +141,7 @@ impl Reader {
             block_changes: None,
         };
         // A file held as changed blocks also records which, for its stored list.
-        let with_changes = |(sha, stored, blocks, changed): (String, Stored, Vec<u8>, Vec<u32>)| {
+        let with_changes = |(sha, stored, blocks, changed): BlocksRead| {
             let changes = matches!(stored, Stored::Blocks { .. })
                 .then(|| super::block_changes(&changed, &blocks));
             let mut r = record(sha, stored, Some(blocks));
@@ -156,14 +156,26 @@ impl Reader {
                 (main_fork, pf.blocks.as_deref(), summarized)
             {
                 let changed = summary.get(&(ts, db, node));
+                let file = AgainstParent {
+                    e,
+                    f: &f,
+                    size,
+                    pf,
+                    progress,
+                };
                 return self
-                    .summarized_blocks(b, e, &f, size, pf, theirs, changed, seg, progress)
+                    .summarized_blocks(b, &file, theirs, changed, seg)
                     .map(|r| Some(with_changes(r)));
             }
             if main_fork && pf.blocks.is_some() {
-                return self
-                    .changed_blocks(b, e, &f, size, pf, progress)
-                    .map(|r| Some(with_changes(r)));
+                let file = AgainstParent {
+                    e,
+                    f: &f,
+                    size,
+                    pf,
+                    progress,
+                };
+                return self.changed_blocks(b, &file).map(|r| Some(with_changes(r)));
             }
             if pf.size == size {
                 let mut scan = self.scan(e, &f, size, progress, main_fork);
@@ -221,22 +233,22 @@ impl Reader {
 
     /// A relation file against its parent's copy, every block read: the
     /// blocks whose hash is not the parent's, or none at all when the file is
-    /// the parent's. Returns the blocks digest (the parent's sha256 when
-    /// nothing changed), how it is stored, its block hashes and the numbers
-    /// of the blocks stored. A large file is read in ranges, one per core
+    /// the parent's. A large file is read in ranges, one per core
     /// ([`blockhash::ranges`]): reading and hashing are all of an
     /// incremental's work, and one thread copying a 1 GiB segment leaves the
     /// others waiting.
-    #[allow(clippy::too_many_arguments)]
     fn changed_blocks<W: Write>(
         &self,
         b: &mut tar::Builder<W>,
-        e: &Entry,
-        f: &File,
-        size: u64,
-        pf: &ParentFile,
-        progress: &Progress,
-    ) -> io::Result<(String, Stored, Vec<u8>, Vec<u32>)> {
+        file: &AgainstParent,
+    ) -> io::Result<BlocksRead> {
+        let AgainstParent {
+            e,
+            f,
+            size,
+            pf,
+            progress,
+        } = *file;
         let theirs = pf.blocks.as_deref().unwrap_or_default();
         let first_block = self.first_checked_block(e);
         let bounds = blockhash::ranges(size);
@@ -299,22 +311,16 @@ impl Reader {
 
     /// A relation file against its parent's copy with WAL summaries: only the
     /// blocks they name, and those past the parent's end, are read; the
-    /// others are the parent's. Returns the blocks digest (or the parent's
-    /// sha256 when nothing changed), how it is stored, its block hashes and
-    /// the numbers of the blocks stored.
-    #[allow(clippy::too_many_arguments)]
+    /// others are the parent's.
     fn summarized_blocks<W: Write>(
         &self,
         b: &mut tar::Builder<W>,
-        e: &Entry,
-        f: &File,
-        size: u64,
-        pf: &ParentFile,
+        file: &AgainstParent,
         theirs: &[u8],
         changed: Option<&Changed>,
         seg: u32,
-        progress: &Progress,
-    ) -> io::Result<(String, Stored, Vec<u8>, Vec<u32>)> {
+    ) -> io::Result<BlocksRead> {
+        let (e, f, size, pf) = (file.e, file.f, file.size, file.pf);
         let count = (size / BLCKSZ as u64) as usize;
         let their_count = theirs.len() / BLOCK_HASH;
         let first = seg as u64 * RELSEG_BLOCKS;
@@ -343,7 +349,7 @@ impl Reader {
                 spool.write_all(&page)?;
             }
         }
-        progress.add(size);
+        file.progress.add(size);
         if size == pf.size && differ.is_empty() {
             return Ok((pf.sha256.clone(), Stored::Parent, hashes, differ));
         }
@@ -508,6 +514,21 @@ impl Read for Scan<'_> {
     }
 }
 
+/// A relation file being read against its parent's copy.
+#[derive(Clone, Copy)]
+struct AgainstParent<'a> {
+    e: &'a Entry,
+    f: &'a File,
+    size: u64,
+    pf: &'a ParentFile,
+    progress: &'a Progress,
+}
+
+/// A file read against its parent's copy: the blocks digest (the parent's
+/// sha256 when nothing changed), how it is stored, its block hashes and the
+/// numbers of the blocks stored.
+type BlocksRead = (String, Stored, Vec<u8>, Vec<u32>);
+
 /// What one range of [`Reader::changed_blocks`] found: its blocks' hashes,
 /// the numbers of those not the parent's and their pages.
 struct ChangedRange {
@@ -556,8 +577,7 @@ mod tests {
         for &blk in &changed {
             new[blk * BLCKSZ + 100] ^= 0xff;
         }
-        let dir = tempfile::tempdir().unwrap();
-        let source = dir.path().join("16384");
+        let (dir, source) = crate::testing::temp_path("16384");
         std::fs::write(&source, &new).unwrap();
         let e = Entry {
             path: "base/5/16384".into(),
@@ -572,11 +592,21 @@ mod tests {
             blocks: Some(theirs),
         };
         let reader = Reader::new(None, false, Lsn(0), None, kind);
-        let mut b = tar::Builder::new(Vec::new());
         let f = File::open(&source).unwrap();
-        let (digest, stored, hashes, numbers) = reader
-            .changed_blocks(&mut b, &e, &f, size, &pf, &Progress::hidden())
-            .unwrap();
+        let progress = Progress::hidden();
+        let read = |pf: &ParentFile| {
+            let mut b = tar::Builder::new(Vec::new());
+            let file = AgainstParent {
+                e: &e,
+                f: &f,
+                size,
+                pf,
+                progress: &progress,
+            };
+            let r = reader.changed_blocks(&mut b, &file).unwrap();
+            (r, b.into_inner().unwrap())
+        };
+        let ((digest, stored, hashes, numbers), tar) = read(&pf);
         let expected: Vec<u32> = changed.iter().map(|&n| n as u32).collect();
         assert_eq!(numbers, expected);
         let mut whole = Vec::new();
@@ -585,7 +615,6 @@ mod tests {
         assert_eq!(digest, kind.digest(&whole, size));
         assert!(matches!(stored, Stored::Blocks { blocks: 5, .. }));
         // The entry written over the parent's file gives the file read.
-        let tar = b.into_inner().unwrap();
         let mut archive = tar::Archive::new(&tar[..]);
         let mut entry = archive.entries().unwrap().next().unwrap().unwrap();
         let target = dir.path().join("restored");
@@ -602,10 +631,7 @@ mod tests {
             blocks: Some(whole),
             ..pf
         };
-        let mut b = tar::Builder::new(Vec::new());
-        let (sha, stored, _, numbers) = reader
-            .changed_blocks(&mut b, &e, &f, size, &pf, &Progress::hidden())
-            .unwrap();
+        let ((sha, stored, _, numbers), _) = read(&pf);
         assert_eq!(sha, "the parent's");
         assert!(matches!(stored, Stored::Parent) && numbers.is_empty());
     }

@@ -178,8 +178,7 @@ mod tests {
 
     #[test]
     fn stores_only_what_lies_outside_the_data_directory() {
-        let d = tempfile::tempdir().unwrap();
-        let etc = d.path().join("etc");
+        let (d, etc) = crate::testing::temp_path("etc");
         let data = d.path().join("data");
         std::fs::create_dir_all(etc.join("conf.d")).unwrap();
         std::fs::create_dir_all(&data).unwrap();

@@ -73,8 +73,7 @@ mod tests {
 
     #[test]
     fn generate_then_read() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("id");
+        let (dir, p) = crate::testing::temp_path("id");
         let r = generate_identity_file(&p).unwrap();
         assert!(r.starts_with("age1"));
         assert_eq!(

@@ -829,8 +829,7 @@ mod tests {
     }
 
     fn keyed() -> (Codec, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("id.txt");
+        let (dir, path) = crate::testing::temp_path("id.txt");
         let recipient = keys::generate_identity_file(&path).unwrap();
         (
             Codec::new(1, vec![recipient.parse().unwrap()], Some(path)),

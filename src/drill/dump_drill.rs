@@ -4,11 +4,10 @@
 //! built-in checks, the dump's own (every table of its manifest is there) and
 //! the user's, and the report.
 
-use super::checks::{CheckResult, Status, UserCheck};
+use super::checks::{CheckResult, Status};
 use super::report::{self, Report};
-use super::Options;
+use super::{Drill, Options};
 use crate::codec::Codec;
-use crate::config::Config;
 use crate::dump::{self, Manifest};
 use crate::pg;
 use crate::scratch::Scratch;
@@ -39,18 +38,14 @@ pub fn log_path(scratch: &Scratch) -> PathBuf {
     scratch.dir.join("server.log")
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The drill of a dump: a new cluster, the dump restored into it, the checks.
 pub async fn run(
-    cfg: &Config,
+    drill: &Drill<'_>,
     store: &dyn Store,
-    codec: &Codec,
     m: &Manifest,
-    scratch: &Scratch,
-    user_checks: &[UserCheck],
-    amcheck: bool,
     rep: &mut Report,
-    t0: Instant,
 ) -> Result<()> {
+    let (cfg, scratch) = (drill.cfg, drill.scratch);
     let (major, bin) = newest_server(m.server_major, &cfg.postgres)?;
     rep.target.description = format!("logical dump {} into PostgreSQL {major}", m.id);
     rep.dump = Some(report::DumpUsed {
@@ -73,7 +68,7 @@ pub async fn run(
         m.finished_at.to_rfc3339(),
         scratch.dir.display()
     );
-    rep.timings.plan_seconds = Some(t0.elapsed().as_secs_f64());
+    rep.timings.plan_seconds = Some(drill.t0.elapsed().as_secs_f64());
 
     let t = Instant::now();
     init_and_start(&bin, scratch).await?;
@@ -90,7 +85,7 @@ pub async fn run(
             globals,
         };
         globals = false;
-        dump::restore::run(cfg, store, codec, opts)
+        dump::restore::run(cfg, store, drill.codec, opts)
             .await
             .with_context(|| format!("restoring database {}", d.database))?;
     }
@@ -98,7 +93,7 @@ pub async fn run(
     rep.timings.downloaded_bytes = Some(m.stored_bytes());
     rep.timings.restored_bytes = Some(m.raw_bytes());
     // The time to a usable copy: a new cluster and the dump restored into it.
-    rep.timings.rto_seconds = Some(t0.elapsed().as_secs_f64());
+    rep.timings.rto_seconds = Some(drill.t0.elapsed().as_secs_f64());
     println!(
         "restored: {} database(s) in {:.1} s (cluster made in {start_s:.1} s)",
         m.databases.len(),
@@ -109,7 +104,7 @@ pub async fn run(
     for d in &m.databases {
         rep.checks.push(tables_present(scratch, d).await);
     }
-    super::run_checks(scratch, user_checks, amcheck, rep).await?;
+    super::run_checks(drill, rep).await?;
     rep.timings.checks_seconds = Some(t.elapsed().as_secs_f64());
     super::conclude(rep);
     Ok(())

@@ -105,6 +105,14 @@ pub async fn run(
     // A backup or dump that does not exist or cannot reach the target is bad
     // input, not a failed drill: a clear error and nothing written.
     let scratch = Scratch::create(&opts.scratch_root, "drill", &drill_id)?;
+    let drill = Drill {
+        cfg,
+        codec,
+        scratch: &scratch,
+        user_checks: &user_checks,
+        amcheck: opts.amcheck,
+        t0,
+    };
     if let Some(id) = &opts.dump {
         let manifest = match dump_drill::prepare(codec, store.as_ref(), id, &opts).await {
             Ok(m) => m,
@@ -114,7 +122,7 @@ pub async fn run(
             }
         };
         let outcome = tokio::select! {
-            r = dump_drill::run(cfg, store.as_ref(), codec, &manifest, &scratch, &user_checks, opts.amcheck, &mut rep, t0) => r,
+            r = dump_drill::run(&drill, store.as_ref(), &manifest, &mut rep) => r,
             sig = scratch::interrupted() => Err(anyhow::anyhow!("interrupted by {sig}")),
         };
         if let Err(e) = outcome {
@@ -137,7 +145,7 @@ pub async fn run(
             }
         };
         let outcome = tokio::select! {
-            r = drill(cfg, store.clone(), codec, &ropts, &plan, &scratch, &user_checks, opts.amcheck, &mut rep, t0) => r,
+            r = from_backup(&drill, store.clone(), &ropts, &plan, &mut rep) => r,
             sig = scratch::interrupted() => Err(anyhow::anyhow!("interrupted by {sig}")),
         };
         if let Err(e) = outcome {
@@ -201,21 +209,28 @@ pub async fn run(
     Ok(rep.passed())
 }
 
-/// The drill itself; fills `rep` as it goes, so an error or an interrupt still
-/// leaves what was measured.
-#[allow(clippy::too_many_arguments)]
-async fn drill(
-    cfg: &Config,
+/// What a drill of either kind runs with: the settings, the key, the scratch
+/// cluster, the checks asked for and the clock started before planning.
+#[derive(Clone, Copy)]
+pub(super) struct Drill<'a> {
+    pub cfg: &'a Config,
+    pub codec: &'a Codec,
+    pub scratch: &'a Scratch,
+    pub user_checks: &'a [UserCheck],
+    pub amcheck: bool,
+    pub t0: Instant,
+}
+
+/// The drill of a backup; fills `rep` as it goes, so an error or an interrupt
+/// still leaves what was measured.
+async fn from_backup(
+    drill: &Drill<'_>,
     store: Arc<dyn Store>,
-    codec: &Codec,
     ropts: &recover::Options,
     plan: &recover::Plan,
-    scratch: &Scratch,
-    user_checks: &[UserCheck],
-    amcheck: bool,
     rep: &mut Report,
-    t0: Instant,
 ) -> Result<()> {
+    let (scratch, t0) = (drill.scratch, drill.t0);
     let b = &plan.backup;
     rep.backup = Some(report::BackupUsed {
         id: b.id.clone(),
@@ -255,7 +270,8 @@ async fn drill(
     rep.timings.plan_seconds = Some(t0.elapsed().as_secs_f64());
 
     let t1 = Instant::now();
-    let (restored, _) = recover::restore_into(cfg, store.clone(), codec, ropts, plan).await?;
+    let (restored, _) =
+        recover::restore_into(drill.cfg, store.clone(), drill.codec, ropts, plan).await?;
     rep.timings.restore_seconds = Some(t1.elapsed().as_secs_f64());
     rep.timings.downloaded_bytes = Some(b.stored_bytes);
     rep.timings.restored_bytes = Some(restored.bytes);
@@ -316,7 +332,7 @@ async fn drill(
     ));
 
     let t3 = Instant::now();
-    run_checks(scratch, user_checks, amcheck, rep).await?;
+    run_checks(drill, rep).await?;
     rep.timings.checks_seconds = Some(t3.elapsed().as_secs_f64());
 
     conclude(rep);
@@ -353,12 +369,9 @@ pub(super) fn conclude(rep: &mut Report) {
     }
 }
 
-pub(super) async fn run_checks(
-    scratch: &Scratch,
-    user_checks: &[UserCheck],
-    amcheck: bool,
-    rep: &mut Report,
-) -> Result<()> {
+/// The checks asked for (amcheck, the user's), on the scratch cluster.
+pub(super) async fn run_checks(drill: &Drill<'_>, rep: &mut Report) -> Result<()> {
+    let (scratch, amcheck) = (drill.scratch, drill.amcheck);
     let connect = |db: &str| {
         let conninfo = scratch.conninfo(db);
         async move { pg::conn::connect(Some(&conninfo)).await }
@@ -402,7 +415,7 @@ pub(super) async fn run_checks(
             rep.checks.push(checks::amcheck(&client, db).await?);
         }
     }
-    for check in user_checks {
+    for check in drill.user_checks {
         let db = check.database.as_deref().unwrap_or("postgres");
         tracing::info!("user check '{}' in {db}", check.name);
         let result = match connect(db).await {

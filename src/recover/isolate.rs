@@ -361,8 +361,7 @@ mod tests {
 
     #[test]
     fn a_debian_copy_gets_its_own_config_from_the_backup() {
-        let d = tempfile::tempdir().unwrap();
-        let copy = d.path().join("copy");
+        let (_d, copy) = crate::testing::temp_path("copy");
         std::fs::create_dir(&copy).unwrap();
         let copy = copy.canonicalize().unwrap();
         let etc = PathBuf::from("/etc/postgresql/15/main");
@@ -426,8 +425,7 @@ mod tests {
 
     #[test]
     fn a_patroni_copy_reads_its_own_hba_and_missing_files_are_refused() {
-        let d = tempfile::tempdir().unwrap();
-        let copy = d.path().join("copy");
+        let (_d, copy) = crate::testing::temp_path("copy");
         std::fs::create_dir(&copy).unwrap();
         let copy = copy.canonicalize().unwrap();
         let orig = PathBuf::from("/data/patroni1");

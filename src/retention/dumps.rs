@@ -134,12 +134,7 @@ pub async fn run(store: &dyn Store, p: Policy, confirm: bool) -> Result<bool> {
         p.keep_daily, p.keep_weekly, p.keep_monthly
     );
     for v in &verdicts {
-        println!(
-            "  dump {:<22} {:<6}  {}",
-            v.id,
-            if v.keep { "keep" } else { "REMOVE" },
-            v.why
-        );
+        retention::print_verdict("dump", 22, &v.id, v.keep, &v.why);
     }
     let gone: Vec<&Verdict> = verdicts.iter().filter(|v| !v.keep).collect();
     if !confirm {

@@ -394,12 +394,7 @@ async fn run_backups(
 
     println!("retention for {}: {}", store.locate(""), describe(p));
     for v in &verdicts {
-        println!(
-            "  backup {:<17} {:<6}  {}",
-            v.id,
-            if v.keep { "keep" } else { "REMOVE" },
-            v.why
-        );
+        print_verdict("backup", 17, &v.id, v.keep, &v.why);
     }
     match wal_plan.keep_from {
         Some(from) => {
@@ -470,6 +465,12 @@ pub(crate) fn report(tally: &Tally, store: &dyn Store, what: &str) -> bool {
         eprintln!("walvault {what}: could not remove {f}");
     }
     tally.failed.is_empty()
+}
+
+/// One line of a plan: `  <what> <id> keep|REMOVE  <why>`, the id padded to `width`.
+pub fn print_verdict(what: &str, width: usize, id: &str, keep: bool, why: &str) {
+    let verdict = if keep { "keep" } else { "REMOVE" };
+    println!("  {what} {id:<width$} {verdict:<6}  {why}");
 }
 
 fn describe(p: Policy) -> String {

@@ -5,8 +5,8 @@
 //! was read to a clean end and is durable; a body that ends in an error stores nothing.
 
 pub mod azure;
-pub mod defaults;
 pub mod fs;
+pub mod remote;
 pub mod s3;
 
 use anyhow::{bail, Context, Result};
@@ -68,7 +68,24 @@ pub trait Store: Send + Sync {
     /// Stores `body` under `key` in a lifecycle class (S3 with `s3.class_tags`:
     /// the object's tag), as `mode` says. Returns once durable.
     async fn write(&self, key: &str, body: Body, class: Class, mode: Mode) -> Result<Stored>;
-    /// `write` of bytes already in memory (S3 sends them without copying them again).
+    /// The largest body this backend sends in one request (its part size):
+    /// `write_bytes` of no more goes to `write_single`. 0: always `write`.
+    fn single_request_max(&self) -> usize {
+        0
+    }
+    /// Stores `data` (at most `single_request_max`) in one request.
+    async fn write_single(
+        &self,
+        key: &str,
+        data: bytes::Bytes,
+        class: Class,
+        mode: Mode,
+    ) -> Result<Stored> {
+        self.write(key, Box::new(std::io::Cursor::new(data)), class, mode)
+            .await
+    }
+    /// `write` of bytes already in memory: one request when they fit, sent
+    /// without copying them again.
     async fn write_bytes(
         &self,
         key: &str,
@@ -76,6 +93,9 @@ pub trait Store: Send + Sync {
         class: Class,
         mode: Mode,
     ) -> Result<Stored> {
+        if data.len() <= self.single_request_max() {
+            return self.write_single(key, data, class, mode).await;
+        }
         self.write(key, Box::new(std::io::Cursor::new(data)), class, mode)
             .await
     }
@@ -144,7 +164,8 @@ pub trait Store: Send + Sync {
 /// A store whose reads of some keys are pinned to a version: a backup's objects
 /// at the versions its manifest recorded, so that a restore or a verify reads
 /// what the backup wrote even if the key was overwritten since. Writes and
-/// listings go to the store as they are.
+/// listings go to the store as they are (bytes in memory streamed: writes
+/// through a pinned store are rare, and copying once more is no matter).
 pub struct Pinned {
     inner: Arc<dyn Store>,
     versions: std::collections::HashMap<String, String>,

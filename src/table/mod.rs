@@ -733,8 +733,7 @@ mod tests {
 
     #[test]
     fn a_failing_pg_dump_never_reaches_the_end_of_psqls_input() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("psql.log");
+        let (dir, log) = crate::testing::temp_path("psql.log");
         let psql = fake_psql(dir.path(), &log, false);
         // pg_dump writes part of the dump, then fails.
         let e = run(

@@ -145,8 +145,7 @@ mod tests {
 
     #[test]
     fn markers_name_the_repository_and_the_file() {
-        let d = tempfile::tempdir().unwrap();
-        let wal = d.path().join("pg_wal");
+        let (d, wal) = crate::testing::temp_path("pg_wal");
         std::fs::create_dir_all(wal.join("archive_status")).unwrap();
         let (repo, other) = ("s3://b/main", "s3://b/other");
         for n in [

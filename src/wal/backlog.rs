@@ -149,8 +149,7 @@ mod tests {
 
     #[test]
     fn drops_only_segments_past_the_bound_and_never_a_refusal() {
-        let d = tempfile::tempdir().unwrap();
-        let status = d.path().join("archive_status");
+        let (d, status) = crate::testing::temp_path("archive_status");
         std::fs::create_dir_all(&status).unwrap();
         let seg = d.path().join("000000010000000000000005");
         let down = anyhow::anyhow!("S3 request failed: Connection refused");

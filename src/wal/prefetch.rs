@@ -609,8 +609,7 @@ mod tests {
 
     #[test]
     fn spool_place_and_housekeeping() {
-        let d = tempfile::tempdir().unwrap();
-        let wal = d.path().join("pg_wal");
+        let (d, wal) = crate::testing::temp_path("pg_wal");
         assert!(Spool::for_dest(&d.path().join("x/RECOVERYXLOG"), None).is_none());
         let s = Spool::for_dest(&wal.join("RECOVERYXLOG"), None).unwrap();
         assert_eq!(s.dir, wal.join(DIR));
@@ -669,8 +668,7 @@ mod tests {
     #[test]
     fn a_spool_others_can_write_is_not_used() {
         use std::os::unix::fs::PermissionsExt;
-        let d = tempfile::tempdir().unwrap();
-        let sp = d.path().join("spool");
+        let (d, sp) = crate::testing::temp_path("spool");
         std::fs::create_dir(&sp).unwrap();
         let dest = d.path().join("pg_wal/RECOVERYXLOG");
         std::fs::set_permissions(&sp, std::fs::Permissions::from_mode(0o755)).unwrap();

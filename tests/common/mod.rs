@@ -324,7 +324,10 @@ pub trait S3Server {
             endpoint: Some(self.endpoint()),
             region: Some("us-east-1".into()),
             force_path_style: true,
-            max_attempts: 1,
+            transport: walvault::store::remote::Transport {
+                max_attempts: 1,
+                ..Default::default()
+            },
             ..Default::default()
         }
     }

@@ -81,8 +81,10 @@ pub struct FaultProxy {
 impl FaultProxy {
     /// A proxy on a free loopback port in front of `upstream` (host:port).
     pub fn start(upstream: &str) -> FaultProxy {
-        let port = super::free_port();
-        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the proxy port");
+        // Port 0: the kernel picks a free port as it binds, so no other
+        // test can take it between choosing and binding.
+        let listener = TcpListener::bind(("127.0.0.1", 0)).expect("bind the proxy port");
+        let port = listener.local_addr().expect("the proxy's port").port();
         let shared = Arc::new(Shared {
             record: Mutex::new(None),
             answers: Mutex::new(Vec::new()),

@@ -205,11 +205,13 @@ impl AzureStore {
             .or_else(|| std::env::var("AZURE_STORAGE_ENDPOINT").ok())
             .or_else(|| std::env::var("AZURE_ENDPOINT").ok());
         let mut options = ClientOptions::new()
-            .with_connect_timeout(Duration::from_secs(cfg.connect_timeout_seconds as u64))
+            .with_connect_timeout(Duration::from_secs(
+                cfg.transport.connect_timeout_seconds as u64,
+            ))
             // A whole-request limit would cut long transfers: a limit between
             // reads instead, so a stalled connection fails and is retried.
             .with_timeout_disabled()
-            .with_read_timeout(Duration::from_secs(cfg.timeout_seconds as u64));
+            .with_read_timeout(Duration::from_secs(cfg.transport.timeout_seconds as u64));
         if let Some(e) = &endpoint {
             b = b.with_endpoint(e.clone());
             if e.to_ascii_lowercase().starts_with("http://") {
@@ -217,8 +219,8 @@ impl AzureStore {
             }
         }
         let retry = RetryConfig {
-            max_retries: (cfg.max_attempts.max(1) - 1) as usize,
-            retry_timeout: Duration::from_secs(cfg.timeout_seconds as u64 * 2),
+            max_retries: (cfg.transport.max_attempts.max(1) - 1) as usize,
+            retry_timeout: Duration::from_secs(cfg.transport.timeout_seconds as u64 * 2),
             ..Default::default()
         };
         let client = b
@@ -242,10 +244,10 @@ impl AzureStore {
                 &container,
                 mode,
                 cfg.immutability_days,
-                cfg.max_attempts.max(1) as u32,
+                cfg.transport.max_attempts.max(1) as u32,
                 (
-                    Duration::from_secs(cfg.connect_timeout_seconds as u64),
-                    Duration::from_secs(cfg.timeout_seconds as u64),
+                    Duration::from_secs(cfg.transport.connect_timeout_seconds as u64),
+                    Duration::from_secs(cfg.transport.timeout_seconds as u64),
                 ),
             )?),
             None => None,
@@ -260,8 +262,8 @@ impl AzureStore {
             } else {
                 format!("{prefix}/")
             },
-            part_size: cfg.part_size_mb as usize * 1024 * 1024,
-            timeout: Duration::from_secs(cfg.timeout_seconds as u64),
+            part_size: cfg.transport.part_size_mb as usize * 1024 * 1024,
+            timeout: Duration::from_secs(cfg.transport.timeout_seconds as u64),
         })
     }
 
@@ -379,18 +381,17 @@ impl Store for AzureStore {
         }
     }
 
-    async fn write_bytes(
+    fn single_request_max(&self) -> usize {
+        self.part_size
+    }
+
+    async fn write_single(
         &self,
         key: &str,
         data: bytes::Bytes,
-        class: Class,
+        _: Class,
         mode: Mode,
     ) -> Result<Stored> {
-        if data.len() > self.part_size {
-            return self
-                .write(key, Box::new(std::io::Cursor::new(data)), class, mode)
-                .await;
-        }
         self.put_single(key, data, mode).await
     }
 

@@ -50,19 +50,12 @@ impl Settings {
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
 pub struct Settings {
     pub endpoint: Option<String>,
-    #[serde(default = "crate::store::defaults::part_size_mb")]
-    pub part_size_mb: i64,
-    #[serde(default = "crate::store::defaults::max_attempts")]
-    pub max_attempts: i64,
-    #[serde(default = "crate::store::defaults::timeout_seconds")]
-    pub timeout_seconds: i64,
-    #[serde(default = "crate::store::defaults::connect_timeout_seconds")]
-    pub connect_timeout_seconds: i64,
+    #[serde(flatten)]
+    pub transport: crate::store::remote::Transport,
     pub immutability_mode: Option<String>,
-    #[serde(default = "crate::store::defaults::lock_days")]
+    #[serde(default = "crate::store::remote::lock_days")]
     pub immutability_days: i64,
 }
 

@@ -28,6 +28,17 @@ use tokio::io::AsyncReadExt;
 /// The headers every new object carries, on a PutObject or a
 /// CreateMultipartUpload (two builder types, the same setters): encryption,
 /// storage class, Object Lock retention, the checksum and the class tag.
+/// A request on one object of the bucket: the operation with bucket and key set.
+macro_rules! object_request {
+    ($store:expr, $op:ident, $key:expr) => {
+        $store
+            .client
+            .$op()
+            .bucket(&$store.bucket)
+            .key($store.full($key))
+    };
+}
+
 macro_rules! new_object_headers {
     ($store:expr, $request:expr, $class:expr) => {
         $request
@@ -74,11 +85,15 @@ pub async fn client(cfg: &Settings) -> Result<Client> {
     };
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .http_client(https)
-        .retry_config(RetryConfig::standard().with_max_attempts(cfg.max_attempts as u32))
+        .retry_config(RetryConfig::standard().with_max_attempts(cfg.transport.max_attempts as u32))
         .timeout_config(
             TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(cfg.connect_timeout_seconds as u64))
-                .operation_attempt_timeout(Duration::from_secs(cfg.timeout_seconds as u64))
+                .connect_timeout(Duration::from_secs(
+                    cfg.transport.connect_timeout_seconds as u64,
+                ))
+                .operation_attempt_timeout(Duration::from_secs(
+                    cfg.transport.timeout_seconds as u64,
+                ))
                 .build(),
         );
     let env_keys = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
@@ -293,14 +308,14 @@ impl S3Store {
             sse: cfg.sse.as_deref().map(ServerSideEncryption::from),
             sse_kms_key_id: cfg.sse_kms_key_id.clone(),
             storage_class: cfg.storage_class.as_deref().map(StorageClass::from),
-            part_size: cfg.part_size_mb as usize * 1024 * 1024,
+            part_size: cfg.transport.part_size_mb as usize * 1024 * 1024,
             lock: cfg
                 .object_lock_mode
                 .as_deref()
                 .map(|m| (ObjectLockMode::from(m), cfg.object_lock_days)),
             class_tags: cfg.class_tags,
             create_only: cfg.create_only,
-            timeout: Duration::from_secs(cfg.timeout_seconds as u64),
+            timeout: Duration::from_secs(cfg.transport.timeout_seconds as u64),
         })
     }
 
@@ -330,33 +345,6 @@ impl S3Store {
             .then(|| format!("{}={}", Class::TAG, class.as_str()))
     }
 
-    async fn put_single(
-        &self,
-        key: &str,
-        data: bytes::Bytes,
-        class: Class,
-        mode: Mode,
-    ) -> Result<Stored> {
-        let len = data.len() as i64;
-        let crc = crc32(&data);
-        let put = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(self.full(key))
-            .body(ByteStream::from(data))
-            .content_length(len);
-        let out = new_object_headers!(self, put, class)
-            .checksum_crc32(crc)
-            .set_if_none_match(self.condition(mode))
-            .send()
-            .await
-            .map_err(|e| write_err(e, self.locate(key)))?;
-        Ok(Stored {
-            version: out.version_id().map(str::to_string),
-        })
-    }
-
     async fn put_multipart(
         &self,
         key: &str,
@@ -365,11 +353,7 @@ impl S3Store {
         class: Class,
         mode: Mode,
     ) -> Result<Stored> {
-        let create = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.bucket)
-            .key(self.full(key));
+        let create = object_request!(self, create_multipart_upload, key);
         let created = new_object_headers!(self, create, class)
             .send()
             .await
@@ -385,11 +369,7 @@ impl S3Store {
                 let number = parts.len() as i32 + 1;
                 let len = chunk.len() as i64;
                 let crc = crc32(&chunk);
-                let out = self
-                    .client
-                    .upload_part()
-                    .bucket(&self.bucket)
-                    .key(self.full(key))
+                let out = object_request!(self, upload_part, key)
                     .upload_id(&upload_id)
                     .part_number(number)
                     .content_length(len)
@@ -413,11 +393,7 @@ impl S3Store {
                 }
                 chunk = next;
             }
-            let done = self
-                .client
-                .complete_multipart_upload()
-                .bucket(&self.bucket)
-                .key(self.full(key))
+            let done = object_request!(self, complete_multipart_upload, key)
                 .upload_id(&upload_id)
                 .multipart_upload(
                     CompletedMultipartUpload::builder()
@@ -436,11 +412,7 @@ impl S3Store {
         if result.is_err() {
             // Best effort: an incomplete upload is invisible, the bucket lifecycle rule
             // removes any that this could not abort.
-            let _ = self
-                .client
-                .abort_multipart_upload()
-                .bucket(&self.bucket)
-                .key(self.full(key))
+            let _ = object_request!(self, abort_multipart_upload, key)
                 .upload_id(&upload_id)
                 .send()
                 .await;
@@ -514,37 +486,44 @@ impl Store for S3Store {
         let (first, ended) = fill(&mut body, self.part_size)
             .await
             .with_context(|| format!("reading the data for {}", self.locate(key)))?;
-        let r = if ended {
-            self.put_single(key, first, class, mode).await
-        } else {
-            self.put_multipart(key, first, &mut body, class, mode).await
-        };
-        r.with_context(|| format!("S3 upload of {} failed", self.locate(key)))
+        if ended {
+            return self.write_single(key, first, class, mode).await;
+        }
+        self.put_multipart(key, first, &mut body, class, mode)
+            .await
+            .with_context(|| format!("S3 upload of {} failed", self.locate(key)))
     }
 
-    async fn write_bytes(
+    fn single_request_max(&self) -> usize {
+        self.part_size
+    }
+
+    async fn write_single(
         &self,
         key: &str,
         data: bytes::Bytes,
         class: Class,
         mode: Mode,
     ) -> Result<Stored> {
-        if data.len() > self.part_size {
-            return self
-                .write(key, Box::new(std::io::Cursor::new(data)), class, mode)
-                .await;
-        }
-        self.put_single(key, data, class, mode)
+        let len = data.len() as i64;
+        let crc = crc32(&data);
+        let put = object_request!(self, put_object, key)
+            .body(ByteStream::from(data))
+            .content_length(len);
+        let out = new_object_headers!(self, put, class)
+            .checksum_crc32(crc)
+            .set_if_none_match(self.condition(mode))
+            .send()
             .await
-            .with_context(|| format!("S3 upload of {} failed", self.locate(key)))
+            .map_err(|e| write_err(e, self.locate(key)))
+            .with_context(|| format!("S3 upload of {} failed", self.locate(key)))?;
+        Ok(Stored {
+            version: out.version_id().map(str::to_string),
+        })
     }
 
     async fn read(&self, key: &str, version: Option<&str>) -> Result<Option<Body>> {
-        match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.full(key))
+        match object_request!(self, get_object, key)
             .set_version_id(version.map(str::to_string))
             .send()
             .await
@@ -561,11 +540,7 @@ impl Store for S3Store {
     }
 
     async fn read_tail(&self, key: &str, n: u64, version: Option<&str>) -> Result<Option<Vec<u8>>> {
-        let out = match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.full(key))
+        let out = match object_request!(self, get_object, key)
             .set_version_id(version.map(str::to_string))
             .range(format!("bytes=-{n}"))
             .send()
@@ -587,14 +562,7 @@ impl Store for S3Store {
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
-        match self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(self.full(key))
-            .send()
-            .await
-        {
+        match object_request!(self, head_object, key).send().await {
             Ok(out) => Ok(Some(ObjectMeta {
                 key: key.to_string(),
                 size: out.content_length().unwrap_or(0) as u64,
@@ -622,10 +590,7 @@ impl Store for S3Store {
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        self.client
-            .delete_object()
-            .bucket(&self.bucket)
-            .key(self.full(key))
+        object_request!(self, delete_object, key)
             .send()
             .await
             .map_err(sdk_err)
@@ -672,10 +637,7 @@ impl Store for S3Store {
             )
             .build()
             .expect("tag set given");
-        self.client
-            .put_object_tagging()
-            .bucket(&self.bucket)
-            .key(self.full(key))
+        object_request!(self, put_object_tagging, key)
             .tagging(tagging)
             .send()
             .await

@@ -92,7 +92,6 @@ impl Settings {
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
 pub struct Settings {
     pub endpoint: Option<String>,
     pub region: Option<String>,
@@ -103,20 +102,14 @@ pub struct Settings {
     pub sse_kms_key_id: Option<String>,
     pub storage_class: Option<String>,
     pub object_lock_mode: Option<String>,
-    #[serde(default = "crate::store::defaults::lock_days")]
+    #[serde(default = "crate::store::remote::lock_days")]
     pub object_lock_days: i64,
     #[serde(default)]
     pub class_tags: bool,
     #[serde(default = "yes")]
     pub create_only: bool,
-    #[serde(default = "crate::store::defaults::part_size_mb")]
-    pub part_size_mb: i64,
-    #[serde(default = "crate::store::defaults::max_attempts")]
-    pub max_attempts: i64,
-    #[serde(default = "crate::store::defaults::timeout_seconds")]
-    pub timeout_seconds: i64,
-    #[serde(default = "crate::store::defaults::connect_timeout_seconds")]
-    pub connect_timeout_seconds: i64,
+    #[serde(flatten)]
+    pub transport: crate::store::remote::Transport,
 }
 
 crate::setting::default_from_serde!(Settings);
