@@ -84,12 +84,8 @@ struct Receiver {
 }
 
 fn receiver(env: &BTreeMap<String, String>, c: &Cluster, sets: &[&str]) -> Receiver {
-    let mut cmd = walvault_child(env);
-    cmd.env(
-        "WALVAULT_POSTGRES_CONNINFO",
-        format!("host={} port={} user=postgres", c.sockdir.display(), c.port),
-    )
-    .arg("wal-receive");
+    let mut cmd = walvault_child(&with_conninfo(env, c));
+    cmd.arg("wal-receive");
     for s in sets {
         cmd.args(["--set", s]);
     }
@@ -112,6 +108,28 @@ fn wait_sync(c: &Cluster) {
                 == "sync"
         },
     );
+}
+
+/// `env` with the connection to `c` that status and the receiver use.
+fn with_conninfo(env: &BTreeMap<String, String>, c: &Cluster) -> BTreeMap<String, String> {
+    let mut env = env.clone();
+    env.insert(
+        "WALVAULT_POSTGRES_CONNINFO".into(),
+        format!("host={} port={} user=postgres", c.sockdir.display(), c.port),
+    );
+    env
+}
+
+/// `status --json`'s report on the receiver.
+fn receiver_status(
+    env: &BTreeMap<String, String>,
+    c: &Cluster,
+    root: &std::path::Path,
+) -> serde_json::Value {
+    let out = walvault(&["status", "--json"], &with_conninfo(env, c), Some(root));
+    let st: serde_json::Value = serde_json::from_str(&ok(&out, "status --json")).unwrap();
+    assert!(st["receiver_error"].is_null(), "{st}");
+    st["receiver"].clone()
 }
 
 fn lsn(c: &Cluster, sql: &str) -> Lsn {
@@ -181,12 +199,45 @@ fn streams_beside_the_archiver_and_survives_a_kill() {
     let log = stop_receiver(&mut r, libc::SIGKILL);
     assert!(!log.contains("DIFFERENT"), "{log}");
 
-    // Killed: what comes meanwhile waits in the slot, and a new receiver catches up.
+    // Killed: what comes meanwhile waits in the slot, and status says so.
     c.psql("insert into t select g from generate_series(1, 50000) g");
     let commit = lsn(&c, "select pg_current_wal_flush_lsn()");
+    let down = receiver_status(&env, &c, root.path());
+    assert_eq!(down["active"], false, "{down}");
+    let behind = commit.0 - repo.held().0;
+    assert!(
+        down["lag_bytes"].as_i64().unwrap() as u64 >= behind && behind > 1 << 20,
+        "{down}: the repository is {behind} bytes behind"
+    );
+    assert!(down["retained_bytes"].as_i64() >= down["lag_bytes"].as_i64());
+    assert!(down["lag_seconds"].is_null(), "{down}");
+    let prom = root.path().join("status.prom");
+    let penv = with_conninfo(&env, &c);
+    ok(
+        &walvault(
+            &["status", "--prometheus", prom.to_str().unwrap()],
+            &penv,
+            None,
+        ),
+        "status --prometheus",
+    );
+    let text = std::fs::read_to_string(&prom).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("walvault_receive_slot_active{") && l.ends_with(" 0")),
+        "{text}"
+    );
+    // A new receiver catches up, and status shows it connected and level.
     let mut r = receiver(&env, &c, &[]);
     wait_for("the catch-up", Duration::from_secs(30), || {
         repo.held() >= commit
+    });
+    wait_for("status: caught up", Duration::from_secs(30), || {
+        let up = receiver_status(&env, &c, root.path());
+        up["active"] == true
+            && up["state"] == "streaming"
+            && up["lag_bytes"] == 0
+            && up["lag_seconds"] == 0.0
     });
     stop_receiver(&mut r, libc::SIGTERM);
 
@@ -233,6 +284,22 @@ fn synchronous_commits_wait_for_the_repository() {
     // Before the receiver runs nothing could commit: create the slot first.
     let mut r = receiver(&env, &c, &["receive.flush_seconds=0"]);
     wait_sync(&c);
+    // Idle, a synchronous receiver waits for the server: it does not spin.
+    let cpu = |pid: u32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+        // utime and stime, fields 14 and 15 of proc(5), in clock ticks.
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    };
+    let before = cpu(r.child.id());
+    std::thread::sleep(Duration::from_secs(3));
+    let ticks = cpu(r.child.id()) - before;
+    // Before its timer was mended it used 14 ticks (0.14 s) and sent a
+    // status report at every wake; now none.
+    assert!(
+        ticks < 5,
+        "an idle receiver used {ticks} clock ticks of CPU in 3 s"
+    );
     c.psql("create table t (i int)");
     let first = lsn(&c, "select pg_current_wal_flush_lsn()");
     let commits = 100;
@@ -483,4 +550,63 @@ fn stop_receiver(r: &mut Receiver, sig: i32) -> String {
 
 fn read_log(r: &Receiver) -> String {
     std::fs::read_to_string(&r.log).unwrap_or_default()
+}
+
+/// On every major 13 to 18: the receiver stores each commit, status reads its
+/// slot and walsender (the columns it reads differ in no major), and a
+/// SIGKILLed receiver restarted catches up with what came meanwhile.
+#[test]
+fn receives_on_every_major() {
+    for major in [13u32, 14, 15, 16, 17, 18] {
+        let root = pg_tempdir();
+        let env = fs_repo(root.path());
+        let mut c = Cluster::init_major(root.path(), "p", major);
+        c.start(&env);
+        let repo = Repo::at(root.path());
+        let mut r = receiver(&env, &c, &[]);
+        c.psql("create table t (i int)");
+        let mut commit = lsn(&c, "select pg_current_wal_flush_lsn()");
+        for round in 0..2 {
+            wait_for(
+                &format!("PostgreSQL {major}: the commit in the repository"),
+                Duration::from_secs(30),
+                || repo.held() >= commit,
+            );
+            wait_for(
+                &format!("PostgreSQL {major}: status sees the receiver level"),
+                Duration::from_secs(30),
+                || {
+                    let st = receiver_status(&env, &c, root.path());
+                    st["active"] == true && st["lag_bytes"] == 0
+                },
+            );
+            if round == 0 {
+                let log = stop_receiver(&mut r, libc::SIGKILL);
+                assert!(!log.contains("ERROR"), "PostgreSQL {major}: {log}");
+                c.psql("insert into t select g from generate_series(1, 20000) g");
+                commit = lsn(&c, "select pg_current_wal_flush_lsn()");
+                let down = receiver_status(&env, &c, root.path());
+                assert_eq!(down["active"], false, "PostgreSQL {major}: {down}");
+                assert!(
+                    down["lag_bytes"].as_i64().unwrap() as u64 >= commit.0 - repo.held().0,
+                    "PostgreSQL {major}: {down}"
+                );
+                r = receiver(&env, &c, &[]);
+            }
+        }
+        stop_receiver(&mut r, libc::SIGTERM);
+        // Every row, from the stream objects of the open segment.
+        let name = c.psql(&format!("select pg_walfile_name('{commit}')"));
+        let file = std::fs::read(c.pgdata.join("pg_wal").join(&name)).unwrap();
+        let held = match repo.streamed(commit) {
+            Some((_, bytes)) => bytes,
+            // The segment completed meanwhile: stored whole.
+            None => fetched(&env, root.path(), &name),
+        };
+        assert!(
+            held[..] == file[..held.len()] && (held.len() as u64) >= commit.0 % SEG,
+            "PostgreSQL {major}: the repository's {name} is not the server's bytes"
+        );
+        c.stop();
+    }
 }

@@ -36,6 +36,11 @@ use std::time::{Duration, Instant};
 /// Pieces of a segment stored before they are merged into one from its start.
 pub const COMPACT_AFTER: usize = 32;
 
+/// How often an idle synchronous receiver reports its position, as
+/// wal_receiver_status_interval does for a standby (so the server's lag
+/// figures clear once it has caught up).
+const IDLE_REPORT: Duration = Duration::from_secs(1);
+
 #[derive(Clone, Debug)]
 pub struct Options {
     pub conninfo: Option<String>,
@@ -164,7 +169,14 @@ async fn session(
     let mut seg = Open::new(tli, from, seg_size);
     let mut last_flush = Instant::now();
     loop {
-        let deadline = tokio::time::Instant::from_std(last_flush + opts.flush_interval);
+        // Synchronous mode (0) flushes at each message the server sends; its
+        // timer only reports to the server now and then, where a zero one
+        // would wake at once, again and again, while the server is idle.
+        let tick = match opts.flush_interval {
+            Duration::ZERO => IDLE_REPORT,
+            every => every,
+        };
+        let deadline = tokio::time::Instant::from_std(last_flush + tick);
         let ev = tokio::select! {
             ev = tokio::time::timeout_at(deadline, r.next()) => match ev {
                 Ok(ev) => Some(ev?),

@@ -4,9 +4,12 @@
 //!
 //! Two sources, each optional: the repository (last archived segment, backups,
 //! recoverable window, size) and PostgreSQL (archive backlog from the data
-//! directory's `.ready` files or `pg_ls_archive_statusdir()`, and `pg_stat_archiver`).
+//! directory's `.ready` files or `pg_ls_archive_statusdir()`, `pg_stat_archiver`,
+//! and wal-receive's slot and walsender: [`receiver`]).
 //! A source that cannot be reached is reported as down; the rest is still written,
 //! because "S3 is down" is exactly when the backlog figures matter.
+
+pub mod receiver;
 
 use crate::backup;
 use crate::codec::Codec;
@@ -115,6 +118,30 @@ pub const METRICS: &[(&str, &str)] = &[
         "walvault_archiver_last_archived_time_seconds",
         "pg_stat_archiver.last_archived_time.",
     ),
+    (
+        "walvault_receive_slot_active",
+        "1 when wal-receive is connected to its slot (receive.slot), 0 when the slot is unused; absent without the slot.",
+    ),
+    (
+        "walvault_receive_lag_bytes",
+        "WAL the server has written that the repository does not hold yet (wal-receive): what a failure now would lose.",
+    ),
+    (
+        "walvault_receive_lag_seconds",
+        "pg_stat_replication.flush_lag of wal-receive: the RPO in seconds while it is connected.",
+    ),
+    (
+        "walvault_receive_slot_retained_bytes",
+        "WAL the server keeps on its disk for wal-receive's slot.",
+    ),
+    (
+        "walvault_receive_slot_safe_wal_bytes",
+        "WAL the server can still write before the slot loses WAL (max_slot_wal_keep_size); absent when unlimited.",
+    ),
+    (
+        "walvault_receive_slot_lost",
+        "1 when wal-receive's slot has lost WAL the repository does not hold (wal_status lost).",
+    ),
 ];
 
 #[derive(Serialize, Default, Debug)]
@@ -162,6 +189,9 @@ pub struct Status {
     pub archiver_last_failed_time: Option<DateTime<Utc>>,
     pub archiver_last_archived_wal: Option<String>,
     pub archiver_last_archived_time: Option<DateTime<Utc>>,
+    /// wal-receive's slot and connection; `None` when the server has no such slot.
+    pub receiver: Option<receiver::Receiver>,
+    pub receiver_error: Option<String>,
 }
 
 pub struct Options {
@@ -280,6 +310,10 @@ async fn read_postgres(cfg: &Config, pgdata: Option<&Path>, st: &mut Status) -> 
     st.archiver_failed_count = Some(row.get(3));
     st.archiver_last_failed_wal = row.get(4);
     st.archiver_last_failed_time = time(5);
+    match receiver::read(&client, &cfg.receive.slot).await {
+        Ok(r) => st.receiver = r,
+        Err(e) => st.receiver_error = Some(format!("{e:#}")),
+    }
     if pgdata.is_none() {
         // pg_ls_archive_statusdir needs superuser or pg_monitor.
         let row = client
@@ -372,8 +406,22 @@ pub fn prometheus(st: &Status) -> String {
         st.archiver_failed_count.map(|v| v as f64),
         secs(&st.archiver_last_failed_time),
         secs(&st.archiver_last_archived_time),
+        st.receiver.as_ref().and_then(|r| flag(r.active)),
+        st.receiver
+            .as_ref()
+            .and_then(|r| r.lag_bytes.map(|v| v as f64)),
+        st.receiver.as_ref().and_then(|r| r.lag_seconds),
+        st.receiver
+            .as_ref()
+            .and_then(|r| r.retained_bytes.map(|v| v as f64)),
+        st.receiver
+            .as_ref()
+            .and_then(|r| r.safe_wal_bytes.map(|v| v as f64)),
+        st.receiver
+            .as_ref()
+            .and_then(|r| flag(r.wal_status.as_deref() == Some("lost"))),
     ];
-    debug_assert_eq!(values.len(), METRICS.len());
+    assert_eq!(values.len(), METRICS.len(), "a value for each metric");
     let label = st.repository.replace('\\', "\\\\").replace('"', "\\\"");
     let mut out = String::new();
     for ((name, help), v) in METRICS.iter().zip(values) {
@@ -491,6 +539,12 @@ fn print(st: &Status) {
             ago(&st.archiver_last_failed_time)
         );
     }
+    for line in st.receiver.iter().flat_map(receiver::describe) {
+        println!("  {line}");
+    }
+    if let Some(e) = &st.receiver_error {
+        println!("  receiver       cannot be read: {e}");
+    }
 }
 
 fn human(s: i64) -> String {
@@ -528,6 +582,25 @@ mod tests {
         // Unknown values are absent, not zero.
         assert!(!text.contains("walvault_last_backup_time_seconds{"));
         assert!(!text.contains("walvault_wal_gap{"));
+        assert!(!text.contains("walvault_receive_slot_active{"), "no slot");
+        let st = Status {
+            receiver: Some(receiver::Receiver {
+                slot: "walvault".into(),
+                active: false,
+                retained_bytes: Some(4096),
+                lag_bytes: Some(4096),
+                ..Default::default()
+            }),
+            ..st
+        };
+        let text = prometheus(&st);
+        assert!(text.contains("walvault_receive_slot_active{repo=\"s3://b/p\\\"x\"} 0\n"));
+        assert!(text.contains("walvault_receive_lag_bytes{repo=\"s3://b/p\\\"x\"} 4096\n"));
+        assert!(text.contains("walvault_receive_slot_lost{repo=\"s3://b/p\\\"x\"} 0\n"));
+        assert!(
+            !text.contains("walvault_receive_lag_seconds{"),
+            "unknown when down"
+        );
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split('{').next().unwrap();
             assert!(METRICS.iter().any(|(n, _)| *n == name), "{name}");
