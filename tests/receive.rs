@@ -610,3 +610,86 @@ fn receives_on_every_major() {
         c.stop();
     }
 }
+
+/// From a standby (cascading) through its promotion: the receiver streams
+/// timeline 1 from the standby, follows it onto timeline 2 with its history
+/// file, and the new timeline's open segment is in the repository as the
+/// promoted server writes it.
+#[test]
+fn follows_a_standby_through_its_promotion() {
+    let root = pg_tempdir();
+    let env = fs_repo(root.path());
+    let mut p = Cluster::init(root.path(), "p");
+    p.start(&env);
+    let mut s = Cluster::at(root.path(), "s");
+    let out = pg_command(&format!("{PG_BIN}/pg_basebackup"), &Default::default())
+        .args([
+            "-U",
+            "postgres",
+            "-X",
+            "stream",
+            "-R",
+            "--checkpoint=fast",
+            "-h",
+        ])
+        .arg(&p.sockdir)
+        .arg("-p")
+        .arg(p.port.to_string())
+        .arg("-D")
+        .arg(&s.pgdata)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pg_basebackup: {}", stderr(&out));
+    s.start(&env);
+    let repo = Repo::at(root.path());
+    let mut r = receiver(&env, &s, &[]);
+    wait_for(
+        "the receiver on the standby",
+        Duration::from_secs(30),
+        || {
+            s.psql(
+                "select count(*) from pg_replication_slots where slot_name = 'walvault' and active",
+            ) == "1"
+        },
+    );
+    p.psql("create table t as select g from generate_series(1, 1000) g");
+    let written = lsn(&p, "select pg_current_wal_flush_lsn()");
+    wait_for(
+        "timeline 1 through the standby",
+        Duration::from_secs(30),
+        || repo.held() >= written,
+    );
+    let up = receiver_status(&env, &s, root.path());
+    assert_eq!(up["active"], true, "status on a standby: {up}");
+
+    p.stop();
+    s.psql("select pg_promote()");
+    wait_for("the promotion", Duration::from_secs(30), || {
+        s.psql("select pg_is_in_recovery()") == "f"
+    });
+    s.psql("insert into t select g from generate_series(1001, 2000) g");
+    let commit = lsn(&s, "select pg_current_wal_flush_lsn()");
+    let name = s.psql(&format!("select pg_walfile_name('{commit}')"));
+    assert!(name.starts_with("00000002"), "{name}");
+    wait_for(
+        "timeline 2 in the repository",
+        Duration::from_secs(60),
+        || {
+            repo.rt.block_on(async {
+                let seg = walvault::wal::names::SegmentName::from_segno(2, commit.0 / SEG, SEG);
+                let pieces = stream::list(&repo.store, &seg).await.unwrap();
+                stream::reach(pieces.iter().cloned())
+                    .get(&seg)
+                    .is_some_and(|&reach| reach >= commit.0 % SEG)
+            })
+        },
+    );
+    assert!(
+        fetched(&env, root.path(), "00000002.history")
+            == std::fs::read(s.pgdata.join("pg_wal/00000002.history")).unwrap(),
+        "the history file stored as the server's"
+    );
+    let log = stop_receiver(&mut r, libc::SIGTERM);
+    assert!(log.contains("timeline 1 ended"), "{log}");
+    s.stop();
+}
