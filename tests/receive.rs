@@ -621,25 +621,7 @@ fn follows_a_standby_through_its_promotion() {
     let env = fs_repo(root.path());
     let mut p = Cluster::init(root.path(), "p");
     p.start(&env);
-    let mut s = Cluster::at(root.path(), "s");
-    let out = pg_command(&format!("{PG_BIN}/pg_basebackup"), &Default::default())
-        .args([
-            "-U",
-            "postgres",
-            "-X",
-            "stream",
-            "-R",
-            "--checkpoint=fast",
-            "-h",
-        ])
-        .arg(&p.sockdir)
-        .arg("-p")
-        .arg(p.port.to_string())
-        .arg("-D")
-        .arg(&s.pgdata)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "pg_basebackup: {}", stderr(&out));
+    let mut s = p.streaming_standby(root.path(), "s");
     s.start(&env);
     let repo = Repo::at(root.path());
     let mut r = receiver(&env, &s, &[]);
@@ -692,4 +674,54 @@ fn follows_a_standby_through_its_promotion() {
     let log = stop_receiver(&mut r, libc::SIGTERM);
     assert!(log.contains("timeline 1 ended"), "{log}");
     s.stop();
+}
+
+/// Asynchronous mode (flush_seconds 1): the primary SIGKILLed while commits
+/// come one after another; `recover --target latest` holds every commit that
+/// returned more than flush_seconds (plus a second of margin for the upload)
+/// before the kill, and the rows recovered are a prefix of those committed.
+#[test]
+fn sigkill_of_the_primary_in_asynchronous_mode_loses_at_most_flush_seconds() {
+    let s = source(fs_repo);
+    s.a.psql("create table t (i int)");
+    let _id = s.backup();
+    let mut r = receiver(&s.env, &s.a, &[]);
+    wait_for("the receiver streaming", Duration::from_secs(30), || {
+        s.a.psql("select count(*) from pg_stat_replication where application_name = 'walvault'")
+            == "1"
+    });
+    let mut acked = Vec::new();
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(5) {
+        let i = acked.len();
+        s.a.psql(&format!("insert into t values ({i})"));
+        acked.push(Instant::now());
+    }
+    let pm = s.a.pid().unwrap();
+    let children = std::fs::read_to_string(format!("/proc/{pm}/task/{pm}/children")).unwrap();
+    unsafe { libc::kill(pm, libc::SIGKILL) };
+    let killed = Instant::now();
+    for c in children.split_whitespace() {
+        unsafe { libc::kill(c.parse().unwrap(), libc::SIGKILL) };
+    }
+    stop_receiver(&mut r, libc::SIGTERM);
+
+    let b = s.recover("b", &["--target", "latest"]);
+    let got = b.psql("select count(*) || ' ' || coalesce(max(i), -1) from t");
+    let (count, max) = got.split_once(' ').unwrap();
+    let (count, max): (usize, i64) = (count.parse().unwrap(), max.parse().unwrap());
+    assert_eq!(max + 1, count as i64, "the rows recovered are a prefix");
+    let lost = acked.len() - count;
+    let window = acked
+        .get(count)
+        .map_or(Duration::ZERO, |t| killed.duration_since(*t));
+    eprintln!(
+        "asynchronous: {lost} of {} acknowledged commits lost, the oldest of them {window:?} before the kill",
+        acked.len()
+    );
+    assert!(
+        window <= Duration::from_secs(2),
+        "a commit acknowledged {window:?} before the kill was lost ({lost} of {})",
+        acked.len()
+    );
 }

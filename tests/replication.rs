@@ -304,25 +304,7 @@ fn follows_a_standby_through_its_promotion() {
     let root = pg_tempdir();
     let mut p = Cluster::init(root.path(), "p");
     p.start(&base_env());
-    let mut s = Cluster::at(root.path(), "s");
-    let out = pg_command(&format!("{PG_BIN}/pg_basebackup"), &Default::default())
-        .args([
-            "-U",
-            "postgres",
-            "-X",
-            "stream",
-            "-R",
-            "--checkpoint=fast",
-            "-h",
-        ])
-        .arg(&p.sockdir)
-        .arg("-p")
-        .arg(p.port.to_string())
-        .arg("-D")
-        .arg(&s.pgdata)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "pg_basebackup: {}", stderr(&out));
+    let mut s = p.streaming_standby(root.path(), "s");
     s.start(&base_env());
     assert_eq!(s.psql("select pg_is_in_recovery()"), "t");
 

@@ -179,7 +179,15 @@ async fn session(
         let deadline = tokio::time::Instant::from_std(last_flush + tick);
         let ev = tokio::select! {
             ev = tokio::time::timeout_at(deadline, r.next()) => match ev {
-                Ok(ev) => Some(ev?),
+                Ok(Ok(ev)) => Some(ev),
+                Ok(Err(e)) => {
+                    // The server gone (crashed, failed over): a server sends
+                    // only WAL it has flushed, so what came is kept.
+                    if seg.unflushed() > 0 {
+                        seg.store_partial(store, codec).await?;
+                    }
+                    return Err(e);
+                }
                 Err(_) => None,
             },
             _ = stop.wait_for(|s| *s) => {

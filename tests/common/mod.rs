@@ -1150,6 +1150,31 @@ impl Cluster {
         assert!(out.status.success(), "pg_basebackup: {}", stderr(&out));
     }
 
+    /// A standby of this cluster named `name` below `root`: pg_basebackup
+    /// with its WAL streamed and `-R` (it streams from this one once started).
+    pub fn streaming_standby(&self, root: &Path, name: &str) -> Cluster {
+        let s = Cluster::at(root, name);
+        let out = pg_command(&format!("{PG_BIN}/pg_basebackup"), &BTreeMap::new())
+            .args([
+                "-U",
+                "postgres",
+                "-X",
+                "stream",
+                "-R",
+                "--checkpoint=fast",
+                "-h",
+            ])
+            .arg(&self.sockdir)
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-D")
+            .arg(&s.pgdata)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pg_basebackup: {}", stderr(&out));
+        s
+    }
+
     /// The `walvault recover` arguments that restore into this (not yet existing)
     /// cluster's directory and start it on its port and socket directory.
     pub fn recover_args(&self) -> Vec<String> {
