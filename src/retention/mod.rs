@@ -21,6 +21,7 @@ use crate::backup::{Listing, Manifest};
 use crate::store::{ObjectMeta, Store};
 use crate::wal::inventory::Inventory;
 use crate::wal::names::WalFile;
+use crate::wal::stream as wal_stream;
 use anyhow::{bail, Result};
 use chrono::{DateTime, Duration, Utc};
 use futures_util::stream::{self, StreamExt};
@@ -291,7 +292,26 @@ pub fn plan_wal(
         ranges,
         ..Default::default()
     };
+    // Stream pieces (wal-receive) of a segment stored whole serve no one; the
+    // others go with their segment's number, on any timeline, as WAL does (an
+    // abandoned timeline's open segment included).
+    let whole: std::collections::BTreeSet<&str> = wal
+        .iter()
+        .filter_map(|o| o.key.strip_prefix("wal/"))
+        .filter(|n| matches!(WalFile::parse(n), Ok(WalFile::Segment(_))))
+        .collect();
     for o in wal {
+        if let Some(p) = wal_stream::parse(&o.key) {
+            let seg = p.seg.to_string();
+            let n = p.seg.segno(seg_size)?;
+            let kept_range = plan.ranges.iter().any(|(_, a, z)| (*a..=*z).contains(&n));
+            if !whole.contains(seg.as_str()) && (n >= from || kept_range) {
+                plan.kept += 1;
+            } else {
+                plan.remove.push(o.clone());
+            }
+            continue;
+        }
         let name = o.key.trim_start_matches("wal/");
         let segno = match WalFile::parse(name) {
             Ok(WalFile::Segment(s))
@@ -390,7 +410,9 @@ async fn run_backups(
                 .map(|m| (*m, v.pinned, v.restorable))
         })
         .collect();
-    let wal_plan = plan_wal(&inv.objects, &kept, inv.seg_size)?;
+    let mut wal = inv.objects.clone();
+    wal.extend(store.list(wal_stream::PREFIX).await?);
+    let wal_plan = plan_wal(&wal, &kept, inv.seg_size)?;
 
     println!("retention for {}: {}", store.locate(""), describe(p));
     for v in &verdicts {
@@ -705,6 +727,33 @@ mod tests {
         assert_eq!(w.remove.len(), 8, "{:?}", names(&w));
         assert!(names(&w).contains(&"000000010000000000000004.00000028.backup".to_string()));
         assert!(!names(&w).iter().any(|n| n.contains("history")));
+    }
+
+    #[test]
+    fn stream_pieces_go_with_their_segment_or_once_it_is_whole() {
+        let now = Utc::now();
+        let mut r = repo(now, &[]);
+        let piece = |tli: u32, n: u64| {
+            let seg = crate::wal::names::SegmentName::from_segno(tli, n, MB16);
+            meta(&wal_stream::key(&seg, 0, 8192), now)
+        };
+        // Before the boundary (8) on an abandoned timeline; at 11, stored
+        // whole; at 12, the open segment.
+        r.wal.extend([piece(2, 3), piece(1, 11), piece(1, 12)]);
+        let v = plan(&r, 2, 0, now);
+        let w = wal_after(&r, &v);
+        assert_eq!(w.keep_from, Some(8));
+        let gone: Vec<&str> = w
+            .remove
+            .iter()
+            .filter(|o| o.key.starts_with("stream/"))
+            .map(|o| o.key.as_str())
+            .collect();
+        assert_eq!(
+            gone,
+            [piece(2, 3).key.as_str(), piece(1, 11).key.as_str()],
+            "{gone:?}"
+        );
     }
 
     #[test]
