@@ -118,7 +118,27 @@ impl Drop for Patroni {
     fn drop(&mut self) {
         if std::thread::panicking() {
             for m in &self.members {
-                eprintln!("--- Patroni {} ---\n{}", m.name, tail(&m.log, 40));
+                // Patroni's decisions, not its once-a-second heartbeat.
+                let log = m.patroni_log();
+                let decisions: Vec<&str> = log
+                    .lines()
+                    .filter(|l| !l.contains("INFO: no action."))
+                    .collect();
+                let from = decisions.len().saturating_sub(80);
+                eprintln!(
+                    "--- Patroni {} ---\n{}",
+                    m.name,
+                    decisions[from..].join("\n")
+                );
+                let pglog = self.root.path().join(format!("{}-pglog", m.name));
+                for f in std::fs::read_dir(&pglog).into_iter().flatten().flatten() {
+                    eprintln!(
+                        "--- PostgreSQL {} {} ---\n{}",
+                        m.name,
+                        f.path().display(),
+                        tail(&f.path(), 30)
+                    );
+                }
             }
         }
         for m in &mut self.members {

@@ -818,46 +818,26 @@ mod tests {
             sha256: kind.digest(&hashes, new.len() as u64),
             ..rec("base/5/16384", blocks())
         };
-        let based = |written: &[u32]| Based {
-            hashes: at,
-            written: written.to_vec(),
+        // Whether the file at `path`, with these blocks written, passes as assembled.
+        let passes = |written: &[u32]| {
+            let based = Based {
+                hashes: at,
+                written: written.to_vec(),
+            };
+            assembled_over_target(&record, &path, &based, kind, &kept)
         };
         std::fs::write(&path, &new).unwrap();
-        assert!(assembled_over_target(
-            &record,
-            &path,
-            &based(&[1, 4]),
-            kind,
-            &kept
-        ));
+        assert!(passes(&[1, 4]));
         // A block the plan did not name as written keeps the target's hash: found.
-        assert!(!assembled_over_target(
-            &record,
-            &path,
-            &based(&[4]),
-            kind,
-            &kept
-        ));
+        assert!(!passes(&[4]));
         // A written block that is not the one recorded: found.
         let mut bad = new.clone();
         bad[4 * BLCKSZ + 1] ^= 1;
         std::fs::write(&path, &bad).unwrap();
-        assert!(!assembled_over_target(
-            &record,
-            &path,
-            &based(&[1, 4]),
-            kind,
-            &kept
-        ));
+        assert!(!passes(&[1, 4]));
         // Not the recorded size: found.
         std::fs::write(&path, &new[..4 * BLCKSZ]).unwrap();
-        assert!(!assembled_over_target(
-            &record,
-            &path,
-            &based(&[1]),
-            kind,
-            &kept
-        ));
+        assert!(!passes(&[1]));
     }
 
     #[test]

@@ -389,6 +389,16 @@ impl Read for CheckedRead<'_> {
 mod tests {
     use super::*;
 
+    /// A restore target in a new, empty directory (no tablespaces).
+    fn empty_target() -> (tempfile::TempDir, Target) {
+        let root = tempfile::tempdir().unwrap();
+        let t = Target {
+            dir: root.path().to_path_buf(),
+            tablespaces: BTreeMap::new(),
+        };
+        (root, t)
+    }
+
     #[test]
     fn paths_are_confined_and_tablespaces_mapped() {
         let t = Target {
@@ -474,11 +484,7 @@ mod tests {
     #[test]
     fn nothing_is_written_through_a_link_of_the_backup() {
         let outside = tempfile::tempdir().unwrap();
-        let root = tempfile::tempdir().unwrap();
-        let t = Target {
-            dir: root.path().to_path_buf(),
-            tablespaces: BTreeMap::new(),
-        };
+        let (_root, t) = empty_target();
         let out = outside.path().to_str().unwrap();
         let index: HashMap<_, _> = [record("x/evil", b"owned")].into();
         let tar = tar_of(&[("x", Some(out), b""), ("x/evil", None, b"owned")]);
@@ -487,22 +493,14 @@ mod tests {
         assert!(e.contains("refusing entry 'x' of part-0000.tar"), "{e}");
         assert!(!outside.path().join("evil").exists());
         // A link below another link.
-        let root2 = tempfile::tempdir().unwrap();
-        let t2 = Target {
-            dir: root2.path().to_path_buf(),
-            tablespaces: BTreeMap::new(),
-        };
+        let (_root2, t2) = empty_target();
         let tar = tar_of(&[("a", Some(out), b""), ("a/b", Some("/etc"), b"")]);
         let read = run_extract(&t2, tar, &HashMap::new()).unwrap();
         let e = make_links(&t2, read.links).unwrap_err().to_string();
         assert!(e.contains("'a/b'") && e.contains("below another"), "{e}");
         assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none());
         // An ordinary link is made.
-        let root3 = tempfile::tempdir().unwrap();
-        let t3 = Target {
-            dir: root3.path().to_path_buf(),
-            tablespaces: BTreeMap::new(),
-        };
+        let (root3, t3) = empty_target();
         let read = run_extract(&t3, tar_of(&[("log", Some(out), b"")]), &HashMap::new()).unwrap();
         make_links(&t3, read.links).unwrap();
         // Made again over itself (a delta restore): nothing to do.
@@ -516,11 +514,7 @@ mod tests {
 
     #[test]
     fn a_file_the_list_gives_a_part_must_be_in_it() {
-        let root = tempfile::tempdir().unwrap();
-        let t = Target {
-            dir: root.path().to_path_buf(),
-            tablespaces: BTreeMap::new(),
-        };
+        let (root, t) = empty_target();
         let index: HashMap<_, _> = [record("a", b"1"), record("b", b"2")].into();
         let e = run_extract(&t, tar_of(&[("a", None, b"1")]), &index)
             .err()
@@ -540,11 +534,7 @@ mod tests {
 
     #[test]
     fn an_entry_longer_than_recorded_is_cut_short() {
-        let root = tempfile::tempdir().unwrap();
-        let t = Target {
-            dir: root.path().to_path_buf(),
-            tablespaces: BTreeMap::new(),
-        };
+        let (root, t) = empty_target();
         let big = vec![7u8; 3 << 20];
         let (k, mut rec) = record("base/1/1", &big);
         rec.size = 1 << 20;

@@ -6,15 +6,14 @@ use anyhow::Result;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Machine-readable output
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    output: super::Output,
 }
 
 impl Args {
     pub async fn run(self, env: &Env) -> Result<u8> {
         let (codec, store) = env.open().await?;
-        crate::backup::catalog::run(store.as_ref(), &codec, self.json).await?;
+        crate::backup::catalog::run(store.as_ref(), &codec, self.output.json).await?;
         Ok(exit::OK)
     }
 }

@@ -6,15 +6,14 @@ use anyhow::Result;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Machine-readable output
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    output: super::Output,
 }
 
 impl Args {
     pub async fn run(self, env: &Env) -> Result<u8> {
         let (_, store) = env.open().await?;
-        crate::dump::run_list(store.as_ref(), self.json).await?;
+        crate::dump::run_list(store.as_ref(), self.output.json).await?;
         Ok(exit::OK)
     }
 }

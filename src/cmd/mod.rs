@@ -36,6 +36,14 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// `--json`, for the commands that print a report.
+#[derive(clap::Args, Debug)]
+pub struct Output {
+    /// Machine-readable output
+    #[arg(long)]
+    pub json: bool,
+}
+
 const SETUP: &str = "\
 Set up PostgreSQL (postgresql.conf), as the postgres user can run walvault:
     wal_level = replica

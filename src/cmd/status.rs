@@ -24,9 +24,8 @@ pub struct Args {
     /// The data directory, for the archive backlog (.ready files)
     #[arg(long, env = "PGDATA")]
     pgdata: Option<PathBuf>,
-    /// Machine-readable output
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    output: super::Output,
     /// Write a node_exporter textfile (atomically) instead of the report
     #[arg(long, value_name = "FILE")]
     prometheus: Option<PathBuf>,
@@ -37,7 +36,7 @@ impl Args {
         let (codec, store) = env.open().await?;
         let opts = Options {
             pgdata: self.pgdata,
-            json: self.json,
+            json: self.output.json,
             prometheus: self.prometheus,
         };
         Ok(super::passed(

@@ -13,16 +13,15 @@ less than verify.pending_seconds ago) or LOST, and timelines without a history f
 Exit status: 0 the recoverable window is unbroken (pending gaps are warned about);
 1 a segment is lost after the oldest backup, or no backup is restorable.")]
 pub struct Args {
-    /// Machine-readable output
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    output: super::Output,
 }
 
 impl Args {
     pub async fn run(self, env: &Env) -> Result<u8> {
         let (codec, store) = env.open().await?;
         let pending = env.cfg.verify.pending_seconds;
-        let ok = crate::wal_verify::run(store.as_ref(), &codec, pending, self.json).await?;
+        let ok = crate::wal_verify::run(store.as_ref(), &codec, pending, self.output.json).await?;
         Ok(super::passed(ok))
     }
 }

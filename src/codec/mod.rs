@@ -898,6 +898,19 @@ mod tests {
         assert!(!body.windows(4).any(|w| w == [0x28, 0xb5, 0x2f, 0xfd]));
     }
 
+    /// Decoding `stored` with one bit flipped at `pos` fails its integrity check.
+    fn assert_flip_detected(codec: &Codec, stored: &[u8], pos: usize, bit: u8) {
+        let mut bad = stored.to_vec();
+        bad[pos] ^= bit;
+        let mut out = Vec::new();
+        let r = codec.decode(&mut &bad[..], &mut out);
+        assert!(
+            matches!(r, Err(DecodeError::Integrity(_))),
+            "flip {bit:#x} at {pos}/{}: {r:?}",
+            stored.len()
+        );
+    }
+
     #[test]
     fn every_flipped_byte_of_a_small_object_is_detected() {
         // Every byte of the stored object (header, age stanza, body, trailer),
@@ -910,15 +923,7 @@ mod tests {
             codec.encode(&mut &data[..], &mut stored).unwrap();
             for pos in 0..stored.len() {
                 for bit in [0x01u8, 0x80] {
-                    let mut bad = stored.clone();
-                    bad[pos] ^= bit;
-                    let mut out = Vec::new();
-                    let r = codec.decode(&mut &bad[..], &mut out);
-                    assert!(
-                        matches!(r, Err(DecodeError::Integrity(_))),
-                        "flip {bit:#x} at {pos}/{}: {r:?}",
-                        stored.len()
-                    );
+                    assert_flip_detected(codec, &stored, pos, bit);
                 }
             }
         }
@@ -934,15 +939,7 @@ mod tests {
             codec.encode(&mut &data[..], &mut stored).unwrap();
             let step = (stored.len() / 97).max(1);
             for pos in (0..stored.len()).step_by(step) {
-                let mut bad = stored.clone();
-                bad[pos] ^= 0x20;
-                let mut out = Vec::new();
-                let r = codec.decode(&mut &bad[..], &mut out);
-                assert!(
-                    matches!(r, Err(DecodeError::Integrity(_))),
-                    "flip at {pos}/{}: {r:?}",
-                    stored.len()
-                );
+                assert_flip_detected(codec, &stored, pos, 0x20);
             }
             for cut in [0, 10, stored.len() / 2, stored.len() - 1] {
                 let mut out = Vec::new();

@@ -263,19 +263,25 @@ pub async fn read_tables(client: &Client, database: &str) -> Result<(CheckResult
     Ok((result, tables))
 }
 
+/// Whether `query` returns a row.
+async fn exists(client: &Client, query: &str) -> Result<bool> {
+    let row = client
+        .query_one(&format!("select exists ({query})"), &[])
+        .await?;
+    Ok(row.get(0))
+}
+
 /// amcheck on one database: `bt_index_check` on every B-tree index and
 /// `verify_heapam` on every table (PostgreSQL 14 and later: 13's amcheck has
 /// no heap check, and says so). Skipped (not failed) when the extension is
 /// not installed on this host.
 pub async fn amcheck(client: &Client, database: &str) -> Result<CheckResult> {
     let name = format!("amcheck on {database}");
-    let available: bool = client
-        .query_one(
-            "select exists (select 1 from pg_available_extensions where name = 'amcheck')",
-            &[],
-        )
-        .await?
-        .get(0);
+    let available = exists(
+        client,
+        "select 1 from pg_available_extensions where name = 'amcheck'",
+    )
+    .await?;
     if !available {
         return Ok(CheckResult::builtin(
             name,
@@ -316,13 +322,11 @@ pub async fn amcheck(client: &Client, database: &str) -> Result<CheckResult> {
             &[],
         )
         .await?;
-    let heap_check: bool = client
-        .query_one(
-            "select exists (select 1 from pg_proc where proname = 'verify_heapam')",
-            &[],
-        )
-        .await?
-        .get(0);
+    let heap_check = exists(
+        client,
+        "select 1 from pg_proc where proname = 'verify_heapam'",
+    )
+    .await?;
     let mut problems = Vec::new();
     for r in &indexes {
         let (oid, name): (u32, String) = (r.get(0), r.get(1));

@@ -196,39 +196,18 @@ mod tests {
         let p = plan();
         let t = Target::Time(super::super::target::parse_time("2026-11-01 10:00:00+00").unwrap());
         let log = "2026 LOG:  recovery stopping before commit of transaction 740, time 2026-11-01 10:00:01+00\n";
-        assert!(check(
-            &t,
-            false,
-            &p,
-            &end("0/3000000", Some("2026-11-01 09:59:59+00")),
-            log
-        )
-        .is_ok());
-        assert!(check(
-            &t,
-            false,
-            &p,
-            &end("0/3000000", Some("2026-11-01 10:00:00+00")),
-            log
-        )
-        .is_ok());
-        assert!(check(
-            &t,
-            true,
-            &p,
-            &end("0/3000000", Some("2026-11-01 10:00:00+00")),
-            log
-        )
-        .is_err());
-        assert!(check(
-            &t,
-            false,
-            &p,
-            &end("0/3000000", Some("2026-11-01 10:00:02+00")),
-            log
-        )
-        .is_err());
-        assert!(check(&t, false, &p, &end("0/3000000", None), "").is_err());
+        // (inclusive, the last commit replayed, the server's log, passes)
+        let cases = [
+            (false, Some("2026-11-01 09:59:59+00"), log, true),
+            (false, Some("2026-11-01 10:00:00+00"), log, true),
+            (true, Some("2026-11-01 10:00:00+00"), log, false),
+            (false, Some("2026-11-01 10:00:02+00"), log, false),
+            (false, None, "", false),
+        ];
+        for (inclusive, commit, log, passes) in cases {
+            let r = check(&t, inclusive, &p, &end("0/3000000", commit), log);
+            assert_eq!(r.is_ok(), passes, "{inclusive} {commit:?} {log:?}: {r:?}");
+        }
     }
 
     #[test]
@@ -236,64 +215,50 @@ mod tests {
         let p = plan();
         let e = end("0/3000000", None);
         let lsn = Target::Lsn(Lsn::parse("0/3000100").unwrap());
-        assert!(check(
-            &lsn,
-            false,
-            &p,
-            &e,
-            "LOG:  recovery stopping after WAL location (LSN) \"0/3000100\""
-        )
-        .is_ok());
-        assert!(check(
-            &lsn,
-            false,
-            &p,
-            &e,
-            "LOG:  recovery stopping after WAL location (LSN) \"0/3000000\""
-        )
-        .is_err());
         let xid = Target::Xid((1u64 << 32) + 750);
-        assert!(check(
-            &xid,
-            false,
-            &p,
-            &e,
-            "LOG:  recovery stopping after commit of transaction 750, time x"
-        )
-        .is_ok());
-        assert!(check(
-            &xid,
-            false,
-            &p,
-            &e,
-            "LOG:  recovery stopping after commit of transaction 7501, time x"
-        )
-        .is_err());
         let name = Target::Name("a".into());
-        assert!(check(
-            &name,
-            false,
-            &p,
-            &e,
-            "LOG:  recovery stopping at restore point \"a\", time x"
-        )
-        .is_ok());
-        assert!(check(
-            &name,
-            false,
-            &p,
-            &e,
-            "LOG:  recovery stopping at restore point \"ab\", time x"
-        )
-        .is_err());
-        assert!(check(
-            &Target::Immediate,
-            false,
-            &p,
-            &e,
-            "LOG:  recovery stopping after reaching consistency"
-        )
-        .is_ok());
-        assert!(check(&Target::Immediate, false, &p, &e, "").is_err());
+        // (target, the server's log, passes)
+        let cases = [
+            (
+                &lsn,
+                "LOG:  recovery stopping after WAL location (LSN) \"0/3000100\"",
+                true,
+            ),
+            (
+                &lsn,
+                "LOG:  recovery stopping after WAL location (LSN) \"0/3000000\"",
+                false,
+            ),
+            (
+                &xid,
+                "LOG:  recovery stopping after commit of transaction 750, time x",
+                true,
+            ),
+            (
+                &xid,
+                "LOG:  recovery stopping after commit of transaction 7501, time x",
+                false,
+            ),
+            (
+                &name,
+                "LOG:  recovery stopping at restore point \"a\", time x",
+                true,
+            ),
+            (
+                &name,
+                "LOG:  recovery stopping at restore point \"ab\", time x",
+                false,
+            ),
+            (
+                &Target::Immediate,
+                "LOG:  recovery stopping after reaching consistency",
+                true,
+            ),
+            (&Target::Immediate, "", false),
+        ];
+        for (target, log, passes) in cases {
+            let r = check(target, false, &p, &e, log);
+            assert_eq!(r.is_ok(), passes, "{target:?} {log:?}: {r:?}");
+        }
     }
 }

@@ -361,9 +361,7 @@ mod tests {
 
     #[test]
     fn a_debian_copy_gets_its_own_config_from_the_backup() {
-        let (_d, copy) = crate::testing::temp_path("copy");
-        std::fs::create_dir(&copy).unwrap();
-        let copy = copy.canonicalize().unwrap();
+        let (_d, copy) = crate::testing::temp_dir_at("copy");
         let etc = PathBuf::from("/etc/postgresql/15/main");
         let orig = PathBuf::from("/var/lib/postgresql/15/main");
         let mut stored = Stored::default();
@@ -400,23 +398,16 @@ mod tests {
             "work_mem = '1MB'\n"
         );
         let s = iso.settings.join("\n");
-        assert!(
-            s.contains(&format!(
-                "hba_file = '{}'",
-                placed.join("pg_hba.conf").display()
-            )),
-            "{s}"
-        );
-        assert!(
-            s.contains(&format!(
-                "ident_file = '{}'",
-                placed.join("pg_ident.conf").display()
-            )),
-            "{s}"
-        );
-        assert!(s.contains("log_directory = 'log'"), "{s}");
-        assert!(s.contains("external_pid_file = ''"), "{s}");
-        assert!(s.contains("ssl = off"), "{s}");
+        let placed_at = |file: &str| placed.join(file).display().to_string();
+        for setting in [
+            format!("hba_file = '{}'", placed_at("pg_hba.conf")),
+            format!("ident_file = '{}'", placed_at("pg_ident.conf")),
+            "log_directory = 'log'".into(),
+            "external_pid_file = ''".into(),
+            "ssl = off".into(),
+        ] {
+            assert!(s.contains(&setting), "{setting} not in {s}");
+        }
         // The server would now read only the copy's files.
         let eff = conf::of_data_dir(&copy).unwrap();
         assert_eq!(eff.get("work_mem"), Some("1MB"));
@@ -425,9 +416,7 @@ mod tests {
 
     #[test]
     fn a_patroni_copy_reads_its_own_hba_and_missing_files_are_refused() {
-        let (_d, copy) = crate::testing::temp_path("copy");
-        std::fs::create_dir(&copy).unwrap();
-        let copy = copy.canonicalize().unwrap();
+        let (_d, copy) = crate::testing::temp_dir_at("copy");
         let orig = PathBuf::from("/data/patroni1");
         std::fs::write(
             copy.join("postgresql.conf"),

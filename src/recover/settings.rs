@@ -150,54 +150,42 @@ mod tests {
         assert_eq!(clean("archive_mode = on\n"), "archive_mode = on\n");
     }
 
+    /// A data directory with this postgresql.auto.conf and signal file.
+    fn data_dir(auto_conf: &str, signal: &str) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("postgresql.auto.conf"), auto_conf).unwrap();
+        std::fs::write(d.path().join(signal), "").unwrap();
+        d
+    }
+
+    fn auto_conf(d: &tempfile::TempDir) -> String {
+        std::fs::read_to_string(d.path().join("postgresql.auto.conf")).unwrap()
+    }
+
     #[test]
     fn a_second_write_replaces_the_first() {
-        let d = tempfile::tempdir().unwrap();
-        std::fs::write(
-            d.path().join("postgresql.auto.conf"),
-            "recovery_target_time = 'old'\n",
-        )
-        .unwrap();
-        std::fs::write(d.path().join("standby.signal"), "").unwrap();
-        write(
-            d.path(),
-            &["restore_command = 'one'".into()],
-            "recovery.signal",
-            &[],
-        )
-        .unwrap();
-        write(
-            d.path(),
-            &["restore_command = 'two'".into()],
-            "recovery.signal",
-            &[],
-        )
-        .unwrap();
-        let text = std::fs::read_to_string(d.path().join("postgresql.auto.conf")).unwrap();
-        assert_eq!(text, format!("{BEGIN}\nrestore_command = 'two'\n{END}\n"));
+        let d = data_dir("recovery_target_time = 'old'\n", "standby.signal");
+        for line in ["restore_command = 'one'", "restore_command = 'two'"] {
+            write(d.path(), &[line.into()], "recovery.signal", &[]).unwrap();
+        }
+        assert_eq!(
+            auto_conf(&d),
+            format!("{BEGIN}\nrestore_command = 'two'\n{END}\n")
+        );
         assert!(!d.path().join("standby.signal").exists());
         assert!(d.path().join("recovery.signal").exists());
     }
 
     #[test]
     fn a_standby_block_replaces_the_primary_its_backup_named() {
-        let d = tempfile::tempdir().unwrap();
-        std::fs::write(
-            d.path().join("postgresql.auto.conf"),
+        let d = data_dir(
             "primary_conninfo = 'host=old'\nwork_mem = '8MB'\nprimary_slot_name = 'old'\n",
-        )
-        .unwrap();
-        std::fs::write(d.path().join("recovery.signal"), "").unwrap();
-        write(
-            d.path(),
-            &["primary_conninfo = 'host=new'".into()],
-            "standby.signal",
-            &["primary_conninfo"],
-        )
-        .unwrap();
-        let text = std::fs::read_to_string(d.path().join("postgresql.auto.conf")).unwrap();
+            "recovery.signal",
+        );
+        let block = ["primary_conninfo = 'host=new'".into()];
+        write(d.path(), &block, "standby.signal", &["primary_conninfo"]).unwrap();
         assert_eq!(
-            text,
+            auto_conf(&d),
             format!("work_mem = '8MB'\nprimary_slot_name = 'old'\n{BEGIN}\nprimary_conninfo = 'host=new'\n{END}\n")
         );
         assert!(d.path().join("standby.signal").exists());
