@@ -29,13 +29,13 @@
 
 use super::history::HistoryEntry;
 use super::names::{Lsn, SegmentName, WalFile};
-use super::replication::{Event, Replication};
+use super::replication::{Event, Replication, System};
 use super::stream::{self, Piece};
 use crate::codec::Codec;
 use crate::store::{Class, Mode, Store};
 use crate::{pg, repo};
 use anyhow::{bail, Context, Result};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -108,18 +108,39 @@ async fn shutdown() {
 struct Past {
     /// Streaming began once: a lost connection is retried, not fatal.
     streamed: bool,
-    /// Ancestor timelines whose rest the server no longer has: not asked again.
-    given_up: BTreeSet<u32>,
+    /// WAL the server no longer has, per timeline: counted as held up to
+    /// there, so it is not asked for again (an ancestor's rest: to its end).
+    given_up: BTreeMap<u32, Lsn>,
 }
 
 impl Past {
-    fn give_up(&mut self, tli: u32, from: Lsn, e: &anyhow::Error) -> Ended {
+    /// The server recycled WAL this receiver had not stored (it was down
+    /// longer than its slot kept WAL, or its slot was dropped): said once,
+    /// then streaming goes on from what the server still has. The archive
+    /// may hold what is missing.
+    fn give_up(
+        &mut self,
+        tli: u32,
+        from: Lsn,
+        sys: &System,
+        seg_size: u64,
+        e: &anyhow::Error,
+    ) -> Ended {
+        let (what, upto) = match tli == sys.timeline {
+            false => (
+                format!("the rest of timeline {tli} from {from}, which ended while this receiver was down,"),
+                Lsn(u64::MAX),
+            ),
+            true => {
+                let now = Lsn(sys.position.0 / seg_size * seg_size);
+                (format!("timeline {tli}'s WAL from {from} to {now}"), now)
+            }
+        };
         tracing::error!(
-            "wal-receive: the rest of timeline {tli} from {from}, which ended while this \
-             receiver was down, is gone from the server ({e:#}); the repository has it only \
-             if the archive stored it (wal-verify shows any gap); going on with the next timeline"
+            "wal-receive: {what} is gone from the server ({e:#}); the repository has it only \
+             if the archive stored it (wal-verify shows any gap); going on from what the server has"
         );
-        self.given_up.insert(tli);
+        self.given_up.insert(tli, upto);
         Ended::Timeline
     }
 }
@@ -162,13 +183,11 @@ async fn session(
     };
     let Start { tli, from } =
         start_point(store.as_ref(), &sys, &ancestors, &past.given_up, seg_size).await?;
-    // The rest of an ancestor timeline the server has recycled: said once,
-    // then the next timeline (the archive may hold what is missing).
+    // WAL the server has recycled before this receiver stored it.
     let gone = |e: &anyhow::Error| {
         let e = format!("{e:#}");
         // 58P01 when the file is missing at open; the words for a check after.
-        tli != sys.timeline
-            && (e.contains("SQLSTATE 58P01") || e.contains("has already been removed"))
+        e.contains("SQLSTATE 58P01") || e.contains("has already been removed")
     };
     // Stream objects of segments stored whole meanwhile (by the archiver,
     // while this receiver was down) serve no one any more.
@@ -184,7 +203,7 @@ async fn session(
     // not exist is refused before anything is initialised.
     if let Err(e) = r.start(Some(&opts.slot), from, tli).await {
         if gone(&e) {
-            return Ok(past.give_up(tli, from, &e));
+            return Ok(past.give_up(tli, from, &sys, seg_size, &e));
         }
         return Err(e.context(format!("streaming timeline {tli} from {from}")));
     }
@@ -229,7 +248,7 @@ async fn session(
                         seg.store_partial(store, codec).await?;
                     }
                     if gone(&e) {
-                        return Ok(past.give_up(tli, seg.received(), &e));
+                        return Ok(past.give_up(tli, seg.received(), &sys, seg_size, &e));
                     }
                     return Err(e);
                 }
@@ -533,24 +552,20 @@ fn choose_start(
 }
 
 /// [`choose_start`] on what the repository holds, read newest timeline
-/// first and only as far as needed. A timeline given up counts as held to
-/// its end.
+/// first and only as far as needed. WAL given up counts as held.
 async fn start_point(
     store: &dyn Store,
-    sys: &super::replication::System,
+    sys: &System,
     ancestors: &[HistoryEntry],
-    given_up: &BTreeSet<u32>,
+    given_up: &BTreeMap<u32, Lsn>,
     seg_size: u64,
 ) -> Result<Start> {
     let mut held = BTreeMap::new();
     let newest_first =
         std::iter::once(sys.timeline).chain(ancestors.iter().rev().map(|e| e.parent_tli));
     for t in newest_first {
-        if given_up.contains(&t) {
-            held.insert(t, Lsn(u64::MAX));
-            break;
-        }
-        if let Some(h) = held_on(store, t, seg_size).await? {
+        let stored = held_on(store, t, seg_size).await?;
+        if let Some(h) = stored.max(given_up.get(&t).copied()) {
             held.insert(t, h);
             break;
         }
@@ -625,6 +640,56 @@ mod tests {
         assert_eq!(start(&[]), (3, 7));
         let s = choose_start((1, now), &[], &BTreeMap::new(), SEG);
         assert_eq!((s.tli, s.from), (1, Lsn(9 * SEG)));
+    }
+
+    /// Down past what its slot kept (or its slot dropped): what the server
+    /// recycled is given up once per timeline, then streaming goes on from
+    /// the server's current segment, whatever the repository holds before.
+    #[tokio::test]
+    async fn wal_the_server_recycled_is_given_up_once_then_streaming_goes_on() {
+        const SEG: u64 = 16 << 20;
+        let (_dir, path) = crate::testing::temp_dir_at("repo");
+        let store = crate::store::fs::FsStore::new(path);
+        let old = SegmentName::from_segno(1, 3, SEG).to_string();
+        store
+            .put_bytes(
+                &super::super::key(&old),
+                vec![0u8; 10].into(),
+                Class::Standard,
+            )
+            .await
+            .unwrap();
+        let history = [HistoryEntry {
+            parent_tli: 1,
+            switch_lsn: Lsn(5 * SEG + 0x100),
+            reason: String::new(),
+        }];
+        let sys = System {
+            system_id: 1,
+            timeline: 2,
+            position: Lsn(9 * SEG + 5),
+        };
+        let mut past = Past::default();
+        let start = |past: &Past| {
+            let (store, sys, history) = (&store, &sys, &history);
+            let given_up = past.given_up.clone();
+            async move {
+                let s = start_point(store, sys, history, &given_up, SEG)
+                    .await
+                    .unwrap();
+                (s.tli, s.from.0 / SEG)
+            }
+        };
+        // Timeline 1 held to 0/4000000: its rest first.
+        assert_eq!(start(&past).await, (1, 4));
+        let e = anyhow::anyhow!("requested WAL segment has already been removed");
+        past.give_up(1, Lsn(4 * SEG), &sys, SEG, &e);
+        // Its rest gone: timeline 2 from where it began.
+        assert_eq!(start(&past).await, (2, 5));
+        past.give_up(2, Lsn(5 * SEG), &sys, SEG, &e);
+        // That gone too: from the server's current segment.
+        assert_eq!(start(&past).await, (2, 9));
+        assert_eq!(past.given_up.len(), 2);
     }
 
     #[test]
