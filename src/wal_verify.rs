@@ -8,11 +8,12 @@ use crate::codec::Codec;
 use crate::store::Store;
 use crate::wal::inventory::Inventory;
 use crate::wal::names::{Lsn, SegmentName};
+use crate::wal::stream::{self, Piece};
 use crate::wal::{backlog, switches};
 use anyhow::Result;
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Serialize, Clone, Debug, PartialEq)]
 pub struct Gap {
@@ -45,6 +46,24 @@ pub struct BackupWal {
     pub off_latest_timeline: bool,
 }
 
+/// A segment `wal-receive` has streamed but not stored whole (yet).
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct Streamed {
+    pub segment: String,
+    pub timeline: u32,
+    /// How far its pieces reach from the segment's start, chained, and the
+    /// LSN there: where `recover --target latest` ends when this is the
+    /// newest WAL of its timeline.
+    pub bytes: u64,
+    pub end_lsn: String,
+    pub pieces: usize,
+    /// No chain of pieces starts at the segment's start: a reader cannot use them.
+    pub unusable: bool,
+    /// Segments of its timeline missing between the newest one stored whole
+    /// and this one: replay never reaches it.
+    pub after_gap: bool,
+}
+
 #[derive(Serialize)]
 pub struct Report {
     pub repository: String,
@@ -61,6 +80,8 @@ pub struct Report {
     pub switches: Vec<switches::Switch>,
     pub window_from: Option<String>,
     pub window_broken: bool,
+    /// What wal-receive holds beyond the whole segments, by segment.
+    pub streamed: Vec<Streamed>,
 }
 
 pub async fn run(
@@ -86,6 +107,14 @@ pub async fn run(
         store.locate(""),
     );
     mark_dropped(&mut report, &backlog::recorded(store).await?);
+    // Names alone say what a piece holds: no key, no download.
+    let pieces: Vec<Piece> = store
+        .list(stream::PREFIX)
+        .await?
+        .iter()
+        .filter_map(|o| stream::parse(&o.key))
+        .collect();
+    report.streamed = streamed(&inv, pieces);
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -184,7 +213,40 @@ pub fn analyse(
         switches: switches::of(inv),
         window_from,
         window_broken,
+        streamed: Vec::new(),
     }
+}
+
+/// The streamed segments not stored whole, oldest first: pieces of a
+/// segment stored whole are leftovers retention removes, and say nothing.
+pub fn streamed(inv: &Inventory, pieces: Vec<Piece>) -> Vec<Streamed> {
+    let mut by_seg: BTreeMap<SegmentName, Vec<Piece>> = BTreeMap::new();
+    for p in pieces {
+        if !inv.segments.contains(&p.seg) {
+            by_seg.entry(p.seg).or_default().push(p);
+        }
+    }
+    by_seg
+        .into_iter()
+        .filter_map(|(seg, ps)| {
+            let segno = seg.segno(inv.seg_size).ok()?;
+            let bytes = stream::chain(&ps).last().map_or(0, |p| p.to);
+            // Between the newest whole segment on its timeline's path and it.
+            let after_gap = inv
+                .last_on(seg.tli)
+                .filter(|&l| l < segno)
+                .is_some_and(|l| !inv.missing(seg.tli, l + 1, segno - 1).is_empty());
+            Some(Streamed {
+                segment: seg.to_string(),
+                timeline: seg.tli,
+                bytes,
+                end_lsn: Lsn(segno * inv.seg_size + bytes).to_string(),
+                pieces: ps.len(),
+                unusable: bytes == 0,
+                after_gap,
+            })
+        })
+        .collect()
 }
 
 /// Marks the gaps holding a segment push.max_backlog dropped as "dropped":
@@ -324,6 +386,25 @@ fn print(r: &Report) {
     for b in &r.timeline_breaks {
         println!("TIMELINE BREAK: {b}");
     }
+    for st in &r.streamed {
+        let how = if st.unusable {
+            format!(
+                "UNUSABLE: {} piece(s), none from the segment's start",
+                st.pieces
+            )
+        } else if st.after_gap {
+            format!(
+                "to {} ({} bytes), BEYOND A GAP: replay never reaches it",
+                st.end_lsn, st.bytes
+            )
+        } else {
+            format!(
+                "to {} ({} bytes in {} piece(s))",
+                st.end_lsn, st.bytes, st.pieces
+            )
+        };
+        println!("streamed {} (wal-receive): {how}", st.segment);
+    }
     if r.window_broken {
         println!("recoverable window: BROKEN");
     } else if r.gaps.is_empty() {
@@ -358,6 +439,51 @@ mod tests {
             i.segments.insert(s, 1, Some(now - Duration::seconds(*age)));
         }
         i
+    }
+
+    #[test]
+    fn streamed_segments_are_reported_with_their_reach() {
+        let now = Utc::now();
+        let i = inv(&[(1, 60), (2, 60), (3, 60)], now);
+        let piece = |n: u64, from: u64, to: u64| {
+            let k = stream::key(&SegmentName::from_segno(1, n, MB16), from, to);
+            stream::parse(&k).unwrap()
+        };
+        let got = streamed(
+            &i,
+            vec![
+                piece(2, 0, 0x100),  // stored whole: a leftover, not reported
+                piece(4, 0, 0x1000), // the open segment, in two pieces
+                piece(4, 0x1000, 0x3000),
+                piece(4, 0x4000, 0x5000), // not chained: not counted
+                piece(7, 0, 0x200),       // 5 and 6 missing before it
+                piece(8, 0x100, 0x200),   // nothing from the start
+            ],
+        );
+        let names: Vec<&str> = got.iter().map(|s| s.segment.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "000000010000000000000004",
+                "000000010000000000000007",
+                "000000010000000000000008"
+            ]
+        );
+        assert_eq!(
+            got[0],
+            Streamed {
+                segment: names[0].into(),
+                timeline: 1,
+                bytes: 0x3000,
+                end_lsn: "0/4003000".into(),
+                pieces: 3,
+                unusable: false,
+                after_gap: false,
+            }
+        );
+        assert!(got[1].after_gap && !got[1].unusable);
+        assert_eq!(got[1].end_lsn, "0/7000200");
+        assert!(got[2].unusable && got[2].bytes == 0);
     }
 
     fn backup(seg: u64) -> Manifest {

@@ -33,17 +33,27 @@ impl Repo {
 
     /// The furthest position the repository holds on timeline 1.
     fn held(&self) -> Lsn {
+        self.held_on(1)
+    }
+
+    /// How far the repository holds timeline `tli`: whole segments and stream objects.
+    fn held_on(&self, tli: u32) -> Lsn {
         self.rt.block_on(async {
             let keys = self.store.list("").await.unwrap();
-            held_by(keys.into_iter().map(|o| o.key))
+            held_by(tli, keys.into_iter().map(|o| o.key))
         })
     }
 
     /// What the stream objects hold of the segment holding `at`, chained
     /// and decoded, with how many objects that took.
     fn streamed(&self, at: Lsn) -> Option<(usize, Vec<u8>)> {
+        self.streamed_on(1, at)
+    }
+
+    /// [`Repo::streamed`] on timeline `tli`.
+    fn streamed_on(&self, tli: u32, at: Lsn) -> Option<(usize, Vec<u8>)> {
         self.rt.block_on(async {
-            let seg = walvault::wal::names::SegmentName::from_segno(1, at.0 / SEG, SEG);
+            let seg = walvault::wal::names::SegmentName::from_segno(tli, at.0 / SEG, SEG);
             let chain = stream::chain(&stream::list(&self.store, &seg).await.unwrap());
             if chain.is_empty() {
                 return None;
@@ -60,17 +70,23 @@ impl Repo {
 /// The furthest position on timeline 1 a repository holds, from its keys:
 /// how far the stream pieces of a segment reach from its start, or the end
 /// of the newest complete segment.
-fn held_by(keys: impl IntoIterator<Item = String>) -> Lsn {
+fn held_by(tli: u32, keys: impl IntoIterator<Item = String>) -> Lsn {
     let keys: Vec<String> = keys.into_iter().collect();
     let mut held = 0;
-    for (seg, reach) in stream::reach(keys.iter().filter_map(|k| stream::parse(k))) {
+    let pieces = keys
+        .iter()
+        .filter_map(|k| stream::parse(k))
+        .filter(|p| p.seg.tli == tli);
+    for (seg, reach) in stream::reach(pieces) {
         held = held.max(seg.segno(SEG).unwrap() * SEG + reach);
     }
-    for k in keys.iter().filter_map(|k| k.strip_prefix("wal/00000001")) {
+    for k in keys.iter().filter_map(|k| k.strip_prefix("wal/")) {
         if let Ok(walvault::wal::names::WalFile::Segment(s)) =
-            walvault::wal::names::WalFile::parse(&format!("00000001{k}"))
+            walvault::wal::names::WalFile::parse(k)
         {
-            held = held.max((s.segno(SEG).unwrap() + 1) * SEG);
+            if s.tli == tli {
+                held = held.max((s.segno(SEG).unwrap() + 1) * SEG);
+            }
         }
     }
     Lsn(held)
@@ -440,6 +456,7 @@ fn s3_down_for_30_s_loses_nothing() {
     // What the bucket holds.
     let held = |weed: &Seaweed| {
         held_by(
+            1,
             weed.list("rx/")
                 .iter()
                 .map(|k| k.trim_start_matches("rx/").to_string()),
@@ -599,7 +616,22 @@ fn receives_on_every_major() {
         let name = c.psql(&format!("select pg_walfile_name('{commit}')"));
         let file = std::fs::read(c.pgdata.join("pg_wal").join(&name)).unwrap();
         let held = match repo.streamed(commit) {
-            Some((_, bytes)) => bytes,
+            Some((_, bytes)) => {
+                // wal-verify reports the open segment from the names alone.
+                let out = walvault(&["wal-verify", "--json"], &env, Some(root.path()));
+                let v: serde_json::Value =
+                    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+                let st = v["streamed"]
+                    .as_array()
+                    .and_then(|a| a.iter().find(|s| s["segment"] == name.as_str()))
+                    .unwrap_or_else(|| panic!("PostgreSQL {major}: {name} not in {v}"));
+                let end = Lsn::parse(st["end_lsn"].as_str().unwrap()).unwrap();
+                assert!(
+                    end >= commit && st["bytes"] == bytes.len() && st["after_gap"] == false,
+                    "PostgreSQL {major}: {st} for a commit at {commit}"
+                );
+                bytes
+            }
             // The segment completed meanwhile: stored whole.
             None => fetched(&env, root.path(), &name),
         };
@@ -673,6 +705,115 @@ fn follows_a_standby_through_its_promotion() {
     );
     let log = stop_receiver(&mut r, libc::SIGTERM);
     assert!(log.contains("timeline 1 ended"), "{log}");
+    s.stop();
+}
+
+/// A promotion while the receiver is down: started again on the promoted
+/// server (timeline 2), it first streams the rest of timeline 1 (a segment
+/// completed meanwhile, and the open one up to the switch point), which the
+/// server keeps for its slot, then timeline 2. The repository holds the
+/// server's bytes throughout: nothing written while it was down is missing.
+#[test]
+fn a_promotion_while_the_receiver_is_down_loses_nothing() {
+    promotion_while_down(true);
+}
+
+/// The same with the slot dropped meanwhile and the server's copy of
+/// timeline 1 recycled: one error naming what is gone, then timeline 2.
+#[test]
+fn a_promotion_while_the_receiver_is_down_and_its_slot_gone_goes_on() {
+    promotion_while_down(false);
+}
+
+fn promotion_while_down(slot_kept: bool) {
+    let root = pg_tempdir();
+    let env = fs_repo(root.path());
+    let mut p = Cluster::init(root.path(), "p");
+    p.start(&env);
+    let mut s = p.streaming_standby(root.path(), "s");
+    s.start(&env);
+    let repo = Repo::at(root.path());
+    let mut r = receiver(&env, &s, &[]);
+    p.psql("create table t as select g from generate_series(1, 1000) g");
+    let first = lsn(&p, "select pg_current_wal_flush_lsn()");
+    wait_for(
+        "timeline 1 through the standby",
+        Duration::from_secs(30),
+        || repo.held() >= first,
+    );
+    stop_receiver(&mut r, libc::SIGTERM);
+
+    // While it is down: a segment completed, and more in the next one.
+    p.psql("insert into t select g from generate_series(1001, 2000) g");
+    let missed = p.psql("select pg_walfile_name(pg_current_wal_lsn())");
+    p.psql("select pg_switch_wal()");
+    p.psql("insert into t select g from generate_series(2001, 3000) g");
+    let last = lsn(&p, "select pg_current_wal_flush_lsn()");
+    wait_for("the standby replayed it", Duration::from_secs(30), || {
+        lsn(&s, "select pg_last_wal_replay_lsn()") >= last
+    });
+    p.stop();
+    s.psql("select pg_promote()");
+    wait_for("the promotion", Duration::from_secs(30), || {
+        s.psql("select pg_is_in_recovery()") == "f"
+    });
+    let history = std::fs::read_to_string(s.pgdata.join("pg_wal/00000002.history")).unwrap();
+    let switch = Lsn::parse(history.split_whitespace().nth(1).unwrap()).unwrap();
+    assert!(switch >= last, "{history}");
+    s.psql("insert into t select g from generate_series(3001, 4000) g");
+    if !slot_kept {
+        s.psql("select pg_drop_replication_slot('walvault')");
+        wait_for("timeline 1 recycled", Duration::from_secs(30), || {
+            s.psql("select pg_switch_wal()");
+            s.psql("checkpoint");
+            !s.pgdata.join("pg_wal").join(&missed).exists()
+        });
+    }
+    let commit = lsn(&s, "select pg_current_wal_flush_lsn()");
+
+    let mut r = receiver(&env, &s, &[]);
+    wait_for(
+        "timeline 2 in the repository",
+        Duration::from_secs(60),
+        || repo.held_on(2) >= commit,
+    );
+    let log = stop_receiver(&mut r, libc::SIGTERM);
+    assert!(
+        log.contains("streaming timeline 1 from") && log.contains("was down when timeline 1 ended"),
+        "{log}"
+    );
+    if !slot_kept {
+        // Timeline 1's rest named once; timeline 2's start too when the
+        // same checkpoint recycled it (it usually does).
+        assert_eq!(
+            log.matches("the rest of timeline 1 from").count(),
+            1,
+            "one error for what is gone: {log}"
+        );
+        assert!(log.matches("timeline 2's WAL from").count() <= 1, "{log}");
+        s.stop();
+        return;
+    }
+    assert!(!log.contains("ERROR"), "{log}");
+    // The segment completed while it was down, whole, as the server wrote it.
+    assert!(
+        fetched(&env, root.path(), &missed)
+            == std::fs::read(s.pgdata.join("pg_wal").join(&missed)).unwrap(),
+        "{missed} is not the server's"
+    );
+    // Timeline 1's last segment up to the switch point: the server's bytes
+    // (its timeline 2 file holds the same up to there).
+    let (_, held) = repo
+        .streamed_on(1, switch)
+        .expect("timeline 1's last segment");
+    let switch_file = s.psql(&format!("select pg_walfile_name('{switch}')"));
+    let on_server = std::fs::read(s.pgdata.join("pg_wal").join(&switch_file)).unwrap();
+    let upto = (switch.0 % SEG) as usize;
+    assert!(
+        held.len() >= upto && held[..upto] == on_server[..upto],
+        "timeline 1 held to {} of the switch at {switch}",
+        held.len()
+    );
     s.stop();
 }
 

@@ -22,14 +22,20 @@
 //!   holds on the server's timeline: the segment after the newest complete one,
 //!   or the segment of the newest stream object, re-streamed from its start
 //!   (the slot keeps it: its position moves only with what was flushed).
+//!   When the repository's newest WAL is on an ancestor of the server's
+//!   timeline, held short of that timeline's end (a promotion while the
+//!   receiver was down), it first streams the rest of that timeline, which
+//!   the server ends at the switch point, then the next ([`choose_start`]).
 
+use super::history::HistoryEntry;
 use super::names::{Lsn, SegmentName, WalFile};
-use super::replication::{Event, Replication};
+use super::replication::{Event, Replication, System};
 use super::stream::{self, Piece};
 use crate::codec::Codec;
 use crate::store::{Class, Mode, Store};
 use crate::{pg, repo};
 use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -65,12 +71,12 @@ pub async fn run(store: Arc<dyn Store>, codec: &Codec, opts: &Options) -> Result
         shutdown().await;
         let _ = tell.send(true);
     });
-    let mut streamed_before = false;
+    let mut past = Past::default();
     loop {
-        match session(&store, codec, opts, &mut streamed_before, stop.clone()).await {
+        match session(&store, codec, opts, &mut past, stop.clone()).await {
             Ok(Ended::Stop) => return Ok(()),
             Ok(Ended::Timeline) => continue,
-            Err(e) if !streamed_before => return Err(e),
+            Err(e) if !past.streamed => return Err(e),
             Err(e) => {
                 tracing::warn!("wal-receive: {e:#}; reconnecting in 5 s");
                 tokio::select! {
@@ -97,6 +103,48 @@ async fn shutdown() {
     tracing::info!("wal-receive: stopping");
 }
 
+/// What earlier sessions of this run leave to the next.
+#[derive(Default)]
+struct Past {
+    /// Streaming began once: a lost connection is retried, not fatal.
+    streamed: bool,
+    /// WAL the server no longer has, per timeline: counted as held up to
+    /// there, so it is not asked for again (an ancestor's rest: to its end).
+    given_up: BTreeMap<u32, Lsn>,
+}
+
+impl Past {
+    /// The server recycled WAL this receiver had not stored (it was down
+    /// longer than its slot kept WAL, or its slot was dropped): said once,
+    /// then streaming goes on from what the server still has. The archive
+    /// may hold what is missing.
+    fn give_up(
+        &mut self,
+        tli: u32,
+        from: Lsn,
+        sys: &System,
+        seg_size: u64,
+        e: &anyhow::Error,
+    ) -> Ended {
+        let (what, upto) = match tli == sys.timeline {
+            false => (
+                format!("the rest of timeline {tli} from {from}, which ended while this receiver was down,"),
+                Lsn(u64::MAX),
+            ),
+            true => {
+                let now = Lsn(sys.position.0 / seg_size * seg_size);
+                (format!("timeline {tli}'s WAL from {from} to {now}"), now)
+            }
+        };
+        tracing::error!(
+            "wal-receive: {what} is gone from the server ({e:#}); the repository has it only \
+             if the archive stored it (wal-verify shows any gap); going on from what the server has"
+        );
+        self.given_up.insert(tli, upto);
+        Ended::Timeline
+    }
+}
+
 enum Ended {
     Stop,
     /// The timeline streamed ended: reconnect and follow the next.
@@ -107,7 +155,7 @@ async fn session(
     store: &Arc<dyn Store>,
     codec: &Codec,
     opts: &Options,
-    streamed_before: &mut bool,
+    past: &mut Past,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Ended> {
     if *stop.borrow() {
@@ -125,21 +173,21 @@ async fn session(
             }
         }
     }
-    let tli = sys.timeline;
-    let history = match tli {
+    let history = match sys.timeline {
         1 => None,
-        _ => Some(r.timeline_history(tli).await?),
+        tli => Some(r.timeline_history(tli).await?),
     };
-    let switch = match &history {
-        Some((_, content)) => super::history::parse(&String::from_utf8_lossy(content))?
-            .last()
-            .map(|e| e.switch_lsn),
-        None => None,
+    let ancestors = match &history {
+        Some((_, content)) => super::history::parse(&String::from_utf8_lossy(content))?,
+        None => Vec::new(),
     };
-    let from = match resume_segment(store.as_ref(), tli, seg_size).await? {
-        Some(segno) => Lsn(segno * seg_size),
-        // Nothing of this timeline yet: from where it began, else from now.
-        None => Lsn(switch.unwrap_or(sys.position).0 / seg_size * seg_size),
+    let Start { tli, from } =
+        start_point(store.as_ref(), &sys, &ancestors, &past.given_up, seg_size).await?;
+    // WAL the server has recycled before this receiver stored it.
+    let gone = |e: &anyhow::Error| {
+        let e = format!("{e:#}");
+        // 58P01 when the file is missing at open; the words for a check after.
+        e.contains("SQLSTATE 58P01") || e.contains("has already been removed")
     };
     // Stream objects of segments stored whole meanwhile (by the archiver,
     // while this receiver was down) serve no one any more.
@@ -153,18 +201,31 @@ async fn session(
     }
     // Streaming starts before the repository is written to: a slot that does
     // not exist is refused before anything is initialised.
-    r.start(Some(&opts.slot), from, tli).await?;
+    if let Err(e) = r.start(Some(&opts.slot), from, tli).await {
+        if gone(&e) {
+            return Ok(past.give_up(tli, from, &sys, seg_size, &e));
+        }
+        return Err(e.context(format!("streaming timeline {tli} from {from}")));
+    }
     repo::ensure(store.as_ref(), sys.system_id, r.major())
         .await
         .with_context(|| format!("refusing to receive from {}", r.location()))?;
     if let Some((name, content)) = &history {
         store_local(store.as_ref(), codec, name, content).await?;
     }
-    *streamed_before = true;
+    past.streamed = true;
     tracing::info!(
-        "wal-receive: streaming timeline {tli} from {from} at {} into {}",
+        "wal-receive: streaming timeline {tli} from {from} at {} into {}{}",
         r.location(),
-        store.locate("")
+        store.locate(""),
+        match tli == sys.timeline {
+            true => String::new(),
+            false => format!(
+                " (to its end: the server is on timeline {}, and this receiver \
+                 was down when timeline {tli} ended)",
+                sys.timeline
+            ),
+        }
     );
     let mut seg = Open::new(tli, from, seg_size);
     let mut last_flush = Instant::now();
@@ -185,6 +246,9 @@ async fn session(
                     // only WAL it has flushed, so what came is kept.
                     if seg.unflushed() > 0 {
                         seg.store_partial(store, codec).await?;
+                    }
+                    if gone(&e) {
+                        return Ok(past.give_up(tli, seg.received(), &sys, seg_size, &e));
                     }
                     return Err(e);
                 }
@@ -441,27 +505,192 @@ async fn store_local(store: &dyn Store, codec: &Codec, name: &str, bytes: &[u8])
     Ok(())
 }
 
-/// The segment number to stream from on `tli`: after the newest complete
-/// segment, or that of the newest stream object when it is later.
-async fn resume_segment(store: &dyn Store, tli: u32, seg_size: u64) -> Result<Option<u64>> {
-    let mut from = None;
+/// Where a session streams from.
+#[derive(Debug, PartialEq)]
+struct Start {
+    tli: u32,
+    from: Lsn,
+}
+
+/// Chooses where to stream from, given what the repository holds (`held`:
+/// timeline → how far) of the server's timeline `sys` and of its ancestors
+/// (its history, oldest first).
+///
+/// - Something held on the server's timeline: after it.
+/// - Else the newest ancestor held: when it is not held to its end (the
+///   switch happened while this receiver was down), that timeline from
+///   there (the server streams it to its end, then says which comes next);
+///   when it is, the timeline after it from where it began.
+/// - Nothing held: the server's timeline from where it began, else from now.
+///
+/// Always from a segment's start: a segment is stored from its start.
+fn choose_start(
+    sys: (u32, Lsn),
+    ancestors: &[HistoryEntry],
+    held: &BTreeMap<u32, Lsn>,
+    seg_size: u64,
+) -> Start {
+    let (tli, position) = sys;
+    let at = |tli: u32, l: Lsn| Start {
+        tli,
+        from: Lsn(l.0 / seg_size * seg_size),
+    };
+    if let Some(&h) = held.get(&tli) {
+        return at(tli, h);
+    }
+    for (i, e) in ancestors.iter().enumerate().rev() {
+        let Some(&h) = held.get(&e.parent_tli) else {
+            continue;
+        };
+        if h < e.switch_lsn {
+            return at(e.parent_tli, h);
+        }
+        let child = ancestors.get(i + 1).map_or(tli, |n| n.parent_tli);
+        return at(child, e.switch_lsn);
+    }
+    at(tli, ancestors.last().map_or(position, |e| e.switch_lsn))
+}
+
+/// [`choose_start`] on what the repository holds, read newest timeline
+/// first and only as far as needed. WAL given up counts as held.
+async fn start_point(
+    store: &dyn Store,
+    sys: &System,
+    ancestors: &[HistoryEntry],
+    given_up: &BTreeMap<u32, Lsn>,
+    seg_size: u64,
+) -> Result<Start> {
+    let mut held = BTreeMap::new();
+    let newest_first =
+        std::iter::once(sys.timeline).chain(ancestors.iter().rev().map(|e| e.parent_tli));
+    for t in newest_first {
+        let stored = held_on(store, t, seg_size).await?;
+        if let Some(h) = stored.max(given_up.get(&t).copied()) {
+            held.insert(t, h);
+            break;
+        }
+    }
+    Ok(choose_start(
+        (sys.timeline, sys.position),
+        ancestors,
+        &held,
+        seg_size,
+    ))
+}
+
+/// How far the repository holds `tli`'s WAL: the end of its newest complete
+/// segment, or how far the stream objects of a later segment reach from its
+/// start, whichever is further.
+async fn held_on(store: &dyn Store, tli: u32, seg_size: u64) -> Result<Option<Lsn>> {
+    let mut end = None;
     for o in store.list(&super::key(&format!("{tli:08X}"))).await? {
         let name = o.key.trim_start_matches("wal/");
         if let Ok(WalFile::Segment(s)) = WalFile::parse(name) {
-            from = from.max(Some(s.segno(seg_size)? + 1));
+            end = end.max(Some(Lsn((s.segno(seg_size)? + 1) * seg_size)));
         }
     }
-    for o in store.list(&format!("{}{tli:08X}", stream::PREFIX)).await? {
-        if let Some(p) = stream::parse(&o.key) {
-            from = from.max(Some(p.seg.segno(seg_size)?));
-        }
+    let pieces = store
+        .list(&format!("{}{tli:08X}", stream::PREFIX))
+        .await?
+        .iter()
+        .filter_map(|o| stream::parse(&o.key))
+        .filter(|p| p.seg.tli == tli)
+        .collect::<Vec<_>>();
+    for (seg, reach) in stream::reach(pieces) {
+        end = end.max(Some(Lsn(seg.segno(seg_size)? * seg_size + reach)));
     }
-    Ok(from)
+    Ok(end)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_timeline_that_ended_while_the_receiver_was_down_is_streamed_to_its_end() {
+        const SEG: u64 = 16 << 20;
+        let entry = |parent_tli: u32, switch: u64| HistoryEntry {
+            parent_tli,
+            switch_lsn: Lsn(switch),
+            reason: String::new(),
+        };
+        // Timeline 3: 1 ended at 0/5000100, 2 at 0/7000200.
+        let history = [entry(1, 5 * SEG + 0x100), entry(2, 7 * SEG + 0x200)];
+        let now = Lsn(9 * SEG + 5);
+        let start = |held: &[(u32, u64)]| {
+            let held = held.iter().map(|&(t, l)| (t, Lsn(l))).collect();
+            let s = choose_start((3, now), &history, &held, SEG);
+            (s.tli, s.from.0 / SEG)
+        };
+        // Held on the server's timeline: after it (a partial segment again from its start).
+        assert_eq!(start(&[(3, 8 * SEG + 10)]), (3, 8));
+        assert_eq!(start(&[(3, 9 * SEG)]), (3, 9));
+        // Timeline 1 held short of its end: the rest of it first.
+        assert_eq!(start(&[(1, 3 * SEG + 7)]), (1, 3));
+        assert_eq!(start(&[(1, 5 * SEG)]), (1, 5));
+        // Timeline 1 held to its end (or past it: the old primary's WAL the
+        // promoted server never had): timeline 2 from where it began.
+        assert_eq!(start(&[(1, 5 * SEG + 0x100)]), (2, 5));
+        assert_eq!(start(&[(1, 6 * SEG)]), (2, 5));
+        // Timeline 2 short of its end, then to it.
+        assert_eq!(start(&[(2, 6 * SEG + 1)]), (2, 6));
+        assert_eq!(start(&[(2, 7 * SEG + 0x200)]), (3, 7));
+        // Nothing held: the server's timeline from where it began; with no
+        // history, from now.
+        assert_eq!(start(&[]), (3, 7));
+        let s = choose_start((1, now), &[], &BTreeMap::new(), SEG);
+        assert_eq!((s.tli, s.from), (1, Lsn(9 * SEG)));
+    }
+
+    /// Down past what its slot kept (or its slot dropped): what the server
+    /// recycled is given up once per timeline, then streaming goes on from
+    /// the server's current segment, whatever the repository holds before.
+    #[tokio::test]
+    async fn wal_the_server_recycled_is_given_up_once_then_streaming_goes_on() {
+        const SEG: u64 = 16 << 20;
+        let (_dir, path) = crate::testing::temp_dir_at("repo");
+        let store = crate::store::fs::FsStore::new(path);
+        let old = SegmentName::from_segno(1, 3, SEG).to_string();
+        store
+            .put_bytes(
+                &super::super::key(&old),
+                vec![0u8; 10].into(),
+                Class::Standard,
+            )
+            .await
+            .unwrap();
+        let history = [HistoryEntry {
+            parent_tli: 1,
+            switch_lsn: Lsn(5 * SEG + 0x100),
+            reason: String::new(),
+        }];
+        let sys = System {
+            system_id: 1,
+            timeline: 2,
+            position: Lsn(9 * SEG + 5),
+        };
+        let mut past = Past::default();
+        let start = |past: &Past| {
+            let (store, sys, history) = (&store, &sys, &history);
+            let given_up = past.given_up.clone();
+            async move {
+                let s = start_point(store, sys, history, &given_up, SEG)
+                    .await
+                    .unwrap();
+                (s.tli, s.from.0 / SEG)
+            }
+        };
+        // Timeline 1 held to 0/4000000: its rest first.
+        assert_eq!(start(&past).await, (1, 4));
+        let e = anyhow::anyhow!("requested WAL segment has already been removed");
+        past.give_up(1, Lsn(4 * SEG), &sys, SEG, &e);
+        // Its rest gone: timeline 2 from where it began.
+        assert_eq!(start(&past).await, (2, 5));
+        past.give_up(2, Lsn(5 * SEG), &sys, SEG, &e);
+        // That gone too: from the server's current segment.
+        assert_eq!(start(&past).await, (2, 9));
+        assert_eq!(past.given_up.len(), 2);
+    }
 
     #[test]
     fn a_segment_fills_to_its_size_and_no_further() {
