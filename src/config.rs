@@ -928,7 +928,7 @@ mod tests {
     fn errors_name_the_key() {
         // (the file, the environment, what the error must say)
         type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [&'a str]);
-        let cases: [Case; 9] = [
+        let cases: &[Case] = &[
             (
                 "[compression]\nlevel = \"fast\"\n",
                 &[],

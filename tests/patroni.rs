@@ -82,6 +82,8 @@ struct Member {
     rest: u16,
     pg: Cluster,
     log: PathBuf,
+    /// PostgreSQL's own log directory (logging_collector on, as Patroni sets).
+    pglog: PathBuf,
     patroni: Option<Child>,
 }
 
@@ -130,8 +132,7 @@ impl Drop for Patroni {
                     m.name,
                     decisions[from..].join("\n")
                 );
-                let pglog = self.root.path().join(format!("{}-pglog", m.name));
-                for f in std::fs::read_dir(&pglog).into_iter().flatten().flatten() {
+                for f in std::fs::read_dir(&m.pglog).into_iter().flatten().flatten() {
                     eprintln!(
                         "--- PostgreSQL {} {} ---\n{}",
                         m.name,
@@ -284,6 +285,7 @@ impl Patroni {
             rest,
             pg,
             log: root.join(format!("{name}-patroni.log")),
+            pglog,
             patroni: None,
         }
     }

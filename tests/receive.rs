@@ -100,13 +100,18 @@ struct Receiver {
 }
 
 fn receiver(env: &BTreeMap<String, String>, c: &Cluster, sets: &[&str]) -> Receiver {
-    let mut cmd = walvault_child(&with_conninfo(env, c));
+    receiver_in(&with_conninfo(env, c), &c.root, sets)
+}
+
+/// A receiver with the connection `env` gives, logging into `root`.
+fn receiver_in(env: &BTreeMap<String, String>, root: &std::path::Path, sets: &[&str]) -> Receiver {
+    let mut cmd = walvault_child(env);
     cmd.arg("wal-receive");
     for s in sets {
         cmd.args(["--set", s]);
     }
-    let n = std::fs::read_dir(&c.root).unwrap().count();
-    let log = c.root.join(format!("receiver-{n}.log"));
+    let n = std::fs::read_dir(root).unwrap().count();
+    let log = root.join(format!("receiver-{n}.log"));
     let child = cmd
         .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
         .spawn()
@@ -705,6 +710,87 @@ fn follows_a_standby_through_its_promotion() {
     );
     let log = stop_receiver(&mut r, libc::SIGTERM);
     assert!(log.contains("timeline 1 ended"), "{log}");
+    s.stop();
+}
+
+/// A failover with the receiver running, given both servers and
+/// `target_session_attrs=read-write`: it streams from the primary (never
+/// from the standby while that is one), and once the primary is gone and the
+/// standby promoted, finds the new primary by itself (creating its slot
+/// there) and goes on with timeline 2, nothing missing in between.
+#[test]
+fn follows_the_new_primary_by_itself() {
+    let root = pg_tempdir();
+    let env = fs_repo(root.path());
+    let mut p = Cluster::init(root.path(), "p");
+    p.start(&env);
+    let mut s = p.streaming_standby(root.path(), "s");
+    s.start(&env);
+    let repo = Repo::at(root.path());
+    let mut both = env.clone();
+    both.insert(
+        "WALVAULT_POSTGRES_CONNINFO".into(),
+        format!(
+            "host={},{} port={},{} user=postgres target_session_attrs=read-write",
+            s.sockdir.display(),
+            p.sockdir.display(),
+            s.port,
+            p.port
+        ),
+    );
+    // The standby listed first: passed over while it is one.
+    let mut r = receiver_in(&both, root.path(), &[]);
+    p.psql("create table t as select g from generate_series(1, 1000) g");
+    let first = lsn(&p, "select pg_current_wal_flush_lsn()");
+    wait_for(
+        "timeline 1 from the primary",
+        Duration::from_secs(30),
+        || repo.held() >= first,
+    );
+    wait_for("the standby replayed it", Duration::from_secs(30), || {
+        lsn(&s, "select pg_last_wal_replay_lsn()") >= first
+    });
+    p.stop();
+    s.psql("select pg_promote()");
+    wait_for("the promotion", Duration::from_secs(30), || {
+        s.psql("select pg_is_in_recovery()") == "f"
+    });
+    s.psql("insert into t select g from generate_series(1001, 2000) g");
+    let commit = lsn(&s, "select pg_current_wal_flush_lsn()");
+    wait_for(
+        "timeline 2 from the new primary",
+        Duration::from_secs(60),
+        || repo.held_on(2) >= commit,
+    );
+    let log = stop_receiver(&mut r, libc::SIGTERM);
+    let streaming: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("streaming timeline"))
+        .collect();
+    let (p_at, s_at) = (
+        format!("{}/.s.PGSQL.{}", p.sockdir.display(), p.port),
+        format!("{}/.s.PGSQL.{}", s.sockdir.display(), s.port),
+    );
+    assert!(streaming[0].contains(&p_at), "{log}");
+    assert!(
+        log.contains("read-only (a standby)"),
+        "the standby passed over: {log}"
+    );
+    assert!(
+        streaming.last().unwrap().contains("streaming timeline 2")
+            && streaming.last().unwrap().contains(&s_at),
+        "{log}"
+    );
+    assert!(!log.contains("ERROR"), "{log}");
+    // Timeline 1 up to the switch point (streamed from either server), then
+    // timeline 2: no gap between them.
+    let history = std::fs::read_to_string(s.pgdata.join("pg_wal/00000002.history")).unwrap();
+    let switch = Lsn::parse(history.split_whitespace().nth(1).unwrap()).unwrap();
+    assert!(
+        repo.held_on(1) >= switch,
+        "timeline 1 held to {}, switch at {switch}",
+        repo.held_on(1)
+    );
     s.stop();
 }
 

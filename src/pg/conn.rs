@@ -3,7 +3,7 @@
 //! then libpq's defaults (Unix socket, OS user name). backup-push reads the data
 //! directory itself, so the server is on this host and TLS is not used.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use std::path::Path;
 use tokio_postgres::{Client, NoTls};
 
@@ -50,6 +50,20 @@ pub fn resolve(conninfo: Option<&str>) -> Result<tokio_postgres::Config> {
                     .unwrap_or("/tmp");
                 cfg.host(sock);
             }
+        }
+    }
+    if cfg.get_target_session_attrs() == tokio_postgres::config::TargetSessionAttrs::Any {
+        match env("PGTARGETSESSIONATTRS").as_deref() {
+            Some("read-write") => {
+                cfg.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
+            }
+            Some("read-only") => {
+                cfg.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadOnly);
+            }
+            Some("any") | None => {}
+            Some(other) => bail!(
+                "PGTARGETSESSIONATTRS is {other:?}: walvault knows any, read-write and read-only"
+            ),
         }
     }
     if cfg.get_ports().is_empty() {

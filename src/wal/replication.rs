@@ -7,7 +7,9 @@
 //! frontend messages and does SCRAM-SHA-256; the backend messages this needs
 //! are few and framed here. The connection settings are `pg::conn::resolve`'s
 //! (conninfo, PG* variables, libpq's defaults); like every walvault connection
-//! it is made without TLS.
+//! it is made without TLS. Several hosts are tried in turn, as libpq does,
+//! and `target_session_attrs=read-write` passes over standbys: after a
+//! failover, the receiver's next connection finds the new primary.
 //!
 //! The session: [`Replication::connect`] (startup with `replication=true`,
 //! authentication), then commands in the simple query protocol
@@ -23,7 +25,7 @@ use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM
 use postgres_protocol::message::frontend;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio_postgres::config::Host;
+use tokio_postgres::config::{Host, TargetSessionAttrs};
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
@@ -130,13 +132,45 @@ impl Replication {
                 major: None,
             };
             let at = r.location.clone();
-            r.startup(cfg)
-                .await
-                .with_context(|| format!("replication connection to {at} refused"))?;
-            return Ok(r);
+            // As libpq: a host that refuses, or is not the kind asked for,
+            // passes the turn to the next one.
+            if let Err(e) = r.startup(cfg).await {
+                last = Some(e.context(format!("replication connection to {at} refused")));
+                continue;
+            }
+            match r.session_kind(cfg.get_target_session_attrs()).await {
+                Ok(None) => return Ok(r),
+                Ok(Some(not)) => {
+                    tracing::info!("replication: passing over {at}: {not}");
+                    last = Some(anyhow::anyhow!("{at}: {not}"));
+                }
+                Err(e) => last = Some(e.context(at)),
+            }
         }
         Err(last.unwrap_or_else(|| anyhow::anyhow!("no host to connect to")))
             .context("cannot open a replication connection to PostgreSQL (set PGHOST/PGPORT/PGUSER or postgres.conninfo)")
+    }
+
+    /// Why this server is not the kind `target_session_attrs` asks for
+    /// (read-write: a primary; read-only: a standby), or None when it is.
+    /// The walsender answers SHOW, as a backend does.
+    async fn session_kind(&mut self, want: TargetSessionAttrs) -> Result<Option<&'static str>> {
+        let read_only = match want {
+            TargetSessionAttrs::ReadWrite => false,
+            TargetSessionAttrs::ReadOnly => true,
+            _ => return Ok(None),
+        };
+        let rows = self.query("SHOW transaction_read_only").await?;
+        let on = rows
+            .first()
+            .and_then(|r| r.first())
+            .and_then(|c| c.as_ref())
+            .is_some_and(|v| &v[..] == b"on");
+        Ok(match (read_only, on) {
+            (false, true) => Some("read-only (a standby), and target_session_attrs is read-write"),
+            (true, false) => Some("read-write (a primary), and target_session_attrs is read-only"),
+            _ => None,
+        })
     }
 
     pub fn location(&self) -> &str {
