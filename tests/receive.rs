@@ -648,19 +648,55 @@ fn receives_on_every_major() {
     }
 }
 
+/// A primary and its streaming standby, with a local repository.
+struct Pair {
+    root: tempfile::TempDir,
+    env: BTreeMap<String, String>,
+    p: Cluster,
+    s: Cluster,
+    repo: Repo,
+}
+
+impl Pair {
+    fn new() -> Pair {
+        let root = pg_tempdir();
+        let env = fs_repo(root.path());
+        let mut p = Cluster::init(root.path(), "p");
+        p.start(&env);
+        let mut s = p.streaming_standby(root.path(), "s");
+        s.start(&env);
+        let repo = Repo::at(root.path());
+        Pair {
+            root,
+            env,
+            p,
+            s,
+            repo,
+        }
+    }
+}
+
+/// Promotes the standby `s` and waits until it is a primary.
+fn promote(s: &Cluster) {
+    s.psql("select pg_promote()");
+    wait_for("the promotion", Duration::from_secs(30), || {
+        s.psql("select pg_is_in_recovery()") == "f"
+    });
+}
+
 /// From a standby (cascading) through its promotion: the receiver streams
 /// timeline 1 from the standby, follows it onto timeline 2 with its history
 /// file, and the new timeline's open segment is in the repository as the
 /// promoted server writes it.
 #[test]
 fn follows_a_standby_through_its_promotion() {
-    let root = pg_tempdir();
-    let env = fs_repo(root.path());
-    let mut p = Cluster::init(root.path(), "p");
-    p.start(&env);
-    let mut s = p.streaming_standby(root.path(), "s");
-    s.start(&env);
-    let repo = Repo::at(root.path());
+    let Pair {
+        root,
+        env,
+        mut p,
+        mut s,
+        repo,
+    } = Pair::new();
     let mut r = receiver(&env, &s, &[]);
     wait_for(
         "the receiver on the standby",
@@ -682,10 +718,7 @@ fn follows_a_standby_through_its_promotion() {
     assert_eq!(up["active"], true, "status on a standby: {up}");
 
     p.stop();
-    s.psql("select pg_promote()");
-    wait_for("the promotion", Duration::from_secs(30), || {
-        s.psql("select pg_is_in_recovery()") == "f"
-    });
+    promote(&s);
     s.psql("insert into t select g from generate_series(1001, 2000) g");
     let commit = lsn(&s, "select pg_current_wal_flush_lsn()");
     let name = s.psql(&format!("select pg_walfile_name('{commit}')"));
@@ -720,13 +753,13 @@ fn follows_a_standby_through_its_promotion() {
 /// there) and goes on with timeline 2, nothing missing in between.
 #[test]
 fn follows_the_new_primary_by_itself() {
-    let root = pg_tempdir();
-    let env = fs_repo(root.path());
-    let mut p = Cluster::init(root.path(), "p");
-    p.start(&env);
-    let mut s = p.streaming_standby(root.path(), "s");
-    s.start(&env);
-    let repo = Repo::at(root.path());
+    let Pair {
+        root,
+        env,
+        mut p,
+        mut s,
+        repo,
+    } = Pair::new();
     let mut both = env.clone();
     both.insert(
         "WALVAULT_POSTGRES_CONNINFO".into(),
@@ -751,10 +784,7 @@ fn follows_the_new_primary_by_itself() {
         lsn(&s, "select pg_last_wal_replay_lsn()") >= first
     });
     p.stop();
-    s.psql("select pg_promote()");
-    wait_for("the promotion", Duration::from_secs(30), || {
-        s.psql("select pg_is_in_recovery()") == "f"
-    });
+    promote(&s);
     s.psql("insert into t select g from generate_series(1001, 2000) g");
     let commit = lsn(&s, "select pg_current_wal_flush_lsn()");
     wait_for(
@@ -812,13 +842,13 @@ fn a_promotion_while_the_receiver_is_down_and_its_slot_gone_goes_on() {
 }
 
 fn promotion_while_down(slot_kept: bool) {
-    let root = pg_tempdir();
-    let env = fs_repo(root.path());
-    let mut p = Cluster::init(root.path(), "p");
-    p.start(&env);
-    let mut s = p.streaming_standby(root.path(), "s");
-    s.start(&env);
-    let repo = Repo::at(root.path());
+    let Pair {
+        root,
+        env,
+        mut p,
+        mut s,
+        repo,
+    } = Pair::new();
     let mut r = receiver(&env, &s, &[]);
     p.psql("create table t as select g from generate_series(1, 1000) g");
     let first = lsn(&p, "select pg_current_wal_flush_lsn()");
@@ -839,10 +869,7 @@ fn promotion_while_down(slot_kept: bool) {
         lsn(&s, "select pg_last_wal_replay_lsn()") >= last
     });
     p.stop();
-    s.psql("select pg_promote()");
-    wait_for("the promotion", Duration::from_secs(30), || {
-        s.psql("select pg_is_in_recovery()") == "f"
-    });
+    promote(&s);
     let history = std::fs::read_to_string(s.pgdata.join("pg_wal/00000002.history")).unwrap();
     let switch = Lsn::parse(history.split_whitespace().nth(1).unwrap()).unwrap();
     assert!(switch >= last, "{history}");
