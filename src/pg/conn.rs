@@ -5,6 +5,7 @@
 
 use anyhow::{bail, Context, Result};
 use std::path::Path;
+use tokio_postgres::config::TargetSessionAttrs;
 use tokio_postgres::{Client, NoTls};
 
 pub async fn connect(conninfo: Option<&str>) -> Result<Client> {
@@ -52,13 +53,13 @@ pub fn resolve(conninfo: Option<&str>) -> Result<tokio_postgres::Config> {
             }
         }
     }
-    if cfg.get_target_session_attrs() == tokio_postgres::config::TargetSessionAttrs::Any {
+    if cfg.get_target_session_attrs() == TargetSessionAttrs::Any {
         match env("PGTARGETSESSIONATTRS").as_deref() {
             Some("read-write") => {
-                cfg.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
+                cfg.target_session_attrs(TargetSessionAttrs::ReadWrite);
             }
             Some("read-only") => {
-                cfg.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadOnly);
+                cfg.target_session_attrs(TargetSessionAttrs::ReadOnly);
             }
             Some("any") | None => {}
             Some(other) => bail!(
